@@ -1,0 +1,299 @@
+//! Checks on request bodies that decide or constrain what a write does.
+//!
+//! A publish body is checked before the upstream can see it: the names, the single version,
+//! the attachments and the dist-tags must all agree with the URL. JSON is parsed strictly:
+//! duplicate keys are refused at any depth (two parsers could otherwise read two different
+//! documents), and nesting is capped by serde_json's recursion limit.
+
+use super::name::PackageName;
+use super::route::parse_tag;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("the body is not valid JSON (or nests too deeply, or is not UTF-8)")]
+    InvalidJson,
+    #[error("the body has a duplicate JSON key")]
+    DuplicateKey,
+    #[error("the body must be a JSON object")]
+    NotAnObject,
+    #[error("`name` in the body does not match the package in the URL")]
+    NameMismatch,
+    #[error("`_id` in the body does not match the package in the URL")]
+    IdMismatch,
+    #[error("a publish must carry exactly one version")]
+    VersionCount,
+    #[error("the version is not a valid version string")]
+    BadVersion,
+    #[error("the version manifest's name or version does not match")]
+    ManifestMismatch,
+    #[error("dist-tags must name only the published version, with valid tag names")]
+    BadDistTags,
+    #[error("attachments must be exactly the tarball (and optional provenance) of this name and version")]
+    AttachmentMismatch,
+    #[error("the dist-tag body must be a JSON string holding a version")]
+    BadDistTagValue,
+    #[error("the body is neither an owner change nor a version removal")]
+    UnrecognizedRevision,
+    #[error("a deprecate may change only `deprecated` fields of existing versions")]
+    DeprecateChangesMore,
+}
+
+impl BodyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::BadDistTags | BodyError::DeprecateChangesMore => 403,
+            _ => 400,
+        }
+    }
+}
+
+/// What a checked publish body publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishManifest {
+    pub version: String,
+    pub dist_tags: Vec<String>,
+}
+
+/// What a `PUT /<name>` turns out to be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PutPackument {
+    Publish(PublishManifest),
+    /// The whole packument sent back; it must match upstream but for `deprecated` fields.
+    Deprecate(Map<String, Value>),
+}
+
+/// What a `PUT /<name>/-rev/<rev>` turns out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutRevision {
+    Owner,
+    UnpublishVersion,
+}
+
+/// Parses JSON, refusing duplicate keys at any depth.
+pub fn parse_strict(body: &[u8]) -> Result<Value, BodyError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = StrictValue::deserialize(&mut de).map_err(|e| {
+        if e.to_string().starts_with(DUPLICATE_KEY) {
+            BodyError::DuplicateKey
+        } else {
+            BodyError::InvalidJson
+        }
+    })?;
+    de.end().map_err(|_| BodyError::InvalidJson)?;
+    Ok(value.0)
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
+    match parse_strict(body)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(BodyError::NotAnObject),
+    }
+}
+
+/// Checks the body of `PUT /<name>`: a publish if it carries attachments, else a deprecate.
+pub fn check_put_packument(package: &PackageName, body: &[u8]) -> Result<PutPackument, BodyError> {
+    let doc = parse_object(body)?;
+    let has_attachments = doc
+        .get("_attachments")
+        .and_then(Value::as_object)
+        .is_some_and(|a| !a.is_empty());
+    if has_attachments {
+        return check_publish_doc(package, &doc).map(PutPackument::Publish);
+    }
+    check_names(package, &doc)?;
+    Ok(PutPackument::Deprecate(doc))
+}
+
+/// Checks the body of a staged publish; it has the same shape as a publish.
+pub fn check_stage_publish(package: &PackageName, body: &[u8]) -> Result<PublishManifest, BodyError> {
+    check_publish_doc(package, &parse_object(body)?)
+}
+
+fn check_names(package: &PackageName, doc: &Map<String, Value>) -> Result<(), BodyError> {
+    if doc.get("name").and_then(Value::as_str) != Some(package.as_str()) {
+        return Err(BodyError::NameMismatch);
+    }
+    if doc.get("_id").and_then(Value::as_str) != Some(package.as_str()) {
+        return Err(BodyError::IdMismatch);
+    }
+    Ok(())
+}
+
+fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<PublishManifest, BodyError> {
+    check_names(package, doc)?;
+    let versions = doc
+        .get("versions")
+        .and_then(Value::as_object)
+        .ok_or(BodyError::VersionCount)?;
+    let mut it = versions.iter();
+    let (version, manifest) = match (it.next(), it.next()) {
+        (Some(one), None) => one,
+        _ => return Err(BodyError::VersionCount),
+    };
+    if !is_version(version) {
+        return Err(BodyError::BadVersion);
+    }
+    let manifest = manifest.as_object().ok_or(BodyError::ManifestMismatch)?;
+    let id = format!("{package}@{version}");
+    let manifest_ok = manifest.get("name").and_then(Value::as_str) == Some(package.as_str())
+        && manifest.get("version").and_then(Value::as_str) == Some(version.as_str())
+        && manifest.get("_id").is_none_or(|v| v.as_str() == Some(id.as_str()));
+    if !manifest_ok {
+        return Err(BodyError::ManifestMismatch);
+    }
+
+    let tags = doc
+        .get("dist-tags")
+        .and_then(Value::as_object)
+        .filter(|t| !t.is_empty())
+        .ok_or(BodyError::BadDistTags)?;
+    let mut dist_tags = Vec::with_capacity(tags.len());
+    for (tag, target) in tags {
+        if parse_tag(tag).is_err() || target.as_str() != Some(version.as_str()) {
+            return Err(BodyError::BadDistTags);
+        }
+        dist_tags.push(tag.clone());
+    }
+
+    let attachments = doc
+        .get("_attachments")
+        .and_then(Value::as_object)
+        .ok_or(BodyError::AttachmentMismatch)?;
+    let tarball = format!("{package}-{version}.tgz");
+    let provenance = format!("{package}-{version}.sigstore");
+    let tarball_ok = attachments
+        .get(&tarball)
+        .and_then(|a| a.get("data"))
+        .and_then(Value::as_str)
+        .is_some_and(|d| !d.is_empty());
+    let others_ok = attachments.keys().all(|k| *k == tarball || *k == provenance);
+    if !tarball_ok || !others_ok {
+        return Err(BodyError::AttachmentMismatch);
+    }
+    Ok(PublishManifest {
+        version: version.clone(),
+        dist_tags,
+    })
+}
+
+/// A version string as registries accept it: semver characters, starting with a digit.
+fn is_version(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 256
+        && v.as_bytes()[0].is_ascii_digit()
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+}
+
+/// The body of `PUT /-/package/<name>/dist-tags/<tag>`: a JSON string holding a version.
+pub fn check_dist_tag_value(body: &[u8]) -> Result<String, BodyError> {
+    match parse_strict(body) {
+        Ok(Value::String(v)) if is_version(&v) => Ok(v),
+        _ => Err(BodyError::BadDistTagValue),
+    }
+}
+
+/// Tells an owner change (`{_id, _rev, maintainers}`) from a version removal (a packument).
+pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevision, BodyError> {
+    let doc = parse_object(body)?;
+    if doc.get("_id").and_then(Value::as_str) != Some(package.as_str()) {
+        return Err(BodyError::IdMismatch);
+    }
+    if doc.contains_key("versions") {
+        check_names(package, &doc)?;
+        return Ok(PutRevision::UnpublishVersion);
+    }
+    let owner_only = doc.contains_key("maintainers")
+        && doc.keys().all(|k| matches!(k.as_str(), "_id" | "_rev" | "maintainers"));
+    if owner_only {
+        Ok(PutRevision::Owner)
+    } else {
+        Err(BodyError::UnrecognizedRevision)
+    }
+}
+
+/// Checks that a deprecate body equals the upstream packument except for the `deprecated`
+/// field of existing versions.
+pub fn check_deprecate(body: &Map<String, Value>, upstream: &Map<String, Value>) -> Result<(), BodyError> {
+    let strip = |doc: &Map<String, Value>| -> Map<String, Value> {
+        let mut doc = doc.clone();
+        if let Some(Value::Object(versions)) = doc.get_mut("versions") {
+            for manifest in versions.values_mut() {
+                if let Value::Object(m) = manifest {
+                    m.remove("deprecated");
+                }
+            }
+        }
+        doc
+    };
+    if strip(body) == strip(upstream) {
+        Ok(())
+    } else {
+        Err(BodyError::DeprecateChangesMore)
+    }
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A JSON value whose objects have unique keys.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(v) = map.next_value()?;
+            if obj.insert(key, v).is_some() {
+                return Err(de::Error::custom(DUPLICATE_KEY));
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+#[cfg(test)]
+#[path = "body_tests.rs"]
+mod tests;

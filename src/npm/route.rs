@@ -1,0 +1,517 @@
+//! Classifies an HTTP request line into one typed npm registry operation.
+//!
+//! Every path the broker forwards is rebuilt from the typed value (`NpmRequest::upstream_path`),
+//! never copied from the request, so the upstream reads exactly what was classified. Anything
+//! that does not parse unambiguously is refused.
+
+use super::name::{NameError, PackageName};
+use http::Method;
+
+/// A route the broker understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// npm's trusted-publishing exchange: `POST /-/npm/v1/oidc/token/exchange/package/<name>`.
+    NpmOidcExchange { package: PackageName },
+    /// The broker's own exchange: `POST /-/phantom/v1/exchange`.
+    PhantomExchange,
+    /// Endpoints that are never forwarded with a real credential (tokens, login, users, trust,
+    /// org and team administration, profile and 2FA).
+    Forbidden { what: &'static str },
+    /// A registry operation to forward.
+    Registry(NpmRequest),
+}
+
+/// A classified registry request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NpmRequest {
+    pub method: Method,
+    pub package: Option<PackageName>,
+    pub op: Op,
+    /// How a scoped name was written in the path: kept, so the upstream sees the client's form.
+    form: NameForm,
+    /// The query string forwarded with reads (never with writes).
+    query: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NameForm {
+    /// `@scope%2fname` (also for unscoped names).
+    Escaped,
+    /// `@scope/name`, as tarball URLs are written.
+    Slash,
+}
+
+/// The operation, as far as the request line tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Ping,
+    Search,
+    Whoami,
+    /// `npm audit` posts dependency lists; it is a read and is never sent with a credential.
+    SecurityAudit { path: &'static str },
+    Packument,
+    VersionManifest { spec: String },
+    Tarball { file: String },
+    DistTagsList,
+    Visibility,
+    Collaborators,
+    /// `PUT /<name>`: a publish, or a deprecate; the body decides.
+    PutPackument,
+    /// `PUT /<name>/-rev/<rev>`: an unpublish of one version, or an owner change; the body decides.
+    PutRevision { rev: String },
+    StagePublish,
+    DistTagSet { tag: String },
+    DistTagRemove { tag: String },
+    UnpublishPackage { rev: String },
+    UnpublishTarball { file: String, rev: String },
+    AccessSet,
+}
+
+/// npm actions that grants and phantoms name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ActionKind {
+    Read,
+    Publish,
+    StagePublish,
+    DistTag,
+    Deprecate,
+    Unpublish,
+    Owner,
+    Access,
+    Whoami,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 9] = [
+        ActionKind::Read,
+        ActionKind::Publish,
+        ActionKind::StagePublish,
+        ActionKind::DistTag,
+        ActionKind::Deprecate,
+        ActionKind::Unpublish,
+        ActionKind::Owner,
+        ActionKind::Access,
+        ActionKind::Whoami,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Read => "read",
+            ActionKind::Publish => "publish",
+            ActionKind::StagePublish => "stage-publish",
+            ActionKind::DistTag => "dist-tag",
+            ActionKind::Deprecate => "deprecate",
+            ActionKind::Unpublish => "unpublish",
+            ActionKind::Owner => "owner",
+            ActionKind::Access => "access",
+            ActionKind::Whoami => "whoami",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ActionKind> {
+        ActionKind::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Writes count against a phantom's `max_uses`.
+    pub fn is_write(self) -> bool {
+        !matches!(self, ActionKind::Read | ActionKind::Whoami)
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of actions, as a bit set.
+#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ActionSet(u16);
+
+impl ActionSet {
+    pub fn contains(self, a: ActionKind) -> bool {
+        self.0 & a.bit() != 0
+    }
+    pub fn insert(&mut self, a: ActionKind) {
+        self.0 |= a.bit();
+    }
+    pub fn intersect(self, other: ActionSet) -> ActionSet {
+        ActionSet(self.0 & other.0)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = ActionKind> {
+        ActionKind::ALL.into_iter().filter(move |a| self.contains(*a))
+    }
+    pub fn names(self) -> Vec<&'static str> {
+        self.iter().map(ActionKind::as_str).collect()
+    }
+}
+
+impl FromIterator<ActionKind> for ActionSet {
+    fn from_iter<I: IntoIterator<Item = ActionKind>>(iter: I) -> Self {
+        let mut set = ActionSet::default();
+        iter.into_iter().for_each(|a| set.insert(a));
+        set
+    }
+}
+
+impl std::fmt::Debug for ActionSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("the path is not a valid registry path")]
+    BadPath,
+    #[error("the path has an encoding the broker does not accept")]
+    BadEncoding,
+    #[error("invalid package name: {0}")]
+    BadName(#[from] NameError),
+    #[error("invalid dist-tag")]
+    BadTag,
+    #[error("the tarball file name does not belong to the package in the path")]
+    TarballMismatch,
+    #[error("unknown registry route")]
+    UnknownRoute,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("a query string is not accepted on this route")]
+    UnexpectedQuery,
+    #[error("packages with legacy names (upper case or ~'!()*) cannot be written")]
+    LegacyNameWrite,
+}
+
+impl RouteError {
+    /// The HTTP status this refusal maps to.
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::UnknownRoute => 404,
+            RouteError::MethodNotAllowed => 405,
+            _ => 400,
+        }
+    }
+}
+
+const MAX_PATH_LEN: usize = 2048;
+
+/// Classifies a request by method, raw (still percent-encoded) path and raw query.
+pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
+    if path.len() > MAX_PATH_LEN || !path.starts_with('/') {
+        return Err(RouteError::BadPath);
+    }
+    if !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(RouteError::BadPath);
+    }
+    // libnpmpublish builds `${registry}/-/package/...` from a registry URL that ends in '/'.
+    let path = if path.starts_with("//-/") { &path[1..] } else { path };
+    let segs: Vec<&str> = path[1..].split('/').collect();
+    for s in &segs {
+        if s.is_empty() || is_dot_segment(s) {
+            return Err(RouteError::BadPath);
+        }
+    }
+    if segs[0] == "-" {
+        classify_special(method, &segs[1..], query)
+    } else {
+        classify_package_path(method, &segs, query).map(Route::Registry)
+    }
+}
+
+/// `.` and `..`, raw or percent-encoded in any case.
+fn is_dot_segment(s: &str) -> bool {
+    let lower = s.to_ascii_lowercase().replace("%2e", ".");
+    lower == "." || lower == ".."
+}
+
+fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {
+    let get = is_read_method(method);
+    let forbidden = |what| Ok(Route::Forbidden { what });
+    let simple = |op: Op, query_ok: bool| -> Result<Route, RouteError> {
+        if !get {
+            return Err(RouteError::MethodNotAllowed);
+        }
+        Ok(Route::Registry(NpmRequest {
+            method: method.clone(),
+            package: None,
+            op,
+            form: NameForm::Escaped,
+            query: if query_ok { query.map(str::to_owned) } else { None },
+        }))
+    };
+    match segs {
+        ["ping"] => simple(Op::Ping, true),
+        ["whoami"] => simple(Op::Whoami, false),
+        ["v1", "search"] => simple(Op::Search, true),
+        ["npm", "v1", "oidc", "token", "exchange", "package", name] => {
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            let (package, _) = parse_escaped_name(name)?;
+            Ok(Route::NpmOidcExchange { package })
+        }
+        ["phantom", "v1", "exchange"] => {
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            Ok(Route::PhantomExchange)
+        }
+        ["npm", "v1", "security", rest @ ..] => {
+            let path = match rest {
+                ["advisories", "bulk"] => "/-/npm/v1/security/advisories/bulk",
+                ["audits", "quick"] => "/-/npm/v1/security/audits/quick",
+                ["audits"] => "/-/npm/v1/security/audits",
+                _ => return Err(RouteError::UnknownRoute),
+            };
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            Ok(Route::Registry(NpmRequest {
+                method: Method::POST,
+                package: None,
+                op: Op::SecurityAudit { path },
+                form: NameForm::Escaped,
+                query: None,
+            }))
+        }
+        ["npm", "v1", "tokens", ..] => forbidden("token management"),
+        ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings"),
+        ["v1", "login", ..] | ["v1", "done", ..] => forbidden("login"),
+        ["user", ..] => forbidden("user accounts"),
+        ["org", ..] => forbidden("org administration"),
+        ["team", ..] => forbidden("team administration"),
+        ["package", name, "trust", ..] => {
+            parse_escaped_name(name)?;
+            forbidden("trusted-publisher configuration")
+        }
+        ["package", name, rest @ ..] => {
+            let (package, form) = parse_escaped_name(name)?;
+            let op = match (rest, method) {
+                (["dist-tags"], m) if is_read_method(m) => Op::DistTagsList,
+                (["dist-tags", tag], &Method::PUT | &Method::POST) => Op::DistTagSet {
+                    tag: parse_tag(tag)?,
+                },
+                (["dist-tags", tag], &Method::DELETE) => Op::DistTagRemove {
+                    tag: parse_tag(tag)?,
+                },
+                (["visibility"], m) if is_read_method(m) => Op::Visibility,
+                (["collaborators"], m) if is_read_method(m) => Op::Collaborators,
+                (["access"], &Method::POST) => Op::AccessSet,
+                (["dist-tags"] | ["dist-tags", _] | ["visibility"] | ["collaborators"] | ["access"], _) => {
+                    return Err(RouteError::MethodNotAllowed)
+                }
+                _ => return Err(RouteError::UnknownRoute),
+            };
+            package_request(method, package, op, form, query)
+        }
+        ["stage", "package", name] => {
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            let (package, form) = parse_escaped_name(name)?;
+            package_request(method, package, Op::StagePublish, form, query)
+        }
+        // Approving or discarding a staged version is for humans with 2FA, never the broker.
+        ["stage", ..] => forbidden("staged-publish review"),
+        _ => Err(RouteError::UnknownRoute),
+    }
+}
+
+fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) -> Result<NpmRequest, RouteError> {
+    // The package name takes one segment (`name`, `@scope%2fname`) or two (`@scope/name`).
+    let (package, form, rest) = if segs[0].starts_with('@') && !segs[0].contains('%') {
+        if segs.len() < 2 {
+            return Err(RouteError::BadName(NameError::BadScope));
+        }
+        let package = PackageName::parse(&format!("{}/{}", segs[0], segs[1]))?;
+        (package, NameForm::Slash, &segs[2..])
+    } else {
+        let (package, form) = parse_escaped_name(segs[0])?;
+        (package, form, &segs[1..])
+    };
+    let read = is_read_method(method);
+    let op = match (rest, method) {
+        ([], _) if read => Op::Packument,
+        ([], &Method::PUT) => Op::PutPackument,
+        (["-", file], _) if read => Op::Tarball {
+            file: parse_tarball_file(&package, file)?,
+        },
+        (["-rev", rev], &Method::PUT) => Op::PutRevision { rev: parse_rev(rev)? },
+        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage { rev: parse_rev(rev)? },
+        (["-", file, "-rev", rev], &Method::DELETE) => Op::UnpublishTarball {
+            file: parse_tarball_file(&package, file)?,
+            rev: parse_rev(rev)?,
+        },
+        ([spec], _) if read && *spec != "-" && *spec != "-rev" => Op::VersionManifest {
+            spec: parse_spec(spec)?,
+        },
+        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => return Err(RouteError::MethodNotAllowed),
+        _ => return Err(RouteError::UnknownRoute),
+    };
+    match package_request(method, package, op, form, query)? {
+        Route::Registry(r) => Ok(r),
+        _ => unreachable!("package_request builds registry routes"),
+    }
+}
+
+fn package_request(
+    method: &Method,
+    package: PackageName,
+    op: Op,
+    form: NameForm,
+    query: Option<&str>,
+) -> Result<Route, RouteError> {
+    let write = !is_read_method(method);
+    if write && query.is_some() {
+        return Err(RouteError::UnexpectedQuery);
+    }
+    if write && package.is_legacy() {
+        return Err(RouteError::LegacyNameWrite);
+    }
+    let query = match (&op, query) {
+        // `?write=true` asks for the full document with `_rev`; it is still a read.
+        (Op::Packument, Some("write=true")) => Some("write=true".to_owned()),
+        (_, None) => None,
+        _ if !write => return Err(RouteError::UnexpectedQuery),
+        _ => None,
+    };
+    Ok(Route::Registry(NpmRequest {
+        method: method.clone(),
+        package: Some(package),
+        op,
+        form,
+        query,
+    }))
+}
+
+fn is_read_method(m: &Method) -> bool {
+    *m == Method::GET || *m == Method::HEAD
+}
+
+/// `name` or `@scope%2fname` (either case of the escape). Any other `%` is refused.
+fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
+    let unescaped = if seg.starts_with('@') {
+        let lower = seg.to_ascii_lowercase();
+        let at = lower.find("%2f").ok_or(RouteError::BadName(NameError::BadScope))?;
+        format!("{}/{}", &seg[..at], &seg[at + 3..])
+    } else {
+        seg.to_owned()
+    };
+    if unescaped.contains('%') {
+        return Err(RouteError::BadEncoding);
+    }
+    Ok((PackageName::parse(&unescaped)?, NameForm::Escaped))
+}
+
+/// Dist-tags as npm writes them (`encodeURIComponent`): the characters that need no escape.
+pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
+    let ok = !seg.is_empty()
+        && seg.len() <= 128
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+    if ok {
+        Ok(seg.to_owned())
+    } else {
+        Err(RouteError::BadTag)
+    }
+}
+
+fn parse_rev(seg: &str) -> Result<String, RouteError> {
+    let ok = !seg.is_empty() && seg.len() <= 128 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    ok.then(|| seg.to_owned()).ok_or(RouteError::BadPath)
+}
+
+fn parse_spec(seg: &str) -> Result<String, RouteError> {
+    let ok = seg.len() <= 256
+        && seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'~'));
+    ok.then(|| seg.to_owned()).ok_or(RouteError::BadEncoding)
+}
+
+/// A tarball file must be `<bare name>-<version>.tgz` for the package in the same path.
+fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<String, RouteError> {
+    let version = seg
+        .strip_suffix(".tgz")
+        .and_then(|s| s.strip_prefix(package.bare()))
+        .and_then(|s| s.strip_prefix('-'))
+        .ok_or(RouteError::TarballMismatch)?;
+    if version.is_empty() || !version.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+        return Err(RouteError::TarballMismatch);
+    }
+    parse_spec(version)?;
+    Ok(seg.to_owned())
+}
+
+impl NpmRequest {
+    /// The action this request performs, before the body is read. Body-dependent operations
+    /// (`PutPackument`, `PutRevision`) report the action their body must still confirm.
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
+    /// True when the body must be read and checked before anything is forwarded.
+    pub fn needs_body_check(&self) -> bool {
+        matches!(
+            self.op,
+            Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. }
+        )
+    }
+
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self.op,
+            Op::Ping
+                | Op::Search
+                | Op::SecurityAudit { .. }
+                | Op::Packument
+                | Op::VersionManifest { .. }
+                | Op::Tarball { .. }
+                | Op::DistTagsList
+                | Op::Visibility
+                | Op::Collaborators
+        )
+    }
+
+    /// Reads that are never sent with a credential, whoever asks.
+    pub fn always_anonymous(&self) -> bool {
+        matches!(self.op, Op::Ping | Op::Search | Op::SecurityAudit { .. })
+    }
+
+    /// The path and query to send upstream, rebuilt from the classified parts.
+    pub fn upstream_path(&self) -> String {
+        let name = match (&self.package, self.form) {
+            (Some(p), NameForm::Escaped) => p.escaped(),
+            (Some(p), NameForm::Slash) => p.as_str().to_owned(),
+            (None, _) => String::new(),
+        };
+        let mut path = match &self.op {
+            Op::Ping => "/-/ping".to_owned(),
+            Op::Search => "/-/v1/search".to_owned(),
+            Op::Whoami => "/-/whoami".to_owned(),
+            Op::SecurityAudit { path } => (*path).to_owned(),
+            Op::Packument | Op::PutPackument => format!("/{name}"),
+            Op::VersionManifest { spec } => format!("/{name}/{spec}"),
+            Op::Tarball { file } => format!("/{name}/-/{file}"),
+            Op::PutRevision { rev } | Op::UnpublishPackage { rev } => format!("/{name}/-rev/{rev}"),
+            Op::UnpublishTarball { file, rev } => format!("/{name}/-/{file}/-rev/{rev}"),
+            Op::DistTagsList => format!("/-/package/{name}/dist-tags"),
+            Op::DistTagSet { tag } | Op::DistTagRemove { tag } => format!("/-/package/{name}/dist-tags/{tag}"),
+            Op::Visibility => format!("/-/package/{name}/visibility"),
+            Op::Collaborators => format!("/-/package/{name}/collaborators"),
+            Op::AccessSet => format!("/-/package/{name}/access"),
+            Op::StagePublish => format!("/-/stage/package/{name}"),
+        };
+        if let Some(q) = &self.query {
+            path.push('?');
+            path.push_str(q);
+        }
+        path
+    }
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+mod tests;

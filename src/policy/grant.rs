@@ -1,0 +1,241 @@
+//! Grant files (`policies/*.toml`): parsing and validation into `Grant`s.
+
+use super::glob::Glob;
+use crate::npm::{ActionKind, ActionSet, PackageName};
+use crate::units::parse_duration;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One validated grant.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub name: String,
+    /// The configured issuer's name (`[issuer.NAME]`).
+    pub issuer: String,
+    pub packages: Vec<Glob>,
+    pub actions: ActionSet,
+    /// Allowed dist-tags for publish, stage-publish and dist-tag; `None` allows any.
+    pub dist_tags: Option<Vec<Glob>>,
+    pub credential: String,
+    pub ttl: Duration,
+    /// Write operations a phantom from this grant may make; `None` means no limit within its TTL.
+    pub max_uses: Option<u32>,
+    /// Every claim must match (AND).
+    pub claims: Vec<(String, ClaimMatcher)>,
+    pub file: PathBuf,
+}
+
+/// How a claim value matches: exactly, any of a list, or an explicit glob. No regex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimMatcher {
+    Exact(String),
+    AnyOf(Vec<String>),
+    Glob(Glob),
+}
+
+impl ClaimMatcher {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            ClaimMatcher::Exact(s) => s == value,
+            ClaimMatcher::AnyOf(list) => list.iter().any(|s| s == value),
+            ClaimMatcher::Glob(g) => g.matches(value),
+        }
+    }
+}
+
+impl Grant {
+    pub fn covers_package(&self, package: &PackageName) -> bool {
+        self.packages.iter().any(|g| g.matches(package.as_str()))
+    }
+
+    pub fn allows_tag(&self, tag: &str) -> bool {
+        self.dist_tags
+            .as_ref()
+            .is_none_or(|tags| tags.iter().any(|g| g.matches(tag)))
+    }
+}
+
+/// What grants may refer to, taken from the broker's config.
+pub struct PolicyContext<'a> {
+    pub issuers: &'a [&'a str],
+    pub credentials: &'a [&'a str],
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    grant: Vec<GrantFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantFile {
+    name: String,
+    issuer: String,
+    packages: Vec<String>,
+    actions: Vec<String>,
+    dist_tags: Option<Vec<String>>,
+    credential: String,
+    ttl: Option<String>,
+    max_uses: Option<u32>,
+    #[serde(default)]
+    claims: BTreeMap<String, ClaimMatcher>,
+}
+
+/// Parses and validates one policy file. Errors name the grant and the key.
+pub fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Vec<Grant>, String> {
+    let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+    file.grant
+        .into_iter()
+        .map(|g| {
+            let name = g.name.clone();
+            validate(g, path, ctx).map_err(|e| format!("grant `{name}`: {e}"))
+        })
+        .collect()
+}
+
+fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
+    if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("`name` must be 1-128 characters without spaces".into());
+    }
+    if !ctx.issuers.contains(&g.issuer.as_str()) {
+        return Err(format!(
+            "`issuer`: `{}` is not a configured issuer (configured: {})",
+            g.issuer,
+            ctx.issuers.join(", ")
+        ));
+    }
+    if !ctx.credentials.contains(&g.credential.as_str()) {
+        return Err(format!(
+            "`credential`: `{}` is not a configured credential (configured: {})",
+            g.credential,
+            ctx.credentials.join(", ")
+        ));
+    }
+    if g.packages.is_empty() {
+        return Err("`packages` may not be empty".into());
+    }
+    let packages = g
+        .packages
+        .iter()
+        .map(|p| package_pattern(p).map_err(|e| format!("`packages`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if g.actions.is_empty() {
+        return Err("`actions` may not be empty".into());
+    }
+    let mut actions = ActionSet::default();
+    for a in &g.actions {
+        let kind = ActionKind::parse(a).ok_or_else(|| {
+            let known: Vec<_> = ActionKind::ALL.iter().map(|a| a.as_str()).collect();
+            format!("`actions`: unknown action `{a}` (expected one of {})", known.join(", "))
+        })?;
+        actions.insert(kind);
+    }
+    let dist_tags = match g.dist_tags {
+        None => None,
+        Some(tags) => {
+            let tagged = [ActionKind::Publish, ActionKind::StagePublish, ActionKind::DistTag];
+            if !tagged.iter().any(|a| actions.contains(*a)) {
+                return Err("`dist_tags` applies only to publish, stage-publish and dist-tag".into());
+            }
+            Some(
+                tags.iter()
+                    .map(|t| Glob::new(t).map_err(|e| format!("`dist_tags`: {e}")))
+                    .collect::<Result<Vec<_>, _>>()?,
+            )
+        }
+    };
+    let ttl = match &g.ttl {
+        Some(t) => parse_duration(t).map_err(|e| format!("`ttl`: {e}"))?,
+        None => ctx.default_ttl,
+    };
+    if ttl.is_zero() {
+        return Err("`ttl` must be more than zero".into());
+    }
+    if g.max_uses == Some(0) {
+        return Err("`max_uses` must be at least 1".into());
+    }
+    if g.claims.is_empty() {
+        return Err(
+            "`claims` may not be empty: a grant without claims admits every identity the issuer signs \
+             (on a public CI, every repository)"
+                .into(),
+        );
+    }
+    Ok(Grant {
+        name: g.name,
+        issuer: g.issuer,
+        packages,
+        actions,
+        dist_tags,
+        credential: g.credential,
+        ttl: ttl.min(ctx.max_ttl),
+        max_uses: g.max_uses,
+        claims: g.claims.into_iter().collect(),
+        file: path.to_owned(),
+    })
+}
+
+/// A package pattern must be a valid, non-legacy package name once `*` stands for a letter.
+fn package_pattern(p: &str) -> Result<Glob, String> {
+    let glob = Glob::new(p)?;
+    match PackageName::parse(&p.replace('*', "x")) {
+        Ok(name) if !name.is_legacy() => Ok(glob),
+        Ok(_) => Err(format!("`{p}` has upper case or legacy characters")),
+        Err(e) => Err(format!("`{p}` is not a package name or pattern: {e}")),
+    }
+}
+
+impl<'de> Deserialize<'de> for ClaimMatcher {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ClaimVisitor)
+    }
+}
+
+struct ClaimVisitor;
+
+impl<'de> Visitor<'de> for ClaimVisitor {
+    type Value = ClaimMatcher;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string, a list of strings, or { glob = \"...\" }")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ClaimMatcher, E> {
+        Ok(ClaimMatcher::Exact(v.to_owned()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ClaimMatcher, A::Error> {
+        let mut list = Vec::new();
+        while let Some(s) = seq.next_element::<String>()? {
+            list.push(s);
+        }
+        if list.is_empty() {
+            return Err(de::Error::custom("a claim list may not be empty"));
+        }
+        Ok(ClaimMatcher::AnyOf(list))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClaimMatcher, A::Error> {
+        let key: String = map
+            .next_key()?
+            .ok_or_else(|| de::Error::custom("expected { glob = \"...\" }"))?;
+        if key != "glob" {
+            return Err(de::Error::custom(format!(
+                "unknown key `{key}` in a claim table: expected `glob` (regular expressions are not supported)"
+            )));
+        }
+        let pattern: String = map.next_value()?;
+        if map.next_key::<String>()?.is_some() {
+            return Err(de::Error::custom("a claim table takes only `glob`"));
+        }
+        Glob::new(&pattern).map(ClaimMatcher::Glob).map_err(de::Error::custom)
+    }
+}

@@ -1,0 +1,281 @@
+//! Who may do what: grants loaded from `policies/*.toml`, and their evaluation.
+//!
+//! Evaluation is a pure function of the policy, the caller's identity and the request. Deny
+//! unless a grant matches. A permitted request is returned as `Authorized<T>`, which only this
+//! module can construct; the credential swap accepts nothing else.
+
+mod glob;
+mod grant;
+
+pub use glob::Glob;
+pub use grant::{ClaimMatcher, Grant, PolicyContext};
+
+use crate::npm::{ActionKind, ActionSet, PackageName};
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A verified caller: the configured issuer that vouched for it, and the token's claims.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub issuer: Arc<str>,
+    pub claims: Map<String, Value>,
+}
+
+impl Identity {
+    pub fn claim(&self, key: &str) -> Option<&str> {
+        self.claims.get(key).and_then(Value::as_str)
+    }
+}
+
+/// What a phantom was minted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub packages: Vec<PackageName>,
+    pub actions: ActionSet,
+}
+
+/// One request, as policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Requested<'a> {
+    pub package: Option<&'a PackageName>,
+    pub action: ActionKind,
+    /// Dist-tags the request sets: the publish body's, or the dist-tag route's.
+    pub tags: &'a [String],
+}
+
+/// Proof that policy permitted `T` under `grant`. Only this module can make one.
+#[derive(Debug)]
+pub struct Authorized<T> {
+    inner: T,
+    grant: Arc<Grant>,
+}
+
+impl<T> Authorized<T> {
+    pub fn get(&self) -> &T {
+        &self.inner
+    }
+    pub fn grant(&self) -> &Grant {
+        &self.grant
+    }
+}
+
+/// Why a request was denied. Shown in the audit log and by `policy explain`, never to callers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("no grant matches this identity, package and action")]
+    NoGrant,
+    #[error("grant `{0}` no longer exists")]
+    GrantGone(String),
+    #[error("grant `{0}` is for another issuer")]
+    IssuerMismatch(String),
+    #[error("claim `{0}` does not match")]
+    ClaimMismatch(String),
+    #[error("package is outside the token's scope")]
+    PackageOutOfScope,
+    #[error("action `{0}` is outside the token's scope")]
+    ActionOutOfScope(&'static str),
+    #[error("dist-tag `{0}` is not allowed by grant `{1}`")]
+    TagNotAllowed(String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct PolicyError {
+    pub file: String,
+    pub message: String,
+}
+
+/// All grants, indexed by package so that evaluation does not scan them all.
+#[derive(Debug, Default)]
+pub struct Policy {
+    grants: Vec<Arc<Grant>>,
+    by_name: HashMap<String, usize>,
+    /// Grants with a literal package name.
+    exact: HashMap<Box<str>, Vec<usize>>,
+    /// Grants with a pattern inside one literal scope, by scope (`@acme/web-*` under `acme`).
+    scoped: HashMap<Box<str>, Vec<usize>>,
+    /// Grants whose pattern has a `*` in the scope, or an unscoped `*`.
+    wide: Vec<usize>,
+}
+
+impl Policy {
+    pub fn new(grants: Vec<Grant>) -> Result<Policy, String> {
+        let mut p = Policy::default();
+        for (i, g) in grants.into_iter().enumerate() {
+            if p.by_name.insert(g.name.clone(), i).is_some() {
+                return Err(format!("grant name `{}` is used twice", g.name));
+            }
+            for pat in &g.packages {
+                let s = pat.as_str();
+                let list = if pat.is_literal() {
+                    p.exact.entry(s.into()).or_default()
+                } else {
+                    match literal_scope(s) {
+                        Some(scope) => p.scoped.entry(scope.into()).or_default(),
+                        None => &mut p.wide,
+                    }
+                };
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+            p.grants.push(Arc::new(g));
+        }
+        Ok(p)
+    }
+
+    /// Loads every `*.toml` in `dir`, in file-name order.
+    pub fn load_dir(dir: &Path, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
+        let err = |file: &Path, message: String| PolicyError {
+            file: file.display().to_string(),
+            message,
+        };
+        let entries = std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        let mut grants = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))?;
+            grants.extend(grant::parse_file(file, &text, ctx).map_err(|m| err(file, m))?);
+        }
+        Policy::new(grants).map_err(|m| err(dir, m))
+    }
+
+    pub fn len(&self) -> usize {
+        self.grants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+    }
+
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.iter().map(|g| &**g)
+    }
+
+    /// Indices of grants that may cover `package`, in policy order, without duplicates.
+    fn candidates(&self, package: &PackageName) -> Vec<usize> {
+        let mut out: Vec<usize> = Vec::new();
+        if let Some(v) = self.exact.get(package.as_str()) {
+            out.extend(v);
+        }
+        if let Some(v) = package.scope().and_then(|s| self.scoped.get(s)) {
+            out.extend(v);
+        }
+        out.extend(&self.wide);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The first grant that lets `identity` perform `action` on `package` (exchange time).
+    pub fn grant_for(&self, identity: &Identity, package: &PackageName, action: ActionKind) -> Result<Arc<Grant>, Denial> {
+        self.candidates(package)
+            .into_iter()
+            .map(|i| &self.grants[i])
+            .find(|g| g.actions.contains(action) && g.covers_package(package) && matches_identity(g, identity).is_ok())
+            .cloned()
+            .ok_or(Denial::NoGrant)
+    }
+
+    /// For the generic exchange: the grant giving the largest part of what was asked, and that
+    /// part (packages x actions). Ties go to the grant that comes first.
+    pub fn best_grant(&self, identity: &Identity, packages: &[PackageName], actions: ActionSet) -> Option<(Arc<Grant>, Scope)> {
+        let mut seen: Vec<usize> = packages.iter().flat_map(|p| self.candidates(p)).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        let mut best: Option<(Arc<Grant>, Scope, usize)> = None;
+        for g in seen.into_iter().map(|i| &self.grants[i]) {
+            if matches_identity(g, identity).is_err() {
+                continue;
+            }
+            let acts = g.actions.intersect(actions);
+            let pkgs: Vec<PackageName> = packages.iter().filter(|p| g.covers_package(p)).cloned().collect();
+            let size = pkgs.len() * acts.iter().count();
+            if size > 0 && best.as_ref().is_none_or(|b| size > b.2) {
+                let scope = Scope { packages: pkgs, actions: acts };
+                best = Some((g.clone(), scope, size));
+            }
+        }
+        best.map(|(g, s, _)| (g, s))
+    }
+
+    /// Re-evaluates, at the moment of use, the grant a phantom was minted under: the grant must
+    /// still exist and match the identity, and the request must fit both it and the phantom.
+    pub fn authorize<T>(&self, identity: &Identity, grant: &str, scope: &Scope, req: Requested<'_>, inner: T) -> Result<Authorized<T>, Denial> {
+        let g = self
+            .by_name
+            .get(grant)
+            .map(|&i| &self.grants[i])
+            .ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
+        matches_identity(g, identity)?;
+        if let Some(package) = req.package {
+            if !scope.packages.contains(package) || !g.covers_package(package) {
+                return Err(Denial::PackageOutOfScope);
+            }
+        }
+        // Any action on a package lets its phantom read that package (npm reads before it writes).
+        let action_ok = match req.action {
+            ActionKind::Read => req.package.is_some(),
+            a => scope.actions.contains(a) && g.actions.contains(a),
+        };
+        if !action_ok {
+            return Err(Denial::ActionOutOfScope(req.action.as_str()));
+        }
+        if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
+            return Err(Denial::TagNotAllowed(tag.clone(), g.name.clone()));
+        }
+        Ok(Authorized { inner, grant: g.clone() })
+    }
+
+    /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.
+    pub fn explain(&self, identity: &Identity, package: &PackageName, action: ActionKind) -> Vec<(String, Result<(), Denial>)> {
+        self.grants
+            .iter()
+            .map(|g| {
+                let verdict = matches_identity(g, identity).and_then(|()| {
+                    if !g.covers_package(package) {
+                        Err(Denial::PackageOutOfScope)
+                    } else if !g.actions.contains(action) && action != ActionKind::Read {
+                        Err(Denial::ActionOutOfScope(action.as_str()))
+                    } else {
+                        Ok(())
+                    }
+                });
+                (g.name.clone(), verdict)
+            })
+            .collect()
+    }
+}
+
+fn matches_identity(g: &Grant, identity: &Identity) -> Result<(), Denial> {
+    if *g.issuer != *identity.issuer {
+        return Err(Denial::IssuerMismatch(g.name.clone()));
+    }
+    for (key, matcher) in &g.claims {
+        match identity.claim(key) {
+            Some(v) if matcher.matches(v) => {}
+            _ => return Err(Denial::ClaimMismatch(key.clone())),
+        }
+    }
+    Ok(())
+}
+
+/// `@acme/web-*` -> `acme`; `@*/x` and `*` -> None.
+fn literal_scope(pattern: &str) -> Option<&str> {
+    let rest = pattern.strip_prefix('@')?;
+    let scope = &rest[..rest.find('/')?];
+    (!scope.contains('*')).then_some(scope)
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
