@@ -7,9 +7,7 @@
 
 use super::name::PackageName;
 use super::route::parse_tag;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BodyError {
@@ -74,16 +72,10 @@ pub enum PutRevision {
 
 /// Parses JSON, refusing duplicate keys at any depth.
 pub fn parse_strict(body: &[u8]) -> Result<Value, BodyError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value = StrictValue::deserialize(&mut de).map_err(|e| {
-        if e.to_string().starts_with(DUPLICATE_KEY) {
-            BodyError::DuplicateKey
-        } else {
-            BodyError::InvalidJson
-        }
-    })?;
-    de.end().map_err(|_| BodyError::InvalidJson)?;
-    Ok(value.0)
+    crate::json::parse_strict(body).map_err(|e| match e {
+        crate::json::JsonError::DuplicateKey => BodyError::DuplicateKey,
+        crate::json::JsonError::Invalid => BodyError::InvalidJson,
+    })
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
@@ -232,65 +224,6 @@ pub fn check_deprecate(body: &Map<String, Value>, upstream: &Map<String, Value>)
         Ok(())
     } else {
         Err(BodyError::DeprecateChangesMore)
-    }
-}
-
-const DUPLICATE_KEY: &str = "duplicate key";
-
-/// A JSON value whose objects have unique keys.
-struct StrictValue(Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut obj = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            let StrictValue(v) = map.next_value()?;
-            if obj.insert(key, v).is_some() {
-                return Err(de::Error::custom(DUPLICATE_KEY));
-            }
-        }
-        Ok(Value::Object(obj))
     }
 }
 

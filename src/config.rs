@@ -1,0 +1,482 @@
+//! `phantom.toml`: strict parsing (unknown keys are errors) into validated types, once, at start.
+//!
+//! Relative paths in the file are relative to the file's own directory.
+
+use crate::policy::Glob;
+use crate::units::parse_duration;
+use http::Uri;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_MAX_BODY: u64 = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// Where a secret comes from: `{ file = "..." }` or `{ env = "..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub issuers: Vec<IssuerConfig>,
+    pub credentials: Vec<CredentialConfig>,
+    pub audit: AuditConfig,
+    pub policy_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub public_url: Uri,
+    /// The host of `public_url`: npm asks its CI for an ID token with audience `npm:<host>`.
+    pub public_host: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub max_body_bytes: u64,
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    pub upstream_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The audience npm's own exchange requires.
+    pub fn npm_audience(&self) -> String {
+        format!("npm:{}", self.public_host)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// Scheme, authority and path prefix (without a trailing `/`).
+    pub url: Uri,
+    pub scopes: Vec<String>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerConfig {
+    pub name: String,
+    pub issuer: String,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The audience the generic exchange requires (default `npm:<public host>`).
+    pub audience: String,
+    pub ca_file: Option<PathBuf>,
+    pub leeway: Duration,
+    pub jwks_cache: Duration,
+    pub fetch_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub upstream: String,
+    pub source: SecretSource,
+    pub packages: Vec<Glob>,
+    pub expires: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub path: PathBuf,
+    /// The key for hashing token ids; a random per-process key when absent.
+    pub key: Option<SecretSource>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    upstream: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    issuer: BTreeMap<String, RawIssuer>,
+    #[serde(default)]
+    credential: BTreeMap<String, RawCredential>,
+    #[serde(default)]
+    state: RawState,
+    audit: RawAudit,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    public_url: String,
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    max_body_bytes: Option<u64>,
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    upstream_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    scopes: Vec<String>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    algorithms: Vec<String>,
+    audience: Option<String>,
+    ca_file: Option<PathBuf>,
+    leeway: Option<String>,
+    jwks_cache: Option<String>,
+    fetch_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    upstream: String,
+    source: SecretSource,
+    #[serde(default)]
+    packages: Vec<String>,
+    expires: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    backend: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+    key: Option<SecretSource>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: Option<PathBuf>,
+}
+
+/// Algorithms an issuer may be allowed: asymmetric only. `none` and HMAC never verify ID tokens.
+const ALLOWED_ALGS: &[(&str, jsonwebtoken::Algorithm)] = {
+    use jsonwebtoken::Algorithm::*;
+    &[
+        ("RS256", RS256),
+        ("RS384", RS384),
+        ("RS512", RS512),
+        ("PS256", PS256),
+        ("PS384", PS384),
+        ("PS512", PS512),
+        ("ES256", ES256),
+        ("ES384", ES384),
+        ("EdDSA", EdDSA),
+    ]
+};
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: path.display().to_string(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        validate(raw, path, base).map_err(err)
+    }
+
+    pub fn issuer_names(&self) -> Vec<&str> {
+        self.issuers.iter().map(|i| i.name.as_str()).collect()
+    }
+
+    pub fn credential_names(&self) -> Vec<&str> {
+        self.credentials.iter().map(|c| c.name.as_str()).collect()
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> {
+    let rel = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+    let dur = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, String> {
+        match v {
+            Some(s) => parse_duration(s).map_err(|e| format!("`{key}`: {e}")),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+
+    let s = &raw.server;
+    let listen_text = s.listen.as_deref().unwrap_or("127.0.0.1:8443");
+    let listen: SocketAddr = listen_text
+        .parse()
+        .map_err(|_| format!("`server.listen`: `{listen_text}` is not an address like \"127.0.0.1:8443\""))?;
+    let public_url: Uri = s
+        .public_url
+        .parse()
+        .map_err(|_| format!("`server.public_url`: `{}` is not a URL", s.public_url))?;
+    if public_url.scheme_str() != Some("https") {
+        return Err("`server.public_url` must be an https:// URL".into());
+    }
+    let public_host = public_url
+        .host()
+        .ok_or("`server.public_url` has no host")?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let server = ServerConfig {
+        listen,
+        public_host,
+        public_url,
+        tls_cert: rel(&s.tls_cert),
+        tls_key: rel(&s.tls_key),
+        max_body_bytes: s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
+        default_ttl: dur("server.default_ttl", &s.default_ttl, 600)?,
+        max_ttl: dur("server.max_ttl", &s.max_ttl, 3600)?,
+        upstream_timeout: dur("server.upstream_timeout", &s.upstream_timeout, 300)?,
+    };
+    if server.default_ttl > server.max_ttl {
+        return Err("`server.default_ttl` is longer than `server.max_ttl`".into());
+    }
+
+    if raw.upstream.is_empty() {
+        return Err("at least one `[upstream.NAME]` is required".into());
+    }
+    let mut seen_scopes: BTreeMap<String, String> = BTreeMap::new();
+    let mut upstreams = Vec::new();
+    for (name, u) in raw.upstream {
+        let url = checked_url(&u.url).map_err(|e| format!("`upstream.{name}.url`: {e}"))?;
+        if u.scopes.is_empty() {
+            return Err(format!("`upstream.{name}.scopes` may not be empty (use [\"*\"] for every package)"));
+        }
+        for scope in &u.scopes {
+            let ok = scope == "*"
+                || scope
+                    .strip_prefix('@')
+                    .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)));
+            if !ok {
+                return Err(format!("`upstream.{name}.scopes`: `{scope}` must be \"*\" or \"@scope\""));
+            }
+            if let Some(other) = seen_scopes.insert(scope.clone(), name.clone()) {
+                return Err(format!("`upstream.{name}.scopes`: `{scope}` is already routed to upstream `{other}`"));
+            }
+        }
+        upstreams.push(UpstreamConfig {
+            name,
+            url,
+            scopes: u.scopes,
+            ca_file: u.ca_file.as_deref().map(rel),
+        });
+    }
+
+    let mut issuers = Vec::new();
+    for (name, i) in raw.issuer {
+        checked_url(&i.issuer).map_err(|e| format!("`issuer.{name}.issuer`: {e}"))?;
+        if i.algorithms.is_empty() {
+            return Err(format!("`issuer.{name}.algorithms` may not be empty"));
+        }
+        let mut algorithms = Vec::new();
+        for a in &i.algorithms {
+            let alg = ALLOWED_ALGS.iter().find(|(n, _)| n == a).map(|(_, alg)| *alg).ok_or_else(|| {
+                let names: Vec<_> = ALLOWED_ALGS.iter().map(|(n, _)| *n).collect();
+                format!("`issuer.{name}.algorithms`: `{a}` is not allowed (expected one of {})", names.join(", "))
+            })?;
+            algorithms.push(alg);
+        }
+        issuers.push(IssuerConfig {
+            audience: i.audience.clone().unwrap_or_else(|| server.npm_audience()),
+            issuer: i.issuer,
+            algorithms,
+            ca_file: i.ca_file.as_deref().map(rel),
+            leeway: dur(&format!("issuer.{name}.leeway"), &i.leeway, 30)?,
+            jwks_cache: dur(&format!("issuer.{name}.jwks_cache"), &i.jwks_cache, 3600)?,
+            fetch_timeout: dur(&format!("issuer.{name}.fetch_timeout"), &i.fetch_timeout, 5)?,
+            name,
+        });
+    }
+
+    let mut credentials = Vec::new();
+    for (name, c) in raw.credential {
+        if !upstreams.iter().any(|u| u.name == c.upstream) {
+            return Err(format!("`credential.{name}.upstream`: `{}` is not a configured upstream", c.upstream));
+        }
+        let packages = c
+            .packages
+            .iter()
+            .map(|p| Glob::new(p).map_err(|e| format!("`credential.{name}.packages`: {e}")))
+            .collect::<Result<_, _>>()?;
+        let source = match c.source {
+            SecretSource::File(p) => SecretSource::File(rel(&p)),
+            env => env,
+        };
+        credentials.push(CredentialConfig {
+            name,
+            upstream: c.upstream,
+            source,
+            packages,
+            expires: c.expires,
+        });
+    }
+
+    match raw.state.backend.as_deref() {
+        None | Some("memory") => {}
+        Some(other) => {
+            return Err(format!(
+                "`state.backend`: `{other}` is not supported by this build (expected \"memory\")"
+            ))
+        }
+    }
+
+    Ok(Config {
+        path: path.to_owned(),
+        server,
+        upstreams,
+        issuers,
+        credentials,
+        audit: AuditConfig {
+            path: rel(&raw.audit.path),
+            key: raw.audit.key.map(|k| match k {
+                SecretSource::File(p) => SecretSource::File(rel(&p)),
+                env => env,
+            }),
+        },
+        policy_dir: rel(raw.policy.dir.as_deref().unwrap_or(Path::new("policies"))),
+    })
+}
+
+/// An https URL, or an http URL on a loopback host. Returns it without a trailing `/`.
+fn checked_url(s: &str) -> Result<Uri, String> {
+    let uri: Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
+    let host = uri.host().ok_or_else(|| format!("`{s}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback(host) => {}
+        Some("http") => return Err(format!("`{s}`: plain http:// is accepted only for loopback hosts")),
+        _ => return Err(format!("`{s}` must be an https:// URL")),
+    }
+    if uri.query().is_some() {
+        return Err(format!("`{s}` may not have a query string"));
+    }
+    let trimmed = s.trim_end_matches('/');
+    trimmed.parse().map_err(|_| format!("`{s}` is not a URL"))
+}
+
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8443"
+public_url = "https://npm-broker.example.com/"
+tls_cert = "certs/server.pem"
+tls_key = "certs/server-key.pem"
+
+[upstream.public]
+url = "https://registry.example.com/"
+scopes = ["*"]
+
+[upstream.acme]
+url = "http://127.0.0.1:4873"
+scopes = ["@acme"]
+
+[issuer.github]
+issuer = "https://token.actions.example.com"
+algorithms = ["RS256", "ES256"]
+
+[credential.acme-publish]
+upstream = "acme"
+source = { file = "/run/secrets/acme-npm-token" }
+packages = ["@acme/*"]
+expires = "2027-01-31"
+
+[credential.env-one]
+upstream = "public"
+source = { env = "NPM_TOKEN" }
+
+[state]
+backend = "memory"
+
+[audit]
+path = "audit/phantom.jsonl"
+"#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = Config::parse(Path::new("/etc/phantom/phantom.toml"), GOOD).unwrap();
+        assert_eq!(c.server.npm_audience(), "npm:npm-broker.example.com");
+        assert_eq!(c.server.tls_cert, PathBuf::from("/etc/phantom/certs/server.pem"));
+        assert_eq!(c.policy_dir, PathBuf::from("/etc/phantom/policies"));
+        assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY);
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[1].url.to_string(), "https://registry.example.com/");
+        assert_eq!(c.issuers[0].audience, "npm:npm-broker.example.com");
+        assert_eq!(c.issuers[0].leeway, Duration::from_secs(30));
+        assert_eq!(c.credentials[0].source, SecretSource::File("/run/secrets/acme-npm-token".into()));
+        assert_eq!(c.credentials[1].source, SecretSource::Env("NPM_TOKEN".into()));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        let table: &[(&str, &str, &str)] = &[
+            ("listen = \"127.0.0.1:8443\"", "lisen = \"127.0.0.1:8443\"", "unknown field `lisen`, expected one of"),
+            ("listen = \"127.0.0.1:8443\"", "listen = \"localhost\"", "`server.listen`"),
+            ("https://npm-broker.example.com/", "http://npm-broker.example.com/", "`server.public_url` must be an https"),
+            ("https://registry.example.com/", "http://registry.example.com/", "only for loopback"),
+            ("scopes = [\"@acme\"]", "scopes = [\"*\"]", "already routed"),
+            ("scopes = [\"@acme\"]", "scopes = [\"acme\"]", "must be \"*\" or \"@scope\""),
+            ("[\"RS256\", \"ES256\"]", "[\"HS256\"]", "`HS256` is not allowed"),
+            ("[\"RS256\", \"ES256\"]", "[\"none\"]", "`none` is not allowed"),
+            ("upstream = \"acme\"", "upstream = \"nope\"", "not a configured upstream"),
+            ("{ env = \"NPM_TOKEN\" }", "{ vault = \"x\" }", "unknown variant `vault`"),
+            ("backend = \"memory\"", "backend = \"etcd://x\"", "`state.backend`"),
+            ("[audit]", "[audit]\ncolour = 1", "unknown field `colour`"),
+        ];
+        for (from, to, want) in table {
+            assert!(GOOD.contains(from), "{from}");
+            let err = Config::parse(Path::new("conf/phantom.toml"), &GOOD.replacen(from, to, 1)).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with("conf/phantom.toml: "), "{text}");
+            assert!(text.contains(want), "{to}: {text}");
+        }
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["127.0.0.1", "127.1.2.3", "[::1]", "localhost"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["10.0.0.1", "example.com", "localhost.example.com", "0.0.0.0"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! TLS and HTTP plumbing shared by the listener, the upstream client and the OIDC fetcher:
+//! rustls on the ring provider, system roots plus configured CAs, pooled hyper clients.
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the broker builds.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The listener's TLS: TLS 1.2 and 1.3, HTTP/2 and HTTP/1.1 by ALPN.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let certs = load_certs(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "could not load some system root certificates");
+        }
+        found.certs
+    })
+}
+
+/// Client TLS that trusts the system roots plus `extra_ca`, if given.
+pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    if let Some(path) = extra_ca {
+        for cert in load_certs(path)? {
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A pooled client over `tls`. It never follows redirects (hyper does not).
+pub fn https_client(tls: ClientConfig, connect_timeout: Duration) -> HttpsClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(connector)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("timed out")]
+    Timeout,
+    #[error("request failed: {0}")]
+    Failed(String),
+    #[error("answered with status {0}")]
+    Status(u16),
+    #[error("the response is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Sends `req` and collects at most `max` bytes of the answer, all within `timeout`.
+pub async fn fetch(client: &HttpsClient, req: Request<Body>, timeout: Duration, max: usize) -> Result<(http::response::Parts, Bytes), FetchError> {
+    let work = async {
+        let resp: Response<_> = client.request(req).await.map_err(|e| FetchError::Failed(error_chain(&e)))?;
+        let (parts, body) = resp.into_parts();
+        let bytes = Limited::new(body, max)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    FetchError::TooLarge(max)
+                } else {
+                    FetchError::Failed(e.to_string())
+                }
+            })?
+            .to_bytes();
+        Ok((parts, bytes))
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout)?
+}
+
+/// GETs a JSON document that must answer 200.
+pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: usize) -> Result<Bytes, FetchError> {
+    let req = Request::get(uri.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .body(empty())
+        .map_err(|e| FetchError::Failed(e.to_string()))?;
+    let (parts, body) = fetch(client, req, timeout, max).await?;
+    if parts.status != http::StatusCode::OK {
+        return Err(FetchError::Status(parts.status.as_u16()));
+    }
+    Ok(body)
+}
+
+/// An error and its causes on one line (hyper's errors hide the interesting part in `source`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

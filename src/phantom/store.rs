@@ -1,0 +1,240 @@
+//! Where live phantoms and spent ID tokens are kept.
+//!
+//! `PhantomStore` is the seam for shared state: the in-memory store below serves one replica;
+//! a Redis store implements the same trait so that revocation, use counts and replay protection
+//! hold across replicas. Every operation that decides a use is one atomic step in the store.
+
+use super::token::TokenDigest;
+use crate::policy::{Identity, Scope};
+use dashmap::DashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// Everything the broker knows about a live phantom. The token itself is never stored.
+#[derive(Debug, Clone)]
+pub struct PhantomRecord {
+    /// A keyed hash of the token: safe to log, list and revoke by.
+    pub id: String,
+    pub identity: Identity,
+    pub scope: Scope,
+    pub grant: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    pub expires_at: u64,
+    pub max_uses: Option<u32>,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Live(Arc<PhantomRecord>),
+    Expired,
+    Revoked,
+    Unknown,
+}
+
+/// The result of asking to spend one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseOutcome {
+    /// A new use was counted; `remaining` is what is left (None: no limit).
+    Counted { remaining: Option<u32> },
+    /// The same request (method, path, body) as one already counted: a client retry, not a use.
+    Retry,
+    Exhausted,
+    /// Expired, revoked or unknown by the time the use was asked for.
+    NotLive,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("the state store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A digest of one request's method, path and body: what makes two writes "the same".
+pub type Fingerprint = [u8; 32];
+
+pub trait PhantomStore: Send + Sync + 'static {
+    fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn lookup(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+
+    /// Spends one write use, atomically, unless `fingerprint` was already spent.
+    fn consume_use(&self, digest: &TokenDigest, fingerprint: Fingerprint, now: u64) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
+
+    /// Returns whether a live phantom was revoked.
+    fn revoke(&self, digest: &TokenDigest) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records an ID token as spent until `until` (unix seconds). Returns false if it already was.
+    fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Drops what has expired.
+    fn sweep(&self, now: u64) -> impl Future<Output = ()> + Send;
+}
+
+/// Seconds an expired phantom is remembered, so its holder hears "expired", not "unknown".
+const EXPIRED_GRACE: u64 = 3600;
+/// Upper bound on the fingerprints kept per phantom (a limit for phantoms without max_uses).
+const MAX_FINGERPRINTS: usize = 64;
+
+struct Entry {
+    record: Arc<PhantomRecord>,
+    used: u32,
+    fingerprints: Vec<Fingerprint>,
+    revoked: bool,
+}
+
+/// The single-replica store.
+#[derive(Default)]
+pub struct MemoryStore {
+    phantoms: DashMap<TokenDigest, Entry>,
+    spent_id_tokens: DashMap<[u8; 32], u64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl PhantomStore for MemoryStore {
+    async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
+        let entry = Entry {
+            record: Arc::new(record),
+            used: 0,
+            fingerprints: Vec::new(),
+            revoked: false,
+        };
+        self.phantoms.insert(digest, entry);
+        Ok(())
+    }
+
+    async fn lookup(&self, digest: &TokenDigest, now: u64) -> Result<Lookup, StoreError> {
+        Ok(match self.phantoms.get(digest) {
+            None => Lookup::Unknown,
+            Some(e) if e.revoked => Lookup::Revoked,
+            Some(e) if now >= e.record.expires_at => Lookup::Expired,
+            Some(e) => Lookup::Live(e.record.clone()),
+        })
+    }
+
+    async fn consume_use(&self, digest: &TokenDigest, fingerprint: Fingerprint, now: u64) -> Result<UseOutcome, StoreError> {
+        let Some(mut e) = self.phantoms.get_mut(digest) else {
+            return Ok(UseOutcome::NotLive);
+        };
+        if e.revoked || now >= e.record.expires_at {
+            return Ok(UseOutcome::NotLive);
+        }
+        if e.fingerprints.contains(&fingerprint) {
+            return Ok(UseOutcome::Retry);
+        }
+        let max = e.record.max_uses;
+        if max.is_some_and(|m| e.used >= m) {
+            return Ok(UseOutcome::Exhausted);
+        }
+        e.used += 1;
+        if e.fingerprints.len() == MAX_FINGERPRINTS {
+            e.fingerprints.remove(0);
+        }
+        e.fingerprints.push(fingerprint);
+        Ok(UseOutcome::Counted {
+            remaining: max.map(|m| m - e.used),
+        })
+    }
+
+    async fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
+        Ok(match self.phantoms.get_mut(digest) {
+            Some(mut e) if !e.revoked => {
+                e.revoked = true;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
+        use dashmap::mapref::entry::Entry as MapEntry;
+        Ok(match self.spent_id_tokens.entry(key) {
+            MapEntry::Occupied(mut o) if *o.get() <= now => {
+                o.insert(until);
+                true
+            }
+            MapEntry::Occupied(_) => false,
+            MapEntry::Vacant(v) => {
+                v.insert(until);
+                true
+            }
+        })
+    }
+
+    async fn sweep(&self, now: u64) {
+        self.phantoms.retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
+        self.spent_id_tokens.retain(|_, until| now < *until);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::npm::{ActionKind, PackageName};
+
+    fn record(expires_at: u64, max_uses: Option<u32>) -> PhantomRecord {
+        PhantomRecord {
+            id: "id".into(),
+            identity: Identity {
+                issuer: "github".into(),
+                claims: Default::default(),
+            },
+            scope: Scope {
+                packages: vec![PackageName::parse("web").unwrap()],
+                actions: [ActionKind::Publish].into_iter().collect(),
+            },
+            grant: "g".into(),
+            issued_at: 0,
+            expires_at,
+            max_uses,
+        }
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn uses_retries_and_expiry() {
+        block_on(async {
+            let s = MemoryStore::new();
+            let d = TokenDigest([1; 32]);
+            s.insert(d, record(100, Some(2))).await.unwrap();
+            assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Live(_)));
+            assert!(matches!(s.lookup(&d, 100).await.unwrap(), Lookup::Expired));
+            assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
+            let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
+            assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
+            assert_eq!(use_(1).await.unwrap(), UseOutcome::Retry);
+            assert_eq!(use_(2).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
+            assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
+            assert_eq!(use_(2).await.unwrap(), UseOutcome::Retry);
+            assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
+            assert!(s.revoke(&d).await.unwrap());
+            assert!(!s.revoke(&d).await.unwrap());
+            assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));
+            assert_eq!(use_(1).await.unwrap(), UseOutcome::NotLive);
+            s.sweep(100 + EXPIRED_GRACE).await;
+            assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Unknown));
+        });
+    }
+
+    #[test]
+    fn id_tokens_are_spent_once_until_they_lapse() {
+        block_on(async {
+            let s = MemoryStore::new();
+            assert!(s.claim_id_token([7; 32], 200, 100).await.unwrap());
+            assert!(!s.claim_id_token([7; 32], 200, 150).await.unwrap());
+            assert!(!s.claim_id_token([7; 32], 200, 199).await.unwrap());
+            assert!(s.claim_id_token([8; 32], 200, 150).await.unwrap());
+            s.sweep(201).await;
+            assert!(s.spent_id_tokens.is_empty());
+        });
+    }
+}
