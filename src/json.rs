@@ -93,4 +93,3 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::Object(obj))
     }
 }
-

@@ -1,1 +1,278 @@
-fn main(){}
+//! `phantom`: the command line. It parses arguments and calls into the library; nothing else.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use phantom_broker::{audit, certs, config::Config, login, policy, server};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "phantom",
+    version,
+    about = "A short-lived credential broker for npm publishing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the registry-facing HTTPS listener.
+    Serve {
+        #[arg(long, default_value = "phantom.toml")]
+        config: PathBuf,
+    },
+    /// Development certificates.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
+    Login {
+        /// The broker's registry URL, e.g. https://npm-broker.example.com/
+        #[arg(long)]
+        broker: String,
+        /// Packages to ask for (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        packages: Vec<String>,
+        /// Actions to ask for: publish, dist-tag, deprecate, unpublish, ... (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',', required = true)]
+        actions: Vec<String>,
+        /// Ask for a shorter lifetime than the grant's.
+        #[arg(long)]
+        ttl_seconds: Option<u64>,
+        /// The .npmrc to write (default: $NPM_CONFIG_USERCONFIG, else ~/.npmrc).
+        #[arg(long)]
+        npmrc: Option<PathBuf>,
+        /// Read the ID token from this file instead of the CI environment.
+        #[arg(long)]
+        id_token_file: Option<PathBuf>,
+        /// The audience to request from the CI (default npm:<broker host>).
+        #[arg(long)]
+        audience: Option<String>,
+        /// Extra CA certificates to trust for the broker and the CI token endpoint.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Write a development CA and a server certificate for localhost and 127.0.0.1.
+    Dev {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Extra DNS names or IP addresses for the server certificate.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and name the first altered or removed line.
+    Verify { path: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Parse and validate the config and every policy file.
+    Check {
+        #[arg(long, default_value = "phantom.toml")]
+        config: PathBuf,
+    },
+    /// Show, grant by grant, why an identity may or may not do an action on a package.
+    Explain {
+        #[arg(long, default_value = "phantom.toml")]
+        config: PathBuf,
+        /// A JSON file with the ID token's claims.
+        #[arg(long)]
+        claims: PathBuf,
+        #[arg(long)]
+        package: String,
+        #[arg(long)]
+        action: String,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => rt.block_on(serve(config)),
+        Command::Certs {
+            command: CertsCommand::Dev { out, san, force },
+        } => {
+            let w = certs::write_dev_certs(&out, &san, force).map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} (trust this CA), {} and {}",
+                w.ca.display(),
+                w.cert.display(),
+                w.key.display()
+            );
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { path },
+        } => match audit::verify(&path)? {
+            audit::Verdict::Intact { lines } => {
+                println!("{}: intact, {lines} lines", path.display());
+                Ok(())
+            }
+            audit::Verdict::Broken { line, reason } => {
+                bail!("{}: line {line}: {reason}", path.display())
+            }
+        },
+        Command::Policy { command } => policy_command(command),
+        Command::Login {
+            broker,
+            packages,
+            actions,
+            ttl_seconds,
+            npmrc,
+            id_token_file,
+            audience,
+            ca_file,
+        } => {
+            let args = login::LoginArgs {
+                broker,
+                packages,
+                actions,
+                ttl_seconds,
+                npmrc,
+                id_token_file,
+                audience,
+                ca_file,
+            };
+            let summary = rt
+                .block_on(login::login(args))
+                .map_err(anyhow::Error::msg)?;
+            println!("{summary}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: PathBuf) -> Result<()> {
+    let config = Config::load(&config)?;
+    let listen = config.server.listen;
+    let app = Arc::new(server::App::new(config).map_err(anyhow::Error::msg)?);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    println!("phantom: listening on https://{addr}/");
+    tracing::info!(%addr, grants = app.policy().len(), "listening");
+    server::serve(app, listener, shutdown_signal())
+        .await
+        .map_err(anyhow::Error::msg)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn policy_command(command: PolicyCommand) -> Result<()> {
+    let load = |path: &PathBuf| -> Result<(Config, policy::Policy)> {
+        let config = Config::load(path)?;
+        let issuers = config.issuer_names();
+        let credentials = config.credential_names();
+        let ctx = policy::PolicyContext {
+            issuers: &issuers,
+            credentials: &credentials,
+            default_ttl: config.server.default_ttl,
+            max_ttl: config.server.max_ttl,
+        };
+        let policy = policy::Policy::load_dir(&config.policy_dir, &ctx)?;
+        Ok((config, policy))
+    };
+    match command {
+        PolicyCommand::Check { config } => {
+            let (config, policy) = load(&config)?;
+            println!(
+                "{}: {} grants, all valid",
+                config.policy_dir.display(),
+                policy.len()
+            );
+            Ok(())
+        }
+        PolicyCommand::Explain {
+            config,
+            claims,
+            package,
+            action,
+        } => {
+            let (config, policy) = load(&config)?;
+            let text = std::fs::read_to_string(&claims)
+                .with_context(|| format!("cannot read {}", claims.display()))?;
+            let claims = phantom_broker::json::parse_object(text.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
+            let iss = claims
+                .get("iss")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default();
+            let issuer = config
+                .issuers
+                .iter()
+                .find(|i| i.issuer == iss)
+                .with_context(|| format!("the claims' iss `{iss}` is not a configured issuer"))?;
+            let identity = policy::Identity {
+                issuer: issuer.name.as_str().into(),
+                claims,
+            };
+            let package = phantom_broker::npm::PackageName::parse(&package)?;
+            let action = phantom_broker::npm::ActionKind::parse(&action)
+                .with_context(|| format!("unknown action `{action}`"))?;
+            let mut allowed = false;
+            for (grant, verdict) in policy.explain(&identity, &package, action) {
+                match verdict {
+                    Ok(()) => {
+                        allowed = true;
+                        println!("allow  {grant}");
+                    }
+                    Err(why) => println!("deny   {grant}: {why}"),
+                }
+            }
+            if !allowed {
+                bail!("denied: no grant allows {} on {package}", action.as_str());
+            }
+            Ok(())
+        }
+    }
+}

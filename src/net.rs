@@ -24,7 +24,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 pub fn empty() -> Body {
@@ -73,7 +75,9 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String> {
     roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
-            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(ClientConfig::builder_with_provider(provider())
@@ -114,9 +118,17 @@ pub enum FetchError {
 }
 
 /// Sends `req` and collects at most `max` bytes of the answer, all within `timeout`.
-pub async fn fetch(client: &HttpsClient, req: Request<Body>, timeout: Duration, max: usize) -> Result<(http::response::Parts, Bytes), FetchError> {
+pub async fn fetch(
+    client: &HttpsClient,
+    req: Request<Body>,
+    timeout: Duration,
+    max: usize,
+) -> Result<(http::response::Parts, Bytes), FetchError> {
     let work = async {
-        let resp: Response<_> = client.request(req).await.map_err(|e| FetchError::Failed(error_chain(&e)))?;
+        let resp: Response<_> = client
+            .request(req)
+            .await
+            .map_err(|e| FetchError::Failed(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let bytes = Limited::new(body, max)
             .collect()
@@ -131,11 +143,18 @@ pub async fn fetch(client: &HttpsClient, req: Request<Body>, timeout: Duration, 
             .to_bytes();
         Ok((parts, bytes))
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout)?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| FetchError::Timeout)?
 }
 
 /// GETs a JSON document that must answer 200.
-pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: usize) -> Result<Bytes, FetchError> {
+pub async fn get_json(
+    client: &HttpsClient,
+    uri: &Uri,
+    timeout: Duration,
+    max: usize,
+) -> Result<Bytes, FetchError> {
     let req = Request::get(uri.clone())
         .header(http::header::ACCEPT, "application/json")
         .body(empty())

@@ -14,7 +14,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\"")),
+        _ => {
+            return Err(format!(
+                "`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\""
+            ))
+        }
     };
     Ok(Duration::from_secs(secs))
 }

@@ -164,9 +164,12 @@ impl KeyCache {
 
     async fn fetch(&self) -> Result<KeySet, KeyError> {
         let timeout = self.cfg.fetch_timeout;
-        let discovery_url: Uri = format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/'))
-            .parse()
-            .map_err(|_| KeyError::BadDiscovery("the issuer URL is invalid".into()))?;
+        let discovery_url: Uri = format!(
+            "{}/.well-known/openid-configuration",
+            self.cfg.issuer.trim_end_matches('/')
+        )
+        .parse()
+        .map_err(|_| KeyError::BadDiscovery("the issuer URL is invalid".into()))?;
         let body = net::get_json(&self.client, &discovery_url, timeout, MAX_DOCUMENT)
             .await
             .map_err(|e| KeyError::Fetch {
@@ -175,7 +178,9 @@ impl KeyCache {
             })?;
         let doc = parse_object(&body).map_err(|e| KeyError::BadDiscovery(e.to_string()))?;
         if doc.get("issuer").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
-            return Err(KeyError::BadDiscovery("its `issuer` is not the configured issuer".into()));
+            return Err(KeyError::BadDiscovery(
+                "its `issuer` is not the configured issuer".into(),
+            ));
         }
         let jwks_uri: Uri = doc
             .get("jwks_uri")
@@ -205,7 +210,10 @@ impl KeyCache {
 /// Parses a JWKS, keeping the signature keys it can use. Symmetric keys are never used.
 pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, KeyError> {
     let doc = parse_object(body).map_err(|_| KeyError::BadJwks)?;
-    let list = doc.get("keys").and_then(Value::as_array).ok_or(KeyError::BadJwks)?;
+    let list = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or(KeyError::BadJwks)?;
     let mut keys = Vec::new();
     for v in list {
         let Ok(jwk) = serde_json::from_value::<Jwk>(v.clone()) else {
@@ -216,9 +224,15 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, KeyError> {
         }
         let family = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Family::Rsa,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Family::EcP256,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Family::EcP384,
-            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Family::Ed25519,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Family::EcP256
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+                Family::EcP384
+            }
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                Family::Ed25519
+            }
             _ => continue,
         };
         let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {

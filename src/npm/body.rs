@@ -100,7 +100,10 @@ pub fn check_put_packument(package: &PackageName, body: &[u8]) -> Result<PutPack
 }
 
 /// Checks the body of a staged publish; it has the same shape as a publish.
-pub fn check_stage_publish(package: &PackageName, body: &[u8]) -> Result<PublishManifest, BodyError> {
+pub fn check_stage_publish(
+    package: &PackageName,
+    body: &[u8],
+) -> Result<PublishManifest, BodyError> {
     check_publish_doc(package, &parse_object(body)?)
 }
 
@@ -114,7 +117,10 @@ fn check_names(package: &PackageName, doc: &Map<String, Value>) -> Result<(), Bo
     Ok(())
 }
 
-fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<PublishManifest, BodyError> {
+fn check_publish_doc(
+    package: &PackageName,
+    doc: &Map<String, Value>,
+) -> Result<PublishManifest, BodyError> {
     check_names(package, doc)?;
     let versions = doc
         .get("versions")
@@ -132,7 +138,9 @@ fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<
     let id = format!("{package}@{version}");
     let manifest_ok = manifest.get("name").and_then(Value::as_str) == Some(package.as_str())
         && manifest.get("version").and_then(Value::as_str) == Some(version.as_str())
-        && manifest.get("_id").is_none_or(|v| v.as_str() == Some(id.as_str()));
+        && manifest
+            .get("_id")
+            .is_none_or(|v| v.as_str() == Some(id.as_str()));
     if !manifest_ok {
         return Err(BodyError::ManifestMismatch);
     }
@@ -161,7 +169,9 @@ fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<
         .and_then(|a| a.get("data"))
         .and_then(Value::as_str)
         .is_some_and(|d| !d.is_empty());
-    let others_ok = attachments.keys().all(|k| *k == tarball || *k == provenance);
+    let others_ok = attachments
+        .keys()
+        .all(|k| *k == tarball || *k == provenance);
     if !tarball_ok || !others_ok {
         return Err(BodyError::AttachmentMismatch);
     }
@@ -176,7 +186,8 @@ fn is_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 256
         && v.as_bytes()[0].is_ascii_digit()
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
 }
 
 /// The body of `PUT /-/package/<name>/dist-tags/<tag>`: a JSON string holding a version.
@@ -198,7 +209,9 @@ pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevis
         return Ok(PutRevision::UnpublishVersion);
     }
     let owner_only = doc.contains_key("maintainers")
-        && doc.keys().all(|k| matches!(k.as_str(), "_id" | "_rev" | "maintainers"));
+        && doc
+            .keys()
+            .all(|k| matches!(k.as_str(), "_id" | "_rev" | "maintainers"));
     if owner_only {
         Ok(PutRevision::Owner)
     } else {
@@ -208,7 +221,10 @@ pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevis
 
 /// Checks that a deprecate body equals the upstream packument except for the `deprecated`
 /// field of existing versions.
-pub fn check_deprecate(body: &Map<String, Value>, upstream: &Map<String, Value>) -> Result<(), BodyError> {
+pub fn check_deprecate(
+    body: &Map<String, Value>,
+    upstream: &Map<String, Value>,
+) -> Result<(), BodyError> {
     let strip = |doc: &Map<String, Value>| -> Map<String, Value> {
         let mut doc = doc.clone();
         if let Some(Value::Object(versions)) = doc.get_mut("versions") {

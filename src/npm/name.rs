@@ -157,8 +157,13 @@ mod tests {
             ("..", Err(NameError::BadStart)),
         ];
         for (input, want) in table {
-            let got = PackageName::parse(input)
-                .map(|n| (n.scope().map(str::to_owned), n.bare().to_owned(), n.is_legacy()));
+            let got = PackageName::parse(input).map(|n| {
+                (
+                    n.scope().map(str::to_owned),
+                    n.bare().to_owned(),
+                    n.is_legacy(),
+                )
+            });
             let want = want
                 .clone()
                 .map(|(s, b, l)| (s.map(str::to_owned), b.to_owned(), l));

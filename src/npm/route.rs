@@ -48,22 +48,39 @@ pub enum Op {
     Search,
     Whoami,
     /// `npm audit` posts dependency lists; it is a read and is never sent with a credential.
-    SecurityAudit { path: &'static str },
+    SecurityAudit {
+        path: &'static str,
+    },
     Packument,
-    VersionManifest { spec: String },
-    Tarball { file: String },
+    VersionManifest {
+        spec: String,
+    },
+    Tarball {
+        file: String,
+    },
     DistTagsList,
     Visibility,
     Collaborators,
     /// `PUT /<name>`: a publish, or a deprecate; the body decides.
     PutPackument,
     /// `PUT /<name>/-rev/<rev>`: an unpublish of one version, or an owner change; the body decides.
-    PutRevision { rev: String },
+    PutRevision {
+        rev: String,
+    },
     StagePublish,
-    DistTagSet { tag: String },
-    DistTagRemove { tag: String },
-    UnpublishPackage { rev: String },
-    UnpublishTarball { file: String, rev: String },
+    DistTagSet {
+        tag: String,
+    },
+    DistTagRemove {
+        tag: String,
+    },
+    UnpublishPackage {
+        rev: String,
+    },
+    UnpublishTarball {
+        file: String,
+        rev: String,
+    },
     AccessSet,
 }
 
@@ -140,7 +157,9 @@ impl ActionSet {
         self.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = ActionKind> {
-        ActionKind::ALL.into_iter().filter(move |a| self.contains(*a))
+        ActionKind::ALL
+            .into_iter()
+            .filter(move |a| self.contains(*a))
     }
     pub fn names(self) -> Vec<&'static str> {
         self.iter().map(ActionKind::as_str).collect()
@@ -205,7 +224,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
         return Err(RouteError::BadPath);
     }
     // libnpmpublish builds `${registry}/-/package/...` from a registry URL that ends in '/'.
-    let path = if path.starts_with("//-/") { &path[1..] } else { path };
+    let path = if path.starts_with("//-/") {
+        &path[1..]
+    } else {
+        path
+    };
     let segs: Vec<&str> = path[1..].split('/').collect();
     for s in &segs {
         if s.is_empty() || is_dot_segment(s) {
@@ -225,7 +248,11 @@ fn is_dot_segment(s: &str) -> bool {
     lower == "." || lower == ".."
 }
 
-fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {
+fn classify_special(
+    method: &Method,
+    segs: &[&str],
+    query: Option<&str>,
+) -> Result<Route, RouteError> {
     let get = is_read_method(method);
     let forbidden = |what| Ok(Route::Forbidden { what });
     let simple = |op: Op, query_ok: bool| -> Result<Route, RouteError> {
@@ -237,7 +264,11 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
             package: None,
             op,
             form: NameForm::Escaped,
-            query: if query_ok { query.map(str::to_owned) } else { None },
+            query: if query_ok {
+                query.map(str::to_owned)
+            } else {
+                None
+            },
         }))
     };
     match segs {
@@ -298,9 +329,14 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
                 (["visibility"], m) if is_read_method(m) => Op::Visibility,
                 (["collaborators"], m) if is_read_method(m) => Op::Collaborators,
                 (["access"], &Method::POST) => Op::AccessSet,
-                (["dist-tags"] | ["dist-tags", _] | ["visibility"] | ["collaborators"] | ["access"], _) => {
-                    return Err(RouteError::MethodNotAllowed)
-                }
+                (
+                    ["dist-tags"]
+                    | ["dist-tags", _]
+                    | ["visibility"]
+                    | ["collaborators"]
+                    | ["access"],
+                    _,
+                ) => return Err(RouteError::MethodNotAllowed),
                 _ => return Err(RouteError::UnknownRoute),
             };
             package_request(method, package, op, form, query)
@@ -318,7 +354,11 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
     }
 }
 
-fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) -> Result<NpmRequest, RouteError> {
+fn classify_package_path(
+    method: &Method,
+    segs: &[&str],
+    query: Option<&str>,
+) -> Result<NpmRequest, RouteError> {
     // The package name takes one segment (`name`, `@scope%2fname`) or two (`@scope/name`).
     let (package, form, rest) = if segs[0].starts_with('@') && !segs[0].contains('%') {
         if segs.len() < 2 {
@@ -337,8 +377,12 @@ fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) ->
         (["-", file], _) if read => Op::Tarball {
             file: parse_tarball_file(&package, file)?,
         },
-        (["-rev", rev], &Method::PUT) => Op::PutRevision { rev: parse_rev(rev)? },
-        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage { rev: parse_rev(rev)? },
+        (["-rev", rev], &Method::PUT) => Op::PutRevision {
+            rev: parse_rev(rev)?,
+        },
+        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage {
+            rev: parse_rev(rev)?,
+        },
         (["-", file, "-rev", rev], &Method::DELETE) => Op::UnpublishTarball {
             file: parse_tarball_file(&package, file)?,
             rev: parse_rev(rev)?,
@@ -346,7 +390,9 @@ fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) ->
         ([spec], _) if read && *spec != "-" && *spec != "-rev" => Op::VersionManifest {
             spec: parse_spec(spec)?,
         },
-        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => return Err(RouteError::MethodNotAllowed),
+        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => {
+            return Err(RouteError::MethodNotAllowed)
+        }
         _ => return Err(RouteError::UnknownRoute),
     };
     match package_request(method, package, op, form, query)? {
@@ -393,7 +439,9 @@ fn is_read_method(m: &Method) -> bool {
 fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
     let unescaped = if seg.starts_with('@') {
         let lower = seg.to_ascii_lowercase();
-        let at = lower.find("%2f").ok_or(RouteError::BadName(NameError::BadScope))?;
+        let at = lower
+            .find("%2f")
+            .ok_or(RouteError::BadName(NameError::BadScope))?;
         format!("{}/{}", &seg[..at], &seg[at + 3..])
     } else {
         seg.to_owned()
@@ -419,7 +467,9 @@ pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
 }
 
 fn parse_rev(seg: &str) -> Result<String, RouteError> {
-    let ok = !seg.is_empty() && seg.len() <= 128 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = !seg.is_empty()
+        && seg.len() <= 128
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     ok.then(|| seg.to_owned()).ok_or(RouteError::BadPath)
 }
 
@@ -498,7 +548,9 @@ impl NpmRequest {
             Op::PutRevision { rev } | Op::UnpublishPackage { rev } => format!("/{name}/-rev/{rev}"),
             Op::UnpublishTarball { file, rev } => format!("/{name}/-/{file}/-rev/{rev}"),
             Op::DistTagsList => format!("/-/package/{name}/dist-tags"),
-            Op::DistTagSet { tag } | Op::DistTagRemove { tag } => format!("/-/package/{name}/dist-tags/{tag}"),
+            Op::DistTagSet { tag } | Op::DistTagRemove { tag } => {
+                format!("/-/package/{name}/dist-tags/{tag}")
+            }
             Op::Visibility => format!("/-/package/{name}/visibility"),
             Op::Collaborators => format!("/-/package/{name}/collaborators"),
             Op::AccessSet => format!("/-/package/{name}/access"),

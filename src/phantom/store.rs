@@ -37,7 +37,9 @@ pub enum Lookup {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UseOutcome {
     /// A new use was counted; `remaining` is what is left (None: no limit).
-    Counted { remaining: Option<u32> },
+    Counted {
+        remaining: Option<u32>,
+    },
     /// The same request (method, path, body) as one already counted: a client retry, not a use.
     Retry,
     Exhausted,
@@ -55,18 +57,37 @@ pub enum StoreError {
 pub type Fingerprint = [u8; 32];
 
 pub trait PhantomStore: Send + Sync + 'static {
-    fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert(
+        &self,
+        digest: TokenDigest,
+        record: PhantomRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn lookup(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+    fn lookup(
+        &self,
+        digest: &TokenDigest,
+        now: u64,
+    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
     /// Spends one write use, atomically, unless `fingerprint` was already spent.
-    fn consume_use(&self, digest: &TokenDigest, fingerprint: Fingerprint, now: u64) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
+    fn consume_use(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        now: u64,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
     /// Returns whether a live phantom was revoked.
-    fn revoke(&self, digest: &TokenDigest) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn revoke(&self, digest: &TokenDigest)
+        -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records an ID token as spent until `until` (unix seconds). Returns false if it already was.
-    fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn claim_id_token(
+        &self,
+        key: [u8; 32],
+        until: u64,
+        now: u64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Drops what has expired.
     fn sweep(&self, now: u64) -> impl Future<Output = ()> + Send;
@@ -118,7 +139,12 @@ impl PhantomStore for MemoryStore {
         })
     }
 
-    async fn consume_use(&self, digest: &TokenDigest, fingerprint: Fingerprint, now: u64) -> Result<UseOutcome, StoreError> {
+    async fn consume_use(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        now: u64,
+    ) -> Result<UseOutcome, StoreError> {
         let Some(mut e) = self.phantoms.get_mut(digest) else {
             return Ok(UseOutcome::NotLive);
         };
@@ -152,7 +178,12 @@ impl PhantomStore for MemoryStore {
         })
     }
 
-    async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
+    async fn claim_id_token(
+        &self,
+        key: [u8; 32],
+        until: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
         use dashmap::mapref::entry::Entry as MapEntry;
         Ok(match self.spent_id_tokens.entry(key) {
             MapEntry::Occupied(mut o) if *o.get() <= now => {
@@ -168,7 +199,8 @@ impl PhantomStore for MemoryStore {
     }
 
     async fn sweep(&self, now: u64) {
-        self.phantoms.retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
+        self.phantoms
+            .retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
         self.spent_id_tokens.retain(|_, until| now < *until);
     }
 }
@@ -197,7 +229,10 @@ mod tests {
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
     }
 
     #[test]
@@ -208,14 +243,26 @@ mod tests {
             s.insert(d, record(100, Some(2))).await.unwrap();
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Live(_)));
             assert!(matches!(s.lookup(&d, 100).await.unwrap(), Lookup::Expired));
-            assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
+            assert!(matches!(
+                s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(),
+                Lookup::Unknown
+            ));
             let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
-            assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
+            assert_eq!(
+                use_(1).await.unwrap(),
+                UseOutcome::Counted { remaining: Some(1) }
+            );
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Retry);
-            assert_eq!(use_(2).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
+            assert_eq!(
+                use_(2).await.unwrap(),
+                UseOutcome::Counted { remaining: Some(0) }
+            );
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Retry);
-            assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
+            assert_eq!(
+                s.consume_use(&d, [4; 32], 100).await.unwrap(),
+                UseOutcome::NotLive
+            );
             assert!(s.revoke(&d).await.unwrap());
             assert!(!s.revoke(&d).await.unwrap());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));

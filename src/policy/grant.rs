@@ -102,7 +102,10 @@ pub fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Ve
 }
 
 fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
-    if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if g.name.is_empty()
+        || g.name.len() > 128
+        || g.name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err("`name` must be 1-128 characters without spaces".into());
     }
     if !ctx.issuers.contains(&g.issuer.as_str()) {
@@ -134,16 +137,25 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
     for a in &g.actions {
         let kind = ActionKind::parse(a).ok_or_else(|| {
             let known: Vec<_> = ActionKind::ALL.iter().map(|a| a.as_str()).collect();
-            format!("`actions`: unknown action `{a}` (expected one of {})", known.join(", "))
+            format!(
+                "`actions`: unknown action `{a}` (expected one of {})",
+                known.join(", ")
+            )
         })?;
         actions.insert(kind);
     }
     let dist_tags = match g.dist_tags {
         None => None,
         Some(tags) => {
-            let tagged = [ActionKind::Publish, ActionKind::StagePublish, ActionKind::DistTag];
+            let tagged = [
+                ActionKind::Publish,
+                ActionKind::StagePublish,
+                ActionKind::DistTag,
+            ];
             if !tagged.iter().any(|a| actions.contains(*a)) {
-                return Err("`dist_tags` applies only to publish, stage-publish and dist-tag".into());
+                return Err(
+                    "`dist_tags` applies only to publish, stage-publish and dist-tag".into(),
+                );
             }
             Some(
                 tags.iter()
@@ -236,6 +248,8 @@ impl<'de> Visitor<'de> for ClaimVisitor {
         if map.next_key::<String>()?.is_some() {
             return Err(de::Error::custom("a claim table takes only `glob`"));
         }
-        Glob::new(&pattern).map(ClaimMatcher::Glob).map_err(de::Error::custom)
+        Glob::new(&pattern)
+            .map(ClaimMatcher::Glob)
+            .map_err(de::Error::custom)
     }
 }

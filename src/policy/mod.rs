@@ -132,7 +132,8 @@ impl Policy {
             file: file.display().to_string(),
             message,
         };
-        let entries = std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
         let mut files = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
@@ -143,7 +144,8 @@ impl Policy {
         files.sort();
         let mut grants = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| err(file, format!("cannot read: {e}")))?;
             grants.extend(grant::parse_file(file, &text, ctx).map_err(|m| err(file, m))?);
         }
         Policy::new(grants).map_err(|m| err(dir, m))
@@ -177,18 +179,32 @@ impl Policy {
     }
 
     /// The first grant that lets `identity` perform `action` on `package` (exchange time).
-    pub fn grant_for(&self, identity: &Identity, package: &PackageName, action: ActionKind) -> Result<Arc<Grant>, Denial> {
+    pub fn grant_for(
+        &self,
+        identity: &Identity,
+        package: &PackageName,
+        action: ActionKind,
+    ) -> Result<Arc<Grant>, Denial> {
         self.candidates(package)
             .into_iter()
             .map(|i| &self.grants[i])
-            .find(|g| g.actions.contains(action) && g.covers_package(package) && matches_identity(g, identity).is_ok())
+            .find(|g| {
+                g.actions.contains(action)
+                    && g.covers_package(package)
+                    && matches_identity(g, identity).is_ok()
+            })
             .cloned()
             .ok_or(Denial::NoGrant)
     }
 
     /// For the generic exchange: the grant giving the largest part of what was asked, and that
     /// part (packages x actions). Ties go to the grant that comes first.
-    pub fn best_grant(&self, identity: &Identity, packages: &[PackageName], actions: ActionSet) -> Option<(Arc<Grant>, Scope)> {
+    pub fn best_grant(
+        &self,
+        identity: &Identity,
+        packages: &[PackageName],
+        actions: ActionSet,
+    ) -> Option<(Arc<Grant>, Scope)> {
         let mut seen: Vec<usize> = packages.iter().flat_map(|p| self.candidates(p)).collect();
         seen.sort_unstable();
         seen.dedup();
@@ -198,10 +214,17 @@ impl Policy {
                 continue;
             }
             let acts = g.actions.intersect(actions);
-            let pkgs: Vec<PackageName> = packages.iter().filter(|p| g.covers_package(p)).cloned().collect();
+            let pkgs: Vec<PackageName> = packages
+                .iter()
+                .filter(|p| g.covers_package(p))
+                .cloned()
+                .collect();
             let size = pkgs.len() * acts.iter().count();
             if size > 0 && best.as_ref().is_none_or(|b| size > b.2) {
-                let scope = Scope { packages: pkgs, actions: acts };
+                let scope = Scope {
+                    packages: pkgs,
+                    actions: acts,
+                };
                 best = Some((g.clone(), scope, size));
             }
         }
@@ -210,7 +233,14 @@ impl Policy {
 
     /// Re-evaluates, at the moment of use, the grant a phantom was minted under: the grant must
     /// still exist and match the identity, and the request must fit both it and the phantom.
-    pub fn authorize<T>(&self, identity: &Identity, grant: &str, scope: &Scope, req: Requested<'_>, inner: T) -> Result<Authorized<T>, Denial> {
+    pub fn authorize<T>(
+        &self,
+        identity: &Identity,
+        grant: &str,
+        scope: &Scope,
+        req: Requested<'_>,
+        inner: T,
+    ) -> Result<Authorized<T>, Denial> {
         let g = self
             .by_name
             .get(grant)
@@ -233,11 +263,19 @@ impl Policy {
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
             return Err(Denial::TagNotAllowed(tag.clone(), g.name.clone()));
         }
-        Ok(Authorized { inner, grant: g.clone() })
+        Ok(Authorized {
+            inner,
+            grant: g.clone(),
+        })
     }
 
     /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.
-    pub fn explain(&self, identity: &Identity, package: &PackageName, action: ActionKind) -> Vec<(String, Result<(), Denial>)> {
+    pub fn explain(
+        &self,
+        identity: &Identity,
+        package: &PackageName,
+        action: ActionKind,
+    ) -> Vec<(String, Result<(), Denial>)> {
         self.grants
             .iter()
             .map(|g| {

@@ -1,0 +1,242 @@
+//! Exchanges: an OIDC ID token in, a phantom out.
+//!
+//! npm's own (`POST /-/npm/v1/oidc/token/exchange/package/<name>`, scoped to that package and
+//! `publish`) and the broker's generic one (`POST /-/phantom/v1/exchange`, any packages and
+//! actions, intersected with what policy grants). Each ID token is exchanged at most once.
+
+use super::{App, Refusal};
+use crate::audit::{self, identity_summary, rfc3339, Record};
+use crate::identity::{Audience, Verified};
+use crate::json::parse_object;
+use crate::net::{self, Body};
+use crate::npm::{ActionKind, ActionSet, PackageName};
+use crate::phantom::{PhantomRecord, PhantomStore, PhantomToken};
+use crate::policy::{Grant, Identity, Scope};
+use crate::secret::IdToken;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use std::time::Duration;
+
+const MAX_EXCHANGE_BODY: usize = 64 * 1024;
+const MAX_PACKAGES: usize = 100;
+
+pub async fn npm_native(
+    app: &App,
+    package: PackageName,
+    req: Request<Incoming>,
+    rec: &mut Record,
+) -> Result<Response<Body>, Refusal> {
+    rec.event = "exchange";
+    rec.path = Some(format!(
+        "/-/npm/v1/oidc/token/exchange/package/{}",
+        package.escaped()
+    ));
+    rec.action = Some(ActionKind::Publish.as_str());
+    rec.package = Some(package.to_string());
+    if package.is_legacy() {
+        return Err(Refusal::Route(crate::npm::RouteError::LegacyNameWrite));
+    }
+    let id_token = bearer_id_token(&req)?;
+    let verified = verify_once(app, &id_token, Audience::Exactly(app.npm_audience()), rec).await?;
+    let grant = app
+        .policy()
+        .grant_for(&verified.identity, &package, ActionKind::Publish)
+        .map_err(Refusal::NoGrant)?;
+    let scope = Scope {
+        packages: vec![package],
+        actions: [ActionKind::Publish].into_iter().collect(),
+    };
+    let ttl = grant.ttl;
+    let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
+    let body = serde_json::json!({
+        "token_type": "oidc",
+        "token": minted.token.expose(),
+        "created": rfc3339(minted.created, 0),
+        "expires": rfc3339(minted.expires, 0),
+    });
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeRequest {
+    packages: Vec<String>,
+    actions: Vec<String>,
+    ttl_seconds: Option<u64>,
+}
+
+pub async fn generic(
+    app: &App,
+    req: Request<Incoming>,
+    rec: &mut Record,
+) -> Result<Response<Body>, Refusal> {
+    rec.event = "exchange";
+    rec.path = Some("/-/phantom/v1/exchange".into());
+    let id_token = bearer_id_token(&req)?;
+    let asked = read_request(req).await?;
+    let verified = verify_once(app, &id_token, Audience::IssuerDefault, rec).await?;
+    let (grant, scope) = app
+        .policy()
+        .best_grant(&verified.identity, &asked.packages, asked.actions)
+        .ok_or(Refusal::NoGrant(crate::policy::Denial::NoGrant))?;
+    let ttl = match asked.ttl {
+        Some(t) => t.min(grant.ttl),
+        None => grant.ttl,
+    };
+    let packages: Vec<String> = scope.packages.iter().map(ToString::to_string).collect();
+    let actions = scope.actions.names();
+    rec.package = Some(packages.join(","));
+    let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
+    let body = serde_json::json!({
+        "token": minted.token.expose(),
+        "expires": rfc3339(minted.expires, 0),
+        "packages": packages,
+        "actions": actions,
+    });
+    Ok(json_response(StatusCode::CREATED, &body))
+}
+
+struct Asked {
+    packages: Vec<PackageName>,
+    actions: ActionSet,
+    ttl: Option<Duration>,
+}
+
+async fn read_request(req: Request<Incoming>) -> Result<Asked, Refusal> {
+    let bytes = match Limited::new(req.into_body(), MAX_EXCHANGE_BODY)
+        .collect()
+        .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::TooLarge),
+        Err(e) => return Err(Refusal::ClientBody(net::error_chain(&*e))),
+    };
+    let bad = Refusal::BadRequest(
+        "the body must be {\"packages\": [...], \"actions\": [...], \"ttl_seconds\": N}",
+    );
+    let doc =
+        parse_object(&bytes).map_err(|_| Refusal::BadRequest("the body must be a JSON object"))?;
+    let asked: ExchangeRequest = serde_json::from_value(doc.into()).map_err(|_| bad)?;
+    if asked.packages.is_empty() || asked.packages.len() > MAX_PACKAGES || asked.actions.is_empty()
+    {
+        return Err(Refusal::BadRequest(
+            "`packages` (at most 100) and `actions` may not be empty",
+        ));
+    }
+    let mut packages = Vec::new();
+    for p in &asked.packages {
+        let name = PackageName::parse(p)
+            .map_err(|_| Refusal::BadRequest("`packages` holds an invalid package name"))?;
+        if name.is_legacy() {
+            return Err(Refusal::Route(crate::npm::RouteError::LegacyNameWrite));
+        }
+        if !packages.contains(&name) {
+            packages.push(name);
+        }
+    }
+    let mut actions = ActionSet::default();
+    for a in &asked.actions {
+        actions.insert(
+            ActionKind::parse(a).ok_or(Refusal::BadRequest("`actions` holds an unknown action"))?,
+        );
+    }
+    if asked.ttl_seconds == Some(0) {
+        return Err(Refusal::BadRequest("`ttl_seconds` must be at least 1"));
+    }
+    Ok(Asked {
+        packages,
+        actions,
+        ttl: asked.ttl_seconds.map(Duration::from_secs),
+    })
+}
+
+/// The ID token from `Authorization: Bearer`.
+fn bearer_id_token(req: &Request<Incoming>) -> Result<IdToken, Refusal> {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(Refusal::Identity(crate::identity::IdentityError::Malformed));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned())
+        .ok_or(Refusal::Identity(crate::identity::IdentityError::Malformed))?;
+    Ok(IdToken::new(token))
+}
+
+/// Verifies the ID token and records it as spent; a second exchange of it is refused.
+async fn verify_once(
+    app: &App,
+    token: &IdToken,
+    audience: Audience<'_>,
+    rec: &mut Record,
+) -> Result<Verified, Refusal> {
+    let now = audit::unix_now();
+    let verified = app.issuers.verify(token, audience, now).await?;
+    rec.identity = Some(identity_summary(
+        &verified.identity.issuer,
+        &verified.identity.claims,
+    ));
+    rec.id_token_id = Some(app.audit.id_token_id(&verified.replay_key));
+    if !app
+        .store
+        .claim_id_token(verified.replay_key, verified.replay_until, now)
+        .await?
+    {
+        return Err(Refusal::Replay);
+    }
+    Ok(verified)
+}
+
+struct Minted {
+    token: PhantomToken,
+    created: u64,
+    expires: u64,
+}
+
+async fn mint(
+    app: &App,
+    identity: Identity,
+    grant: &Grant,
+    scope: Scope,
+    ttl: Duration,
+    rec: &mut Record,
+) -> Result<Minted, Refusal> {
+    let token = PhantomToken::generate(&app.rng);
+    let digest = token.digest();
+    let created = audit::unix_now();
+    let expires = created + ttl.as_secs();
+    let id = app.audit.token_id(&digest);
+    rec.token_id = Some(id.clone());
+    rec.grant = Some(grant.name.clone());
+    rec.expires = Some(rfc3339(expires, 0));
+    let record = PhantomRecord {
+        id,
+        identity,
+        scope,
+        grant: grant.name.clone(),
+        issued_at: created,
+        expires_at: expires,
+        max_uses: grant.max_uses,
+    };
+    app.store.insert(digest, record).await?;
+    rec.decision = "allow";
+    Ok(Minted {
+        token,
+        created,
+        expires,
+    })
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(net::full(body.to_string()))
+        .expect("a JSON response is valid")
+}

@@ -1,0 +1,177 @@
+//! The registry-facing HTTPS listener and the state every request shares.
+
+mod exchange;
+mod handler;
+mod refusal;
+
+pub use refusal::Refusal;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::credentials::{read_secret, Credentials};
+use crate::identity::Issuers;
+use crate::net;
+use crate::phantom::{MemoryStore, PhantomStore};
+use crate::policy::{Policy, PolicyContext};
+use crate::upstream::Upstreams;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use ring::rand::{SecureRandom, SystemRandom};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request needs, built once from the config.
+pub struct App {
+    pub config: Config,
+    policy: RwLock<Arc<Policy>>,
+    pub issuers: Issuers,
+    pub store: MemoryStore,
+    pub credentials: Credentials,
+    pub upstreams: Upstreams,
+    pub audit: Audit,
+    pub rng: SystemRandom,
+    npm_audience: String,
+}
+
+impl App {
+    /// Loads policy, credentials and the audit log, and prepares the clients. Any error stops
+    /// the start with a message naming the file and the problem.
+    pub fn new(config: Config) -> Result<App, String> {
+        let issuers = config.issuer_names();
+        let credentials = config.credential_names();
+        let ctx = PolicyContext {
+            issuers: &issuers,
+            credentials: &credentials,
+            default_ttl: config.server.default_ttl,
+            max_ttl: config.server.max_ttl,
+        };
+        let policy = Policy::load_dir(&config.policy_dir, &ctx).map_err(|e| e.to_string())?;
+        let rng = SystemRandom::new();
+        let audit_key = match &config.audit.key {
+            Some(source) => read_secret(source)
+                .map_err(|e| format!("audit key: {e}"))?
+                .expose()
+                .as_bytes()
+                .to_vec(),
+            None => {
+                let mut key = vec![0u8; 32];
+                rng.fill(&mut key)
+                    .map_err(|_| "the system random source failed")?;
+                tracing::info!("token ids in the audit log use a per-process key; set [audit] key to keep them stable across restarts");
+                key
+            }
+        };
+        let app = App {
+            npm_audience: config.server.npm_audience(),
+            issuers: Issuers::new(&config.issuers)?,
+            credentials: Credentials::load(&config.credentials)?,
+            upstreams: Upstreams::new(&config.upstreams, config.server.upstream_timeout)?,
+            audit: Audit::open(&config.audit.path, &audit_key).map_err(|e| e.to_string())?,
+            policy: RwLock::new(Arc::new(policy)),
+            store: MemoryStore::new(),
+            rng,
+            config,
+        };
+        Ok(app)
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn npm_audience(&self) -> &str {
+        &self.npm_audience
+    }
+}
+
+/// Serves until `shutdown` resolves, then drains open connections for a bounded time.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
+    let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(128)
+        .max_header_list_size(64 * 1024)
+        .max_pending_accept_reset_streams(32);
+    let builder = Arc::new(builder);
+
+    app.issuers.prefetch();
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                app.store.sweep(crate::audit::unix_now()).await;
+            }
+        })
+    };
+
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors, typically: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
+                Ok(Ok(stream)) => stream,
+                _ => return,
+            };
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handler::handle(app, req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    sweeper.abort();
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The registries behind the broker: routing by scope, building the one upstream request that
+//! carries a real credential, and keeping that credential out of every response.
+
+use crate::config::UpstreamConfig;
+use crate::credentials::Credential;
+use crate::net::{self, Body, BoxError, HttpsClient};
+use crate::npm::PackageName;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, Uri};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use memchr::memmem;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub struct Upstream {
+    pub name: String,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// The URL's path prefix, without a trailing `/` (often empty).
+    prefix: String,
+    client: HttpsClient,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the upstream did not answer in time")]
+    Timeout,
+    #[error("the upstream request failed: {0}")]
+    Failed(String),
+    #[error("the upstream answered with a content-encoding the broker cannot inspect")]
+    Encoded,
+}
+
+impl UpstreamError {
+    pub fn status(&self) -> u16 {
+        match self {
+            UpstreamError::Timeout => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// Request headers passed to the upstream (besides `npm-*` and `pacote-*`). Everything else,
+/// including `Cookie`, `Proxy-Authorization`, hop-by-hop and forwarding headers, is dropped.
+const PASSED_REQUEST_HEADERS: &[HeaderName] = &[
+    header::ACCEPT,
+    header::ACCEPT_LANGUAGE,
+    header::CACHE_CONTROL,
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_NONE_MATCH,
+    header::PRAGMA,
+    header::USER_AGENT,
+];
+
+/// Response headers never passed back.
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "set-cookie",
+    "alt-svc",
+];
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig, timeout: Duration) -> Result<Upstream, String> {
+        let tls = net::client_config(cfg.ca_file.as_deref())
+            .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?;
+        if cfg.url.scheme_str() == Some("http") {
+            tracing::warn!(upstream = %cfg.name, "plain http:// upstream (loopback only): the credential crosses it unencrypted");
+        }
+        Ok(Upstream {
+            name: cfg.name.clone(),
+            scheme: cfg
+                .url
+                .scheme()
+                .cloned()
+                .ok_or("upstream URL without scheme")?,
+            authority: cfg
+                .url
+                .authority()
+                .cloned()
+                .ok_or("upstream URL without host")?,
+            prefix: cfg.url.path().trim_end_matches('/').to_owned(),
+            client: net::https_client(tls, Duration::from_secs(10)),
+            timeout,
+        })
+    }
+
+    /// Sends one request. `path` comes from the classifier; `credential`, if any, goes into
+    /// `Authorization` for this request only.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        incoming: &HeaderMap,
+        body: Body,
+        credential: Option<&Credential>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{}", self.prefix, path))
+            .build()
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(body)
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        let headers = req.headers_mut();
+        for (name, value) in incoming {
+            let s = name.as_str();
+            if PASSED_REQUEST_HEADERS.contains(name)
+                || s.starts_with("npm-")
+                || s.starts_with("pacote-")
+            {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+        if let Some(len) = incoming.get(header::CONTENT_LENGTH) {
+            headers.insert(header::CONTENT_LENGTH, len.clone());
+        }
+        match credential {
+            Some(c) => {
+                headers.insert(header::AUTHORIZATION, c.authorization().clone());
+                // Responses must be readable to be scrubbed of the credential.
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
+            None => {
+                if let Some(ae) = incoming.get(header::ACCEPT_ENCODING) {
+                    headers.insert(header::ACCEPT_ENCODING, ae.clone());
+                }
+            }
+        }
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(UpstreamError::Failed(net::error_chain(&e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// GETs a document with the credential, for checks that compare against upstream state.
+    pub async fn fetch_json(
+        &self,
+        path: &str,
+        credential: &Credential,
+        max: usize,
+    ) -> Result<(u16, Bytes), UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let resp = self
+            .send(Method::GET, path, &headers, net::empty(), Some(credential))
+            .await?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::Limited::new(resp.into_body(), max)
+            .collect()
+            .await
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// Makes a client-facing response from the upstream's. When the request carried a real
+/// credential, the credential is cut out of every header and every body byte.
+pub fn relay(
+    resp: Response<Incoming>,
+    credential: Option<&Credential>,
+) -> Result<Response<Body>, UpstreamError> {
+    let (mut parts, body) = resp.into_parts();
+    let connection_listed: Vec<HeaderName> = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in DROPPED_RESPONSE_HEADERS {
+        parts.headers.remove(*name);
+    }
+    for name in connection_listed {
+        parts.headers.remove(name);
+    }
+    let Some(credential) = credential else {
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(BoxError::from).boxed_unsync(),
+        ));
+    };
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(UpstreamError::Encoded);
+    }
+    let secret = credential.secret().expose().as_bytes();
+    let finder = memmem::Finder::new(secret);
+    let leaking: Vec<HeaderName> = parts
+        .headers
+        .iter()
+        .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in leaking {
+        tracing::warn!(header = %name, "dropped a response header that carried the real credential");
+        parts.headers.remove(name);
+    }
+    let body = Scrub::new(body, Arc::from(secret.to_vec().into_boxed_slice()));
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A body that overwrites every occurrence of a secret with `*`, across chunk boundaries.
+/// Lengths are kept, so `Content-Length` stays right.
+pub struct Scrub<B> {
+    inner: B,
+    secret: Arc<[u8]>,
+    /// Bytes held back because a secret could start in them and end in the next chunk.
+    held: BytesMut,
+    done: bool,
+}
+
+impl<B> Scrub<B> {
+    pub fn new(inner: B, secret: Arc<[u8]>) -> Scrub<B> {
+        Scrub {
+            inner,
+            secret,
+            held: BytesMut::new(),
+            done: false,
+        }
+    }
+
+    /// Appends a chunk, scrubs, and returns what can be released.
+    fn push(&mut self, chunk: &[u8]) -> Bytes {
+        self.held.extend_from_slice(chunk);
+        let n = self.secret.len();
+        let mut from = 0;
+        while let Some(i) = memmem::find(&self.held[from..], &self.secret) {
+            self.held[from + i..from + i + n].fill(b'*');
+            from += i + n;
+        }
+        let keep = (n - 1).min(self.held.len());
+        let release = self.held.len() - keep;
+        self.held.split_to(release).freeze()
+    }
+}
+
+impl<B> http_body::Body for Scrub<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let out = self.push(&data);
+                        if !out.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    // Trailers are dropped: they could carry the secret, and npm does not use them.
+                    Err(_) => continue,
+                },
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let rest = self.held.split().freeze();
+                    if !rest.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The configured upstreams, routed by package scope.
+pub struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+    by_scope: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+impl Upstreams {
+    pub fn new(configs: &[UpstreamConfig], timeout: Duration) -> Result<Upstreams, String> {
+        let mut u = Upstreams {
+            list: Vec::new(),
+            by_scope: HashMap::new(),
+            default: None,
+        };
+        for (i, cfg) in configs.iter().enumerate() {
+            u.list.push(Arc::new(Upstream::new(cfg, timeout)?));
+            for scope in &cfg.scopes {
+                match scope.strip_prefix('@') {
+                    Some(s) => {
+                        u.by_scope.insert(s.to_owned(), i);
+                    }
+                    None => u.default = Some(i),
+                }
+            }
+        }
+        Ok(u)
+    }
+
+    /// The upstream that owns `package` (or, for package-less routes, the default one).
+    pub fn route(&self, package: Option<&PackageName>) -> Option<&Arc<Upstream>> {
+        let scoped = package
+            .and_then(|p| p.scope())
+            .and_then(|s| self.by_scope.get(s));
+        scoped.or(self.default.as_ref()).map(|&i| &self.list[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::collections::VecDeque;
+
+    /// A body that yields the given chunks, one frame each.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl http_body::Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    async fn scrub_chunks(chunks: &[&str], secret: &str) -> String {
+        let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect());
+        let scrub = Scrub::new(
+            body,
+            Arc::from(secret.as_bytes().to_vec().into_boxed_slice()),
+        );
+        let bytes = scrub.collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn secret_is_scrubbed_across_chunks() {
+        let s = "SECRET123";
+        let table: &[(&[&str], &str)] = &[
+            (&["no secret here"], "no secret here"),
+            (&["a SECRET123 b"], "a ********* b"),
+            (&["a SEC", "RET123 b"], "a ********* b"),
+            (&["S", "E", "C", "R", "E", "T", "1", "2", "3"], "*********"),
+            (&["SECRET123SECRET123"], "******************"),
+            (&["xSECRET12", "4 SECRET1", "23"], "xSECRET124 *********"),
+            (&["SECRET12"], "SECRET12"),
+            (&[], ""),
+        ];
+        for (chunks, want) in table {
+            assert_eq!(scrub_chunks(chunks, s).await, *want, "{chunks:?}");
+        }
+    }
+}

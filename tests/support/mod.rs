@@ -1,0 +1,690 @@
+//! End-to-end harness: real processes on 127.0.0.1, stopped when the `World` is dropped.
+//!
+//! - Verdaccio (pinned, from tests/node) over TLS, the upstream registry; its publisher token is
+//!   the real credential and the canary: it must reach Verdaccio and nothing else.
+//! - A loopback OIDC issuer (tests/node/oidc-issuer.mjs) standing in for GitHub Actions'.
+//! - The broker, started from its binary with a config written here.
+//! - The pinned npm 11 CLI, with its own userconfig and cache.
+#![allow(dead_code)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request};
+use phantom_broker::net::{self, HttpsClient};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PUBLISHER: &str = "publisher";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn node_bin(name: &str) -> PathBuf {
+    let path = repo().join("tests/node/node_modules/.bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash .ci/run`, or `npm ci` in tests/node",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The broker's own `phantom certs dev` makes the CA and the server certificate for every
+/// TLS listener here (broker, Verdaccio, issuer).
+fn dev_certs(dir: &Path) -> Certs {
+    let out = Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["certs", "dev", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs dev failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Certs {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+    }
+}
+
+/// Polls `check` every 50 ms for at most `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn random_hex(n: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; n];
+    ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+    phantom_broker::audit::hex(&b)
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// An HTTPS client that trusts the dev CA and remembers every response it received.
+pub struct Http {
+    rt: tokio::runtime::Runtime,
+    client: HttpsClient,
+    pub seen: Mutex<Vec<u8>>,
+}
+
+impl Http {
+    fn new(ca: &Path) -> Http {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = {
+            let _guard = rt.enter();
+            net::https_client(
+                net::client_config(Some(ca)).unwrap(),
+                Duration::from_secs(5),
+            )
+        };
+        Http {
+            rt,
+            client,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let mut req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(net::full(body.into())).unwrap();
+        let (parts, body) = self
+            .rt
+            .block_on(net::fetch(
+                &self.client,
+                req,
+                Duration::from_secs(30),
+                512 * 1024 * 1024,
+            ))
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let mut seen = self.seen.lock().unwrap();
+        for (k, v) in &parts.headers {
+            seen.extend_from_slice(k.as_str().as_bytes());
+            seen.extend_from_slice(v.as_bytes());
+        }
+        seen.extend_from_slice(&body);
+        Resp {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+pub struct Verdaccio {
+    _proc: Proc,
+    pub url: String,
+    pub storage: PathBuf,
+    /// The publisher's token: the real credential, and the canary.
+    pub token: String,
+}
+
+impl Verdaccio {
+    fn start(dir: &Path, certs: &Certs, public_url: &str, http: &Http) -> Verdaccio {
+        let port = free_port();
+        let storage = dir.join("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        // Verdaccio 6 signs its tokens with the secret in this file; a fresh one per run makes
+        // the publisher's token a unique canary.
+        std::fs::write(
+            storage.join(".verdaccio-db.json"),
+            json!({"list": [], "secret": random_hex(16)}).to_string(),
+        )
+        .unwrap();
+        let config = std::fs::read_to_string(repo().join("tests/node/verdaccio.yaml.template"))
+            .unwrap()
+            .replace("{{STORAGE}}", &storage.display().to_string())
+            .replace("{{HTPASSWD}}", &dir.join("htpasswd").display().to_string())
+            .replace("{{LISTEN}}", &format!("https://127.0.0.1:{port}"))
+            .replace("{{CERT}}", &certs.cert.display().to_string())
+            .replace("{{KEY}}", &certs.key.display().to_string())
+            .replace("{{SECRET}}", &random_hex(16));
+        let config_path = dir.join("verdaccio.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.join("verdaccio.log")).unwrap();
+        let child = Command::new(node_bin("verdaccio"))
+            .arg("--config")
+            .arg(&config_path)
+            // Tarball URLs in packuments point at the broker, as a registry behind a proxy is set up.
+            .env("VERDACCIO_PUBLIC_URL", public_url)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let proc = Proc(child);
+        let url = format!("https://127.0.0.1:{port}/");
+        wait_until("verdaccio", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        wait_until("verdaccio ping", Duration::from_secs(10), || {
+            http.request("GET", &format!("{url}-/ping"), &[], "").status == 200
+        });
+        let password = random_hex(12);
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{password}"))
+        );
+        let body = json!({"_id": format!("org.couchdb.user:{PUBLISHER}"), "name": PUBLISHER, "password": password,
+            "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
+        let r = http.request(
+            "PUT",
+            &format!("{url}-/user/org.couchdb.user:{PUBLISHER}"),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &basic),
+            ],
+            body.to_string(),
+        );
+        assert_eq!(r.status, 201, "creating the publisher: {}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        // The response carrying the token was seen by the harness, not by a client of the broker.
+        http.seen.lock().unwrap().clear();
+        Verdaccio {
+            _proc: proc,
+            url,
+            storage,
+            token,
+        }
+    }
+}
+
+pub struct Issuer {
+    _proc: Proc,
+    pub url: String,
+    pub request_token: String,
+}
+
+impl Issuer {
+    fn start(dir: &Path, certs: &Certs) -> Issuer {
+        let mut child = Command::new("node")
+            .arg(repo().join("tests/node/oidc-issuer.mjs"))
+            .arg("--cert")
+            .arg(&certs.cert)
+            .arg("--key")
+            .arg(&certs.key)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let proc = Proc(child);
+        let line = first_line(stdout, Duration::from_secs(20)).expect("the issuer printed nothing");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        Issuer {
+            _proc: proc,
+            url: v["url"].as_str().unwrap().to_owned(),
+            request_token: v["request_token"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// The first line a child prints, waiting at most `limit`; the rest is drained in the background.
+fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Option<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(out).lines();
+        if let Some(Ok(l)) = lines.next() {
+            let _ = tx.send(l);
+        }
+        for _ in lines {}
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+pub struct Broker {
+    proc: Option<Proc>,
+    pub url: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Broker {
+    fn start(dir: &Path, port: u16, config: &str, policy: &str) -> Broker {
+        std::fs::create_dir_all(dir.join("policies")).unwrap();
+        std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
+        let config_path = dir.join("phantom.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut b = Broker {
+            proc: None,
+            url: format!("https://127.0.0.1:{port}/"),
+            port,
+            dir: dir.to_owned(),
+            config: config_path,
+        };
+        b.restart();
+        b
+    }
+
+    pub fn restart(&mut self) {
+        self.proc = None;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_phantom"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("PHANTOM_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        self.proc = Some(Proc(child));
+        let line = first_line(stdout, Duration::from_secs(20));
+        assert!(
+            line.as_deref()
+                .is_some_and(|l| l.starts_with("phantom: listening on")),
+            "the broker did not start: {line:?}; log: {}",
+            std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn audit_lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.join("audit/phantom.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// The policy most tests use: it matches the issuer's default GitHub-shaped claims.
+pub const DEFAULT_POLICY: &str = r#"
+[[grant]]
+name = "acme-release"
+issuer = "github"
+packages = ["@acme/*", "pb-*"]
+actions = ["publish", "dist-tag"]
+dist_tags = ["latest", "next"]
+credential = "verdaccio-publisher"
+ttl = "10m"
+max_uses = 3
+[grant.claims]
+repository_id = "123456789"
+repository_owner_id = "4242"
+ref = "refs/heads/main"
+job_workflow_ref = "acme/web/.github/workflows/release.yml@refs/heads/main"
+"#;
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub certs: Certs,
+    pub http: Http,
+    pub issuer: Issuer,
+    pub verdaccio: Verdaccio,
+    pub broker: Broker,
+    npm_output: Mutex<Vec<u8>>,
+}
+
+impl World {
+    pub fn start(policy: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let certs = dev_certs(&root.join("certs"));
+        let http = Http::new(&certs.ca);
+        let broker_port = free_port();
+        let broker_url = format!("https://127.0.0.1:{broker_port}/");
+        let issuer = Issuer::start(&root.join("issuer"), &certs);
+        let verdaccio = Verdaccio::start(&root.join("verdaccio"), &certs, &broker_url, &http);
+        let secrets = root.join("secrets");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(secrets.join("npm-token"), format!("{}\n", verdaccio.token)).unwrap();
+        let config = format!(
+            r#"[server]
+listen = "127.0.0.1:{broker_port}"
+public_url = "{broker_url}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+
+[upstream.verdaccio]
+url = "{upstream}"
+scopes = ["*"]
+ca_file = "{ca}"
+
+[issuer.github]
+issuer = "{issuer}"
+algorithms = ["RS256", "ES256"]
+ca_file = "{ca}"
+
+[credential.verdaccio-publisher]
+upstream = "verdaccio"
+source = {{ file = "{secret}" }}
+
+[audit]
+path = "audit/phantom.jsonl"
+"#,
+            cert = certs.cert.display(),
+            key = certs.key.display(),
+            ca = certs.ca.display(),
+            upstream = verdaccio.url,
+            issuer = issuer.url,
+            secret = secrets.join("npm-token").display(),
+        );
+        let broker = Broker::start(&root.join("broker"), broker_port, &config, policy);
+        std::fs::create_dir_all(root.join("home")).unwrap();
+        std::fs::write(
+            root.join("npmrc"),
+            format!("registry={broker_url}\ncafile={}\n", certs.ca.display()),
+        )
+        .unwrap();
+        World {
+            dir,
+            certs,
+            http,
+            issuer,
+            verdaccio,
+            broker,
+            npm_output: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn npmrc(&self) -> PathBuf {
+        self.root().join("npmrc")
+    }
+
+    /// Runs the pinned npm CLI with a hermetic environment. With `oidc`, it runs as a GitHub
+    /// Actions job whose ID token carries the issuer's default claims overridden by `oidc`.
+    pub fn npm(&self, cwd: &Path, args: &[&str], oidc: Option<&Value>) -> Output {
+        let mut cmd = Command::new(node_bin("npm"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", self.root().join("home"))
+            .env("NPM_CONFIG_USERCONFIG", self.npmrc())
+            .env("NPM_CONFIG_CACHE", self.root().join("npm-cache"))
+            .env("NPM_CONFIG_UPDATE_NOTIFIER", "false")
+            .env("NPM_CONFIG_FUND", "false")
+            .current_dir(cwd)
+            .args(args);
+        if let Some(claims) = oidc {
+            let overrides = URL_SAFE_NO_PAD.encode(claims.to_string());
+            cmd.env("GITHUB_ACTIONS", "true")
+                .env(
+                    "ACTIONS_ID_TOKEN_REQUEST_URL",
+                    format!("{}/token?claims={overrides}", self.issuer.url),
+                )
+                .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &self.issuer.request_token)
+                .env("NODE_EXTRA_CA_CERTS", &self.certs.ca);
+        }
+        let out = cmd.output().unwrap();
+        let mut seen = self.npm_output.lock().unwrap();
+        seen.extend_from_slice(&out.stdout);
+        seen.extend_from_slice(&out.stderr);
+        out
+    }
+
+    /// A package directory ready for `npm publish`.
+    pub fn package(&self, name: &str, version: &str) -> PathBuf {
+        let dir = self
+            .root()
+            .join("pkgs")
+            .join(format!("{}-{version}", name.replace('/', "_")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let manifest = json!({"name": name, "version": version, "description": "phantom-broker test package", "main": "index.js", "license": "MIT"});
+        std::fs::write(dir.join("package.json"), manifest.to_string()).unwrap();
+        std::fs::write(
+            dir.join("index.js"),
+            format!("module.exports = {:?};\n", format!("{name}@{version}")),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// GitHub-shaped claims as the issuer mints them by default, for `aud`.
+    pub fn github_claims(&self, aud: &str) -> Value {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        json!({
+            "iss": self.issuer.url, "aud": aud, "jti": random_hex(16),
+            "sub": "repo:acme/web:ref:refs/heads/main", "repository": "acme/web", "repository_id": "123456789",
+            "repository_owner": "acme", "repository_owner_id": "4242", "ref": "refs/heads/main",
+            "ref_type": "branch", "event_name": "push",
+            "workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/main",
+            "job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/main",
+            "runner_environment": "github-hosted", "iat": now, "nbf": now - 600, "exp": now + 300,
+        })
+    }
+
+    /// The audience npm asks for when its registry is the broker.
+    pub fn npm_audience(&self) -> String {
+        "npm:127.0.0.1".into()
+    }
+
+    /// Signs exactly `claims` with the issuer's RSA key (or `key`), with extra `header` fields.
+    pub fn mint(&self, claims: &Value, key: &str, header: Value) -> String {
+        let r = self.http.request(
+            "POST",
+            &format!("{}/mint", self.issuer.url),
+            &[("content-type", "application/json")],
+            json!({"claims": claims, "key": key, "header": header}).to_string(),
+        );
+        assert_eq!(r.status, 200, "mint: {}", r.text());
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// An ID token with the default claims for npm's audience, changed by `edit` (null deletes).
+    pub fn id_token(&self, edit: Value) -> String {
+        let mut claims = self.github_claims(&self.npm_audience());
+        for (k, v) in edit.as_object().unwrap() {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(k);
+            } else {
+                claims[k] = v.clone();
+            }
+        }
+        self.mint(&claims, "rsa", json!({}))
+    }
+
+    pub fn broker(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        self.http.request(
+            method,
+            &format!("{}{}", self.broker.url, path.trim_start_matches('/')),
+            headers,
+            body,
+        )
+    }
+
+    /// The generic exchange.
+    pub fn exchange(
+        &self,
+        id_token: &str,
+        packages: &[&str],
+        actions: &[&str],
+        ttl: Option<u64>,
+    ) -> Resp {
+        let mut body = json!({"packages": packages, "actions": actions});
+        if let Some(t) = ttl {
+            body["ttl_seconds"] = t.into();
+        }
+        self.broker(
+            "POST",
+            "/-/phantom/v1/exchange",
+            &[
+                ("authorization", &format!("Bearer {id_token}")),
+                ("content-type", "application/json"),
+            ],
+            body.to_string(),
+        )
+    }
+
+    /// A phantom from the generic exchange, asserting it was granted.
+    pub fn phantom(&self, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> String {
+        let r = self.exchange(&self.id_token(json!({})), packages, actions, ttl);
+        assert_eq!(r.status, 201, "exchange: {}", r.text());
+        r.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Every file in Verdaccio's storage, with its content.
+    pub fn storage(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(&self.verdaccio.storage, &mut out);
+        out
+    }
+
+    /// The packument as Verdaccio itself serves it (not through the broker).
+    pub fn upstream_packument(&self, escaped: &str) -> Resp {
+        let r = self
+            .http
+            .request("GET", &format!("{}{escaped}", self.verdaccio.url), &[], "");
+        self.http.seen.lock().unwrap().clear();
+        r
+    }
+
+    /// The canary (the real credential) must appear in no file the broker wrote, no response
+    /// a client of the broker received, no npm output and nothing npm cached or installed.
+    pub fn assert_canary_contained(&self) {
+        let canary = self.verdaccio.token.as_bytes();
+        let contains = |hay: &[u8]| memchr::memmem::find(hay, canary).is_some();
+        assert!(
+            !contains(&self.http.seen.lock().unwrap()),
+            "the canary reached a client response"
+        );
+        assert!(
+            !contains(&self.npm_output.lock().unwrap()),
+            "the canary reached npm's output"
+        );
+        let mut files = Vec::new();
+        for d in [
+            self.broker.dir.clone(),
+            self.root().join("npm-cache"),
+            self.root().join("home"),
+            self.root().join("pkgs"),
+        ] {
+            collect_files(&d, &mut files);
+        }
+        files.push(self.npmrc());
+        assert!(
+            files.iter().any(|f| f.ends_with("phantom.jsonl")),
+            "no audit log was written"
+        );
+        for f in files {
+            let bytes = std::fs::read(&f).unwrap();
+            assert!(!contains(&bytes), "the canary is in {}", f.display());
+        }
+        // The token reached Verdaccio: only it can have made Verdaccio accept a publish.
+        let stored = self.storage();
+        assert!(
+            stored
+                .keys()
+                .any(|p| p.extension().is_some_and(|x| x == "tgz")),
+            "nothing was ever published"
+        );
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+pub fn ok(out: &Output) -> bool {
+    out.status.success()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
