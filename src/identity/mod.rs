@@ -270,7 +270,9 @@ impl Issuers {
 }
 
 /// Splits a compact JWS into its header and claims, both strict JSON objects.
-fn split(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), IdentityError> {
+type Object = Map<String, Value>;
+
+fn split(token: &str) -> Result<(Object, Object), IdentityError> {
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -280,7 +282,7 @@ fn split(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), Identi
     if h.is_empty() || c.is_empty() || s.is_empty() {
         return Err(IdentityError::Malformed);
     }
-    let decode = |part: &str| -> Result<Map<String, Value>, IdentityError> {
+    let decode = |part: &str| -> Result<Object, IdentityError> {
         let bytes = URL_SAFE_NO_PAD
             .decode(part)
             .map_err(|_| IdentityError::Malformed)?;
@@ -295,7 +297,7 @@ fn number(claims: &Map<String, Value>, key: &'static str) -> Result<Option<u64>,
         None => Ok(None),
         Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
             (Some(u), _) => Ok(Some(u)),
-            (None, Some(f)) if f >= 0.0 && f < 1e15 => Ok(Some(f as u64)),
+            (None, Some(f)) if (0.0..1e15).contains(&f) => Ok(Some(f as u64)),
             _ => Err(IdentityError::BadClaimType(key)),
         },
         Some(_) => Err(IdentityError::BadClaimType(key)),

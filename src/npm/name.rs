@@ -129,7 +129,8 @@ mod tests {
 
     #[test]
     fn names_table() {
-        let table: &[(&str, Result<(Option<&str>, &str, bool), NameError>)] = &[
+        type Parsed<'a> = Result<(Option<&'a str>, &'a str, bool), NameError>;
+        let table: &[(&str, Parsed<'_>)] = &[
             ("left-pad", Ok((None, "left-pad", false))),
             ("@acme/web", Ok((Some("acme"), "web", false))),
             ("@acme/web.js_x-1", Ok((Some("acme"), "web.js_x-1", false))),

@@ -1,0 +1,123 @@
+//! The `phantom` command line: the shipped example config, policy checks and explanations,
+//! audit verification and development certificates.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn phantom(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_phantom")).args(args).current_dir(cwd).output().unwrap()
+}
+
+fn all(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn the_shipped_example_config_and_policy_are_valid() {
+    let out = phantom(&["policy", "check", "--config", "phantom.toml"], repo());
+    assert!(out.status.success(), "{}", all(&out));
+    assert!(all(&out).contains("2 grants, all valid"));
+}
+
+#[test]
+fn policy_check_names_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(repo().join("phantom.toml")).unwrap();
+    std::fs::write(dir.path().join("phantom.toml"), &config).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    let policy = std::fs::read_to_string(repo().join("policies/acme.toml")).unwrap();
+
+    let bad = policy.replacen("ref = \"refs/heads/main\"", "ref = { regex = \"refs/heads/.*\" }", 1);
+    std::fs::write(dir.path().join("policies/acme.toml"), bad).unwrap();
+    let out = phantom(&["policy", "check"], dir.path());
+    assert!(!out.status.success());
+    let text = all(&out);
+    assert!(text.contains("policies/acme.toml") && text.contains("unknown key `regex`"), "{text}");
+
+    let bad = policy.replacen("issuer = \"github\"", "issuer = \"gitlab\"", 1);
+    std::fs::write(dir.path().join("policies/acme.toml"), bad).unwrap();
+    let text = all(&phantom(&["policy", "check"], dir.path()));
+    assert!(text.contains("grant `acme-web-release`: `issuer`: `gitlab` is not a configured issuer"), "{text}");
+
+    std::fs::write(dir.path().join("policies/acme.toml"), &policy).unwrap();
+    std::fs::write(dir.path().join("phantom.toml"), config.replacen("[audit]", "[audit]\nrotate = true", 1)).unwrap();
+    let text = all(&phantom(&["policy", "check"], dir.path()));
+    assert!(text.contains("phantom.toml") && text.contains("unknown field `rotate`"), "{text}");
+}
+
+#[test]
+fn policy_explain_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let claims = dir.path().join("claims.json");
+    let base = serde_json::json!({
+        "iss": "https://token.actions.githubusercontent.com", "repository_id": "123456789",
+        "repository_owner_id": "4242", "ref": "refs/heads/main", "event_name": "push",
+        "job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/main",
+    });
+    std::fs::write(&claims, base.to_string()).unwrap();
+    let claims_arg = claims.to_str().unwrap();
+    let args = ["policy", "explain", "--config", "phantom.toml", "--claims", claims_arg, "--package", "@acme/web-ui", "--action", "publish"];
+    let out = phantom(&args, repo());
+    assert!(out.status.success(), "{}", all(&out));
+    assert!(all(&out).contains("allow  acme-web-release"));
+
+    let mut pr = base.clone();
+    pr["event_name"] = "pull_request".into();
+    std::fs::write(&claims, pr.to_string()).unwrap();
+    let out = phantom(&args, repo());
+    assert!(!out.status.success());
+    assert!(all(&out).contains("deny   acme-web-release: claim `event_name` does not match"), "{}", all(&out));
+}
+
+#[test]
+fn audit_verify_names_the_altered_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = phantom_broker::audit::Audit::open(&path, b"key").unwrap();
+    for i in 0..5 {
+        let rec = phantom_broker::audit::Record {
+            event: "request",
+            request_id: format!("r{i}"),
+            decision: "allow",
+            status: 201,
+            ..Default::default()
+        };
+        audit.write(&rec).unwrap();
+    }
+    let p = path.to_str().unwrap();
+    let out = phantom(&["audit", "verify", p], dir.path());
+    assert!(out.status.success(), "{}", all(&out));
+    assert!(all(&out).contains("intact, 5 lines"));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let altered = text.replacen("\"status\":201", "\"status\":403", 3);
+    let third = altered.lines().nth(2).unwrap().to_owned();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[2] = &third;
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let out = phantom(&["audit", "verify", p], dir.path());
+    assert!(!out.status.success());
+    assert!(all(&out).contains("line 3: its hash does not match"), "{}", all(&out));
+}
+
+#[test]
+fn certs_dev_writes_a_ca_and_a_server_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = phantom(&["certs", "dev", "--out", "c", "--san", "broker.internal"], dir.path());
+    assert!(out.status.success(), "{}", all(&out));
+    for f in ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem"] {
+        assert!(dir.path().join("c").join(f).exists(), "{f}");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("c/server-key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the private key is readable by others");
+    }
+    let again = phantom(&["certs", "dev", "--out", "c"], dir.path());
+    assert!(!again.status.success() && all(&again).contains("--force"));
+}

@@ -1,0 +1,185 @@
+//! A phantom is worth exactly its scope: its packages, its actions, its dist-tags, its lifetime
+//! and its number of writes. Everything outside is refused before the upstream sees it.
+
+mod support;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use support::*;
+
+/// A publish body shaped as libnpmpublish sends it.
+fn publish_body(name: &str, body_name: &str, version: &str, tag: &str) -> String {
+    let tarball = base64::engine::general_purpose::STANDARD.encode(format!("not really a tarball: {name}@{version}"));
+    json!({
+        "_id": body_name, "name": body_name, "description": "raw publish",
+        "dist-tags": { tag: version },
+        "versions": { version: {
+            "name": body_name, "version": version, "_id": format!("{body_name}@{version}"),
+            "dist": { "shasum": "0", "integrity": "sha512-AAAA", "tarball": format!("http://127.0.0.1/{name}/-/x-{version}.tgz") }
+        }},
+        "access": null,
+        "_attachments": { format!("{body_name}-{version}.tgz"): {
+            "content_type": "application/octet-stream", "data": tarball, "length": 10
+        }}
+    })
+    .to_string()
+}
+
+fn put(w: &World, phantom: &str, name: &str, body: String) -> Resp {
+    w.broker(
+        "PUT",
+        &format!("/{}", name.replace('/', "%2f")),
+        &[("authorization", &format!("Bearer {phantom}")), ("content-type", "application/json"), ("npm-command", "publish")],
+        body,
+    )
+}
+
+#[test]
+fn phantom_scope_lifetime_and_uses() {
+    let w = World::start(DEFAULT_POLICY);
+
+    // Scope: a phantom for pb-a cannot publish pb-b, nor unpublish pb-a.
+    let a = w.phantom(&["pb-a"], &["publish"], None);
+    let before = w.storage();
+    let r = put(&w, &a, "pb-b", publish_body("pb-b", "pb-b", "1.0.0", "latest"));
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = w.broker("DELETE", "/pb-a/-rev/1-abc", &[("authorization", &format!("Bearer {a}"))], "");
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A body whose name differs from its URL, and one with a tag the grant does not allow.
+    let r = put(&w, &a, "pb-a", publish_body("pb-a", "pb-b", "1.0.0", "latest"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("`name` in the body does not match"));
+    let r = put(&w, &a, "pb-a", publish_body("pb-a", "pb-a", "1.0.0", "beta"));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(before, w.storage(), "a refused publish reached Verdaccio");
+    // In scope, it works.
+    let r = put(&w, &a, "pb-a", publish_body("pb-a", "pb-a", "1.0.0", "latest"));
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // Uses: the grant allows 3 writes; an identical retry (npm retries PUTs on 5xx) is free.
+    let m = w.phantom(&["pb-m"], &["publish"], None);
+    let body = publish_body("pb-m", "pb-m", "1.0.0", "latest");
+    assert_eq!(put(&w, &m, "pb-m", body.clone()).status, 201);
+    let retry = put(&w, &m, "pb-m", body);
+    assert_eq!(retry.status, 409, "the retry must reach Verdaccio (which has the version): {}", retry.text());
+    assert_eq!(put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.1", "latest")).status, 201);
+    assert_eq!(put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.2", "latest")).status, 201);
+    let before = w.storage();
+    let r = put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.3", "latest"));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("no uses left"));
+    assert_eq!(before, w.storage());
+    // Reads of its own package stay allowed, with the credential.
+    let r = w.broker("GET", "/pb-m", &[("authorization", &format!("Bearer {m}"))], "");
+    assert_eq!(r.status, 200);
+
+    // Lifetime: a phantom asked for 1 second is refused after it.
+    let short = w.phantom(&["pb-t"], &["publish"], Some(1));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = put(&w, &short, "pb-t", publish_body("pb-t", "pb-t", "1.0.0", "latest"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("expired"));
+
+    // Tampered, unknown and non-phantom credentials.
+    let mut tampered = a.clone().into_bytes();
+    tampered[10] = if tampered[10] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (what, cred, status) in [
+        ("checksum", format!("Bearer {tampered}"), 401),
+        ("npm token", "Bearer npm_abcdefghijklmnopqrstuvwxyz0123456789".to_owned(), 401),
+        ("basic auth", "Basic cHVibGlzaGVyOnB3".to_owned(), 401),
+        ("the real credential", format!("Bearer {}", w.verdaccio.token), 401),
+    ] {
+        let r = w.broker("GET", "/pb-a", &[("authorization", &cred)], "");
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+    }
+    let r = w.broker("GET", &format!("/pb-a?token={a}"), &[], "");
+    assert_eq!(r.status, 400, "a phantom in the query string: {}", r.text());
+
+    // Writes without a phantom say how to authenticate.
+    let r = w.broker("PUT", "/pb-a", &[("content-type", "application/json")], publish_body("pb-a", "pb-a", "2.0.0", "latest"));
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("phantom login"));
+
+    // Token management never reaches the upstream, phantom or not, through npm or by hand.
+    let r = w.broker(
+        "POST",
+        "/-/npm/v1/tokens",
+        &[("authorization", &format!("Bearer {a}")), ("content-type", "application/json")],
+        json!({"password": "x"}).to_string(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let out = w.npm(w.root(), &["token", "create", "--name", "x", "--password", "x"], None);
+    assert!(!ok(&out), "npm token create succeeded: {}", text(&out));
+    let lines = w.broker.audit_lines();
+    let token_calls: Vec<&Value> = lines.iter().filter(|l| l["reason"].as_str().is_some_and(|r| r.contains("token management"))).collect();
+    assert!(token_calls.len() >= 2, "{token_calls:?}");
+    assert!(token_calls.iter().all(|l| l["status"] == 403 && l.get("upstream_status").is_none()));
+
+    // Every refusal is audited, and no line holds a phantom.
+    let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
+    assert!(!audit.contains("phm_"), "a phantom reached the audit log");
+    assert!(lines.iter().filter(|l| l["decision"] == "deny").count() >= 12);
+    w.assert_canary_contained();
+}
+
+#[test]
+fn phantom_login_then_npm_dist_tag() {
+    let w = World::start(DEFAULT_POLICY);
+    // Something to tag: publish 1.0.0 and 1.1.0 through npm's own OIDC flow.
+    for v in ["1.0.0", "1.1.0"] {
+        let out = w.npm(&w.package("@acme/tags", v), &["publish"], Some(&json!({})));
+        assert!(ok(&out), "{}", text(&out));
+    }
+
+    // `phantom login` trades an ID token for a phantom and writes it under the broker's key.
+    let token_file = w.root().join("id-token");
+    let generic_aud = w.npm_audience();
+    std::fs::write(&token_file, w.mint(&w.github_claims(&generic_aud), "rsa", json!({}))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["login", "--broker", &w.broker.url, "--packages", "@acme/tags", "--actions", "dist-tag,unpublish"])
+        .arg("--npmrc")
+        .arg(w.npmrc())
+        .arg("--id-token-file")
+        .arg(&token_file)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "phantom login: {}", text(&out));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("@acme/tags (dist-tag)"), "unpublish is not granted: {summary}");
+    let npmrc = std::fs::read_to_string(w.npmrc()).unwrap();
+    let key = format!("//127.0.0.1:{}/:_authToken=phm_", w.broker.port);
+    assert!(npmrc.contains(&key), "{npmrc}");
+    assert!(!summary.contains("phm_"), "login printed the phantom");
+
+    let out = w.npm(w.root(), &["dist-tag", "add", "@acme/tags@1.0.0", "next"], None);
+    assert!(ok(&out), "dist-tag next: {}", text(&out));
+    let p = w.upstream_packument("@acme%2ftags").json();
+    assert_eq!(p["dist-tags"]["next"], "1.0.0");
+    assert_eq!(p["dist-tags"]["latest"], "1.1.0");
+
+    let before = w.storage();
+    let out = w.npm(w.root(), &["dist-tag", "add", "@acme/tags@1.0.0", "beta"], None);
+    assert!(!ok(&out), "dist-tag beta was allowed: {}", text(&out));
+    assert!(text(&out).contains("403"), "{}", text(&out));
+    assert_eq!(before, w.storage());
+    let p = w.upstream_packument("@acme%2ftags").json();
+    assert!(p["dist-tags"].get("beta").is_none());
+
+    // The same ID token cannot be exchanged twice.
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["login", "--broker", &w.broker.url, "--packages", "@acme/tags", "--actions", "dist-tag"])
+        .arg("--npmrc")
+        .arg(w.root().join("other-npmrc"))
+        .arg("--id-token-file")
+        .arg(&token_file)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(text(&again).contains("401"), "{}", text(&again));
+    w.assert_canary_contained();
+}
