@@ -123,8 +123,7 @@ impl Audit {
     /// Opens (or creates) the log and continues its chain.
     pub fn open(path: &Path, key: &[u8]) -> Result<Audit, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| AuditError(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| AuditError(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut file = OpenOptions::new()
             .create(true)
@@ -132,24 +131,20 @@ impl Audit {
             .read(true)
             .open(path)
             .map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))?;
-        let (seq, prev) = match last_line(&mut file)
-            .map_err(|e| AuditError(format!("cannot read {}: {e}", path.display())))?
-        {
-            None => (0, GENESIS.to_owned()),
-            Some(line) => {
-                let (_, hash, seq, _) = split_line(&line).map_err(|e| {
-                    AuditError(format!(
-                        "{}: the last line is damaged ({e}); run `phantom audit verify`",
-                        path.display()
-                    ))
-                })?;
-                (seq, hash)
-            }
-        };
-        Ok(Audit {
-            chain: Mutex::new(Chain { file, seq, prev }),
-            key: hmac::Key::new(hmac::HMAC_SHA256, key),
-        })
+        let (seq, prev) =
+            match last_line(&mut file).map_err(|e| AuditError(format!("cannot read {}: {e}", path.display())))? {
+                None => (0, GENESIS.to_owned()),
+                Some(line) => {
+                    let (_, hash, seq, _) = split_line(&line).map_err(|e| {
+                        AuditError(format!(
+                            "{}: the last line is damaged ({e}); run `phantom audit verify`",
+                            path.display()
+                        ))
+                    })?;
+                    (seq, hash)
+                }
+            };
+        Ok(Audit { chain: Mutex::new(Chain { file, seq, prev }), key: hmac::Key::new(hmac::HMAC_SHA256, key) })
     }
 
     /// A keyed hash of a phantom's digest: its id in logs and listings.
@@ -174,23 +169,15 @@ impl Audit {
     pub fn write(&self, record: &Record) -> Result<(), AuditError> {
         let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
         let seq = chain.seq + 1;
-        let body = serde_json::to_vec(&Chained {
-            ts: rfc3339_now(),
-            seq,
-            record,
-            prev: &chain.prev,
-        })
-        .map_err(|e| AuditError(e.to_string()))?;
+        let body = serde_json::to_vec(&Chained { ts: rfc3339_now(), seq, record, prev: &chain.prev })
+            .map_err(|e| AuditError(e.to_string()))?;
         let hash = sha256_hex(&body);
         let mut line = body;
         line.pop(); // the closing '}'
         line.extend_from_slice(HASH_KEY.as_bytes());
         line.extend_from_slice(hash.as_bytes());
         line.extend_from_slice(b"\"}\n");
-        chain
-            .file
-            .write_all(&line)
-            .map_err(|e| AuditError(format!("write failed: {e}")))?;
+        chain.file.write_all(&line).map_err(|e| AuditError(format!("write failed: {e}")))?;
         chain.seq = seq;
         chain.prev = hash;
         Ok(())
@@ -206,8 +193,7 @@ pub enum Verdict {
 
 /// Checks every line's hash and its link to the line before.
 pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
-    let file =
-        File::open(path).map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))?;
+    let file = File::open(path).map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))?;
     let mut prev_hash: Option<String> = None;
     let mut prev_seq = 0u64;
     let mut n = 0u64;
@@ -228,22 +214,15 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
         }
         match &prev_hash {
             None if prev != GENESIS => {
-                return broken(format!(
-                    "the chain starts mid-way (seq {seq}): earlier lines were removed"
-                ))
+                return broken(format!("the chain starts mid-way (seq {seq}): earlier lines were removed"))
             }
             Some(p) if *p != prev => {
-                return broken(
-                    "it does not link to the line before (a line before it was removed or altered)"
-                        .into(),
-                )
+                return broken("it does not link to the line before (a line before it was removed or altered)".into())
             }
             _ => {}
         }
         if seq != prev_seq + 1 {
-            return broken(format!(
-                "seq {seq} follows seq {prev_seq} (lines were removed)"
-            ));
+            return broken(format!("seq {seq} follows seq {prev_seq} (lines were removed)"));
         }
         prev_hash = Some(hash);
         prev_seq = seq;
@@ -259,16 +238,9 @@ fn split_line(line: &str) -> Result<(String, String, u64, String), String> {
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or("its hash is malformed")?;
     let body = format!("{}}}", &line[..at]);
-    let doc: Map<String, Value> =
-        serde_json::from_str(&body).map_err(|_| "it is not a JSON object")?;
-    let seq = doc
-        .get("seq")
-        .and_then(Value::as_u64)
-        .ok_or("it has no seq")?;
-    let prev = doc
-        .get("prev")
-        .and_then(Value::as_str)
-        .ok_or("it has no prev")?;
+    let doc: Map<String, Value> = serde_json::from_str(&body).map_err(|_| "it is not a JSON object")?;
+    let seq = doc.get("seq").and_then(Value::as_u64).ok_or("it has no seq")?;
+    let prev = doc.get("prev").and_then(Value::as_str).ok_or("it has no prev")?;
     Ok((body, hash.to_owned(), seq, prev.to_owned()))
 }
 
@@ -283,11 +255,7 @@ fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
     let text = String::from_utf8_lossy(&tail);
-    Ok(text
-        .trim_end_matches('\n')
-        .rsplit('\n')
-        .next()
-        .map(str::to_owned))
+    Ok(text.trim_end_matches('\n').rsplit('\n').next().map(str::to_owned))
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -305,16 +273,11 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn rfc3339_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     rfc3339(d.as_secs(), d.subsec_millis())
 }
 
@@ -322,12 +285,7 @@ fn rfc3339_now() -> String {
 pub fn rfc3339(secs: u64, millis: u32) -> String {
     let (year, month, day) = civil_date(secs);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
 /// (year, month, day) of unix seconds, proleptic Gregorian (Howard Hinnant's civil_from_days).
@@ -355,13 +313,7 @@ mod tests {
     }
 
     fn record(i: usize) -> Record {
-        Record {
-            event: "request",
-            request_id: format!("r{i}"),
-            decision: "allow",
-            status: 200,
-            ..Record::default()
-        }
+        Record { event: "request", request_id: format!("r{i}"), decision: "allow", status: 200, ..Record::default() }
     }
 
     #[test]
@@ -387,32 +339,20 @@ mod tests {
         let mut altered = owned.clone();
         altered[1] = altered[1].replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
         write(&altered);
-        assert!(matches!(
-            verify(&path).unwrap(),
-            Verdict::Broken { line: 2, .. }
-        ));
+        assert!(matches!(verify(&path).unwrap(), Verdict::Broken { line: 2, .. }));
 
         let mut removed = owned.clone();
         removed.remove(2);
         write(&removed);
-        assert!(matches!(
-            verify(&path).unwrap(),
-            Verdict::Broken { line: 3, .. }
-        ));
+        assert!(matches!(verify(&path).unwrap(), Verdict::Broken { line: 3, .. }));
 
         write(&owned[1..]);
-        assert!(matches!(
-            verify(&path).unwrap(),
-            Verdict::Broken { line: 1, .. }
-        ));
+        assert!(matches!(verify(&path).unwrap(), Verdict::Broken { line: 1, .. }));
 
         let mut truncated = owned.clone();
         truncated[3].truncate(20);
         write(&truncated);
-        assert!(matches!(
-            verify(&path).unwrap(),
-            Verdict::Broken { line: 4, .. }
-        ));
+        assert!(matches!(verify(&path).unwrap(), Verdict::Broken { line: 4, .. }));
     }
 
     #[test]

@@ -2,10 +2,7 @@
 //! development and tests. ECDSA P-256 keys (fast handshakes), written with owner-only access.
 
 use crate::audit::{civil_date, unix_now};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -20,10 +17,7 @@ pub fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Resul
     let files = ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem"].map(|f| dir.join(f));
     if !force {
         if let Some(existing) = files.iter().find(|f| f.exists()) {
-            return Err(format!(
-                "{} exists; pass --force to replace the certificates",
-                existing.display()
-            ));
+            return Err(format!("{} exists; pass --force to replace the certificates", existing.display()));
         }
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -34,46 +28,29 @@ pub fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Resul
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name
-        .push(DnType::CommonName, "phantom-broker development CA");
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca.distinguished_name.push(DnType::CommonName, "phantom-broker development CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca.not_before = start;
     ca.not_after = rcgen::date_time_ymd(y as i32 + 5, m as u8, d.min(28) as u8);
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
 
-    let mut names = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     names.extend(extra_names.iter().cloned());
     let server_key = KeyPair::generate().map_err(err)?;
     let mut server = CertificateParams::new(names).map_err(err)?;
-    server
-        .distinguished_name
-        .push(DnType::CommonName, "phantom-broker");
+    server.distinguished_name.push(DnType::CommonName, "phantom-broker");
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.not_before = start;
     server.not_after = rcgen::date_time_ymd(y as i32 + 1, m as u8, d.min(28) as u8);
-    let server_cert = server
-        .signed_by(&server_key, &ca_cert, &ca_key)
-        .map_err(err)?;
+    let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).map_err(err)?;
 
     let [ca_path, ca_key_path, cert_path, key_path] = files;
     write(&ca_path, &ca_cert.pem(), false)?;
     write(&ca_key_path, &ca_key.serialize_pem(), true)?;
     write(&cert_path, &server_cert.pem(), false)?;
     write(&key_path, &server_key.serialize_pem(), true)?;
-    Ok(Written {
-        ca: ca_path,
-        cert: cert_path,
-        key: key_path,
-    })
+    Ok(Written { ca: ca_path, cert: cert_path, key: key_path })
 }
 
 fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
@@ -85,11 +62,8 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if private { 0o600 } else { 0o644 });
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let mut f = opts.open(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -102,9 +76,7 @@ mod tests {
         let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
         crate::net::server_config(&w.cert, &w.key).unwrap();
         crate::net::client_config(Some(&w.ca)).unwrap();
-        assert!(write_dev_certs(dir.path(), &[], false)
-            .unwrap_err()
-            .contains("--force"));
+        assert!(write_dev_certs(dir.path(), &[], false).unwrap_err().contains("--force"));
         write_dev_certs(dir.path(), &[], true).unwrap();
     }
 }

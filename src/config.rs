@@ -195,20 +195,14 @@ const ALLOWED_ALGS: &[(&str, jsonwebtoken::Algorithm)] = {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: path.display().to_string(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.display().to_string(), message: format!("cannot read: {e}") })?;
         Config::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
-            file: path.display().to_string(),
-            message,
-        };
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
+        let err = |message: String| ConfigError { file: path.display().to_string(), message };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_owned()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         validate(raw, path, base).map_err(err)
     }
@@ -239,13 +233,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
 
     let s = &raw.server;
     let listen_text = s.listen.as_deref().unwrap_or("127.0.0.1:8443");
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        format!("`server.listen`: `{listen_text}` is not an address like \"127.0.0.1:8443\"")
-    })?;
-    let public_url: Uri = s
-        .public_url
+    let listen: SocketAddr = listen_text
         .parse()
-        .map_err(|_| format!("`server.public_url`: `{}` is not a URL", s.public_url))?;
+        .map_err(|_| format!("`server.listen`: `{listen_text}` is not an address like \"127.0.0.1:8443\""))?;
+    let public_url: Uri =
+        s.public_url.parse().map_err(|_| format!("`server.public_url`: `{}` is not a URL", s.public_url))?;
     if public_url.scheme_str() != Some("https") {
         return Err("`server.public_url` must be an https:// URL".into());
     }
@@ -278,35 +270,22 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
     for (name, u) in raw.upstream {
         let url = checked_url(&u.url).map_err(|e| format!("`upstream.{name}.url`: {e}"))?;
         if u.scopes.is_empty() {
-            return Err(format!(
-                "`upstream.{name}.scopes` may not be empty (use [\"*\"] for every package)"
-            ));
+            return Err(format!("`upstream.{name}.scopes` may not be empty (use [\"*\"] for every package)"));
         }
         for scope in &u.scopes {
             let ok = scope == "*"
                 || scope.strip_prefix('@').is_some_and(|s| {
                     !s.is_empty()
-                        && s.bytes().all(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)
-                        })
+                        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
                 });
             if !ok {
-                return Err(format!(
-                    "`upstream.{name}.scopes`: `{scope}` must be \"*\" or \"@scope\""
-                ));
+                return Err(format!("`upstream.{name}.scopes`: `{scope}` must be \"*\" or \"@scope\""));
             }
             if let Some(other) = seen_scopes.insert(scope.clone(), name.clone()) {
-                return Err(format!(
-                    "`upstream.{name}.scopes`: `{scope}` is already routed to upstream `{other}`"
-                ));
+                return Err(format!("`upstream.{name}.scopes`: `{scope}` is already routed to upstream `{other}`"));
             }
         }
-        upstreams.push(UpstreamConfig {
-            name,
-            url,
-            scopes: u.scopes,
-            ca_file: u.ca_file.as_deref().map(rel),
-        });
+        upstreams.push(UpstreamConfig { name, url, scopes: u.scopes, ca_file: u.ca_file.as_deref().map(rel) });
     }
 
     let mut issuers = Vec::new();
@@ -317,17 +296,10 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         }
         let mut algorithms = Vec::new();
         for a in &i.algorithms {
-            let alg = ALLOWED_ALGS
-                .iter()
-                .find(|(n, _)| n == a)
-                .map(|(_, alg)| *alg)
-                .ok_or_else(|| {
-                    let names: Vec<_> = ALLOWED_ALGS.iter().map(|(n, _)| *n).collect();
-                    format!(
-                        "`issuer.{name}.algorithms`: `{a}` is not allowed (expected one of {})",
-                        names.join(", ")
-                    )
-                })?;
+            let alg = ALLOWED_ALGS.iter().find(|(n, _)| n == a).map(|(_, alg)| *alg).ok_or_else(|| {
+                let names: Vec<_> = ALLOWED_ALGS.iter().map(|(n, _)| *n).collect();
+                format!("`issuer.{name}.algorithms`: `{a}` is not allowed (expected one of {})", names.join(", "))
+            })?;
             algorithms.push(alg);
         }
         issuers.push(IssuerConfig {
@@ -345,10 +317,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
     let mut credentials = Vec::new();
     for (name, c) in raw.credential {
         if !upstreams.iter().any(|u| u.name == c.upstream) {
-            return Err(format!(
-                "`credential.{name}.upstream`: `{}` is not a configured upstream",
-                c.upstream
-            ));
+            return Err(format!("`credential.{name}.upstream`: `{}` is not a configured upstream", c.upstream));
         }
         let packages = c
             .packages
@@ -359,21 +328,13 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
             SecretSource::File(p) => SecretSource::File(rel(&p)),
             env => env,
         };
-        credentials.push(CredentialConfig {
-            name,
-            upstream: c.upstream,
-            source,
-            packages,
-            expires: c.expires,
-        });
+        credentials.push(CredentialConfig { name, upstream: c.upstream, source, packages, expires: c.expires });
     }
 
     match raw.state.backend.as_deref() {
         None | Some("memory") => {}
         Some(other) => {
-            return Err(format!(
-                "`state.backend`: `{other}` is not supported by this build (expected \"memory\")"
-            ))
+            return Err(format!("`state.backend`: `{other}` is not supported by this build (expected \"memory\")"))
         }
     }
 
@@ -401,11 +362,7 @@ fn checked_url(s: &str) -> Result<Uri, String> {
     match uri.scheme_str() {
         Some("https") => {}
         Some("http") if is_loopback(host) => {}
-        Some("http") => {
-            return Err(format!(
-                "`{s}`: plain http:// is accepted only for loopback hosts"
-            ))
-        }
+        Some("http") => return Err(format!("`{s}`: plain http:// is accepted only for loopback hosts")),
         _ => return Err(format!("`{s}` must be an https:// URL")),
     }
     if uri.query().is_some() {
@@ -464,89 +421,40 @@ path = "audit/phantom.jsonl"
     fn parses_the_documented_shape() {
         let c = Config::parse(Path::new("/etc/phantom/phantom.toml"), GOOD).unwrap();
         assert_eq!(c.server.npm_audience(), "npm:npm-broker.example.com");
-        assert_eq!(
-            c.server.tls_cert,
-            PathBuf::from("/etc/phantom/certs/server.pem")
-        );
+        assert_eq!(c.server.tls_cert, PathBuf::from("/etc/phantom/certs/server.pem"));
         assert_eq!(c.policy_dir, PathBuf::from("/etc/phantom/policies"));
         assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY);
         assert_eq!(c.upstreams.len(), 2);
-        assert_eq!(
-            c.upstreams[1].url.to_string(),
-            "https://registry.example.com/"
-        );
+        assert_eq!(c.upstreams[1].url.to_string(), "https://registry.example.com/");
         assert_eq!(c.issuers[0].audience, "npm:npm-broker.example.com");
         assert_eq!(c.issuers[0].leeway, Duration::from_secs(30));
-        assert_eq!(
-            c.credentials[0].source,
-            SecretSource::File("/run/secrets/acme-npm-token".into())
-        );
-        assert_eq!(
-            c.credentials[1].source,
-            SecretSource::Env("NPM_TOKEN".into())
-        );
+        assert_eq!(c.credentials[0].source, SecretSource::File("/run/secrets/acme-npm-token".into()));
+        assert_eq!(c.credentials[1].source, SecretSource::Env("NPM_TOKEN".into()));
     }
 
     #[test]
     fn errors_name_the_file_and_the_key() {
         let table: &[(&str, &str, &str)] = &[
-            (
-                "listen = \"127.0.0.1:8443\"",
-                "lisen = \"127.0.0.1:8443\"",
-                "unknown field `lisen`, expected one of",
-            ),
-            (
-                "listen = \"127.0.0.1:8443\"",
-                "listen = \"localhost\"",
-                "`server.listen`",
-            ),
+            ("listen = \"127.0.0.1:8443\"", "lisen = \"127.0.0.1:8443\"", "unknown field `lisen`, expected one of"),
+            ("listen = \"127.0.0.1:8443\"", "listen = \"localhost\"", "`server.listen`"),
             (
                 "https://npm-broker.example.com/",
                 "http://npm-broker.example.com/",
                 "`server.public_url` must be an https",
             ),
-            (
-                "https://registry.example.com/",
-                "http://registry.example.com/",
-                "only for loopback",
-            ),
+            ("https://registry.example.com/", "http://registry.example.com/", "only for loopback"),
             ("scopes = [\"@acme\"]", "scopes = [\"*\"]", "already routed"),
-            (
-                "scopes = [\"@acme\"]",
-                "scopes = [\"acme\"]",
-                "must be \"*\" or \"@scope\"",
-            ),
-            (
-                "[\"RS256\", \"ES256\"]",
-                "[\"HS256\"]",
-                "`HS256` is not allowed",
-            ),
-            (
-                "[\"RS256\", \"ES256\"]",
-                "[\"none\"]",
-                "`none` is not allowed",
-            ),
-            (
-                "upstream = \"acme\"",
-                "upstream = \"nope\"",
-                "not a configured upstream",
-            ),
-            (
-                "{ env = \"NPM_TOKEN\" }",
-                "{ vault = \"x\" }",
-                "unknown variant `vault`",
-            ),
-            (
-                "backend = \"memory\"",
-                "backend = \"etcd://x\"",
-                "`state.backend`",
-            ),
+            ("scopes = [\"@acme\"]", "scopes = [\"acme\"]", "must be \"*\" or \"@scope\""),
+            ("[\"RS256\", \"ES256\"]", "[\"HS256\"]", "`HS256` is not allowed"),
+            ("[\"RS256\", \"ES256\"]", "[\"none\"]", "`none` is not allowed"),
+            ("upstream = \"acme\"", "upstream = \"nope\"", "not a configured upstream"),
+            ("{ env = \"NPM_TOKEN\" }", "{ vault = \"x\" }", "unknown variant `vault`"),
+            ("backend = \"memory\"", "backend = \"etcd://x\"", "`state.backend`"),
             ("[audit]", "[audit]\ncolour = 1", "unknown field `colour`"),
         ];
         for (from, to, want) in table {
             assert!(GOOD.contains(from), "{from}");
-            let err = Config::parse(Path::new("conf/phantom.toml"), &GOOD.replacen(from, to, 1))
-                .unwrap_err();
+            let err = Config::parse(Path::new("conf/phantom.toml"), &GOOD.replacen(from, to, 1)).unwrap_err();
             let text = err.to_string();
             assert!(text.starts_with("conf/phantom.toml: "), "{text}");
             assert!(text.contains(want), "{to}: {text}");
@@ -558,12 +466,7 @@ path = "audit/phantom.jsonl"
         for h in ["127.0.0.1", "127.1.2.3", "[::1]", "localhost"] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in [
-            "10.0.0.1",
-            "example.com",
-            "localhost.example.com",
-            "0.0.0.0",
-        ] {
+        for h in ["10.0.0.1", "example.com", "localhost.example.com", "0.0.0.0"] {
             assert!(!is_loopback(h), "{h}");
         }
     }

@@ -24,12 +24,7 @@ pub struct Credential {
 impl Credential {
     pub fn from_secret(cfg: &CredentialConfig, secret: Secret) -> Result<Credential, String> {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
-            .map_err(|_| {
-                format!(
-                    "credential `{}`: the token has characters a header cannot carry",
-                    cfg.name
-                )
-            })?;
+            .map_err(|_| format!("credential `{}`: the token has characters a header cannot carry", cfg.name))?;
         authorization.set_sensitive(true);
         Ok(Credential {
             name: cfg.name.clone(),
@@ -64,8 +59,9 @@ impl fmt::Debug for Credential {
 /// Reads a secret from its source. Surrounding whitespace (a trailing newline) is dropped.
 pub fn read_secret(source: &SecretSource) -> Result<Secret, String> {
     let raw = match source {
-        SecretSource::File(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        SecretSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        }
         SecretSource::Env(var) => {
             std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
         }
@@ -90,12 +86,8 @@ impl Credentials {
     pub fn load(configs: &[CredentialConfig]) -> Result<Credentials, String> {
         let mut by_name = HashMap::new();
         for cfg in configs {
-            let secret =
-                read_secret(&cfg.source).map_err(|e| format!("credential `{}`: {e}", cfg.name))?;
-            by_name.insert(
-                cfg.name.clone(),
-                Arc::new(Credential::from_secret(cfg, secret)?),
-            );
+            let secret = read_secret(&cfg.source).map_err(|e| format!("credential `{}`: {e}", cfg.name))?;
+            by_name.insert(cfg.name.clone(), Arc::new(Credential::from_secret(cfg, secret)?));
         }
         Ok(Credentials { by_name })
     }
@@ -134,9 +126,7 @@ mod tests {
         assert!(!format!("{c:?} {creds:?}").contains("CANARY"));
 
         let missing = SecretSource::Env("PHANTOM_TEST_SURELY_UNSET_VAR".into());
-        assert!(read_secret(&missing)
-            .unwrap_err()
-            .contains("PHANTOM_TEST_SURELY_UNSET_VAR"));
+        assert!(read_secret(&missing).unwrap_err().contains("PHANTOM_TEST_SURELY_UNSET_VAR"));
         std::fs::write(dir.path().join("bad"), "two words").unwrap();
         assert!(read_secret(&SecretSource::File(dir.path().join("bad"))).is_err());
     }

@@ -23,35 +23,25 @@ pub struct LoginArgs {
 }
 
 pub async fn login(args: LoginArgs) -> Result<String, String> {
-    let broker: Uri = args
-        .broker
-        .parse()
-        .map_err(|_| format!("--broker: `{}` is not a URL", args.broker))?;
+    let broker: Uri = args.broker.parse().map_err(|_| format!("--broker: `{}` is not a URL", args.broker))?;
     let host = broker.host().ok_or("--broker has no host")?.to_owned();
     match broker.scheme_str() {
         Some("https") => {}
         Some("http") if crate::config::is_loopback(&host) => {}
         _ => return Err("--broker must be an https:// URL".into()),
     }
-    let authority = broker
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .unwrap_or(host.clone());
+    let authority = broker.authority().map(|a| a.as_str().to_owned()).unwrap_or(host.clone());
     let base_path = format!("{}/", broker.path().trim_end_matches('/'));
     let client = net::https_client(net::client_config(args.ca_file.as_deref())?, TIMEOUT);
 
-    let audience = args
-        .audience
-        .clone()
-        .unwrap_or_else(|| format!("npm:{}", host.trim_start_matches('[').trim_end_matches(']')));
+    let audience =
+        args.audience.clone().unwrap_or_else(|| format!("npm:{}", host.trim_start_matches('[').trim_end_matches(']')));
     let id_token = id_token(&client, args.id_token_file.as_deref(), &audience).await?;
 
-    let exchange: Uri = format!(
-        "{}://{authority}{base_path}-/phantom/v1/exchange",
-        broker.scheme_str().unwrap_or("https")
-    )
-    .parse()
-    .map_err(|_| "cannot build the exchange URL")?;
+    let exchange: Uri =
+        format!("{}://{authority}{base_path}-/phantom/v1/exchange", broker.scheme_str().unwrap_or("https"))
+            .parse()
+            .map_err(|_| "cannot build the exchange URL")?;
     let mut body = serde_json::json!({ "packages": args.packages, "actions": args.actions });
     if let Some(ttl) = args.ttl_seconds {
         body["ttl_seconds"] = ttl.into();
@@ -59,34 +49,19 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(exchange)
-        .header(
-            header::AUTHORIZATION,
-            format!("Bearer {}", id_token.expose()),
-        )
+        .header(header::AUTHORIZATION, format!("Bearer {}", id_token.expose()))
         .header(header::CONTENT_TYPE, "application/json")
         .body(net::full(body.to_string()))
         .map_err(|e| e.to_string())?;
-    let (parts, bytes) = net::fetch(&client, req, TIMEOUT, 64 * 1024)
-        .await
-        .map_err(|e| format!("the exchange failed: {e}"))?;
+    let (parts, bytes) =
+        net::fetch(&client, req, TIMEOUT, 64 * 1024).await.map_err(|e| format!("the exchange failed: {e}"))?;
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if parts.status != http::StatusCode::CREATED {
-        let msg = answer
-            .get("message")
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        return Err(format!(
-            "the broker refused the exchange ({}): {msg}",
-            parts.status
-        ));
+        let msg = answer.get("message").and_then(Value::as_str).unwrap_or("no message");
+        return Err(format!("the broker refused the exchange ({}): {msg}", parts.status));
     }
-    let token = Secret::new(
-        answer
-            .get("token")
-            .and_then(Value::as_str)
-            .ok_or("the broker's answer has no token")?
-            .to_owned(),
-    );
+    let token =
+        Secret::new(answer.get("token").and_then(Value::as_str).ok_or("the broker's answer has no token")?.to_owned());
     let npmrc = args.npmrc.clone().unwrap_or_else(default_npmrc);
     let key = format!("//{authority}{base_path}:_authToken");
     write_npmrc(&npmrc, &key, &token)?;
@@ -94,12 +69,7 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
         answer
             .get(k)
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
     Ok(format!(
@@ -113,14 +83,9 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
 }
 
 /// The ID token: from a file, from `NPM_ID_TOKEN`, or from GitHub Actions' token endpoint.
-async fn id_token(
-    client: &HttpsClient,
-    file: Option<&Path>,
-    audience: &str,
-) -> Result<IdToken, String> {
+async fn id_token(client: &HttpsClient, file: Option<&Path>, audience: &str) -> Result<IdToken, String> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         return Ok(IdToken::new(text.trim().to_owned()));
     }
     if let Ok(t) = std::env::var("NPM_ID_TOKEN") {
@@ -128,36 +93,28 @@ async fn id_token(
             return Ok(IdToken::new(t.trim().to_owned()));
         }
     }
-    let (Ok(url), Ok(bearer)) = (
-        std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"),
-        std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
-    ) else {
+    let (Ok(url), Ok(bearer)) =
+        (std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL"), std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"))
+    else {
         return Err("no ID token: pass --id-token-file, set NPM_ID_TOKEN, or run in GitHub Actions with `permissions: id-token: write`".into());
     };
     let bearer = Secret::new(bearer);
     let sep = if url.contains('?') { '&' } else { '?' };
-    let uri: Uri = format!(
-        "{url}{sep}audience={}",
-        utf8_percent_encode(audience, NON_ALPHANUMERIC)
-    )
-    .parse()
-    .map_err(|_| "ACTIONS_ID_TOKEN_REQUEST_URL is not a URL")?;
+    let uri: Uri = format!("{url}{sep}audience={}", utf8_percent_encode(audience, NON_ALPHANUMERIC))
+        .parse()
+        .map_err(|_| "ACTIONS_ID_TOKEN_REQUEST_URL is not a URL")?;
     let req = Request::get(uri)
         .header(header::AUTHORIZATION, format!("Bearer {}", bearer.expose()))
         .header(header::ACCEPT, "application/json")
         .body(net::empty())
         .map_err(|e| e.to_string())?;
-    let (parts, bytes) = net::fetch(client, req, TIMEOUT, 64 * 1024)
-        .await
-        .map_err(|e| format!("the ID token request failed: {e}"))?;
+    let (parts, bytes) =
+        net::fetch(client, req, TIMEOUT, 64 * 1024).await.map_err(|e| format!("the ID token request failed: {e}"))?;
     if !parts.status.is_success() {
         return Err(format!("the ID token request answered {}", parts.status));
     }
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| "the ID token answer is not JSON")?;
-    let token = v
-        .get("value")
-        .and_then(Value::as_str)
-        .ok_or("the ID token answer has no `value`")?;
+    let token = v.get("value").and_then(Value::as_str).ok_or("the ID token answer has no `value`")?;
     Ok(IdToken::new(token.to_owned()))
 }
 
@@ -174,10 +131,7 @@ fn write_npmrc(path: &Path, key: &str, token: &Secret) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let prefix = format!("{key}=");
     let mut out = zeroize::Zeroizing::new(String::new());
-    for line in existing
-        .lines()
-        .filter(|l| !l.trim_start().starts_with(&prefix))
-    {
+    for line in existing.lines().filter(|l| !l.trim_start().starts_with(&prefix)) {
         out.push_str(line);
         out.push('\n');
     }
@@ -194,11 +148,8 @@ fn write_npmrc(path: &Path, key: &str, token: &Secret) -> Result<(), String> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts
-            .open(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        f.write_all(out.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(out.as_bytes()).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     }
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
@@ -211,21 +162,10 @@ mod tests {
     fn npmrc_keeps_other_lines_and_replaces_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".npmrc");
-        std::fs::write(
-            &path,
-            "registry=https://127.0.0.1:8443/\n//127.0.0.1:8443/:_authToken=old\ncafile=/x\n",
-        )
-        .unwrap();
-        write_npmrc(
-            &path,
-            "//127.0.0.1:8443/:_authToken",
-            &Secret::new("phm_new".into()),
-        )
-        .unwrap();
+        std::fs::write(&path, "registry=https://127.0.0.1:8443/\n//127.0.0.1:8443/:_authToken=old\ncafile=/x\n")
+            .unwrap();
+        write_npmrc(&path, "//127.0.0.1:8443/:_authToken", &Secret::new("phm_new".into())).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(
-            text,
-            "registry=https://127.0.0.1:8443/\ncafile=/x\n//127.0.0.1:8443/:_authToken=phm_new\n"
-        );
+        assert_eq!(text, "registry=https://127.0.0.1:8443/\ncafile=/x\n//127.0.0.1:8443/:_authToken=phm_new\n");
     }
 }

@@ -7,11 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(
-    name = "phantom",
-    version,
-    about = "A short-lived credential broker for npm publishing"
-)]
+#[command(name = "phantom", version, about = "A short-lived credential broker for npm publishing")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -123,32 +119,18 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
-        Command::Certs {
-            command: CertsCommand::Dev { out, san, force },
-        } => {
+        Command::Certs { command: CertsCommand::Dev { out, san, force } } => {
             let w = certs::write_dev_certs(&out, &san, force).map_err(anyhow::Error::msg)?;
-            println!(
-                "wrote {} (trust this CA), {} and {}",
-                w.ca.display(),
-                w.cert.display(),
-                w.key.display()
-            );
+            println!("wrote {} (trust this CA), {} and {}", w.ca.display(), w.cert.display(), w.key.display());
             Ok(())
         }
-        Command::Audit {
-            command: AuditCommand::Verify { path },
-        } => match audit::verify(&path)? {
+        Command::Audit { command: AuditCommand::Verify { path } } => match audit::verify(&path)? {
             audit::Verdict::Intact { lines } => {
                 println!("{}: intact, {lines} lines", path.display());
                 Ok(())
@@ -158,29 +140,10 @@ fn run() -> Result<()> {
             }
         },
         Command::Policy { command } => policy_command(command),
-        Command::Login {
-            broker,
-            packages,
-            actions,
-            ttl_seconds,
-            npmrc,
-            id_token_file,
-            audience,
-            ca_file,
-        } => {
-            let args = login::LoginArgs {
-                broker,
-                packages,
-                actions,
-                ttl_seconds,
-                npmrc,
-                id_token_file,
-                audience,
-                ca_file,
-            };
-            let summary = rt
-                .block_on(login::login(args))
-                .map_err(anyhow::Error::msg)?;
+        Command::Login { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file } => {
+            let args =
+                login::LoginArgs { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file };
+            let summary = rt.block_on(login::login(args)).map_err(anyhow::Error::msg)?;
             println!("{summary}");
             Ok(())
         }
@@ -191,23 +154,19 @@ async fn serve(config: PathBuf) -> Result<()> {
     let config = Config::load(&config)?;
     let listen = config.server.listen;
     let app = Arc::new(server::App::new(config).map_err(anyhow::Error::msg)?);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     println!("phantom: listening on https://{addr}/");
     tracing::info!(%addr, grants = app.policy().len(), "listening");
-    server::serve(app, listener, shutdown_signal())
-        .await
-        .map_err(anyhow::Error::msg)
+    server::serve(app, listener, shutdown_signal()).await.map_err(anyhow::Error::msg)
 }
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -235,37 +194,21 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
     match command {
         PolicyCommand::Check { config } => {
             let (config, policy) = load(&config)?;
-            println!(
-                "{}: {} grants, all valid",
-                config.policy_dir.display(),
-                policy.len()
-            );
+            println!("{}: {} grants, all valid", config.policy_dir.display(), policy.len());
             Ok(())
         }
-        PolicyCommand::Explain {
-            config,
-            claims,
-            package,
-            action,
-        } => {
+        PolicyCommand::Explain { config, claims, package, action } => {
             let (config, policy) = load(&config)?;
-            let text = std::fs::read_to_string(&claims)
-                .with_context(|| format!("cannot read {}", claims.display()))?;
+            let text = std::fs::read_to_string(&claims).with_context(|| format!("cannot read {}", claims.display()))?;
             let claims = phantom_broker::json::parse_object(text.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
-            let iss = claims
-                .get("iss")
-                .and_then(|v| v.as_str())
-                .unwrap_or_default();
+            let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
             let issuer = config
                 .issuers
                 .iter()
                 .find(|i| i.issuer == iss)
                 .with_context(|| format!("the claims' iss `{iss}` is not a configured issuer"))?;
-            let identity = policy::Identity {
-                issuer: issuer.name.as_str().into(),
-                claims,
-            };
+            let identity = policy::Identity { issuer: issuer.name.as_str().into(), claims };
             let package = phantom_broker::npm::PackageName::parse(&package)?;
             let action = phantom_broker::npm::ActionKind::parse(&action)
                 .with_context(|| format!("unknown action `{action}`"))?;

@@ -24,9 +24,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 pub fn empty() -> Body {
@@ -75,9 +73,7 @@ pub fn client_config(extra_ca: Option<&Path>) -> Result<ClientConfig, String> {
     roots.add_parsable_certificates(system_roots().iter().cloned());
     if let Some(path) = extra_ca {
         for cert in load_certs(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
         }
     }
     Ok(ClientConfig::builder_with_provider(provider())
@@ -125,10 +121,7 @@ pub async fn fetch(
     max: usize,
 ) -> Result<(http::response::Parts, Bytes), FetchError> {
     let work = async {
-        let resp: Response<_> = client
-            .request(req)
-            .await
-            .map_err(|e| FetchError::Failed(error_chain(&e)))?;
+        let resp: Response<_> = client.request(req).await.map_err(|e| FetchError::Failed(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
         let bytes = Limited::new(body, max)
             .collect()
@@ -143,18 +136,11 @@ pub async fn fetch(
             .to_bytes();
         Ok((parts, bytes))
     };
-    tokio::time::timeout(timeout, work)
-        .await
-        .map_err(|_| FetchError::Timeout)?
+    tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout)?
 }
 
 /// GETs a JSON document that must answer 200.
-pub async fn get_json(
-    client: &HttpsClient,
-    uri: &Uri,
-    timeout: Duration,
-    max: usize,
-) -> Result<Bytes, FetchError> {
+pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: usize) -> Result<Bytes, FetchError> {
     let req = Request::get(uri.clone())
         .header(http::header::ACCEPT, "application/json")
         .body(empty())

@@ -14,9 +14,7 @@ pub struct Secret {
 
 impl Secret {
     pub fn new(value: String) -> Self {
-        Secret {
-            value: Zeroizing::new(value),
-        }
+        Secret { value: Zeroizing::new(value) }
     }
 
     /// The secret itself. Callers must not log, format or store what they get.

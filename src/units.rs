@@ -6,19 +6,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\""))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\""))?;
     let secs = match unit {
         "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "d" => n.saturating_mul(86_400),
-        _ => {
-            return Err(format!(
-                "`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\""
-            ))
-        }
+        _ => return Err(format!("`{s}` is not a duration like \"90s\", \"10m\", \"1h\" or \"7d\"")),
     };
     Ok(Duration::from_secs(secs))
 }

@@ -77,23 +77,14 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig, timeout: Duration) -> Result<Upstream, String> {
-        let tls = net::client_config(cfg.ca_file.as_deref())
-            .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?;
+        let tls = net::client_config(cfg.ca_file.as_deref()).map_err(|e| format!("upstream `{}`: {e}", cfg.name))?;
         if cfg.url.scheme_str() == Some("http") {
             tracing::warn!(upstream = %cfg.name, "plain http:// upstream (loopback only): the credential crosses it unencrypted");
         }
         Ok(Upstream {
             name: cfg.name.clone(),
-            scheme: cfg
-                .url
-                .scheme()
-                .cloned()
-                .ok_or("upstream URL without scheme")?,
-            authority: cfg
-                .url
-                .authority()
-                .cloned()
-                .ok_or("upstream URL without host")?,
+            scheme: cfg.url.scheme().cloned().ok_or("upstream URL without scheme")?,
+            authority: cfg.url.authority().cloned().ok_or("upstream URL without host")?,
             prefix: cfg.url.path().trim_end_matches('/').to_owned(),
             client: net::https_client(tls, Duration::from_secs(10)),
             timeout,
@@ -116,18 +107,12 @@ impl Upstream {
             .path_and_query(format!("{}{}", self.prefix, path))
             .build()
             .map_err(|e| UpstreamError::Failed(e.to_string()))?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .body(body)
-            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        let mut req =
+            Request::builder().method(method).uri(uri).body(body).map_err(|e| UpstreamError::Failed(e.to_string()))?;
         let headers = req.headers_mut();
         for (name, value) in incoming {
             let s = name.as_str();
-            if PASSED_REQUEST_HEADERS.contains(name)
-                || s.starts_with("npm-")
-                || s.starts_with("pacote-")
-            {
+            if PASSED_REQUEST_HEADERS.contains(name) || s.starts_with("npm-") || s.starts_with("pacote-") {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -138,10 +123,7 @@ impl Upstream {
             Some(c) => {
                 headers.insert(header::AUTHORIZATION, c.authorization().clone());
                 // Responses must be readable to be scrubbed of the credential.
-                headers.insert(
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static("identity"),
-                );
+                headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
             }
             None => {
                 if let Some(ae) = incoming.get(header::ACCEPT_ENCODING) {
@@ -165,9 +147,7 @@ impl Upstream {
     ) -> Result<(u16, Bytes), UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let resp = self
-            .send(Method::GET, path, &headers, net::empty(), Some(credential))
-            .await?;
+        let resp = self.send(Method::GET, path, &headers, net::empty(), Some(credential)).await?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), max)
             .collect()
@@ -180,10 +160,7 @@ impl Upstream {
 
 /// Makes a client-facing response from the upstream's. When the request carried a real
 /// credential, the credential is cut out of every header and every body byte.
-pub fn relay(
-    resp: Response<Incoming>,
-    credential: Option<&Credential>,
-) -> Result<Response<Body>, UpstreamError> {
+pub fn relay(resp: Response<Incoming>, credential: Option<&Credential>) -> Result<Response<Body>, UpstreamError> {
     let (mut parts, body) = resp.into_parts();
     let connection_listed: Vec<HeaderName> = parts
         .headers
@@ -200,26 +177,17 @@ pub fn relay(
         parts.headers.remove(name);
     }
     let Some(credential) = credential else {
-        return Ok(Response::from_parts(
-            parts,
-            body.map_err(BoxError::from).boxed_unsync(),
-        ));
+        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
     };
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let encoded =
+        parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
         return Err(UpstreamError::Encoded);
     }
     let secret = credential.secret().expose().as_bytes();
     let finder = memmem::Finder::new(secret);
-    let leaking: Vec<HeaderName> = parts
-        .headers
-        .iter()
-        .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
-        .map(|(n, _)| n.clone())
-        .collect();
+    let leaking: Vec<HeaderName> =
+        parts.headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
     for name in leaking {
         tracing::warn!(header = %name, "dropped a response header that carried the real credential");
         parts.headers.remove(name);
@@ -240,12 +208,7 @@ pub struct Scrub<B> {
 
 impl<B> Scrub<B> {
     pub fn new(inner: B, secret: Arc<[u8]>) -> Scrub<B> {
-        Scrub {
-            inner,
-            secret,
-            held: BytesMut::new(),
-            done: false,
-        }
+        Scrub { inner, secret, held: BytesMut::new(), done: false }
     }
 
     /// Appends a chunk, scrubs, and returns what can be released.
@@ -271,10 +234,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
             if self.done {
                 return Poll::Ready(None);
@@ -318,11 +278,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn new(configs: &[UpstreamConfig], timeout: Duration) -> Result<Upstreams, String> {
-        let mut u = Upstreams {
-            list: Vec::new(),
-            by_scope: HashMap::new(),
-            default: None,
-        };
+        let mut u = Upstreams { list: Vec::new(), by_scope: HashMap::new(), default: None };
         for (i, cfg) in configs.iter().enumerate() {
             u.list.push(Arc::new(Upstream::new(cfg, timeout)?));
             for scope in &cfg.scopes {
@@ -339,9 +295,7 @@ impl Upstreams {
 
     /// The upstream that owns `package` (or, for package-less routes, the default one).
     pub fn route(&self, package: Option<&PackageName>) -> Option<&Arc<Upstream>> {
-        let scoped = package
-            .and_then(|p| p.scope())
-            .and_then(|s| self.by_scope.get(s));
+        let scoped = package.and_then(|p| p.scope()).and_then(|s| self.by_scope.get(s));
         scoped.or(self.default.as_ref()).map(|&i| &self.list[i])
     }
 }
@@ -358,20 +312,14 @@ mod tests {
     impl http_body::Body for Chunks {
         type Data = Bytes;
         type Error = BoxError;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
         }
     }
 
     async fn scrub_chunks(chunks: &[&str], secret: &str) -> String {
         let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect());
-        let scrub = Scrub::new(
-            body,
-            Arc::from(secret.as_bytes().to_vec().into_boxed_slice()),
-        );
+        let scrub = Scrub::new(body, Arc::from(secret.as_bytes().to_vec().into_boxed_slice()));
         let bytes = scrub.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

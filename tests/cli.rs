@@ -60,7 +60,18 @@ fn policy_explain_says_why() {
     });
     std::fs::write(&claims, base.to_string()).unwrap();
     let claims_arg = claims.to_str().unwrap();
-    let args = ["policy", "explain", "--config", "phantom.toml", "--claims", claims_arg, "--package", "@acme/web-ui", "--action", "publish"];
+    let args = [
+        "policy",
+        "explain",
+        "--config",
+        "phantom.toml",
+        "--claims",
+        claims_arg,
+        "--package",
+        "@acme/web-ui",
+        "--action",
+        "publish",
+    ];
     let out = phantom(&args, repo());
     assert!(out.status.success(), "{}", all(&out));
     assert!(all(&out).contains("allow  acme-web-release"));

@@ -15,10 +15,7 @@ fn escaped(name: &str) -> String {
 fn npm_publishes_views_and_installs_through_the_broker() {
     let w = World::start(DEFAULT_POLICY);
     let npmrc = std::fs::read_to_string(w.npmrc()).unwrap();
-    assert!(
-        !npmrc.contains("_authToken") && !npmrc.contains("_auth"),
-        "the job must hold no token"
-    );
+    assert!(!npmrc.contains("_authToken") && !npmrc.contains("_auth"), "the job must hold no token");
 
     for name in ["pb-unscoped", "@acme/web"] {
         let dir = w.package(name, "1.0.0");
@@ -56,10 +53,7 @@ fn npm_publishes_views_and_installs_through_the_broker() {
         assert_eq!(e["identity"]["repository"], "acme/web");
         assert!(e["token_id"].as_str().is_some_and(|t| t.len() == 24));
     }
-    let publishes: Vec<_> = lines
-        .iter()
-        .filter(|l| l["action"] == "publish" && l["event"] == "request")
-        .collect();
+    let publishes: Vec<_> = lines.iter().filter(|l| l["action"] == "publish" && l["event"] == "request").collect();
     assert_eq!(publishes.len(), 2, "{publishes:?}");
     for p in &publishes {
         assert_eq!(p["decision"], "allow");
@@ -67,13 +61,8 @@ fn npm_publishes_views_and_installs_through_the_broker() {
         assert_eq!(p["version"], "1.0.0");
     }
     // Anonymous reads went through too (npm install ran without any token).
-    for tarball in [
-        "/@acme/web/-/web-1.0.0.tgz",
-        "/pb-unscoped/-/pb-unscoped-1.0.0.tgz",
-    ] {
-        let fetched = lines
-            .iter()
-            .any(|l| l["decision"] == "anonymous" && l["path"] == tarball && l["status"] == 200);
+    for tarball in ["/@acme/web/-/web-1.0.0.tgz", "/pb-unscoped/-/pb-unscoped-1.0.0.tgz"] {
+        let fetched = lines.iter().any(|l| l["decision"] == "anonymous" && l["path"] == tarball && l["status"] == 200);
         assert!(fetched, "{tarball} was not fetched through the broker");
     }
 
@@ -82,11 +71,7 @@ fn npm_publishes_views_and_installs_through_the_broker() {
         .arg(w.broker.dir.join("audit/phantom.jsonl"))
         .output()
         .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     w.assert_canary_contained();
 }
 
@@ -96,14 +81,8 @@ fn identities_without_a_grant_change_nothing_upstream() {
     let before = w.storage();
 
     for (what, claims) in [
-        (
-            "another repository",
-            json!({"repository_id": "987654321", "repository": "evil/web"}),
-        ),
-        (
-            "another branch",
-            json!({"ref": "refs/heads/feature", "sub": "repo:acme/web:ref:refs/heads/feature"}),
-        ),
+        ("another repository", json!({"repository_id": "987654321", "repository": "evil/web"})),
+        ("another branch", json!({"ref": "refs/heads/feature", "sub": "repo:acme/web:ref:refs/heads/feature"})),
     ] {
         let dir = w.package("pb-refused", "1.0.0");
         let out = w.npm(&dir, &["publish"], Some(&claims));
@@ -127,31 +106,12 @@ fn identities_without_a_grant_change_nothing_upstream() {
             "",
         )
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let cases = [
-        (
-            "no grant",
-            w.id_token(json!({"repository_owner_id": "1"})),
-            403,
-        ),
-        (
-            "expired",
-            w.id_token(json!({"iat": now - 900, "nbf": now - 900, "exp": now - 300})),
-            401,
-        ),
-        (
-            "wrong audience",
-            w.id_token(json!({"aud": "npm:registry.example.com"})),
-            401,
-        ),
-        (
-            "unconfigured issuer",
-            w.id_token(json!({"iss": "https://127.0.0.1:9/other"})),
-            401,
-        ),
+        ("no grant", w.id_token(json!({"repository_owner_id": "1"})), 403),
+        ("expired", w.id_token(json!({"iat": now - 900, "nbf": now - 900, "exp": now - 300})), 401),
+        ("wrong audience", w.id_token(json!({"aud": "npm:registry.example.com"})), 401),
+        ("unconfigured issuer", w.id_token(json!({"iss": "https://127.0.0.1:9/other"})), 401),
         (
             "ES256 from the same issuer, wrong audience",
             {
@@ -166,10 +126,7 @@ fn identities_without_a_grant_change_nothing_upstream() {
         let r = exchange(token);
         assert_eq!(r.status, *status, "{what}: {}", r.text());
         let msg = r.json()["message"].as_str().unwrap_or_default().to_owned();
-        assert!(
-            !msg.is_empty() && !msg.contains(token.as_str()),
-            "{what}: {msg}"
-        );
+        assert!(!msg.is_empty() && !msg.contains(token.as_str()), "{what}: {msg}");
     }
     let good = w.id_token(json!({}));
     assert_eq!(exchange(&good).status, 201);
@@ -186,13 +143,7 @@ fn identities_without_a_grant_change_nothing_upstream() {
     let log = std::fs::read(w.broker.dir.join("broker.log")).unwrap();
     assert!(memchr::memmem::find(&log, canary).is_none());
     for (_, token, _) in &cases {
-        assert!(
-            memchr::memmem::find(&audit, token.as_bytes()).is_none(),
-            "an ID token reached the audit log"
-        );
-        assert!(
-            memchr::memmem::find(&log, token.as_bytes()).is_none(),
-            "an ID token reached the log"
-        );
+        assert!(memchr::memmem::find(&audit, token.as_bytes()).is_none(), "an ID token reached the audit log");
+        assert!(memchr::memmem::find(&log, token.as_bytes()).is_none(), "an ID token reached the log");
     }
 }

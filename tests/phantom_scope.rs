@@ -29,7 +29,11 @@ fn put(w: &World, phantom: &str, name: &str, body: String) -> Resp {
     w.broker(
         "PUT",
         &format!("/{}", name.replace('/', "%2f")),
-        &[("authorization", &format!("Bearer {phantom}")), ("content-type", "application/json"), ("npm-command", "publish")],
+        &[
+            ("authorization", &format!("Bearer {phantom}")),
+            ("content-type", "application/json"),
+            ("npm-command", "publish"),
+        ],
         body,
     )
 }
@@ -97,7 +101,12 @@ fn phantom_scope_lifetime_and_uses() {
     assert_eq!(r.status, 400, "a phantom in the query string: {}", r.text());
 
     // Writes without a phantom say how to authenticate.
-    let r = w.broker("PUT", "/pb-a", &[("content-type", "application/json")], publish_body("pb-a", "pb-a", "2.0.0", "latest"));
+    let r = w.broker(
+        "PUT",
+        "/pb-a",
+        &[("content-type", "application/json")],
+        publish_body("pb-a", "pb-a", "2.0.0", "latest"),
+    );
     assert_eq!(r.status, 401);
     assert!(r.text().contains("phantom login"));
 
@@ -112,7 +121,8 @@ fn phantom_scope_lifetime_and_uses() {
     let out = w.npm(w.root(), &["token", "create", "--name", "x", "--password", "x"], None);
     assert!(!ok(&out), "npm token create succeeded: {}", text(&out));
     let lines = w.broker.audit_lines();
-    let token_calls: Vec<&Value> = lines.iter().filter(|l| l["reason"].as_str().is_some_and(|r| r.contains("token management"))).collect();
+    let token_calls: Vec<&Value> =
+        lines.iter().filter(|l| l["reason"].as_str().is_some_and(|r| r.contains("token management"))).collect();
     assert!(token_calls.len() >= 2, "{token_calls:?}");
     assert!(token_calls.iter().all(|l| l["status"] == 403 && l.get("upstream_status").is_none()));
 

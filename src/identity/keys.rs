@@ -58,10 +58,8 @@ impl KeySet {
     /// (if any) must equal it. Without a `kid`, only a set with a single fitting key matches.
     pub fn find(&self, alg: Algorithm, alg_name: &str, kid: Option<&str>) -> Option<&Key> {
         let family = Family::for_alg(alg)?;
-        let mut fitting = self
-            .keys
-            .iter()
-            .filter(|k| k.family == family && k.alg.as_deref().is_none_or(|a| a == alg_name));
+        let mut fitting =
+            self.keys.iter().filter(|k| k.family == family && k.alg.as_deref().is_none_or(|a| a == alg_name));
         match kid {
             Some(kid) => fitting.find(|k| k.kid.as_deref() == Some(kid)),
             None => {
@@ -72,10 +70,7 @@ impl KeySet {
     }
 
     pub fn from_keys(keys: Vec<Key>) -> KeySet {
-        KeySet {
-            keys,
-            fetched_at: Instant::now(),
-        }
+        KeySet { keys, fetched_at: Instant::now() }
     }
 }
 
@@ -100,12 +95,7 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(cfg: IssuerConfig, client: HttpsClient) -> KeyCache {
-        KeyCache {
-            cfg,
-            client,
-            current: RwLock::new(None),
-            fetching: tokio::sync::Mutex::new(None),
-        }
+        KeyCache { cfg, client, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(None) }
     }
 
     pub fn config(&self) -> &IssuerConfig {
@@ -164,23 +154,15 @@ impl KeyCache {
 
     async fn fetch(&self) -> Result<KeySet, KeyError> {
         let timeout = self.cfg.fetch_timeout;
-        let discovery_url: Uri = format!(
-            "{}/.well-known/openid-configuration",
-            self.cfg.issuer.trim_end_matches('/')
-        )
-        .parse()
-        .map_err(|_| KeyError::BadDiscovery("the issuer URL is invalid".into()))?;
+        let discovery_url: Uri = format!("{}/.well-known/openid-configuration", self.cfg.issuer.trim_end_matches('/'))
+            .parse()
+            .map_err(|_| KeyError::BadDiscovery("the issuer URL is invalid".into()))?;
         let body = net::get_json(&self.client, &discovery_url, timeout, MAX_DOCUMENT)
             .await
-            .map_err(|e| KeyError::Fetch {
-                what: "the discovery document",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| KeyError::Fetch { what: "the discovery document", detail: e.to_string() })?;
         let doc = parse_object(&body).map_err(|e| KeyError::BadDiscovery(e.to_string()))?;
         if doc.get("issuer").and_then(Value::as_str) != Some(self.cfg.issuer.as_str()) {
-            return Err(KeyError::BadDiscovery(
-                "its `issuer` is not the configured issuer".into(),
-            ));
+            return Err(KeyError::BadDiscovery("its `issuer` is not the configured issuer".into()));
         }
         let jwks_uri: Uri = doc
             .get("jwks_uri")
@@ -197,10 +179,7 @@ impl KeyCache {
         }
         let body = net::get_json(&self.client, &jwks_uri, timeout, MAX_DOCUMENT)
             .await
-            .map_err(|e| KeyError::Fetch {
-                what: "the JWKS",
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| KeyError::Fetch { what: "the JWKS", detail: e.to_string() })?;
         let keys = parse_jwks(&body)?;
         tracing::info!(issuer = %self.cfg.name, keys = keys.len(), "fetched the issuer's signing keys");
         Ok(KeySet::from_keys(keys))
@@ -210,10 +189,7 @@ impl KeyCache {
 /// Parses a JWKS, keeping the signature keys it can use. Symmetric keys are never used.
 pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, KeyError> {
     let doc = parse_object(body).map_err(|_| KeyError::BadJwks)?;
-    let list = doc
-        .get("keys")
-        .and_then(Value::as_array)
-        .ok_or(KeyError::BadJwks)?;
+    let list = doc.get("keys").and_then(Value::as_array).ok_or(KeyError::BadJwks)?;
     let mut keys = Vec::new();
     for v in list {
         let Ok(jwk) = serde_json::from_value::<Jwk>(v.clone()) else {
@@ -224,15 +200,9 @@ pub fn parse_jwks(body: &[u8]) -> Result<Vec<Key>, KeyError> {
         }
         let family = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Family::Rsa,
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
-                Family::EcP256
-            }
-            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
-                Family::EcP384
-            }
-            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-                Family::Ed25519
-            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Family::EcP256,
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Family::EcP384,
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Family::Ed25519,
             _ => continue,
         };
         let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {

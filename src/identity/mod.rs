@@ -101,20 +101,10 @@ impl Issuers {
     pub fn new(configs: &[IssuerConfig]) -> Result<Issuers, String> {
         let mut by_iss = HashMap::new();
         for cfg in configs {
-            let tls = net::client_config(cfg.ca_file.as_deref())
-                .map_err(|e| format!("issuer `{}`: {e}", cfg.name))?;
+            let tls = net::client_config(cfg.ca_file.as_deref()).map_err(|e| format!("issuer `{}`: {e}", cfg.name))?;
             let client: HttpsClient = net::https_client(tls, cfg.fetch_timeout);
-            if by_iss
-                .insert(
-                    cfg.issuer.clone(),
-                    Arc::new(KeyCache::new(cfg.clone(), client)),
-                )
-                .is_some()
-            {
-                return Err(format!(
-                    "issuer `{}`: the same `issuer` URL is configured twice",
-                    cfg.name
-                ));
+            if by_iss.insert(cfg.issuer.clone(), Arc::new(KeyCache::new(cfg.clone(), client))).is_some() {
+                return Err(format!("issuer `{}`: the same `issuer` URL is configured twice", cfg.name));
             }
         }
         Ok(Issuers { by_iss })
@@ -136,21 +126,13 @@ impl Issuers {
     }
 
     /// Verifies `raw` at time `now` (unix seconds).
-    pub async fn verify(
-        &self,
-        raw: &IdToken,
-        audience: Audience<'_>,
-        now: u64,
-    ) -> Result<Verified, IdentityError> {
+    pub async fn verify(&self, raw: &IdToken, audience: Audience<'_>, now: u64) -> Result<Verified, IdentityError> {
         let token = raw.expose();
         if token.len() > MAX_TOKEN_BYTES {
             return Err(IdentityError::TooLarge);
         }
         let (header, claims) = split(token)?;
-        let alg_name = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .ok_or(IdentityError::Malformed)?;
+        let alg_name = header.get("alg").and_then(Value::as_str).ok_or(IdentityError::Malformed)?;
         for forbidden in ["jku", "x5u", "jwk", "crit"] {
             if header.contains_key(forbidden) {
                 return Err(IdentityError::ForbiddenHeader(forbidden));
@@ -161,10 +143,7 @@ impl Issuers {
             Some(Value::String(k)) if k.len() <= 256 => Some(k.as_str()),
             Some(_) => return Err(IdentityError::Malformed),
         };
-        let iss = claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or(IdentityError::MissingClaim("iss"))?;
+        let iss = claims.get("iss").and_then(Value::as_str).ok_or(IdentityError::MissingClaim("iss"))?;
         let cache = self.by_iss.get(iss).ok_or(IdentityError::UnknownIssuer)?;
         let cfg = cache.config();
         let alg = Algorithm::from_str(alg_name).map_err(|_| IdentityError::AlgorithmNotAllowed)?;
@@ -172,21 +151,13 @@ impl Issuers {
             return Err(IdentityError::AlgorithmNotAllowed);
         }
 
-        let keyset = cache
-            .keys(false)
-            .await
-            .map_err(|e| IdentityError::KeysUnavailable(e.to_string()))?;
+        let keyset = cache.keys(false).await.map_err(|e| IdentityError::KeysUnavailable(e.to_string()))?;
         let keyset = match keyset.find(alg, alg_name, kid) {
             Some(_) => keyset,
             // An unknown kid may be a rotated key: refetch (rate limited), then look again.
-            None => cache
-                .keys(true)
-                .await
-                .map_err(|_| IdentityError::UnknownKey)?,
+            None => cache.keys(true).await.map_err(|_| IdentityError::UnknownKey)?,
         };
-        let key = keyset
-            .find(alg, alg_name, kid)
-            .ok_or(IdentityError::UnknownKey)?;
+        let key = keyset.find(alg, alg_name, kid).ok_or(IdentityError::UnknownKey)?;
 
         // jsonwebtoken would refuse these with a vaguer error.
         for key in ["sub", "jti"] {
@@ -255,10 +226,7 @@ impl Issuers {
             out
         };
         Ok(Verified {
-            identity: Identity {
-                issuer: cfg.name.as_str().into(),
-                claims,
-            },
+            identity: Identity { issuer: cfg.name.as_str().into(), claims },
             replay_key,
             replay_until: exp.saturating_add(leeway).saturating_add(1),
         })
@@ -274,18 +242,14 @@ type Object = Map<String, Value>;
 
 fn split(token: &str) -> Result<(Object, Object), IdentityError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(IdentityError::Malformed);
     };
     if h.is_empty() || c.is_empty() || s.is_empty() {
         return Err(IdentityError::Malformed);
     }
     let decode = |part: &str| -> Result<Object, IdentityError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(part)
-            .map_err(|_| IdentityError::Malformed)?;
+        let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| IdentityError::Malformed)?;
         parse_object(&bytes).map_err(|_| IdentityError::Malformed)
     };
     Ok((decode(h)?, decode(c)?))

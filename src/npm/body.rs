@@ -88,10 +88,7 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
 /// Checks the body of `PUT /<name>`: a publish if it carries attachments, else a deprecate.
 pub fn check_put_packument(package: &PackageName, body: &[u8]) -> Result<PutPackument, BodyError> {
     let doc = parse_object(body)?;
-    let has_attachments = doc
-        .get("_attachments")
-        .and_then(Value::as_object)
-        .is_some_and(|a| !a.is_empty());
+    let has_attachments = doc.get("_attachments").and_then(Value::as_object).is_some_and(|a| !a.is_empty());
     if has_attachments {
         return check_publish_doc(package, &doc).map(PutPackument::Publish);
     }
@@ -100,10 +97,7 @@ pub fn check_put_packument(package: &PackageName, body: &[u8]) -> Result<PutPack
 }
 
 /// Checks the body of a staged publish; it has the same shape as a publish.
-pub fn check_stage_publish(
-    package: &PackageName,
-    body: &[u8],
-) -> Result<PublishManifest, BodyError> {
+pub fn check_stage_publish(package: &PackageName, body: &[u8]) -> Result<PublishManifest, BodyError> {
     check_publish_doc(package, &parse_object(body)?)
 }
 
@@ -117,15 +111,9 @@ fn check_names(package: &PackageName, doc: &Map<String, Value>) -> Result<(), Bo
     Ok(())
 }
 
-fn check_publish_doc(
-    package: &PackageName,
-    doc: &Map<String, Value>,
-) -> Result<PublishManifest, BodyError> {
+fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<PublishManifest, BodyError> {
     check_names(package, doc)?;
-    let versions = doc
-        .get("versions")
-        .and_then(Value::as_object)
-        .ok_or(BodyError::VersionCount)?;
+    let versions = doc.get("versions").and_then(Value::as_object).ok_or(BodyError::VersionCount)?;
     let mut it = versions.iter();
     let (version, manifest) = match (it.next(), it.next()) {
         (Some(one), None) => one,
@@ -138,18 +126,13 @@ fn check_publish_doc(
     let id = format!("{package}@{version}");
     let manifest_ok = manifest.get("name").and_then(Value::as_str) == Some(package.as_str())
         && manifest.get("version").and_then(Value::as_str) == Some(version.as_str())
-        && manifest
-            .get("_id")
-            .is_none_or(|v| v.as_str() == Some(id.as_str()));
+        && manifest.get("_id").is_none_or(|v| v.as_str() == Some(id.as_str()));
     if !manifest_ok {
         return Err(BodyError::ManifestMismatch);
     }
 
-    let tags = doc
-        .get("dist-tags")
-        .and_then(Value::as_object)
-        .filter(|t| !t.is_empty())
-        .ok_or(BodyError::BadDistTags)?;
+    let tags =
+        doc.get("dist-tags").and_then(Value::as_object).filter(|t| !t.is_empty()).ok_or(BodyError::BadDistTags)?;
     let mut dist_tags = Vec::with_capacity(tags.len());
     for (tag, target) in tags {
         if parse_tag(tag).is_err() || target.as_str() != Some(version.as_str()) {
@@ -158,27 +141,16 @@ fn check_publish_doc(
         dist_tags.push(tag.clone());
     }
 
-    let attachments = doc
-        .get("_attachments")
-        .and_then(Value::as_object)
-        .ok_or(BodyError::AttachmentMismatch)?;
+    let attachments = doc.get("_attachments").and_then(Value::as_object).ok_or(BodyError::AttachmentMismatch)?;
     let tarball = format!("{package}-{version}.tgz");
     let provenance = format!("{package}-{version}.sigstore");
-    let tarball_ok = attachments
-        .get(&tarball)
-        .and_then(|a| a.get("data"))
-        .and_then(Value::as_str)
-        .is_some_and(|d| !d.is_empty());
-    let others_ok = attachments
-        .keys()
-        .all(|k| *k == tarball || *k == provenance);
+    let tarball_ok =
+        attachments.get(&tarball).and_then(|a| a.get("data")).and_then(Value::as_str).is_some_and(|d| !d.is_empty());
+    let others_ok = attachments.keys().all(|k| *k == tarball || *k == provenance);
     if !tarball_ok || !others_ok {
         return Err(BodyError::AttachmentMismatch);
     }
-    Ok(PublishManifest {
-        version: version.clone(),
-        dist_tags,
-    })
+    Ok(PublishManifest { version: version.clone(), dist_tags })
 }
 
 /// A version string as registries accept it: semver characters, starting with a digit.
@@ -186,8 +158,7 @@ fn is_version(v: &str) -> bool {
     !v.is_empty()
         && v.len() <= 256
         && v.as_bytes()[0].is_ascii_digit()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'+'))
 }
 
 /// The body of `PUT /-/package/<name>/dist-tags/<tag>`: a JSON string holding a version.
@@ -208,10 +179,8 @@ pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevis
         check_names(package, &doc)?;
         return Ok(PutRevision::UnpublishVersion);
     }
-    let owner_only = doc.contains_key("maintainers")
-        && doc
-            .keys()
-            .all(|k| matches!(k.as_str(), "_id" | "_rev" | "maintainers"));
+    let owner_only =
+        doc.contains_key("maintainers") && doc.keys().all(|k| matches!(k.as_str(), "_id" | "_rev" | "maintainers"));
     if owner_only {
         Ok(PutRevision::Owner)
     } else {
@@ -221,10 +190,7 @@ pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevis
 
 /// Checks that a deprecate body equals the upstream packument except for the `deprecated`
 /// field of existing versions.
-pub fn check_deprecate(
-    body: &Map<String, Value>,
-    upstream: &Map<String, Value>,
-) -> Result<(), BodyError> {
+pub fn check_deprecate(body: &Map<String, Value>, upstream: &Map<String, Value>) -> Result<(), BodyError> {
     let strip = |doc: &Map<String, Value>| -> Map<String, Value> {
         let mut doc = doc.clone();
         if let Some(Value::Object(versions)) = doc.get_mut("versions") {

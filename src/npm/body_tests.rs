@@ -33,10 +33,7 @@ fn valid_publishes() {
         let got = put(pkg, &publish_body(pkg, "1.0.0-beta.1")).unwrap();
         assert_eq!(
             got,
-            PutPackument::Publish(PublishManifest {
-                version: "1.0.0-beta.1".into(),
-                dist_tags: vec!["latest".into()]
-            })
+            PutPackument::Publish(PublishManifest { version: "1.0.0-beta.1".into(), dist_tags: vec!["latest".into()] })
         );
     }
     let mut with_provenance = publish_body("@acme/web", "1.0.0");
@@ -48,11 +45,7 @@ fn valid_publishes() {
 fn publish_violations() {
     type Edit = fn(&mut Value);
     let table: &[(&str, Edit, BodyError)] = &[
-        (
-            "name differs",
-            |b| b["name"] = json!("other"),
-            BodyError::NameMismatch,
-        ),
+        ("name differs", |b| b["name"] = json!("other"), BodyError::NameMismatch),
         (
             "name missing",
             |b| {
@@ -60,61 +53,25 @@ fn publish_violations() {
             },
             BodyError::NameMismatch,
         ),
-        (
-            "name not a string",
-            |b| b["name"] = json!(["web"]),
-            BodyError::NameMismatch,
-        ),
-        (
-            "_id differs",
-            |b| b["_id"] = json!("other"),
-            BodyError::IdMismatch,
-        ),
+        ("name not a string", |b| b["name"] = json!(["web"]), BodyError::NameMismatch),
+        ("_id differs", |b| b["_id"] = json!("other"), BodyError::IdMismatch),
         (
             "two versions",
             |b| b["versions"]["2.0.0"] = json!({"name": "web", "version": "2.0.0"}),
             BodyError::VersionCount,
         ),
-        (
-            "no versions",
-            |b| b["versions"] = json!({}),
-            BodyError::VersionCount,
-        ),
-        (
-            "versions not an object",
-            |b| b["versions"] = json!([1]),
-            BodyError::VersionCount,
-        ),
-        (
-            "manifest name differs",
-            |b| b["versions"]["1.0.0"]["name"] = json!("other"),
-            BodyError::ManifestMismatch,
-        ),
+        ("no versions", |b| b["versions"] = json!({}), BodyError::VersionCount),
+        ("versions not an object", |b| b["versions"] = json!([1]), BodyError::VersionCount),
+        ("manifest name differs", |b| b["versions"]["1.0.0"]["name"] = json!("other"), BodyError::ManifestMismatch),
         (
             "manifest version differs",
             |b| b["versions"]["1.0.0"]["version"] = json!("9.9.9"),
             BodyError::ManifestMismatch,
         ),
-        (
-            "manifest _id differs",
-            |b| b["versions"]["1.0.0"]["_id"] = json!("other@1.0.0"),
-            BodyError::ManifestMismatch,
-        ),
-        (
-            "tag points elsewhere",
-            |b| b["dist-tags"]["latest"] = json!("0.0.1"),
-            BodyError::BadDistTags,
-        ),
-        (
-            "no tags",
-            |b| b["dist-tags"] = json!({}),
-            BodyError::BadDistTags,
-        ),
-        (
-            "bad tag name",
-            |b| b["dist-tags"] = json!({"a/b": "1.0.0"}),
-            BodyError::BadDistTags,
-        ),
+        ("manifest _id differs", |b| b["versions"]["1.0.0"]["_id"] = json!("other@1.0.0"), BodyError::ManifestMismatch),
+        ("tag points elsewhere", |b| b["dist-tags"]["latest"] = json!("0.0.1"), BodyError::BadDistTags),
+        ("no tags", |b| b["dist-tags"] = json!({}), BodyError::BadDistTags),
+        ("bad tag name", |b| b["dist-tags"] = json!({"a/b": "1.0.0"}), BodyError::BadDistTags),
         (
             "attachment for another name",
             |b| b["_attachments"] = json!({"other-1.0.0.tgz": {"data": "AA"}}),
@@ -130,11 +87,7 @@ fn publish_violations() {
             |b| b["_attachments"]["other-1.0.0.tgz"] = json!({"data": "AA"}),
             BodyError::AttachmentMismatch,
         ),
-        (
-            "empty tarball",
-            |b| b["_attachments"]["web-1.0.0.tgz"]["data"] = json!(""),
-            BodyError::AttachmentMismatch,
-        ),
+        ("empty tarball", |b| b["_attachments"]["web-1.0.0.tgz"]["data"] = json!(""), BodyError::AttachmentMismatch),
     ];
     for (what, edit, want) in table {
         let mut body = publish_body("web", "1.0.0");
@@ -159,29 +112,17 @@ fn strict_json() {
     assert_eq!(parse_strict(dup_deep), Err(BodyError::DuplicateKey));
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert_eq!(parse_strict(deep.as_bytes()), Err(BodyError::InvalidJson));
-    assert_eq!(
-        parse_strict(b"{\"a\":\"\xff\"}"),
-        Err(BodyError::InvalidJson)
-    );
+    assert_eq!(parse_strict(b"{\"a\":\"\xff\"}"), Err(BodyError::InvalidJson));
     assert_eq!(parse_strict(b"{} {}"), Err(BodyError::InvalidJson));
     assert_eq!(parse_strict(b""), Err(BodyError::InvalidJson));
     assert!(parse_strict(br#"{"a":[1,2.5,-3,true,null,"x"],"b":{}}"#).is_ok());
-    assert_eq!(
-        check_put_packument(&name("web"), b"[1]"),
-        Err(BodyError::NotAnObject)
-    );
+    assert_eq!(check_put_packument(&name("web"), b"[1]"), Err(BodyError::NotAnObject));
 }
 
 #[test]
 fn dist_tag_values() {
     assert_eq!(check_dist_tag_value(b"\"1.2.3\""), Ok("1.2.3".into()));
-    for bad in [
-        &b"1.2.3"[..],
-        b"\"\"",
-        b"{\"v\":\"1\"}",
-        b"\"latest\"",
-        b"\"1.0\" x",
-    ] {
+    for bad in [&b"1.2.3"[..], b"\"\"", b"{\"v\":\"1\"}", b"\"latest\"", b"\"1.0\" x"] {
         assert_eq!(check_dist_tag_value(bad), Err(BodyError::BadDistTagValue));
     }
 }
@@ -189,25 +130,13 @@ fn dist_tag_values() {
 #[test]
 fn revisions() {
     let owner = json!({"_id": "web", "_rev": "3-a", "maintainers": [{"name": "bob"}]});
-    assert_eq!(
-        check_put_revision(&name("web"), owner.to_string().as_bytes()),
-        Ok(PutRevision::Owner)
-    );
+    assert_eq!(check_put_revision(&name("web"), owner.to_string().as_bytes()), Ok(PutRevision::Owner));
     let unpublish = json!({"_id": "web", "name": "web", "_rev": "3-a", "versions": {}});
-    assert_eq!(
-        check_put_revision(&name("web"), unpublish.to_string().as_bytes()),
-        Ok(PutRevision::UnpublishVersion)
-    );
+    assert_eq!(check_put_revision(&name("web"), unpublish.to_string().as_bytes()), Ok(PutRevision::UnpublishVersion));
     let other = json!({"_id": "web", "_rev": "3-a", "dist-tags": {}});
-    assert_eq!(
-        check_put_revision(&name("web"), other.to_string().as_bytes()),
-        Err(BodyError::UnrecognizedRevision)
-    );
+    assert_eq!(check_put_revision(&name("web"), other.to_string().as_bytes()), Err(BodyError::UnrecognizedRevision));
     let wrong = json!({"_id": "other", "maintainers": []});
-    assert_eq!(
-        check_put_revision(&name("web"), wrong.to_string().as_bytes()),
-        Err(BodyError::IdMismatch)
-    );
+    assert_eq!(check_put_revision(&name("web"), wrong.to_string().as_bytes()), Err(BodyError::IdMismatch));
 }
 
 #[test]
@@ -217,28 +146,16 @@ fn deprecates() {
     let mut body = upstream.clone();
     body["versions"]["1.0.0"]["deprecated"] = json!("use 2");
     body["versions"]["0.9.0"]["deprecated"] = json!("");
-    let PutPackument::Deprecate(doc) = put("web", &body).unwrap() else {
-        panic!("not a deprecate")
-    };
+    let PutPackument::Deprecate(doc) = put("web", &body).unwrap() else { panic!("not a deprecate") };
     assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Ok(()));
 
     let mut sneaky = body.clone();
     sneaky["dist-tags"]["latest"] = json!("0.9.0");
-    let PutPackument::Deprecate(doc) = put("web", &sneaky).unwrap() else {
-        panic!("not a deprecate")
-    };
-    assert_eq!(
-        check_deprecate(&doc, upstream.as_object().unwrap()),
-        Err(BodyError::DeprecateChangesMore)
-    );
+    let PutPackument::Deprecate(doc) = put("web", &sneaky).unwrap() else { panic!("not a deprecate") };
+    assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Err(BodyError::DeprecateChangesMore));
 
     let mut new_version = body;
     new_version["versions"]["9.9.9"] = json!({"name": "web", "version": "9.9.9"});
-    let PutPackument::Deprecate(doc) = put("web", &new_version).unwrap() else {
-        panic!("not a deprecate")
-    };
-    assert_eq!(
-        check_deprecate(&doc, upstream.as_object().unwrap()),
-        Err(BodyError::DeprecateChangesMore)
-    );
+    let PutPackument::Deprecate(doc) = put("web", &new_version).unwrap() else { panic!("not a deprecate") };
+    assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Err(BodyError::DeprecateChangesMore));
 }

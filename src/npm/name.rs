@@ -57,11 +57,7 @@ impl PackageName {
         if slash.is_none() && matches!(bare, "node_modules" | "favicon.ico") {
             return Err(NameError::Reserved);
         }
-        Ok(PackageName {
-            full: input.into(),
-            slash,
-            legacy,
-        })
+        Ok(PackageName { full: input.into(), slash, legacy })
     }
 
     pub fn as_str(&self) -> &str {
@@ -158,16 +154,9 @@ mod tests {
             ("..", Err(NameError::BadStart)),
         ];
         for (input, want) in table {
-            let got = PackageName::parse(input).map(|n| {
-                (
-                    n.scope().map(str::to_owned),
-                    n.bare().to_owned(),
-                    n.is_legacy(),
-                )
-            });
-            let want = want
-                .clone()
-                .map(|(s, b, l)| (s.map(str::to_owned), b.to_owned(), l));
+            let got =
+                PackageName::parse(input).map(|n| (n.scope().map(str::to_owned), n.bare().to_owned(), n.is_legacy()));
+            let want = want.clone().map(|(s, b, l)| (s.map(str::to_owned), b.to_owned(), l));
             assert_eq!(got, want, "input {input:?}");
         }
     }
@@ -175,18 +164,12 @@ mod tests {
     #[test]
     fn length_limit() {
         assert!(PackageName::parse(&"a".repeat(214)).is_ok());
-        assert_eq!(
-            PackageName::parse(&"a".repeat(215)),
-            Err(NameError::TooLong)
-        );
+        assert_eq!(PackageName::parse(&"a".repeat(215)), Err(NameError::TooLong));
     }
 
     #[test]
     fn escaped_form() {
-        assert_eq!(
-            PackageName::parse("@acme/web").unwrap().escaped(),
-            "@acme%2fweb"
-        );
+        assert_eq!(PackageName::parse("@acme/web").unwrap().escaped(), "@acme%2fweb");
         assert_eq!(PackageName::parse("web").unwrap().escaped(), "web");
     }
 }

@@ -157,9 +157,7 @@ impl ActionSet {
         self.0 == 0
     }
     pub fn iter(self) -> impl Iterator<Item = ActionKind> {
-        ActionKind::ALL
-            .into_iter()
-            .filter(move |a| self.contains(*a))
+        ActionKind::ALL.into_iter().filter(move |a| self.contains(*a))
     }
     pub fn names(self) -> Vec<&'static str> {
         self.iter().map(ActionKind::as_str).collect()
@@ -224,11 +222,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
         return Err(RouteError::BadPath);
     }
     // libnpmpublish builds `${registry}/-/package/...` from a registry URL that ends in '/'.
-    let path = if path.starts_with("//-/") {
-        &path[1..]
-    } else {
-        path
-    };
+    let path = if path.starts_with("//-/") { &path[1..] } else { path };
     let segs: Vec<&str> = path[1..].split('/').collect();
     for s in &segs {
         if s.is_empty() || is_dot_segment(s) {
@@ -248,11 +242,7 @@ fn is_dot_segment(s: &str) -> bool {
     lower == "." || lower == ".."
 }
 
-fn classify_special(
-    method: &Method,
-    segs: &[&str],
-    query: Option<&str>,
-) -> Result<Route, RouteError> {
+fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {
     let get = is_read_method(method);
     let forbidden = |what| Ok(Route::Forbidden { what });
     let simple = |op: Op, query_ok: bool| -> Result<Route, RouteError> {
@@ -264,11 +254,7 @@ fn classify_special(
             package: None,
             op,
             form: NameForm::Escaped,
-            query: if query_ok {
-                query.map(str::to_owned)
-            } else {
-                None
-            },
+            query: if query_ok { query.map(str::to_owned) } else { None },
         }))
     };
     match segs {
@@ -320,23 +306,14 @@ fn classify_special(
             let (package, form) = parse_escaped_name(name)?;
             let op = match (rest, method) {
                 (["dist-tags"], m) if is_read_method(m) => Op::DistTagsList,
-                (["dist-tags", tag], &Method::PUT | &Method::POST) => Op::DistTagSet {
-                    tag: parse_tag(tag)?,
-                },
-                (["dist-tags", tag], &Method::DELETE) => Op::DistTagRemove {
-                    tag: parse_tag(tag)?,
-                },
+                (["dist-tags", tag], &Method::PUT | &Method::POST) => Op::DistTagSet { tag: parse_tag(tag)? },
+                (["dist-tags", tag], &Method::DELETE) => Op::DistTagRemove { tag: parse_tag(tag)? },
                 (["visibility"], m) if is_read_method(m) => Op::Visibility,
                 (["collaborators"], m) if is_read_method(m) => Op::Collaborators,
                 (["access"], &Method::POST) => Op::AccessSet,
-                (
-                    ["dist-tags"]
-                    | ["dist-tags", _]
-                    | ["visibility"]
-                    | ["collaborators"]
-                    | ["access"],
-                    _,
-                ) => return Err(RouteError::MethodNotAllowed),
+                (["dist-tags"] | ["dist-tags", _] | ["visibility"] | ["collaborators"] | ["access"], _) => {
+                    return Err(RouteError::MethodNotAllowed)
+                }
                 _ => return Err(RouteError::UnknownRoute),
             };
             package_request(method, package, op, form, query)
@@ -354,11 +331,7 @@ fn classify_special(
     }
 }
 
-fn classify_package_path(
-    method: &Method,
-    segs: &[&str],
-    query: Option<&str>,
-) -> Result<NpmRequest, RouteError> {
+fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) -> Result<NpmRequest, RouteError> {
     // The package name takes one segment (`name`, `@scope%2fname`) or two (`@scope/name`).
     let (package, form, rest) = if segs[0].starts_with('@') && !segs[0].contains('%') {
         if segs.len() < 2 {
@@ -374,25 +347,14 @@ fn classify_package_path(
     let op = match (rest, method) {
         ([], _) if read => Op::Packument,
         ([], &Method::PUT) => Op::PutPackument,
-        (["-", file], _) if read => Op::Tarball {
-            file: parse_tarball_file(&package, file)?,
-        },
-        (["-rev", rev], &Method::PUT) => Op::PutRevision {
-            rev: parse_rev(rev)?,
-        },
-        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage {
-            rev: parse_rev(rev)?,
-        },
-        (["-", file, "-rev", rev], &Method::DELETE) => Op::UnpublishTarball {
-            file: parse_tarball_file(&package, file)?,
-            rev: parse_rev(rev)?,
-        },
-        ([spec], _) if read && *spec != "-" && *spec != "-rev" => Op::VersionManifest {
-            spec: parse_spec(spec)?,
-        },
-        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => {
-            return Err(RouteError::MethodNotAllowed)
+        (["-", file], _) if read => Op::Tarball { file: parse_tarball_file(&package, file)? },
+        (["-rev", rev], &Method::PUT) => Op::PutRevision { rev: parse_rev(rev)? },
+        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage { rev: parse_rev(rev)? },
+        (["-", file, "-rev", rev], &Method::DELETE) => {
+            Op::UnpublishTarball { file: parse_tarball_file(&package, file)?, rev: parse_rev(rev)? }
         }
+        ([spec], _) if read && *spec != "-" && *spec != "-rev" => Op::VersionManifest { spec: parse_spec(spec)? },
+        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => return Err(RouteError::MethodNotAllowed),
         _ => return Err(RouteError::UnknownRoute),
     };
     match package_request(method, package, op, form, query)? {
@@ -422,13 +384,7 @@ fn package_request(
         _ if !write => return Err(RouteError::UnexpectedQuery),
         _ => None,
     };
-    Ok(Route::Registry(NpmRequest {
-        method: method.clone(),
-        package: Some(package),
-        op,
-        form,
-        query,
-    }))
+    Ok(Route::Registry(NpmRequest { method: method.clone(), package: Some(package), op, form, query }))
 }
 
 fn is_read_method(m: &Method) -> bool {
@@ -439,9 +395,7 @@ fn is_read_method(m: &Method) -> bool {
 fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
     let unescaped = if seg.starts_with('@') {
         let lower = seg.to_ascii_lowercase();
-        let at = lower
-            .find("%2f")
-            .ok_or(RouteError::BadName(NameError::BadScope))?;
+        let at = lower.find("%2f").ok_or(RouteError::BadName(NameError::BadScope))?;
         format!("{}/{}", &seg[..at], &seg[at + 3..])
     } else {
         seg.to_owned()
@@ -456,9 +410,7 @@ fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> 
 pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
     let ok = !seg.is_empty()
         && seg.len() <= 128
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
     if ok {
         Ok(seg.to_owned())
     } else {
@@ -467,17 +419,13 @@ pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
 }
 
 fn parse_rev(seg: &str) -> Result<String, RouteError> {
-    let ok = !seg.is_empty()
-        && seg.len() <= 128
-        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let ok = !seg.is_empty() && seg.len() <= 128 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     ok.then(|| seg.to_owned()).ok_or(RouteError::BadPath)
 }
 
 fn parse_spec(seg: &str) -> Result<String, RouteError> {
     let ok = seg.len() <= 256
-        && seg
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'~'));
+        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'~'));
     ok.then(|| seg.to_owned()).ok_or(RouteError::BadEncoding)
 }
 
@@ -504,10 +452,7 @@ impl NpmRequest {
 
     /// True when the body must be read and checked before anything is forwarded.
     pub fn needs_body_check(&self) -> bool {
-        matches!(
-            self.op,
-            Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. }
-        )
+        matches!(self.op, Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. })
     }
 
     pub fn is_read(&self) -> bool {

@@ -21,11 +21,7 @@ fn check(method: &str, path: &str, want: Want) {
         (Want::Reg(op, pkg, up), Ok(Route::Registry(r))) => {
             let op_text = format!("{:?}", r.op);
             assert!(op_text.starts_with(op), "{ctx}: op");
-            assert_eq!(
-                r.package.as_ref().map(|p| p.as_str()),
-                pkg,
-                "{ctx}: package"
-            );
+            assert_eq!(r.package.as_ref().map(|p| p.as_str()), pkg, "{ctx}: package");
             assert_eq!(r.upstream_path(), up, "{ctx}: upstream path");
         }
         (Want::Npm(pkg), Ok(Route::NpmOidcExchange { package })) => {
@@ -41,234 +37,90 @@ fn check(method: &str, path: &str, want: Want) {
 #[test]
 fn reads() {
     use Want::Reg;
-    check(
-        "GET",
-        "/left-pad",
-        Reg("Packument", Some("left-pad"), "/left-pad"),
-    );
-    check(
-        "HEAD",
-        "/left-pad",
-        Reg("Packument", Some("left-pad"), "/left-pad"),
-    );
-    check(
-        "GET",
-        "/@acme%2fweb",
-        Reg("Packument", Some("@acme/web"), "/@acme%2fweb"),
-    );
-    check(
-        "GET",
-        "/@acme%2Fweb",
-        Reg("Packument", Some("@acme/web"), "/@acme%2fweb"),
-    );
-    check(
-        "GET",
-        "/@acme/web",
-        Reg("Packument", Some("@acme/web"), "/@acme/web"),
-    );
-    check(
-        "GET",
-        "/@acme%2fweb?write=true",
-        Reg("Packument", Some("@acme/web"), "/@acme%2fweb?write=true"),
-    );
-    check(
-        "GET",
-        "/left-pad/1.3.0",
-        Reg("VersionManifest", Some("left-pad"), "/left-pad/1.3.0"),
-    );
-    check(
-        "GET",
-        "/left-pad/latest",
-        Reg("VersionManifest", Some("left-pad"), "/left-pad/latest"),
-    );
-    check(
-        "GET",
-        "/left-pad/-/left-pad-1.3.0.tgz",
-        Reg(
-            "Tarball",
-            Some("left-pad"),
-            "/left-pad/-/left-pad-1.3.0.tgz",
-        ),
-    );
+    check("GET", "/left-pad", Reg("Packument", Some("left-pad"), "/left-pad"));
+    check("HEAD", "/left-pad", Reg("Packument", Some("left-pad"), "/left-pad"));
+    check("GET", "/@acme%2fweb", Reg("Packument", Some("@acme/web"), "/@acme%2fweb"));
+    check("GET", "/@acme%2Fweb", Reg("Packument", Some("@acme/web"), "/@acme%2fweb"));
+    check("GET", "/@acme/web", Reg("Packument", Some("@acme/web"), "/@acme/web"));
+    check("GET", "/@acme%2fweb?write=true", Reg("Packument", Some("@acme/web"), "/@acme%2fweb?write=true"));
+    check("GET", "/left-pad/1.3.0", Reg("VersionManifest", Some("left-pad"), "/left-pad/1.3.0"));
+    check("GET", "/left-pad/latest", Reg("VersionManifest", Some("left-pad"), "/left-pad/latest"));
+    check("GET", "/left-pad/-/left-pad-1.3.0.tgz", Reg("Tarball", Some("left-pad"), "/left-pad/-/left-pad-1.3.0.tgz"));
     check(
         "GET",
         "/@acme/web/-/web-1.0.0-beta.1.tgz",
-        Reg(
-            "Tarball",
-            Some("@acme/web"),
-            "/@acme/web/-/web-1.0.0-beta.1.tgz",
-        ),
+        Reg("Tarball", Some("@acme/web"), "/@acme/web/-/web-1.0.0-beta.1.tgz"),
     );
-    check(
-        "GET",
-        "/@acme%2fweb/-/web-1.0.0.tgz",
-        Reg("Tarball", Some("@acme/web"), "/@acme%2fweb/-/web-1.0.0.tgz"),
-    );
-    check(
-        "GET",
-        "/JSONStream",
-        Reg("Packument", Some("JSONStream"), "/JSONStream"),
-    );
+    check("GET", "/@acme%2fweb/-/web-1.0.0.tgz", Reg("Tarball", Some("@acme/web"), "/@acme%2fweb/-/web-1.0.0.tgz"));
+    check("GET", "/JSONStream", Reg("Packument", Some("JSONStream"), "/JSONStream"));
     check(
         "GET",
         "/-/package/@acme%2fweb/dist-tags",
-        Reg(
-            "DistTagsList",
-            Some("@acme/web"),
-            "/-/package/@acme%2fweb/dist-tags",
-        ),
+        Reg("DistTagsList", Some("@acme/web"), "/-/package/@acme%2fweb/dist-tags"),
     );
     check(
         "GET",
         "//-/package/@acme%2fweb/visibility",
-        Reg(
-            "Visibility",
-            Some("@acme/web"),
-            "/-/package/@acme%2fweb/visibility",
-        ),
+        Reg("Visibility", Some("@acme/web"), "/-/package/@acme%2fweb/visibility"),
     );
-    check(
-        "GET",
-        "/-/package/web/collaborators",
-        Reg("Collaborators", Some("web"), "/-/package/web/collaborators"),
-    );
+    check("GET", "/-/package/web/collaborators", Reg("Collaborators", Some("web"), "/-/package/web/collaborators"));
     check("GET", "/-/ping", Reg("Ping", None, "/-/ping"));
-    check(
-        "GET",
-        "/-/ping?write=true",
-        Reg("Ping", None, "/-/ping?write=true"),
-    );
-    check(
-        "GET",
-        "/-/v1/search?text=acme&size=20",
-        Reg("Search", None, "/-/v1/search?text=acme&size=20"),
-    );
+    check("GET", "/-/ping?write=true", Reg("Ping", None, "/-/ping?write=true"));
+    check("GET", "/-/v1/search?text=acme&size=20", Reg("Search", None, "/-/v1/search?text=acme&size=20"));
     check("GET", "/-/whoami", Reg("Whoami", None, "/-/whoami"));
     check(
         "POST",
         "/-/npm/v1/security/advisories/bulk",
         Reg("SecurityAudit", None, "/-/npm/v1/security/advisories/bulk"),
     );
-    check(
-        "POST",
-        "/-/npm/v1/security/audits/quick",
-        Reg("SecurityAudit", None, "/-/npm/v1/security/audits/quick"),
-    );
+    check("POST", "/-/npm/v1/security/audits/quick", Reg("SecurityAudit", None, "/-/npm/v1/security/audits/quick"));
 }
 
 #[test]
 fn writes() {
     use Want::Reg;
-    check(
-        "PUT",
-        "/left-pad",
-        Reg("PutPackument", Some("left-pad"), "/left-pad"),
-    );
-    check(
-        "PUT",
-        "/@acme%2fweb",
-        Reg("PutPackument", Some("@acme/web"), "/@acme%2fweb"),
-    );
-    check(
-        "PUT",
-        "/@acme%2Fweb",
-        Reg("PutPackument", Some("@acme/web"), "/@acme%2fweb"),
-    );
-    check(
-        "PUT",
-        "/@acme/web",
-        Reg("PutPackument", Some("@acme/web"), "/@acme/web"),
-    );
+    check("PUT", "/left-pad", Reg("PutPackument", Some("left-pad"), "/left-pad"));
+    check("PUT", "/@acme%2fweb", Reg("PutPackument", Some("@acme/web"), "/@acme%2fweb"));
+    check("PUT", "/@acme%2Fweb", Reg("PutPackument", Some("@acme/web"), "/@acme%2fweb"));
+    check("PUT", "/@acme/web", Reg("PutPackument", Some("@acme/web"), "/@acme/web"));
     check(
         "POST",
         "/-/stage/package/@acme%2fweb",
-        Reg(
-            "StagePublish",
-            Some("@acme/web"),
-            "/-/stage/package/@acme%2fweb",
-        ),
+        Reg("StagePublish", Some("@acme/web"), "/-/stage/package/@acme%2fweb"),
     );
     check(
         "PUT",
         "/-/package/@acme%2fweb/dist-tags/next",
-        Reg(
-            "DistTagSet { tag: \"next\" }",
-            Some("@acme/web"),
-            "/-/package/@acme%2fweb/dist-tags/next",
-        ),
+        Reg("DistTagSet { tag: \"next\" }", Some("@acme/web"), "/-/package/@acme%2fweb/dist-tags/next"),
     );
-    check(
-        "POST",
-        "/-/package/web/dist-tags/beta",
-        Reg("DistTagSet", Some("web"), "/-/package/web/dist-tags/beta"),
-    );
+    check("POST", "/-/package/web/dist-tags/beta", Reg("DistTagSet", Some("web"), "/-/package/web/dist-tags/beta"));
     check(
         "DELETE",
         "/-/package/web/dist-tags/beta",
-        Reg(
-            "DistTagRemove",
-            Some("web"),
-            "/-/package/web/dist-tags/beta",
-        ),
+        Reg("DistTagRemove", Some("web"), "/-/package/web/dist-tags/beta"),
     );
-    check(
-        "PUT",
-        "/web/-rev/3-abc123",
-        Reg("PutRevision", Some("web"), "/web/-rev/3-abc123"),
-    );
-    check(
-        "DELETE",
-        "/web/-rev/3-abc123",
-        Reg("UnpublishPackage", Some("web"), "/web/-rev/3-abc123"),
-    );
+    check("PUT", "/web/-rev/3-abc123", Reg("PutRevision", Some("web"), "/web/-rev/3-abc123"));
+    check("DELETE", "/web/-rev/3-abc123", Reg("UnpublishPackage", Some("web"), "/web/-rev/3-abc123"));
     check(
         "DELETE",
         "/@acme/web/-/web-1.0.0.tgz/-rev/4-ff",
-        Reg(
-            "UnpublishTarball",
-            Some("@acme/web"),
-            "/@acme/web/-/web-1.0.0.tgz/-rev/4-ff",
-        ),
+        Reg("UnpublishTarball", Some("@acme/web"), "/@acme/web/-/web-1.0.0.tgz/-rev/4-ff"),
     );
     check(
         "POST",
         "/-/package/@acme%2fweb/access",
-        Reg(
-            "AccessSet",
-            Some("@acme/web"),
-            "/-/package/@acme%2fweb/access",
-        ),
+        Reg("AccessSet", Some("@acme/web"), "/-/package/@acme%2fweb/access"),
     );
 }
 
 #[test]
 fn broker_endpoints() {
-    check(
-        "POST",
-        "/-/npm/v1/oidc/token/exchange/package/@acme%2fweb",
-        Want::Npm("@acme/web"),
-    );
-    check(
-        "POST",
-        "/-/npm/v1/oidc/token/exchange/package/@acme%2Fweb",
-        Want::Npm("@acme/web"),
-    );
-    check(
-        "POST",
-        "/-/npm/v1/oidc/token/exchange/package/left-pad",
-        Want::Npm("left-pad"),
-    );
-    check(
-        "GET",
-        "/-/npm/v1/oidc/token/exchange/package/left-pad",
-        Want::Err(RouteError::MethodNotAllowed),
-    );
+    check("POST", "/-/npm/v1/oidc/token/exchange/package/@acme%2fweb", Want::Npm("@acme/web"));
+    check("POST", "/-/npm/v1/oidc/token/exchange/package/@acme%2Fweb", Want::Npm("@acme/web"));
+    check("POST", "/-/npm/v1/oidc/token/exchange/package/left-pad", Want::Npm("left-pad"));
+    check("GET", "/-/npm/v1/oidc/token/exchange/package/left-pad", Want::Err(RouteError::MethodNotAllowed));
     check("POST", "/-/phantom/v1/exchange", Want::Phantom);
-    check(
-        "GET",
-        "/-/phantom/v1/exchange",
-        Want::Err(RouteError::MethodNotAllowed),
-    );
+    check("GET", "/-/phantom/v1/exchange", Want::Err(RouteError::MethodNotAllowed));
 }
 
 #[test]
@@ -337,11 +189,7 @@ fn refused() {
         ("GET", "/-/package/web/unknown", UnknownRoute),
         ("GET", "/-/all", UnknownRoute),
         ("GET", "/-/npm/v1/security/other", UnknownRoute),
-        (
-            "GET",
-            "/-/npm/v1/security/advisories/bulk",
-            MethodNotAllowed,
-        ),
+        ("GET", "/-/npm/v1/security/advisories/bulk", MethodNotAllowed),
         ("GET", "/web/1.0.0/extra/more", UnknownRoute),
         ("GET", "/@acme", BadName(NameError::BadScope)),
         ("PUT", "/-/stage/package/web", MethodNotAllowed),
@@ -359,9 +207,7 @@ fn action_names_round_trip() {
         assert_eq!(ActionKind::parse(a.as_str()), Some(a));
     }
     assert_eq!(ActionKind::parse("admin"), None);
-    let set: ActionSet = [ActionKind::Publish, ActionKind::DistTag]
-        .into_iter()
-        .collect();
+    let set: ActionSet = [ActionKind::Publish, ActionKind::DistTag].into_iter().collect();
     assert!(set.contains(ActionKind::Publish) && !set.contains(ActionKind::Read));
     assert_eq!(set.names(), ["publish", "dist-tag"]);
 }

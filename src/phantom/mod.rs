@@ -3,7 +3,5 @@
 pub mod store;
 pub mod token;
 
-pub use store::{
-    Fingerprint, Lookup, MemoryStore, PhantomRecord, PhantomStore, StoreError, UseOutcome,
-};
+pub use store::{Fingerprint, Lookup, MemoryStore, PhantomRecord, PhantomStore, StoreError, UseOutcome};
 pub use token::{FormatError, PhantomToken, TokenDigest};

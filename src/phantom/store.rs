@@ -57,17 +57,10 @@ pub enum StoreError {
 pub type Fingerprint = [u8; 32];
 
 pub trait PhantomStore: Send + Sync + 'static {
-    fn insert(
-        &self,
-        digest: TokenDigest,
-        record: PhantomRecord,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert(&self, digest: TokenDigest, record: PhantomRecord)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn lookup(
-        &self,
-        digest: &TokenDigest,
-        now: u64,
-    ) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
+    fn lookup(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
     /// Spends one write use, atomically, unless `fingerprint` was already spent.
     fn consume_use(
@@ -78,8 +71,7 @@ pub trait PhantomStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
     /// Returns whether a live phantom was revoked.
-    fn revoke(&self, digest: &TokenDigest)
-        -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn revoke(&self, digest: &TokenDigest) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records an ID token as spent until `until` (unix seconds). Returns false if it already was.
     fn claim_id_token(
@@ -120,12 +112,7 @@ impl MemoryStore {
 
 impl PhantomStore for MemoryStore {
     async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
-        let entry = Entry {
-            record: Arc::new(record),
-            used: 0,
-            fingerprints: Vec::new(),
-            revoked: false,
-        };
+        let entry = Entry { record: Arc::new(record), used: 0, fingerprints: Vec::new(), revoked: false };
         self.phantoms.insert(digest, entry);
         Ok(())
     }
@@ -163,9 +150,7 @@ impl PhantomStore for MemoryStore {
             e.fingerprints.remove(0);
         }
         e.fingerprints.push(fingerprint);
-        Ok(UseOutcome::Counted {
-            remaining: max.map(|m| m - e.used),
-        })
+        Ok(UseOutcome::Counted { remaining: max.map(|m| m - e.used) })
     }
 
     async fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
@@ -178,12 +163,7 @@ impl PhantomStore for MemoryStore {
         })
     }
 
-    async fn claim_id_token(
-        &self,
-        key: [u8; 32],
-        until: u64,
-        now: u64,
-    ) -> Result<bool, StoreError> {
+    async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
         use dashmap::mapref::entry::Entry as MapEntry;
         Ok(match self.spent_id_tokens.entry(key) {
             MapEntry::Occupied(mut o) if *o.get() <= now => {
@@ -199,8 +179,7 @@ impl PhantomStore for MemoryStore {
     }
 
     async fn sweep(&self, now: u64) {
-        self.phantoms
-            .retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
+        self.phantoms.retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
         self.spent_id_tokens.retain(|_, until| now < *until);
     }
 }
@@ -213,10 +192,7 @@ mod tests {
     fn record(expires_at: u64, max_uses: Option<u32>) -> PhantomRecord {
         PhantomRecord {
             id: "id".into(),
-            identity: Identity {
-                issuer: "github".into(),
-                claims: Default::default(),
-            },
+            identity: Identity { issuer: "github".into(), claims: Default::default() },
             scope: Scope {
                 packages: vec![PackageName::parse("web").unwrap()],
                 actions: [ActionKind::Publish].into_iter().collect(),
@@ -229,10 +205,7 @@ mod tests {
     }
 
     fn block_on<F: Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     #[test]
@@ -243,26 +216,14 @@ mod tests {
             s.insert(d, record(100, Some(2))).await.unwrap();
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Live(_)));
             assert!(matches!(s.lookup(&d, 100).await.unwrap(), Lookup::Expired));
-            assert!(matches!(
-                s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(),
-                Lookup::Unknown
-            ));
+            assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
             let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
-            assert_eq!(
-                use_(1).await.unwrap(),
-                UseOutcome::Counted { remaining: Some(1) }
-            );
+            assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Retry);
-            assert_eq!(
-                use_(2).await.unwrap(),
-                UseOutcome::Counted { remaining: Some(0) }
-            );
+            assert_eq!(use_(2).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Retry);
-            assert_eq!(
-                s.consume_use(&d, [4; 32], 100).await.unwrap(),
-                UseOutcome::NotLive
-            );
+            assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
             assert!(s.revoke(&d).await.unwrap());
             assert!(!s.revoke(&d).await.unwrap());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));

@@ -38,8 +38,7 @@ impl PhantomToken {
         s.push_str(PREFIX);
         let mut buf = Zeroizing::new([0u8; 64]);
         while s.len() < PREFIX.len() + RANDOM_LEN {
-            rng.fill(&mut buf[..])
-                .expect("the system random source failed");
+            rng.fill(&mut buf[..]).expect("the system random source failed");
             // Rejection sampling keeps every character uniform: 248 = 4 * 62.
             for &b in buf.iter().filter(|&&b| b < 248) {
                 if s.len() == PREFIX.len() + RANDOM_LEN {
@@ -116,10 +115,7 @@ mod tests {
         assert_eq!(a.expose().len(), TOKEN_LEN);
         assert!(a.expose().starts_with("phm_"));
         assert_ne!(a.expose(), b.expose());
-        assert_eq!(
-            PhantomToken::parse(a.expose()).unwrap().digest(),
-            a.digest()
-        );
+        assert_eq!(PhantomToken::parse(a.expose()).unwrap().digest(), a.digest());
         assert_ne!(a.digest(), b.digest());
         assert!(!format!("{a:?} {:?}", a.digest()).contains(&a.expose()[4..10]));
     }
@@ -141,16 +137,10 @@ mod tests {
             (good[..good.len() - 1].to_owned(), FormatError::Malformed),
             (format!("{good}0"), FormatError::Malformed),
             (format!("x{good}"), FormatError::NotPhantom),
-            (
-                format!("phm_{}-{}", &good[4..20], &good[21..]),
-                FormatError::Malformed,
-            ),
+            (format!("phm_{}-{}", &good[4..20], &good[21..]), FormatError::Malformed),
             (flip(10), FormatError::Checksum),
             (flip(TOKEN_LEN - 1), FormatError::Checksum),
-            (
-                format!("phm_{}", "0".repeat(RANDOM_LEN + CHECK_LEN)),
-                FormatError::Checksum,
-            ),
+            (format!("phm_{}", "0".repeat(RANDOM_LEN + CHECK_LEN)), FormatError::Checksum),
         ];
         for (input, want) in table {
             assert_eq!(PhantomToken::parse(&input).err(), Some(want), "{input}");

@@ -21,13 +21,9 @@ impl Glob {
             return Err("a pattern may not contain control characters".into());
         }
         if pattern.contains("**") {
-            return Err(format!(
-                "`{pattern}`: `**` is not supported; `*` never crosses `/`"
-            ));
+            return Err(format!("`{pattern}`: `**` is not supported; `*` never crosses `/`"));
         }
-        Ok(Glob {
-            pattern: pattern.into(),
-        })
+        Ok(Glob { pattern: pattern.into() })
     }
 
     pub fn as_str(&self) -> &str {
@@ -111,11 +107,7 @@ mod tests {
             ("x*", "", false),
         ];
         for (pat, input, want) in table {
-            assert_eq!(
-                Glob::new(pat).unwrap().matches(input),
-                want,
-                "{pat} vs {input}"
-            );
+            assert_eq!(Glob::new(pat).unwrap().matches(input), want, "{pat} vs {input}");
         }
     }
 

@@ -53,9 +53,7 @@ impl Grant {
     }
 
     pub fn allows_tag(&self, tag: &str) -> bool {
-        self.dist_tags
-            .as_ref()
-            .is_none_or(|tags| tags.iter().any(|g| g.matches(tag)))
+        self.dist_tags.as_ref().is_none_or(|tags| tags.iter().any(|g| g.matches(tag)))
     }
 }
 
@@ -102,10 +100,7 @@ pub fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Ve
 }
 
 fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
-    if g.name.is_empty()
-        || g.name.len() > 128
-        || g.name.chars().any(|c| c.is_control() || c.is_whitespace())
-    {
+    if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("`name` must be 1-128 characters without spaces".into());
     }
     if !ctx.issuers.contains(&g.issuer.as_str()) {
@@ -137,25 +132,16 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
     for a in &g.actions {
         let kind = ActionKind::parse(a).ok_or_else(|| {
             let known: Vec<_> = ActionKind::ALL.iter().map(|a| a.as_str()).collect();
-            format!(
-                "`actions`: unknown action `{a}` (expected one of {})",
-                known.join(", ")
-            )
+            format!("`actions`: unknown action `{a}` (expected one of {})", known.join(", "))
         })?;
         actions.insert(kind);
     }
     let dist_tags = match g.dist_tags {
         None => None,
         Some(tags) => {
-            let tagged = [
-                ActionKind::Publish,
-                ActionKind::StagePublish,
-                ActionKind::DistTag,
-            ];
+            let tagged = [ActionKind::Publish, ActionKind::StagePublish, ActionKind::DistTag];
             if !tagged.iter().any(|a| actions.contains(*a)) {
-                return Err(
-                    "`dist_tags` applies only to publish, stage-publish and dist-tag".into(),
-                );
+                return Err("`dist_tags` applies only to publish, stage-publish and dist-tag".into());
             }
             Some(
                 tags.iter()
@@ -175,11 +161,9 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
         return Err("`max_uses` must be at least 1".into());
     }
     if g.claims.is_empty() {
-        return Err(
-            "`claims` may not be empty: a grant without claims admits every identity the issuer signs \
+        return Err("`claims` may not be empty: a grant without claims admits every identity the issuer signs \
              (on a public CI, every repository)"
-                .into(),
-        );
+            .into());
     }
     Ok(Grant {
         name: g.name,
@@ -236,9 +220,7 @@ impl<'de> Visitor<'de> for ClaimVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClaimMatcher, A::Error> {
-        let key: String = map
-            .next_key()?
-            .ok_or_else(|| de::Error::custom("expected { glob = \"...\" }"))?;
+        let key: String = map.next_key()?.ok_or_else(|| de::Error::custom("expected { glob = \"...\" }"))?;
         if key != "glob" {
             return Err(de::Error::custom(format!(
                 "unknown key `{key}` in a claim table: expected `glob` (regular expressions are not supported)"
@@ -248,8 +230,6 @@ impl<'de> Visitor<'de> for ClaimVisitor {
         if map.next_key::<String>()?.is_some() {
             return Err(de::Error::custom("a claim table takes only `glob`"));
         }
-        Glob::new(&pattern)
-            .map(ClaimMatcher::Glob)
-            .map_err(de::Error::custom)
+        Glob::new(&pattern).map(ClaimMatcher::Glob).map_err(de::Error::custom)
     }
 }

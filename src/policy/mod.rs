@@ -128,12 +128,8 @@ impl Policy {
 
     /// Loads every `*.toml` in `dir`, in file-name order.
     pub fn load_dir(dir: &Path, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
-        let err = |file: &Path, message: String| PolicyError {
-            file: file.display().to_string(),
-            message,
-        };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
+        let err = |file: &Path, message: String| PolicyError { file: file.display().to_string(), message };
+        let entries = std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
         let mut files = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| err(dir, e.to_string()))?.path();
@@ -144,8 +140,7 @@ impl Policy {
         files.sort();
         let mut grants = Vec::new();
         for file in &files {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| err(file, format!("cannot read: {e}")))?;
+            let text = std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))?;
             grants.extend(grant::parse_file(file, &text, ctx).map_err(|m| err(file, m))?);
         }
         Policy::new(grants).map_err(|m| err(dir, m))
@@ -188,11 +183,7 @@ impl Policy {
         self.candidates(package)
             .into_iter()
             .map(|i| &self.grants[i])
-            .find(|g| {
-                g.actions.contains(action)
-                    && g.covers_package(package)
-                    && matches_identity(g, identity).is_ok()
-            })
+            .find(|g| g.actions.contains(action) && g.covers_package(package) && matches_identity(g, identity).is_ok())
             .cloned()
             .ok_or(Denial::NoGrant)
     }
@@ -214,17 +205,10 @@ impl Policy {
                 continue;
             }
             let acts = g.actions.intersect(actions);
-            let pkgs: Vec<PackageName> = packages
-                .iter()
-                .filter(|p| g.covers_package(p))
-                .cloned()
-                .collect();
+            let pkgs: Vec<PackageName> = packages.iter().filter(|p| g.covers_package(p)).cloned().collect();
             let size = pkgs.len() * acts.iter().count();
             if size > 0 && best.as_ref().is_none_or(|b| size > b.2) {
-                let scope = Scope {
-                    packages: pkgs,
-                    actions: acts,
-                };
+                let scope = Scope { packages: pkgs, actions: acts };
                 best = Some((g.clone(), scope, size));
             }
         }
@@ -241,11 +225,7 @@ impl Policy {
         req: Requested<'_>,
         inner: T,
     ) -> Result<Authorized<T>, Denial> {
-        let g = self
-            .by_name
-            .get(grant)
-            .map(|&i| &self.grants[i])
-            .ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
+        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
         matches_identity(g, identity)?;
         if let Some(package) = req.package {
             if !scope.packages.contains(package) || !g.covers_package(package) {
@@ -263,10 +243,7 @@ impl Policy {
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
             return Err(Denial::TagNotAllowed(tag.clone(), g.name.clone()));
         }
-        Ok(Authorized {
-            inner,
-            grant: g.clone(),
-        })
+        Ok(Authorized { inner, grant: g.clone() })
     }
 
     /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.

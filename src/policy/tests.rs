@@ -54,10 +54,7 @@ fn github(claims: Value) -> Identity {
             base[k] = v.clone();
         }
     }
-    Identity {
-        issuer: "github".into(),
-        claims: base.as_object().unwrap().clone(),
-    }
+    Identity { issuer: "github".into(), claims: base.as_object().unwrap().clone() }
 }
 
 fn pkg(s: &str) -> PackageName {
@@ -78,43 +75,24 @@ fn claim_matching_table() {
         (json!({"repository_id": 123456789}), false),
         (json!({"repository_id": "1234567890"}), false),
         (json!({"repository_owner_id": "4243"}), false),
-        (
-            json!({"job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/tags/v1"}),
-            true,
-        ),
-        (
-            json!({"job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/a/b"}),
-            false,
-        ),
-        (
-            json!({"job_workflow_ref": "evil/web/.github/workflows/release.yml@refs/heads/main"}),
-            false,
-        ),
+        (json!({"job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/tags/v1"}), true),
+        (json!({"job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/a/b"}), false),
+        (json!({"job_workflow_ref": "evil/web/.github/workflows/release.yml@refs/heads/main"}), false),
     ];
     for (claims, want) in table {
-        let got = p
-            .grant_for(&github(claims.clone()), &web, ActionKind::Publish)
-            .is_ok();
+        let got = p.grant_for(&github(claims.clone()), &web, ActionKind::Publish).is_ok();
         assert_eq!(got, *want, "claims {claims}");
     }
     let mut other_issuer = github(json!({}));
     other_issuer.issuer = "gitlab".into();
-    assert_eq!(
-        p.grant_for(&other_issuer, &web, ActionKind::Publish).err(),
-        Some(Denial::NoGrant)
-    );
+    assert_eq!(p.grant_for(&other_issuer, &web, ActionKind::Publish).err(), Some(Denial::NoGrant));
 }
 
 #[test]
 fn exchange_evaluation() {
     let p = policy();
     let id = github(json!({}));
-    assert_eq!(
-        p.grant_for(&id, &pkg("@acme/web-ui"), ActionKind::Publish)
-            .unwrap()
-            .name,
-        "acme-web-release"
-    );
+    assert_eq!(p.grant_for(&id, &pkg("@acme/web-ui"), ActionKind::Publish).unwrap().name, "acme-web-release");
     for (name, action) in [
         ("@acme/other", ActionKind::Publish),
         ("@acme/web/x", ActionKind::Publish),
@@ -125,11 +103,7 @@ fn exchange_evaluation() {
         let Ok(name) = PackageName::parse(name) else {
             continue;
         };
-        assert_eq!(
-            p.grant_for(&id, &name, action).err(),
-            Some(Denial::NoGrant),
-            "{name} {action:?}"
-        );
+        assert_eq!(p.grant_for(&id, &name, action).err(), Some(Denial::NoGrant), "{name} {action:?}");
     }
 }
 
@@ -137,93 +111,51 @@ fn exchange_evaluation() {
 fn best_grant_intersects() {
     let p = policy();
     let asked = [pkg("@acme/web"), pkg("@acme/api"), pkg("@acme/web-ui")];
-    let actions: ActionSet = [
-        ActionKind::Publish,
-        ActionKind::Unpublish,
-        ActionKind::DistTag,
-    ]
-    .into_iter()
-    .collect();
+    let actions: ActionSet = [ActionKind::Publish, ActionKind::Unpublish, ActionKind::DistTag].into_iter().collect();
     let (g, scope) = p.best_grant(&github(json!({})), &asked, actions).unwrap();
     assert_eq!(g.name, "acme-web-release");
     assert_eq!(scope.packages, vec![pkg("@acme/web"), pkg("@acme/web-ui")]);
     assert_eq!(scope.actions.names(), ["publish", "dist-tag"]);
     let none: ActionSet = [ActionKind::Owner].into_iter().collect();
     assert!(p.best_grant(&github(json!({})), &asked, none).is_none());
-    assert!(p
-        .best_grant(&github(json!({"ref": "refs/heads/dev"})), &asked, actions)
-        .is_none());
+    assert!(p.best_grant(&github(json!({"ref": "refs/heads/dev"})), &asked, actions).is_none());
 }
 
 #[test]
 fn use_time_evaluation() {
     let p = policy();
     let id = github(json!({}));
-    let scope = Scope {
-        packages: vec![pkg("@acme/web")],
-        actions: [ActionKind::Publish].into_iter().collect(),
-    };
+    let scope = Scope { packages: vec![pkg("@acme/web")], actions: [ActionKind::Publish].into_iter().collect() };
     let web = pkg("@acme/web");
     let ui = pkg("@acme/web-ui");
     let latest = ["latest".to_owned()];
     let beta = ["beta-2".to_owned()];
     let evil = ["evil".to_owned()];
-    let req = |package, action, tags| Requested {
-        package,
-        action,
-        tags,
-    };
+    let req = |package, action, tags| Requested { package, action, tags };
     let table: Vec<(Requested<'_>, Result<(), Denial>)> = vec![
         (req(Some(&web), ActionKind::Publish, &latest), Ok(())),
         (req(Some(&web), ActionKind::Publish, &beta), Ok(())),
         (req(Some(&web), ActionKind::Read, &[]), Ok(())),
         (
             req(Some(&web), ActionKind::Publish, &evil),
-            Err(Denial::TagNotAllowed(
-                "evil".into(),
-                "acme-web-release".into(),
-            )),
+            Err(Denial::TagNotAllowed("evil".into(), "acme-web-release".into())),
         ),
-        (
-            req(Some(&ui), ActionKind::Publish, &latest),
-            Err(Denial::PackageOutOfScope),
-        ),
-        (
-            req(Some(&ui), ActionKind::Read, &[]),
-            Err(Denial::PackageOutOfScope),
-        ),
-        (
-            req(Some(&web), ActionKind::DistTag, &latest),
-            Err(Denial::ActionOutOfScope("dist-tag")),
-        ),
-        (
-            req(Some(&web), ActionKind::Unpublish, &[]),
-            Err(Denial::ActionOutOfScope("unpublish")),
-        ),
-        (
-            req(None, ActionKind::Whoami, &[]),
-            Err(Denial::ActionOutOfScope("whoami")),
-        ),
-        (
-            req(None, ActionKind::Read, &[]),
-            Err(Denial::ActionOutOfScope("read")),
-        ),
+        (req(Some(&ui), ActionKind::Publish, &latest), Err(Denial::PackageOutOfScope)),
+        (req(Some(&ui), ActionKind::Read, &[]), Err(Denial::PackageOutOfScope)),
+        (req(Some(&web), ActionKind::DistTag, &latest), Err(Denial::ActionOutOfScope("dist-tag"))),
+        (req(Some(&web), ActionKind::Unpublish, &[]), Err(Denial::ActionOutOfScope("unpublish"))),
+        (req(None, ActionKind::Whoami, &[]), Err(Denial::ActionOutOfScope("whoami"))),
+        (req(None, ActionKind::Read, &[]), Err(Denial::ActionOutOfScope("read"))),
     ];
     for (r, want) in table {
-        let got = p
-            .authorize(&id, "acme-web-release", &scope, r, ())
-            .map(|_| ());
+        let got = p.authorize(&id, "acme-web-release", &scope, r, ()).map(|_| ());
         assert_eq!(got, want, "{r:?}");
     }
     let req = req(Some(&web), ActionKind::Publish, &latest);
-    assert_eq!(
-        p.authorize(&id, "gone", &scope, req, ()).err(),
-        Some(Denial::GrantGone("gone".into()))
-    );
+    assert_eq!(p.authorize(&id, "gone", &scope, req, ()).err(), Some(Denial::GrantGone("gone".into())));
     let moved = github(json!({"ref": "refs/heads/dev"}));
     assert_eq!(
-        p.authorize(&moved, "acme-web-release", &scope, req, ())
-            .err(),
+        p.authorize(&moved, "acme-web-release", &scope, req, ()).err(),
         Some(Denial::ClaimMismatch("ref".into()))
     );
 }
@@ -245,15 +177,9 @@ actions = ["publish"]
 credential = "acme-publish"
 "#;
     let table: &[(&str, &str)] = &[
-        (
-            "unknown = 1\n[grant.claims]\nsub = \"x\"",
-            "unknown field `unknown`",
-        ),
+        ("unknown = 1\n[grant.claims]\nsub = \"x\"", "unknown field `unknown`"),
         ("[grant.claims]", "`claims` may not be empty"),
-        (
-            "[grant.claims]\nsub = { regex = \"x\" }",
-            "unknown key `regex`",
-        ),
+        ("[grant.claims]\nsub = { regex = \"x\" }", "unknown key `regex`"),
         ("[grant.claims]\nsub = 5", "invalid type: integer"),
         ("[grant.claims]\nsub = []", "may not be empty"),
         ("ttl = \"10 minutes\"\n[grant.claims]\nsub = \"x\"", "`ttl`"),
@@ -269,35 +195,16 @@ credential = "acme-publish"
         }
     }
     let swaps: &[(&str, &str, &str)] = &[
-        (
-            "issuer = \"github\"",
-            "issuer = \"gitlub\"",
-            "not a configured issuer",
-        ),
-        (
-            "credential = \"acme-publish\"",
-            "credential = \"nope\"",
-            "not a configured credential",
-        ),
-        (
-            "actions = [\"publish\"]",
-            "actions = [\"admin\"]",
-            "unknown action `admin`",
-        ),
-        (
-            "actions = [\"publish\"]",
-            "actions = [\"whoami\"]\ndist_tags = [\"x\"]",
-            "`dist_tags` applies only",
-        ),
+        ("issuer = \"github\"", "issuer = \"gitlub\"", "not a configured issuer"),
+        ("credential = \"acme-publish\"", "credential = \"nope\"", "not a configured credential"),
+        ("actions = [\"publish\"]", "actions = [\"admin\"]", "unknown action `admin`"),
+        ("actions = [\"publish\"]", "actions = [\"whoami\"]\ndist_tags = [\"x\"]", "`dist_tags` applies only"),
         ("[\"@acme/web\"]", "[\"@Acme/web\"]", "upper case"),
         ("[\"@acme/web\"]", "[\"@acme/a/b\"]", "not a package name"),
         ("[\"@acme/web\"]", "[]", "`packages` may not be empty"),
     ];
     for (from, to, want) in swaps {
-        let text = format!(
-            "[[grant]]\n{}[grant.claims]\nsub = \"x\"\n",
-            base.replace(from, to)
-        );
+        let text = format!("[[grant]]\n{}[grant.claims]\nsub = \"x\"\n", base.replace(from, to));
         let err = grant::parse_file(&PathBuf::from("p.toml"), &text, &CTX).unwrap_err();
         assert!(err.contains(want), "{to}: got {err}");
     }
@@ -322,14 +229,6 @@ fn index_finds_grants_without_scanning() {
     assert_eq!(p.candidates(&pkg("@s1500/x")), vec![1500]);
     assert_eq!(p.candidates(&pkg("p7")), vec![7]);
     assert!(p.candidates(&pkg("zzz")).is_empty());
-    let id = Identity {
-        issuer: "github".into(),
-        claims: json!({"sub": "s1999"}).as_object().unwrap().clone(),
-    };
-    assert_eq!(
-        p.grant_for(&id, &pkg("@s1999/web"), ActionKind::Publish)
-            .unwrap()
-            .name,
-        "g1999"
-    );
+    let id = Identity { issuer: "github".into(), claims: json!({"sub": "s1999"}).as_object().unwrap().clone() };
+    assert_eq!(p.grant_for(&id, &pkg("@s1999/web"), ActionKind::Publish).unwrap().name, "g1999");
 }

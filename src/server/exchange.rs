@@ -29,10 +29,7 @@ pub async fn npm_native(
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     rec.event = "exchange";
-    rec.path = Some(format!(
-        "/-/npm/v1/oidc/token/exchange/package/{}",
-        package.escaped()
-    ));
+    rec.path = Some(format!("/-/npm/v1/oidc/token/exchange/package/{}", package.escaped()));
     rec.action = Some(ActionKind::Publish.as_str());
     rec.package = Some(package.to_string());
     if package.is_legacy() {
@@ -40,14 +37,8 @@ pub async fn npm_native(
     }
     let id_token = bearer_id_token(&req)?;
     let verified = verify_once(app, &id_token, Audience::Exactly(app.npm_audience()), rec).await?;
-    let grant = app
-        .policy()
-        .grant_for(&verified.identity, &package, ActionKind::Publish)
-        .map_err(Refusal::NoGrant)?;
-    let scope = Scope {
-        packages: vec![package],
-        actions: [ActionKind::Publish].into_iter().collect(),
-    };
+    let grant = app.policy().grant_for(&verified.identity, &package, ActionKind::Publish).map_err(Refusal::NoGrant)?;
+    let scope = Scope { packages: vec![package], actions: [ActionKind::Publish].into_iter().collect() };
     let ttl = grant.ttl;
     let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
     let body = serde_json::json!({
@@ -67,11 +58,7 @@ struct ExchangeRequest {
     ttl_seconds: Option<u64>,
 }
 
-pub async fn generic(
-    app: &App,
-    req: Request<Incoming>,
-    rec: &mut Record,
-) -> Result<Response<Body>, Refusal> {
+pub async fn generic(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
     rec.event = "exchange";
     rec.path = Some("/-/phantom/v1/exchange".into());
     let id_token = bearer_id_token(&req)?;
@@ -105,30 +92,21 @@ struct Asked {
 }
 
 async fn read_request(req: Request<Incoming>) -> Result<Asked, Refusal> {
-    let bytes = match Limited::new(req.into_body(), MAX_EXCHANGE_BODY)
-        .collect()
-        .await
-    {
+    let bytes = match Limited::new(req.into_body(), MAX_EXCHANGE_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::TooLarge),
         Err(e) => return Err(Refusal::ClientBody(net::error_chain(&*e))),
     };
-    let bad = Refusal::BadRequest(
-        "the body must be {\"packages\": [...], \"actions\": [...], \"ttl_seconds\": N}",
-    );
-    let doc =
-        parse_object(&bytes).map_err(|_| Refusal::BadRequest("the body must be a JSON object"))?;
+    let bad = Refusal::BadRequest("the body must be {\"packages\": [...], \"actions\": [...], \"ttl_seconds\": N}");
+    let doc = parse_object(&bytes).map_err(|_| Refusal::BadRequest("the body must be a JSON object"))?;
     let asked: ExchangeRequest = serde_json::from_value(doc.into()).map_err(|_| bad)?;
-    if asked.packages.is_empty() || asked.packages.len() > MAX_PACKAGES || asked.actions.is_empty()
-    {
-        return Err(Refusal::BadRequest(
-            "`packages` (at most 100) and `actions` may not be empty",
-        ));
+    if asked.packages.is_empty() || asked.packages.len() > MAX_PACKAGES || asked.actions.is_empty() {
+        return Err(Refusal::BadRequest("`packages` (at most 100) and `actions` may not be empty"));
     }
     let mut packages = Vec::new();
     for p in &asked.packages {
-        let name = PackageName::parse(p)
-            .map_err(|_| Refusal::BadRequest("`packages` holds an invalid package name"))?;
+        let name =
+            PackageName::parse(p).map_err(|_| Refusal::BadRequest("`packages` holds an invalid package name"))?;
         if name.is_legacy() {
             return Err(Refusal::Route(crate::npm::RouteError::LegacyNameWrite));
         }
@@ -138,18 +116,12 @@ async fn read_request(req: Request<Incoming>) -> Result<Asked, Refusal> {
     }
     let mut actions = ActionSet::default();
     for a in &asked.actions {
-        actions.insert(
-            ActionKind::parse(a).ok_or(Refusal::BadRequest("`actions` holds an unknown action"))?,
-        );
+        actions.insert(ActionKind::parse(a).ok_or(Refusal::BadRequest("`actions` holds an unknown action"))?);
     }
     if asked.ttl_seconds == Some(0) {
         return Err(Refusal::BadRequest("`ttl_seconds` must be at least 1"));
     }
-    Ok(Asked {
-        packages,
-        actions,
-        ttl: asked.ttl_seconds.map(Duration::from_secs),
-    })
+    Ok(Asked { packages, actions, ttl: asked.ttl_seconds.map(Duration::from_secs) })
 }
 
 /// The ID token from `Authorization: Bearer`.
@@ -177,16 +149,9 @@ async fn verify_once(
 ) -> Result<Verified, Refusal> {
     let now = audit::unix_now();
     let verified = app.issuers.verify(token, audience, now).await?;
-    rec.identity = Some(identity_summary(
-        &verified.identity.issuer,
-        &verified.identity.claims,
-    ));
+    rec.identity = Some(identity_summary(&verified.identity.issuer, &verified.identity.claims));
     rec.id_token_id = Some(app.audit.id_token_id(&verified.replay_key));
-    if !app
-        .store
-        .claim_id_token(verified.replay_key, verified.replay_until, now)
-        .await?
-    {
+    if !app.store.claim_id_token(verified.replay_key, verified.replay_until, now).await? {
         return Err(Refusal::Replay);
     }
     Ok(verified)
@@ -225,11 +190,7 @@ async fn mint(
     };
     app.store.insert(digest, record).await?;
     rec.decision = "allow";
-    Ok(Minted {
-        token,
-        created,
-        expires,
-    })
+    Ok(Minted { token, created, expires })
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {

@@ -53,11 +53,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     response
 }
 
-async fn process(
-    app: &App,
-    req: Request<Incoming>,
-    rec: &mut Record,
-) -> Result<Response<Body>, Refusal> {
+async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
     refuse_misplaced_phantoms(&req)?;
     match npm::classify(req.method(), req.uri().path(), req.uri().query())? {
         Route::NpmOidcExchange { package } => exchange::npm_native(app, package, req, rec).await,
@@ -102,27 +98,23 @@ async fn forward(
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
-    let upstream = app
-        .upstreams
-        .route(npm.package.as_ref())
-        .ok_or(Refusal::NoUpstream)?;
+    let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
     rec.upstream = Some(upstream.name.clone());
 
     let permit = authorize(app, session.as_ref(), npm, &action)?;
     let (npm, credential) = match &permit {
         Permit::Anonymous(npm) => (npm, None),
         Permit::Granted(authorized) => {
-            let credential = app
-                .credentials
-                .for_authorized(authorized)
-                .filter(|c| c.upstream == upstream.name)
-                .ok_or_else(|| {
-                    Refusal::Internal(format!(
-                        "grant `{}`'s credential does not serve upstream `{}`",
-                        authorized.grant().name,
-                        upstream.name
-                    ))
-                })?;
+            let credential =
+                app.credentials.for_authorized(authorized).filter(|c| c.upstream == upstream.name).ok_or_else(
+                    || {
+                        Refusal::Internal(format!(
+                            "grant `{}`'s credential does not serve upstream `{}`",
+                            authorized.grant().name,
+                            upstream.name
+                        ))
+                    },
+                )?;
             rec.grant = Some(authorized.grant().name.clone());
             (authorized.get(), Some(credential.as_ref()))
         }
@@ -136,33 +128,21 @@ async fn forward(
         check_deprecate(app, upstream, npm, doc, credential).await?;
     }
 
-    rec.decision = if credential.is_some() {
-        "allow"
-    } else {
-        "anonymous"
-    };
+    rec.decision = if credential.is_some() { "allow" } else { "anonymous" };
     let body = match payload {
         Payload::Buffered(bytes) => net::full(bytes),
         Payload::Streamed(incoming) => {
-            Limited::new(incoming, app.config.server.max_body_bytes as usize)
-                .map_err(BoxError::from)
-                .boxed_unsync()
+            Limited::new(incoming, app.config.server.max_body_bytes as usize).map_err(BoxError::from).boxed_unsync()
         }
     };
-    let resp = upstream
-        .send(npm.method.clone(), &path, &parts.headers, body, credential)
-        .await?;
+    let resp = upstream.send(npm.method.clone(), &path, &parts.headers, body, credential).await?;
     rec.upstream_status = Some(resp.status().as_u16());
     Ok(upstream::relay(resp, credential)?)
 }
 
 /// Looks up the phantom in `Authorization`, if any. Anything else there is refused: other
 /// credentials are never forwarded.
-async fn authenticate(
-    app: &App,
-    headers: &HeaderMap,
-    rec: &mut Record,
-) -> Result<Option<Session>, Refusal> {
+async fn authenticate(app: &App, headers: &HeaderMap, rec: &mut Record) -> Result<Option<Session>, Refusal> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -183,10 +163,7 @@ async fn authenticate(
     rec.token_id = Some(app.audit.token_id(&digest));
     match app.store.lookup(&digest, audit::unix_now()).await? {
         Lookup::Live(record) => {
-            rec.identity = Some(identity_summary(
-                &record.identity.issuer,
-                &record.identity.claims,
-            ));
+            rec.identity = Some(identity_summary(&record.identity.issuer, &record.identity.claims));
             Ok(Some(Session { digest, record }))
         }
         Lookup::Expired => Err(Refusal::PhantomNotLive("expired")),
@@ -202,12 +179,7 @@ async fn inspect(
     headers: &HeaderMap,
     incoming: Incoming,
 ) -> Result<(Action, Payload), Refusal> {
-    let plain = |kind| Action {
-        kind,
-        version: None,
-        tags: Vec::new(),
-        deprecate: None,
-    };
+    let plain = |kind| Action { kind, version: None, tags: Vec::new(), deprecate: None };
     if npm.is_read() {
         return Ok((plain(ActionKind::Read), Payload::Streamed(incoming)));
     }
@@ -223,25 +195,14 @@ async fn inspect(
     let action = match (npm.op(), package) {
         (Op::Whoami, _) => plain(ActionKind::Whoami),
         (Op::PutPackument, Some(p)) => match body::check_put_packument(p, &bytes)? {
-            PutPackument::Publish(m) => Action {
-                kind: ActionKind::Publish,
-                version: Some(m.version),
-                tags: m.dist_tags,
-                deprecate: None,
-            },
-            PutPackument::Deprecate(doc) => Action {
-                deprecate: Some(doc),
-                ..plain(ActionKind::Deprecate)
-            },
+            PutPackument::Publish(m) => {
+                Action { kind: ActionKind::Publish, version: Some(m.version), tags: m.dist_tags, deprecate: None }
+            }
+            PutPackument::Deprecate(doc) => Action { deprecate: Some(doc), ..plain(ActionKind::Deprecate) },
         },
         (Op::StagePublish, Some(p)) => {
             let m = body::check_stage_publish(p, &bytes)?;
-            Action {
-                kind: ActionKind::StagePublish,
-                version: Some(m.version),
-                tags: m.dist_tags,
-                deprecate: None,
-            }
+            Action { kind: ActionKind::StagePublish, version: Some(m.version), tags: m.dist_tags, deprecate: None }
         }
         (Op::PutRevision { .. }, Some(p)) => match body::check_put_revision(p, &bytes)? {
             PutRevision::Owner => plain(ActionKind::Owner),
@@ -252,13 +213,8 @@ async fn inspect(
             tags: vec![tag.clone()],
             ..plain(ActionKind::DistTag)
         },
-        (Op::DistTagRemove { tag }, _) => Action {
-            tags: vec![tag.clone()],
-            ..plain(ActionKind::DistTag)
-        },
-        (Op::UnpublishPackage { .. } | Op::UnpublishTarball { .. }, _) => {
-            plain(ActionKind::Unpublish)
-        }
+        (Op::DistTagRemove { tag }, _) => Action { tags: vec![tag.clone()], ..plain(ActionKind::DistTag) },
+        (Op::UnpublishPackage { .. } | Op::UnpublishTarball { .. }, _) => plain(ActionKind::Unpublish),
         (Op::AccessSet, _) => plain(ActionKind::Access),
         _ => return Err(Refusal::Internal("a write route without a package".into())),
     };
@@ -273,32 +229,16 @@ enum Permit {
 
 /// Decides whether the request goes upstream with the grant's credential, without one, or not
 /// at all. Reads of packages outside a phantom's scope go anonymously; writes never do.
-fn authorize(
-    app: &App,
-    session: Option<&Session>,
-    npm: NpmRequest,
-    action: &Action,
-) -> Result<Permit, Refusal> {
+fn authorize(app: &App, session: Option<&Session>, npm: NpmRequest, action: &Action) -> Result<Permit, Refusal> {
     let Some(session) = session else {
-        return if npm.is_read() {
-            Ok(Permit::Anonymous(npm))
-        } else {
-            Err(Refusal::NeedsPhantom)
-        };
+        return if npm.is_read() { Ok(Permit::Anonymous(npm)) } else { Err(Refusal::NeedsPhantom) };
     };
     if npm.always_anonymous() {
         return Ok(Permit::Anonymous(npm));
     }
     let r = &session.record;
-    let req = Requested {
-        package: npm.package.as_ref(),
-        action: action.kind,
-        tags: &action.tags,
-    };
-    match app
-        .policy()
-        .authorize(&r.identity, &r.grant, &r.scope, req, npm.clone())
-    {
+    let req = Requested { package: npm.package.as_ref(), action: action.kind, tags: &action.tags };
+    match app.policy().authorize(&r.identity, &r.grant, &r.scope, req, npm.clone()) {
         Ok(authorized) => Ok(Permit::Granted(authorized)),
         Err(_) if action.kind == ActionKind::Read => Ok(Permit::Anonymous(npm)),
         Err(denial) => Err(Refusal::Denied(denial)),
@@ -306,12 +246,7 @@ fn authorize(
 }
 
 /// Spends one write use. An identical retry (same method, path and body) is not a new use.
-async fn spend_use(
-    app: &App,
-    session: &Session,
-    npm: &NpmRequest,
-    payload: &Payload,
-) -> Result<(), Refusal> {
+async fn spend_use(app: &App, session: &Session, npm: &NpmRequest, payload: &Payload) -> Result<(), Refusal> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(npm.method.as_str().as_bytes());
     ctx.update(&[0]);
@@ -322,11 +257,7 @@ async fn spend_use(
     }
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(ctx.finish().as_ref());
-    match app
-        .store
-        .consume_use(&session.digest, fingerprint, audit::unix_now())
-        .await?
-    {
+    match app.store.consume_use(&session.digest, fingerprint, audit::unix_now()).await? {
         UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(()),
         UseOutcome::Exhausted => Err(Refusal::UsesExhausted),
         UseOutcome::NotLive => Err(Refusal::PhantomNotLive("expired or revoked")),
@@ -341,24 +272,14 @@ async fn check_deprecate(
     doc: &serde_json::Map<String, serde_json::Value>,
     credential: &Credential,
 ) -> Result<(), Refusal> {
-    let package = npm
-        .package
-        .as_ref()
-        .ok_or(Refusal::Internal("deprecate without a package".into()))?;
+    let package = npm.package.as_ref().ok_or(Refusal::Internal("deprecate without a package".into()))?;
     let path = format!("/{}?write=true", package.escaped());
-    let (status, bytes) = upstream
-        .fetch_json(&path, credential, app.config.server.max_body_bytes as usize)
-        .await?;
+    let (status, bytes) = upstream.fetch_json(&path, credential, app.config.server.max_body_bytes as usize).await?;
     if status != 200 {
-        return Err(Refusal::Upstream(upstream::UpstreamError::Failed(format!(
-            "the packument answered {status}"
-        ))));
+        return Err(Refusal::Upstream(upstream::UpstreamError::Failed(format!("the packument answered {status}"))));
     }
-    let current = crate::json::parse_object(&bytes).map_err(|_| {
-        Refusal::Upstream(upstream::UpstreamError::Failed(
-            "the packument is not JSON".into(),
-        ))
-    })?;
+    let current = crate::json::parse_object(&bytes)
+        .map_err(|_| Refusal::Upstream(upstream::UpstreamError::Failed("the packument is not JSON".into())))?;
     body::check_deprecate(doc, &current)?;
     Ok(())
 }
@@ -369,9 +290,8 @@ fn require_plain_json(headers: &HeaderMap) -> Result<(), Refusal> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let encoded =
+        headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if !json || encoded {
         return Err(Refusal::UnsupportedMedia);
     }
@@ -380,10 +300,8 @@ fn require_plain_json(headers: &HeaderMap) -> Result<(), Refusal> {
 
 /// Reads a whole body, refusing it as soon as it passes `limit`.
 async fn read_body(headers: &HeaderMap, incoming: Incoming, limit: u64) -> Result<Bytes, Refusal> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Refusal::TooLarge);
     }
@@ -397,16 +315,13 @@ async fn read_body(headers: &HeaderMap, incoming: Incoming, limit: u64) -> Resul
 /// Phantoms are accepted only in `Authorization`. One in the query string, `Proxy-Authorization`
 /// or a cookie is refused, so it is never forwarded or logged from there.
 fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
-    let has =
-        |v: &[u8]| memchr::memmem::find(v, crate::phantom::token::PREFIX.as_bytes()).is_some();
+    let has = |v: &[u8]| memchr::memmem::find(v, crate::phantom::token::PREFIX.as_bytes()).is_some();
     let in_query = req.uri().query().is_some_and(|q| has(q.as_bytes()));
     let in_headers = [header::PROXY_AUTHORIZATION, header::COOKIE]
         .iter()
         .any(|h| req.headers().get_all(h).iter().any(|v| has(v.as_bytes())));
     if in_query || in_headers {
-        return Err(Refusal::BadRequest(
-            "phantom tokens are accepted only in the Authorization header",
-        ));
+        return Err(Refusal::BadRequest("phantom tokens are accepted only in the Authorization header"));
     }
     Ok(())
 }

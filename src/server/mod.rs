@@ -59,15 +59,10 @@ impl App {
         let policy = Policy::load_dir(&config.policy_dir, &ctx).map_err(|e| e.to_string())?;
         let rng = SystemRandom::new();
         let audit_key = match &config.audit.key {
-            Some(source) => read_secret(source)
-                .map_err(|e| format!("audit key: {e}"))?
-                .expose()
-                .as_bytes()
-                .to_vec(),
+            Some(source) => read_secret(source).map_err(|e| format!("audit key: {e}"))?.expose().as_bytes().to_vec(),
             None => {
                 let mut key = vec![0u8; 32];
-                rng.fill(&mut key)
-                    .map_err(|_| "the system random source failed")?;
+                rng.fill(&mut key).map_err(|_| "the system random source failed")?;
                 tracing::info!("token ids in the audit log use a per-process key; set [audit] key to keep them stable across restarts");
                 key
             }
@@ -88,10 +83,7 @@ impl App {
 
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn npm_audience(&self) -> &str {
@@ -100,19 +92,11 @@ impl App {
 }
 
 /// Serves until `shutdown` resolves, then drains open connections for a bounded time.
-pub async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), String> {
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -152,8 +136,7 @@ pub async fn serve(
         let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-            {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 _ => return,
             };

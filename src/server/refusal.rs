@@ -58,14 +58,8 @@ impl Refusal {
         let code = match self {
             Refusal::Route(e) => e.status(),
             Refusal::Body(e) => e.status(),
-            Refusal::Forbidden(_)
-            | Refusal::Denied(_)
-            | Refusal::NoGrant(_)
-            | Refusal::UsesExhausted => 403,
-            Refusal::NeedsPhantom
-            | Refusal::NotAPhantom
-            | Refusal::BadPhantom(_)
-            | Refusal::PhantomNotLive(_) => 401,
+            Refusal::Forbidden(_) | Refusal::Denied(_) | Refusal::NoGrant(_) | Refusal::UsesExhausted => 403,
+            Refusal::NeedsPhantom | Refusal::NotAPhantom | Refusal::BadPhantom(_) | Refusal::PhantomNotLive(_) => 401,
             Refusal::Identity(e) => e.status(),
             Refusal::Replay => 401,
             Refusal::BadRequest(_) | Refusal::ClientBody(_) => 400,
@@ -82,13 +76,19 @@ impl Refusal {
     /// What the caller is told: fixed text that never echoes a token or a policy detail.
     pub fn client_message(&self) -> String {
         match self {
-            Refusal::NeedsPhantom => "this registry accepts writes only with a phantom token: exchange a CI OIDC ID token \
+            Refusal::NeedsPhantom => {
+                "this registry accepts writes only with a phantom token: exchange a CI OIDC ID token \
                  with `phantom login` or POST /-/phantom/v1/exchange (npm >= 11.5.1 does this itself on publish)"
-                .into(),
-            Refusal::NotAPhantom => "this registry accepts only phantom tokens (phm_...); other credentials are never forwarded".into(),
+                    .into()
+            }
+            Refusal::NotAPhantom => {
+                "this registry accepts only phantom tokens (phm_...); other credentials are never forwarded".into()
+            }
             Refusal::Denied(_) => "the phantom token does not allow this action on this package".into(),
             Refusal::NoGrant(_) => "no grant in the broker's policy allows this identity to do that".into(),
-            Refusal::Identity(IdentityError::KeysUnavailable(_)) => "the issuer's signing keys are unavailable; try again later".into(),
+            Refusal::Identity(IdentityError::KeysUnavailable(_)) => {
+                "the issuer's signing keys are unavailable; try again later".into()
+            }
             Refusal::Store(_) => "the broker's state store is unavailable".into(),
             Refusal::Upstream(UpstreamError::Timeout) => "the upstream registry did not answer in time".into(),
             Refusal::Upstream(_) => "the upstream registry could not be reached or answered badly".into(),

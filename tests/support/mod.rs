@@ -28,20 +28,12 @@ pub fn repo() -> PathBuf {
 
 fn node_bin(name: &str) -> PathBuf {
     let path = repo().join("tests/node/node_modules/.bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `bash .ci/run`, or `npm ci` in tests/node",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `bash .ci/run`, or `npm ci` in tests/node", path.display());
     path
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process, killed and reaped on drop.
@@ -63,21 +55,9 @@ pub struct Certs {
 /// The broker's own `phantom certs dev` makes the CA and the server certificate for every
 /// TLS listener here (broker, Verdaccio, issuer).
 fn dev_certs(dir: &Path) -> Certs {
-    let out = Command::new(env!("CARGO_BIN_EXE_phantom"))
-        .args(["certs", "dev", "--out"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "certs dev failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Certs {
-        ca: dir.join("ca.pem"),
-        cert: dir.join("server.pem"),
-        key: dir.join("server-key.pem"),
-    }
+    let out = Command::new(env!("CARGO_BIN_EXE_phantom")).args(["certs", "dev", "--out"]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "certs dev failed: {}", String::from_utf8_lossy(&out.stderr));
+    Certs { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") }
 }
 
 /// Polls `check` every 50 ms for at most `limit`.
@@ -120,47 +100,23 @@ pub struct Http {
 
 impl Http {
     fn new(ca: &Path) -> Http {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let client = {
             let _guard = rt.enter();
-            net::https_client(
-                net::client_config(Some(ca)).unwrap(),
-                Duration::from_secs(5),
-            )
+            net::https_client(net::client_config(Some(ca)).unwrap(), Duration::from_secs(5))
         };
-        Http {
-            rt,
-            client,
-            seen: Mutex::new(Vec::new()),
-        }
+        Http { rt, client, seen: Mutex::new(Vec::new()) }
     }
 
-    pub fn request(
-        &self,
-        method: &str,
-        url: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Resp {
-        let mut req = Request::builder()
-            .method(Method::from_bytes(method.as_bytes()).unwrap())
-            .uri(url);
+    pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+        let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let req = req.body(net::full(body.into())).unwrap();
         let (parts, body) = self
             .rt
-            .block_on(net::fetch(
-                &self.client,
-                req,
-                Duration::from_secs(30),
-                512 * 1024 * 1024,
-            ))
+            .block_on(net::fetch(&self.client, req, Duration::from_secs(30), 512 * 1024 * 1024))
             .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let mut seen = self.seen.lock().unwrap();
         for (k, v) in &parts.headers {
@@ -168,11 +124,7 @@ impl Http {
             seen.extend_from_slice(v.as_bytes());
         }
         seen.extend_from_slice(&body);
-        Resp {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
-        }
+        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
     }
 }
 
@@ -191,11 +143,8 @@ impl Verdaccio {
         std::fs::create_dir_all(&storage).unwrap();
         // Verdaccio 6 signs its tokens with the secret in this file; a fresh one per run makes
         // the publisher's token a unique canary.
-        std::fs::write(
-            storage.join(".verdaccio-db.json"),
-            json!({"list": [], "secret": random_hex(16)}).to_string(),
-        )
-        .unwrap();
+        std::fs::write(storage.join(".verdaccio-db.json"), json!({"list": [], "secret": random_hex(16)}).to_string())
+            .unwrap();
         let config = std::fs::read_to_string(repo().join("tests/node/verdaccio.yaml.template"))
             .unwrap()
             .replace("{{STORAGE}}", &storage.display().to_string())
@@ -218,38 +167,26 @@ impl Verdaccio {
             .unwrap();
         let proc = Proc(child);
         let url = format!("https://127.0.0.1:{port}/");
-        wait_until("verdaccio", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        wait_until("verdaccio", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
         wait_until("verdaccio ping", Duration::from_secs(10), || {
             http.request("GET", &format!("{url}-/ping"), &[], "").status == 200
         });
         let password = random_hex(12);
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{password}"))
-        );
+        let basic =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{password}")));
         let body = json!({"_id": format!("org.couchdb.user:{PUBLISHER}"), "name": PUBLISHER, "password": password,
             "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
         let r = http.request(
             "PUT",
             &format!("{url}-/user/org.couchdb.user:{PUBLISHER}"),
-            &[
-                ("content-type", "application/json"),
-                ("authorization", &basic),
-            ],
+            &[("content-type", "application/json"), ("authorization", &basic)],
             body.to_string(),
         );
         assert_eq!(r.status, 201, "creating the publisher: {}", r.text());
         let token = r.json()["token"].as_str().unwrap().to_owned();
         // The response carrying the token was seen by the harness, not by a client of the broker.
         http.seen.lock().unwrap().clear();
-        Verdaccio {
-            _proc: proc,
-            url,
-            storage,
-            token,
-        }
+        Verdaccio { _proc: proc, url, storage, token }
     }
 }
 
@@ -325,11 +262,7 @@ impl Broker {
 
     pub fn restart(&mut self) {
         self.proc = None;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_phantom"))
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -342,8 +275,7 @@ impl Broker {
         self.proc = Some(Proc(child));
         let line = first_line(stdout, Duration::from_secs(20));
         assert!(
-            line.as_deref()
-                .is_some_and(|l| l.starts_with("phantom: listening on")),
+            line.as_deref().is_some_and(|l| l.starts_with("phantom: listening on")),
             "the broker did not start: {line:?}; log: {}",
             std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
         );
@@ -432,20 +364,8 @@ path = "audit/phantom.jsonl"
         );
         let broker = Broker::start(&root.join("broker"), broker_port, &config, policy);
         std::fs::create_dir_all(root.join("home")).unwrap();
-        std::fs::write(
-            root.join("npmrc"),
-            format!("registry={broker_url}\ncafile={}\n", certs.ca.display()),
-        )
-        .unwrap();
-        World {
-            dir,
-            certs,
-            http,
-            issuer,
-            verdaccio,
-            broker,
-            npm_output: Mutex::new(Vec::new()),
-        }
+        std::fs::write(root.join("npmrc"), format!("registry={broker_url}\ncafile={}\n", certs.ca.display())).unwrap();
+        World { dir, certs, http, issuer, verdaccio, broker, npm_output: Mutex::new(Vec::new()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -472,10 +392,7 @@ path = "audit/phantom.jsonl"
         if let Some(claims) = oidc {
             let overrides = URL_SAFE_NO_PAD.encode(claims.to_string());
             cmd.env("GITHUB_ACTIONS", "true")
-                .env(
-                    "ACTIONS_ID_TOKEN_REQUEST_URL",
-                    format!("{}/token?claims={overrides}", self.issuer.url),
-                )
+                .env("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{}/token?claims={overrides}", self.issuer.url))
                 .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &self.issuer.request_token)
                 .env("NODE_EXTRA_CA_CERTS", &self.certs.ca);
         }
@@ -488,27 +405,17 @@ path = "audit/phantom.jsonl"
 
     /// A package directory ready for `npm publish`.
     pub fn package(&self, name: &str, version: &str) -> PathBuf {
-        let dir = self
-            .root()
-            .join("pkgs")
-            .join(format!("{}-{version}", name.replace('/', "_")));
+        let dir = self.root().join("pkgs").join(format!("{}-{version}", name.replace('/', "_")));
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = json!({"name": name, "version": version, "description": "phantom-broker test package", "main": "index.js", "license": "MIT"});
         std::fs::write(dir.join("package.json"), manifest.to_string()).unwrap();
-        std::fs::write(
-            dir.join("index.js"),
-            format!("module.exports = {:?};\n", format!("{name}@{version}")),
-        )
-        .unwrap();
+        std::fs::write(dir.join("index.js"), format!("module.exports = {:?};\n", format!("{name}@{version}"))).unwrap();
         dir
     }
 
     /// GitHub-shaped claims as the issuer mints them by default, for `aud`.
     pub fn github_claims(&self, aud: &str) -> Value {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         json!({
             "iss": self.issuer.url, "aud": aud, "jti": random_hex(16),
             "sub": "repo:acme/web:ref:refs/heads/main", "repository": "acme/web", "repository_id": "123456789",
@@ -550,29 +457,12 @@ path = "audit/phantom.jsonl"
         self.mint(&claims, "rsa", json!({}))
     }
 
-    pub fn broker(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: impl Into<Bytes>,
-    ) -> Resp {
-        self.http.request(
-            method,
-            &format!("{}{}", self.broker.url, path.trim_start_matches('/')),
-            headers,
-            body,
-        )
+    pub fn broker(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+        self.http.request(method, &format!("{}{}", self.broker.url, path.trim_start_matches('/')), headers, body)
     }
 
     /// The generic exchange.
-    pub fn exchange(
-        &self,
-        id_token: &str,
-        packages: &[&str],
-        actions: &[&str],
-        ttl: Option<u64>,
-    ) -> Resp {
+    pub fn exchange(&self, id_token: &str, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> Resp {
         let mut body = json!({"packages": packages, "actions": actions});
         if let Some(t) = ttl {
             body["ttl_seconds"] = t.into();
@@ -580,10 +470,7 @@ path = "audit/phantom.jsonl"
         self.broker(
             "POST",
             "/-/phantom/v1/exchange",
-            &[
-                ("authorization", &format!("Bearer {id_token}")),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &format!("Bearer {id_token}")), ("content-type", "application/json")],
             body.to_string(),
         )
     }
@@ -614,9 +501,7 @@ path = "audit/phantom.jsonl"
 
     /// The packument as Verdaccio itself serves it (not through the broker).
     pub fn upstream_packument(&self, escaped: &str) -> Resp {
-        let r = self
-            .http
-            .request("GET", &format!("{}{escaped}", self.verdaccio.url), &[], "");
+        let r = self.http.request("GET", &format!("{}{escaped}", self.verdaccio.url), &[], "");
         self.http.seen.lock().unwrap().clear();
         r
     }
@@ -626,40 +511,23 @@ path = "audit/phantom.jsonl"
     pub fn assert_canary_contained(&self) {
         let canary = self.verdaccio.token.as_bytes();
         let contains = |hay: &[u8]| memchr::memmem::find(hay, canary).is_some();
-        assert!(
-            !contains(&self.http.seen.lock().unwrap()),
-            "the canary reached a client response"
-        );
-        assert!(
-            !contains(&self.npm_output.lock().unwrap()),
-            "the canary reached npm's output"
-        );
+        assert!(!contains(&self.http.seen.lock().unwrap()), "the canary reached a client response");
+        assert!(!contains(&self.npm_output.lock().unwrap()), "the canary reached npm's output");
         let mut files = Vec::new();
-        for d in [
-            self.broker.dir.clone(),
-            self.root().join("npm-cache"),
-            self.root().join("home"),
-            self.root().join("pkgs"),
-        ] {
+        for d in
+            [self.broker.dir.clone(), self.root().join("npm-cache"), self.root().join("home"), self.root().join("pkgs")]
+        {
             collect_files(&d, &mut files);
         }
         files.push(self.npmrc());
-        assert!(
-            files.iter().any(|f| f.ends_with("phantom.jsonl")),
-            "no audit log was written"
-        );
+        assert!(files.iter().any(|f| f.ends_with("phantom.jsonl")), "no audit log was written");
         for f in files {
             let bytes = std::fs::read(&f).unwrap();
             assert!(!contains(&bytes), "the canary is in {}", f.display());
         }
         // The token reached Verdaccio: only it can have made Verdaccio accept a publish.
         let stored = self.storage();
-        assert!(
-            stored
-                .keys()
-                .any(|p| p.extension().is_some_and(|x| x == "tgz")),
-            "nothing was ever published"
-        );
+        assert!(stored.keys().any(|p| p.extension().is_some_and(|x| x == "tgz")), "nothing was ever published");
     }
 }
 
@@ -682,9 +550,5 @@ pub fn ok(out: &Output) -> bool {
 }
 
 pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
