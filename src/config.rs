@@ -37,6 +37,15 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     pub audit: AuditConfig,
     pub policy_dir: PathBuf,
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin listener: health, metrics, phantom listing and revocation, freeze, policy reload.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// The bearer token `/admin/v1/*` requires.
+    pub token: SecretSource,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +122,14 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     policy: RawPolicy,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<String>,
+    token: SecretSource,
 }
 
 #[derive(Deserialize)]
@@ -338,7 +355,23 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         }
     }
 
+    let admin = match raw.admin {
+        None => None,
+        Some(a) => {
+            let text = a.listen.as_deref().unwrap_or("127.0.0.1:9090");
+            let listen = text
+                .parse()
+                .map_err(|_| format!("`admin.listen`: `{text}` is not an address like \"127.0.0.1:9090\""))?;
+            let token = match a.token {
+                SecretSource::File(p) => SecretSource::File(rel(&p)),
+                env => env,
+            };
+            Some(AdminConfig { listen, token })
+        }
+    };
+
     Ok(Config {
+        admin,
         path: path.to_owned(),
         server,
         upstreams,

@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+pub mod admin_client;
 pub mod audit;
 pub mod certs;
 pub mod config;

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use phantom_broker::{audit, certs, config::Config, login, policy, server};
+use phantom_broker::{admin_client, audit, certs, config::Config, login, policy, server};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +35,30 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Revoke live phantoms (through the admin API).
+    Revoke {
+        #[command(flatten)]
+        which: RevokeWhich,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List live phantoms: ids, identities, packages, expiry (never the tokens).
+    Phantoms {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Freeze writes to packages matching PATTERN (incident response).
+    Freeze {
+        pattern: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift a freeze.
+    Thaw {
+        pattern: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
     Login {
         /// The broker's registry URL, e.g. https://npm-broker.example.com/
@@ -62,6 +86,33 @@ enum Command {
         #[arg(long)]
         ca_file: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The broker's config: the admin address and token come from its [admin] section.
+    #[arg(long, default_value = "phantom.toml")]
+    config: PathBuf,
+    /// Extra CA certificates to trust for the admin listener (e.g. certs/ca.pem).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct RevokeWhich {
+    /// A token id, as the audit log and `phantom phantoms` show it.
+    #[arg(long)]
+    id: Option<String>,
+    /// Every phantom whose ID token had this `sub`.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Every phantom of this repository (GitHub `repository`, GitLab `project_path`).
+    #[arg(long)]
+    repository: Option<String>,
+    /// Every live phantom.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Subcommand)]
@@ -140,6 +191,38 @@ fn run() -> Result<()> {
             }
         },
         Command::Policy { command } => policy_command(command),
+        Command::Revoke { which, admin } => {
+            let body = match which {
+                RevokeWhich { id: Some(id), .. } => serde_json::json!({ "id": id }),
+                RevokeWhich { subject: Some(s), .. } => serde_json::json!({ "subject": s }),
+                RevokeWhich { repository: Some(r), .. } => serde_json::json!({ "repository": r }),
+                _ => serde_json::json!({ "all": true }),
+            };
+            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/revoke", Some(body)))?;
+            println!("revoked {} phantom(s)", answer["revoked"]);
+            Ok(())
+        }
+        Command::Phantoms { admin } => {
+            let answer = rt.block_on(admin_call(&admin, http::Method::GET, "/admin/v1/phantoms", None))?;
+            println!("{}", serde_json::to_string_pretty(&answer["phantoms"])?);
+            Ok(())
+        }
+        Command::Freeze { pattern, admin } | Command::Thaw { pattern, admin } if pattern.is_empty() => {
+            let _ = admin;
+            bail!("give at least one package pattern")
+        }
+        Command::Freeze { pattern, admin } => {
+            let body = serde_json::json!({ "packages": pattern });
+            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/freeze", Some(body)))?;
+            println!("frozen: {}", answer["frozen"]);
+            Ok(())
+        }
+        Command::Thaw { pattern, admin } => {
+            let body = serde_json::json!({ "packages": pattern });
+            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/thaw", Some(body)))?;
+            println!("frozen: {}", answer["frozen"]);
+            Ok(())
+        }
         Command::Login { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file } => {
             let args =
                 login::LoginArgs { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file };
@@ -150,15 +233,34 @@ fn run() -> Result<()> {
     }
 }
 
+async fn admin_call(
+    admin: &AdminArgs,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value> {
+    let config = Config::load(&admin.config)?;
+    admin_client::call(&config, admin.ca_file.as_deref(), method, path, body).await.map_err(anyhow::Error::msg)
+}
+
 async fn serve(config: PathBuf) -> Result<()> {
     let config = Config::load(&config)?;
     let listen = config.server.listen;
     let app = Arc::new(server::App::new(config).map_err(anyhow::Error::msg)?);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
+    let admin = match &app.config.admin {
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?,
+        ),
+        None => None,
+    };
+    if let Some(admin) = &admin {
+        tracing::info!(addr = %admin.local_addr()?, "admin listener");
+    }
     println!("phantom: listening on https://{addr}/");
     tracing::info!(%addr, grants = app.policy().len(), "listening");
-    server::serve(app, listener, shutdown_signal()).await.map_err(anyhow::Error::msg)
+    server::serve(app, listener, admin, shutdown_signal()).await.map_err(anyhow::Error::msg)
 }
 
 async fn shutdown_signal() {

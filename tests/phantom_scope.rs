@@ -193,3 +193,66 @@ fn phantom_login_then_npm_dist_tag() {
     assert!(text(&again).contains("401"), "{}", text(&again));
     w.assert_canary_contained();
 }
+
+#[test]
+fn revocation_freeze_and_listing_through_the_admin_api() {
+    let w = World::start(DEFAULT_POLICY);
+    let auth = |t: &str| format!("Bearer {t}");
+
+    // Listing shows ids, identity and scope, never the token.
+    let p = w.phantom(&["pb-r"], &["publish"], None);
+    let listed = w.admin("GET", "/admin/v1/phantoms", Value::Null);
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    assert!(!listed.text().contains(&p) && !listed.text().contains("phm_"));
+    let entry = &listed.json()["phantoms"][0];
+    assert_eq!(entry["repository"], "acme/web");
+    assert_eq!(entry["packages"], json!(["pb-r"]));
+    assert_eq!(entry["uses_left"], 3);
+    let id = entry["id"].as_str().unwrap().to_owned();
+
+    // The admin API needs its token.
+    let r =
+        w.http.request("GET", &format!("{}admin/v1/phantoms", w.broker.admin_url), &[("authorization", &auth(&p))], "");
+    assert_eq!(r.status, 401);
+    assert_eq!(w.http.request("GET", &format!("{}healthz", w.broker.admin_url), &[], "").status, 200);
+
+    // Revoked by id: refused at once, and nothing reaches Verdaccio.
+    let before = w.storage();
+    assert_eq!(w.admin("POST", "/admin/v1/revoke", json!({"id": id})).json()["revoked"], 1);
+    let r = put(&w, &p, "pb-r", publish_body("pb-r", "pb-r", "1.0.0", "latest"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("revoked"));
+    assert_eq!(before, w.storage());
+
+    // Revoked by repository: every phantom of that repository.
+    let p1 = w.phantom(&["pb-r"], &["publish"], None);
+    let p2 = w.phantom(&["pb-s"], &["publish"], None);
+    assert_eq!(w.admin("POST", "/admin/v1/revoke", json!({"repository": "acme/web"})).json()["revoked"], 2);
+    for p in [&p1, &p2] {
+        assert_eq!(w.broker("GET", "/pb-r", &[("authorization", &auth(p))], "").status, 401);
+    }
+    assert_eq!(w.admin("POST", "/admin/v1/revoke", json!({"id": "x", "all": true})).status, 400);
+
+    // Freeze: writes refused while frozen, whatever the phantom; thaw restores them.
+    let p = w.phantom(&["@acme/frozen"], &["publish"], None);
+    let frozen = w.admin("POST", "/admin/v1/freeze", json!({"packages": ["@acme/*"]}));
+    assert_eq!(frozen.json()["frozen"], json!(["@acme/*"]));
+    let r = put(&w, &p, "@acme/frozen", publish_body("@acme/frozen", "@acme/frozen", "1.0.0", "latest"));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("frozen"));
+    assert_eq!(before, w.storage());
+    let dir = w.package("@acme/frozen", "1.0.0");
+    let out = w.npm(&dir, &["publish"], Some(&json!({})));
+    assert!(!ok(&out), "npm publish during a freeze: {}", text(&out));
+    assert_eq!(w.admin("POST", "/admin/v1/thaw", json!({"packages": ["@acme/*"]})).json()["frozen"], json!([]));
+    let r = put(&w, &p, "@acme/frozen", publish_body("@acme/frozen", "@acme/frozen", "1.0.0", "latest"));
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    let admin_lines: Vec<Value> = w.broker.audit_lines().into_iter().filter(|l| l["event"] == "admin").collect();
+    let actions: Vec<&str> = admin_lines.iter().filter_map(|l| l["action"].as_str()).collect();
+    for a in ["list", "revoke", "freeze", "thaw"] {
+        assert!(actions.contains(&a), "{a} not audited: {actions:?}");
+    }
+    assert!(admin_lines.iter().any(|l| l["status"] == 401));
+    w.assert_canary_contained();
+}

@@ -3,5 +3,7 @@
 pub mod store;
 pub mod token;
 
-pub use store::{Fingerprint, Lookup, MemoryStore, PhantomRecord, PhantomStore, StoreError, UseOutcome};
+pub use store::{
+    Fingerprint, Listed, Lookup, MemoryStore, PhantomRecord, PhantomStore, Selector, StoreError, UseOutcome,
+};
 pub use token::{FormatError, PhantomToken, TokenDigest};

@@ -53,6 +53,39 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Which phantoms to revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// By token id (the keyed hash shown in the audit log and listings).
+    Id(String),
+    /// By the ID token's `sub`.
+    Subject(String),
+    /// By `repository` (GitHub) or `project_path` (GitLab).
+    Repository(String),
+    All,
+}
+
+impl Selector {
+    pub fn picks(&self, r: &PhantomRecord) -> bool {
+        match self {
+            Selector::Id(id) => r.id == *id,
+            Selector::Subject(s) => r.identity.claim("sub") == Some(s.as_str()),
+            Selector::Repository(repo) => {
+                r.identity.claim("repository") == Some(repo.as_str())
+                    || r.identity.claim("project_path") == Some(repo.as_str())
+            }
+            Selector::All => true,
+        }
+    }
+}
+
+/// A live phantom as listings show it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub record: Arc<PhantomRecord>,
+    pub uses_left: Option<u32>,
+}
+
 /// A digest of one request's method, path and body: what makes two writes "the same".
 pub type Fingerprint = [u8; 32];
 
@@ -70,8 +103,11 @@ pub trait PhantomStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
-    /// Returns whether a live phantom was revoked.
-    fn revoke(&self, digest: &TokenDigest) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Revokes every live phantom the selector picks; returns how many.
+    fn revoke(&self, which: &Selector) -> impl Future<Output = Result<usize, StoreError>> + Send;
+
+    /// Live phantoms (never the tokens), with the writes each has left.
+    fn list(&self, now: u64) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
 
     /// Records an ID token as spent until `until` (unix seconds). Returns false if it already was.
     fn claim_id_token(
@@ -153,14 +189,29 @@ impl PhantomStore for MemoryStore {
         Ok(UseOutcome::Counted { remaining: max.map(|m| m - e.used) })
     }
 
-    async fn revoke(&self, digest: &TokenDigest) -> Result<bool, StoreError> {
-        Ok(match self.phantoms.get_mut(digest) {
-            Some(mut e) if !e.revoked => {
+    async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for mut e in self.phantoms.iter_mut() {
+            if !e.revoked && which.picks(&e.record) {
                 e.revoked = true;
-                true
+                n += 1;
             }
-            _ => false,
-        })
+        }
+        Ok(n)
+    }
+
+    async fn list(&self, now: u64) -> Result<Vec<Listed>, StoreError> {
+        let mut out: Vec<Listed> = self
+            .phantoms
+            .iter()
+            .filter(|e| !e.revoked && now < e.record.expires_at)
+            .map(|e| Listed {
+                record: e.record.clone(),
+                uses_left: e.record.max_uses.map(|m| m.saturating_sub(e.used)),
+            })
+            .collect();
+        out.sort_by(|a, b| a.record.issued_at.cmp(&b.record.issued_at).then_with(|| a.record.id.cmp(&b.record.id)));
+        Ok(out)
     }
 
     async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
@@ -224,8 +275,11 @@ mod tests {
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Retry);
             assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
-            assert!(s.revoke(&d).await.unwrap());
-            assert!(!s.revoke(&d).await.unwrap());
+            assert_eq!(s.list(50).await.unwrap()[0].uses_left, Some(0));
+            assert_eq!(s.revoke(&Selector::Id("other".into())).await.unwrap(), 0);
+            assert_eq!(s.revoke(&Selector::Id("id".into())).await.unwrap(), 1);
+            assert_eq!(s.revoke(&Selector::All).await.unwrap(), 0);
+            assert!(s.list(50).await.unwrap().is_empty());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));
             assert_eq!(use_(1).await.unwrap(), UseOutcome::NotLive);
             s.sweep(100 + EXPIRED_GRACE).await;

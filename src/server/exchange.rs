@@ -35,6 +35,9 @@ pub async fn npm_native(
     if package.is_legacy() {
         return Err(Refusal::Route(crate::npm::RouteError::LegacyNameWrite));
     }
+    if app.is_frozen(&package) {
+        return Err(Refusal::Frozen);
+    }
     let id_token = bearer_id_token(&req)?;
     let verified = verify_once(app, &id_token, Audience::Exactly(app.npm_audience()), rec).await?;
     let grant = app.policy().grant_for(&verified.identity, &package, ActionKind::Publish).map_err(Refusal::NoGrant)?;

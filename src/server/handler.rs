@@ -98,6 +98,9 @@ async fn forward(
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
+    if action.kind.is_write() && npm.package.as_ref().is_some_and(|p| app.is_frozen(p)) {
+        return Err(Refusal::Frozen);
+    }
     let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
     rec.upstream = Some(upstream.name.clone());
 

@@ -1,5 +1,6 @@
 //! The registry-facing HTTPS listener and the state every request shares.
 
+mod admin;
 mod exchange;
 mod handler;
 mod refusal;
@@ -12,7 +13,8 @@ use crate::credentials::{read_secret, Credentials};
 use crate::identity::Issuers;
 use crate::net;
 use crate::phantom::{MemoryStore, PhantomStore};
-use crate::policy::{Policy, PolicyContext};
+use crate::policy::{Glob, Policy, PolicyContext};
+use crate::secret::Secret;
 use crate::upstream::Upstreams;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,6 +44,9 @@ pub struct App {
     pub audit: Audit,
     pub rng: SystemRandom,
     npm_audience: String,
+    /// Package patterns whose writes are frozen (incident response).
+    frozen: RwLock<Vec<Glob>>,
+    admin_token: Option<Secret>,
 }
 
 impl App {
@@ -57,6 +62,10 @@ impl App {
             max_ttl: config.server.max_ttl,
         };
         let policy = Policy::load_dir(&config.policy_dir, &ctx).map_err(|e| e.to_string())?;
+        let admin_token = match &config.admin {
+            Some(a) => Some(read_secret(&a.token).map_err(|e| format!("admin token: {e}"))?),
+            None => None,
+        };
         let rng = SystemRandom::new();
         let audit_key = match &config.audit.key {
             Some(source) => read_secret(source).map_err(|e| format!("audit key: {e}"))?.expose().as_bytes().to_vec(),
@@ -76,6 +85,8 @@ impl App {
             policy: RwLock::new(Arc::new(policy)),
             store: MemoryStore::new(),
             rng,
+            frozen: RwLock::new(Vec::new()),
+            admin_token,
             config,
         };
         Ok(app)
@@ -89,10 +100,44 @@ impl App {
     pub fn npm_audience(&self) -> &str {
         &self.npm_audience
     }
+
+    /// Re-reads the policy directory. On any error the policy in force is kept.
+    pub fn reload_policy(&self) -> Result<usize, String> {
+        let issuers = self.config.issuer_names();
+        let credentials = self.config.credential_names();
+        let ctx = PolicyContext {
+            issuers: &issuers,
+            credentials: &credentials,
+            default_ttl: self.config.server.default_ttl,
+            max_ttl: self.config.server.max_ttl,
+        };
+        let policy = Policy::load_dir(&self.config.policy_dir, &ctx).map_err(|e| e.to_string())?;
+        let n = policy.len();
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        Ok(n)
+    }
+
+    /// Whether writes to `package` are frozen.
+    pub fn is_frozen(&self, package: &crate::npm::PackageName) -> bool {
+        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().any(|g| g.matches(package.as_str()))
+    }
+
+    pub fn frozen_patterns(&self) -> Vec<String> {
+        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().map(|g| g.as_str().to_owned()).collect()
+    }
+
+    fn set_frozen(&self, update: impl FnOnce(&mut Vec<Glob>)) {
+        update(&mut self.frozen.write().unwrap_or_else(|p| p.into_inner()));
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains open connections for a bounded time.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -120,13 +165,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, is_admin) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok((tcp, _)) => (tcp, false),
                 Err(e) => {
-                    // Out of file descriptors, typically: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            accepted = accept_admin(admin.as_ref()) => match accepted {
+                Ok((tcp, _)) => (tcp, true),
+                Err(e) => {
+                    accept_failed(e).await;
                     continue;
                 }
             },
@@ -142,7 +192,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
             };
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(handler::handle(app, req).await) }
+                async move {
+                    let resp = if is_admin { admin::handle(app, req).await } else { handler::handle(app, req).await };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {
@@ -151,10 +204,24 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         });
     }
     drop(listener);
+    drop(admin);
     sweeper.abort();
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
     }
     Ok(())
+}
+
+async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match admin {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Out of file descriptors, typically: back off instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -31,6 +31,8 @@ pub enum Refusal {
     Denied(Denial),
     #[error("the phantom token has no uses left")]
     UsesExhausted,
+    #[error("writes to this package are frozen by an administrator")]
+    Frozen,
     #[error("{0}")]
     Identity(#[from] IdentityError),
     #[error("the ID token has already been exchanged")]
@@ -58,7 +60,11 @@ impl Refusal {
         let code = match self {
             Refusal::Route(e) => e.status(),
             Refusal::Body(e) => e.status(),
-            Refusal::Forbidden(_) | Refusal::Denied(_) | Refusal::NoGrant(_) | Refusal::UsesExhausted => 403,
+            Refusal::Forbidden(_)
+            | Refusal::Denied(_)
+            | Refusal::NoGrant(_)
+            | Refusal::UsesExhausted
+            | Refusal::Frozen => 403,
             Refusal::NeedsPhantom | Refusal::NotAPhantom | Refusal::BadPhantom(_) | Refusal::PhantomNotLive(_) => 401,
             Refusal::Identity(e) => e.status(),
             Refusal::Replay => 401,

@@ -238,13 +238,15 @@ fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Opti
 pub struct Broker {
     proc: Option<Proc>,
     pub url: String,
+    pub admin_url: String,
+    pub admin_token: String,
     pub port: u16,
     pub dir: PathBuf,
     pub config: PathBuf,
 }
 
 impl Broker {
-    fn start(dir: &Path, port: u16, config: &str, policy: &str) -> Broker {
+    fn start(dir: &Path, port: u16, admin_port: u16, admin_token: String, config: &str, policy: &str) -> Broker {
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
         let config_path = dir.join("phantom.toml");
@@ -252,6 +254,8 @@ impl Broker {
         let mut b = Broker {
             proc: None,
             url: format!("https://127.0.0.1:{port}/"),
+            admin_url: format!("https://127.0.0.1:{admin_port}/"),
+            admin_token,
             port,
             dir: dir.to_owned(),
             config: config_path,
@@ -325,12 +329,15 @@ impl World {
         let certs = dev_certs(&root.join("certs"));
         let http = Http::new(&certs.ca);
         let broker_port = free_port();
+        let admin_port = free_port();
+        let admin_token = random_hex(16);
         let broker_url = format!("https://127.0.0.1:{broker_port}/");
         let issuer = Issuer::start(&root.join("issuer"), &certs);
         let verdaccio = Verdaccio::start(&root.join("verdaccio"), &certs, &broker_url, &http);
         let secrets = root.join("secrets");
         std::fs::create_dir_all(&secrets).unwrap();
         std::fs::write(secrets.join("npm-token"), format!("{}\n", verdaccio.token)).unwrap();
+        std::fs::write(secrets.join("admin-token"), &admin_token).unwrap();
         let config = format!(
             r#"[server]
 listen = "127.0.0.1:{broker_port}"
@@ -354,6 +361,10 @@ source = {{ file = "{secret}" }}
 
 [audit]
 path = "audit/phantom.jsonl"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token = {{ file = "{admin_secret}" }}
 "#,
             cert = certs.cert.display(),
             key = certs.key.display(),
@@ -361,8 +372,9 @@ path = "audit/phantom.jsonl"
             upstream = verdaccio.url,
             issuer = issuer.url,
             secret = secrets.join("npm-token").display(),
+            admin_secret = secrets.join("admin-token").display(),
         );
-        let broker = Broker::start(&root.join("broker"), broker_port, &config, policy);
+        let broker = Broker::start(&root.join("broker"), broker_port, admin_port, admin_token, &config, policy);
         std::fs::create_dir_all(root.join("home")).unwrap();
         std::fs::write(root.join("npmrc"), format!("registry={broker_url}\ncafile={}\n", certs.ca.display())).unwrap();
         World { dir, certs, http, issuer, verdaccio, broker, npm_output: Mutex::new(Vec::new()) }
@@ -459,6 +471,14 @@ path = "audit/phantom.jsonl"
 
     pub fn broker(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
         self.http.request(method, &format!("{}{}", self.broker.url, path.trim_start_matches('/')), headers, body)
+    }
+
+    /// The admin API, with the admin token.
+    pub fn admin(&self, method: &str, path: &str, body: Value) -> Resp {
+        let auth = format!("Bearer {}", self.broker.admin_token);
+        let url = format!("{}{}", self.broker.admin_url, path.trim_start_matches('/'));
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        self.http.request(method, &url, &[("authorization", &auth), ("content-type", "application/json")], body)
     }
 
     /// The generic exchange.

@@ -1,0 +1,167 @@
+//! The admin face (its own listener): health, live phantoms, revocation, incident freeze and
+//! policy reload. Everything under `/admin/v1/` needs the admin bearer token, and every admin
+//! action is audited.
+
+use super::App;
+use crate::audit::{self, rfc3339, Record};
+use crate::json::parse_object;
+use crate::net::{self, Body};
+use crate::phantom::{PhantomStore, Selector};
+use crate::policy::Glob;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
+        (&Method::GET, "/readyz") => {
+            let ready = !app.policy().is_empty();
+            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            return reply(status, json!({"ready": ready, "grants": app.policy().len()}));
+        }
+        _ if path.starts_with("/admin/v1/") => {}
+        _ => return reply(StatusCode::NOT_FOUND, json!({"message": "not found"})),
+    }
+    let mut rec = Record {
+        event: "admin",
+        request_id: String::new(),
+        method: Some(req.method().to_string()),
+        path: Some(path.clone()),
+        decision: "deny",
+        ..Record::default()
+    };
+    let (status, body) = if !authorized(&app, &req) {
+        rec.reason = Some("missing or wrong admin token".into());
+        (StatusCode::UNAUTHORIZED, json!({"message": "the admin API needs the admin bearer token"}))
+    } else {
+        match route(&app, req, &mut rec).await {
+            Ok(v) => {
+                rec.decision = "allow";
+                (StatusCode::OK, v)
+            }
+            Err((status, msg)) => {
+                rec.reason = Some(msg.clone());
+                (status, json!({"message": msg}))
+            }
+        }
+    };
+    rec.status = status.as_u16();
+    if let Err(e) = app.audit.write(&rec) {
+        tracing::error!(error = %e, "could not write the audit log");
+        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "the audit log cannot be written"}));
+    }
+    reply(status, body)
+}
+
+fn authorized(app: &App, req: &Request<Incoming>) -> bool {
+    let Some(expected) = app.admin_token.as_ref() else { return false };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes()))
+}
+
+type AdminResult = Result<Value, (StatusCode, String)>;
+
+async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResult {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
+    match (method, path.trim_start_matches("/admin/v1")) {
+        (Method::GET, "/phantoms") => {
+            rec.action = Some("list");
+            let listed = app.store.list(audit::unix_now()).await.map_err(unavailable)?;
+            let phantoms: Vec<Value> = listed
+                .iter()
+                .map(|l| {
+                    let r = &l.record;
+                    json!({
+                        "id": r.id, "issuer": &*r.identity.issuer, "sub": r.identity.claim("sub"),
+                        "repository": r.identity.claim("repository").or(r.identity.claim("project_path")),
+                        "grant": r.grant, "packages": r.scope.packages.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "actions": r.scope.actions.names(), "issued": rfc3339(r.issued_at, 0),
+                        "expires": rfc3339(r.expires_at, 0), "uses_left": l.uses_left,
+                    })
+                })
+                .collect();
+            Ok(json!({ "phantoms": phantoms }))
+        }
+        (Method::POST, "/revoke") => {
+            rec.action = Some("revoke");
+            let body = read_json(req).await?;
+            let selector = match (body.get("id"), body.get("subject"), body.get("repository"), body.get("all")) {
+                (Some(Value::String(id)), None, None, None) => Selector::Id(id.clone()),
+                (None, Some(Value::String(s)), None, None) => Selector::Subject(s.clone()),
+                (None, None, Some(Value::String(r)), None) => Selector::Repository(r.clone()),
+                (None, None, None, Some(Value::Bool(true))) => Selector::All,
+                _ => {
+                    return Err(bad("give exactly one of {\"id\"}, {\"subject\"}, {\"repository\"} or {\"all\": true}"))
+                }
+            };
+            rec.reason = Some(format!("{selector:?}"));
+            let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
+            Ok(json!({ "revoked": revoked }))
+        }
+        (Method::GET, "/freeze") => Ok(json!({ "frozen": app.frozen_patterns() })),
+        (Method::POST, op @ ("/freeze" | "/thaw")) => {
+            rec.action = Some(if op == "/freeze" { "freeze" } else { "thaw" });
+            let body = read_json(req).await?;
+            let patterns: Vec<String> = body
+                .get("packages")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .filter(|v: &Vec<String>| !v.is_empty())
+                .ok_or_else(|| bad("give {\"packages\": [\"pattern\", ...]}"))?;
+            let globs = patterns.iter().map(|p| Glob::new(p)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+            rec.package = Some(patterns.join(","));
+            app.set_frozen(|frozen| {
+                if op == "/freeze" {
+                    for g in globs {
+                        if !frozen.contains(&g) {
+                            frozen.push(g);
+                        }
+                    }
+                } else {
+                    frozen.retain(|g| !globs.contains(g));
+                }
+            });
+            Ok(json!({ "frozen": app.frozen_patterns() }))
+        }
+        (Method::POST, "/policy/reload") => {
+            rec.action = Some("policy-reload");
+            let grants = app.reload_policy().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+            Ok(json!({ "grants": grants }))
+        }
+        _ => Err((StatusCode::NOT_FOUND, "unknown admin route".into())),
+    }
+}
+
+fn unavailable(e: crate::phantom::StoreError) -> (StatusCode, String) {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, (StatusCode, String)> {
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| (StatusCode::BAD_REQUEST, "the body could not be read".to_owned()))?
+        .to_bytes();
+    parse_object(&bytes).map_err(|_| (StatusCode::BAD_REQUEST, "the body must be a JSON object".to_owned()))
+}
+
+fn reply(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(net::full(body.to_string()))
+        .expect("a JSON response is valid")
+}
