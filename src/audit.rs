@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -46,7 +47,7 @@ const IDENTITY_CLAIMS: &[&str] = &[
 ];
 
 /// One audit line, before it is chained.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Record {
     pub event: &'static str,
     pub request_id: String,
@@ -108,11 +109,15 @@ struct Chain {
     file: File,
     seq: u64,
     prev: String,
+    /// The file's length after the last complete line: a failed write is cut back to it.
+    len: u64,
 }
 
 pub struct Audit {
     chain: Mutex<Chain>,
     key: hmac::Key,
+    /// Whether the last write succeeded. While it did not, the broker refuses writes.
+    healthy: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +149,12 @@ impl Audit {
                     (seq, hash)
                 }
             };
-        Ok(Audit { chain: Mutex::new(Chain { file, seq, prev }), key: hmac::Key::new(hmac::HMAC_SHA256, key) })
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Audit {
+            chain: Mutex::new(Chain { file, seq, prev, len }),
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+            healthy: AtomicBool::new(true),
+        })
     }
 
     /// A keyed hash of a phantom's digest: its id in logs and listings.
@@ -177,10 +187,22 @@ impl Audit {
         line.extend_from_slice(HASH_KEY.as_bytes());
         line.extend_from_slice(hash.as_bytes());
         line.extend_from_slice(b"\"}\n");
-        chain.file.write_all(&line).map_err(|e| AuditError(format!("write failed: {e}")))?;
+        if let Err(e) = chain.file.write_all(&line) {
+            // Cut off a partial line so that the chain stays verifiable once writes work again.
+            let _ = chain.file.set_len(chain.len);
+            self.healthy.store(false, Ordering::Relaxed);
+            return Err(AuditError(format!("write failed: {e}")));
+        }
         chain.seq = seq;
         chain.prev = hash;
+        chain.len += line.len() as u64;
+        self.healthy.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Whether the last write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 }
 

@@ -60,6 +60,12 @@ pub struct ServerConfig {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
     pub upstream_timeout: Duration,
+    /// How long a client may take to send its request head, or to send the next part of a body.
+    pub client_timeout: Duration,
+    /// Open client connections beyond this are closed at once.
+    pub max_connections: usize,
+    /// Total bytes of request bodies held in memory at once, across all requests.
+    pub max_buffered_bytes: u64,
 }
 
 impl ServerConfig {
@@ -103,6 +109,9 @@ pub struct CredentialConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub path: PathBuf,
+    /// While the log cannot be written, writes and exchanges are always refused; reads are
+    /// served unless this is false.
+    pub serve_reads_on_failure: bool,
     /// The key for hashing token ids; a random per-process key when absent.
     pub key: Option<SecretSource>,
 }
@@ -143,6 +152,9 @@ struct RawServer {
     default_ttl: Option<String>,
     max_ttl: Option<String>,
     upstream_timeout: Option<String>,
+    client_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_buffered_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +198,7 @@ struct RawState {
 struct RawAudit {
     path: PathBuf,
     key: Option<SecretSource>,
+    serve_reads_on_failure: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -258,12 +271,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
     if public_url.scheme_str() != Some("https") {
         return Err("`server.public_url` must be an https:// URL".into());
     }
-    let public_host = public_url
-        .host()
-        .ok_or("`server.public_url` has no host")?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    // As npm computes it: the WHATWG URL `hostname`, lower case, IPv6 in brackets, no port.
+    let public_host = public_url.host().ok_or("`server.public_url` has no host")?.to_ascii_lowercase();
     let server = ServerConfig {
         listen,
         public_host,
@@ -274,7 +283,19 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         default_ttl: dur("server.default_ttl", &s.default_ttl, 600)?,
         max_ttl: dur("server.max_ttl", &s.max_ttl, 3600)?,
         upstream_timeout: dur("server.upstream_timeout", &s.upstream_timeout, 300)?,
+        client_timeout: dur("server.client_timeout", &s.client_timeout, 30)?,
+        max_connections: s.max_connections.unwrap_or(20_000),
+        max_buffered_bytes: s.max_buffered_bytes.unwrap_or(1024 * 1024 * 1024),
     };
+    if server.max_buffered_bytes < server.max_body_bytes {
+        return Err("`server.max_buffered_bytes` must be at least `server.max_body_bytes`".into());
+    }
+    if server.client_timeout.is_zero() || server.upstream_timeout.is_zero() || server.max_connections == 0 {
+        return Err(
+            "`server.client_timeout`, `server.upstream_timeout` and `server.max_connections` must be more than zero"
+                .into(),
+        );
+    }
     if server.default_ttl > server.max_ttl {
         return Err("`server.default_ttl` is longer than `server.max_ttl`".into());
     }
@@ -325,7 +346,12 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
             algorithms,
             ca_file: i.ca_file.as_deref().map(rel),
             leeway: dur(&format!("issuer.{name}.leeway"), &i.leeway, 30)?,
-            jwks_cache: dur(&format!("issuer.{name}.jwks_cache"), &i.jwks_cache, 3600)?,
+            jwks_cache: match dur(&format!("issuer.{name}.jwks_cache"), &i.jwks_cache, 3600)? {
+                d if d < Duration::from_secs(60) => {
+                    return Err(format!("`issuer.{name}.jwks_cache` must be at least 60s"))
+                }
+                d => d,
+            },
             fetch_timeout: dur(&format!("issuer.{name}.fetch_timeout"), &i.fetch_timeout, 5)?,
             name,
         });
@@ -379,6 +405,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         credentials,
         audit: AuditConfig {
             path: rel(&raw.audit.path),
+            serve_reads_on_failure: raw.audit.serve_reads_on_failure.unwrap_or(true),
             key: raw.audit.key.map(|k| match k {
                 SecretSource::File(p) => SecretSource::File(rel(&p)),
                 env => env,
@@ -454,6 +481,13 @@ path = "audit/phantom.jsonl"
     fn parses_the_documented_shape() {
         let c = Config::parse(Path::new("/etc/phantom/phantom.toml"), GOOD).unwrap();
         assert_eq!(c.server.npm_audience(), "npm:npm-broker.example.com");
+        let upper = GOOD.replace("https://npm-broker.example.com/", "https://NPM-Broker.Example.com:8443/");
+        assert_eq!(
+            Config::parse(Path::new("p.toml"), &upper).unwrap().server.npm_audience(),
+            "npm:npm-broker.example.com"
+        );
+        let v6 = GOOD.replace("https://npm-broker.example.com/", "https://[::1]:8443/");
+        assert_eq!(Config::parse(Path::new("p.toml"), &v6).unwrap().server.npm_audience(), "npm:[::1]");
         assert_eq!(c.server.tls_cert, PathBuf::from("/etc/phantom/certs/server.pem"));
         assert_eq!(c.policy_dir, PathBuf::from("/etc/phantom/policies"));
         assert_eq!(c.server.max_body_bytes, DEFAULT_MAX_BODY);

@@ -10,6 +10,7 @@ use http::HeaderValue;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 pub struct Credential {
     pub name: String,
@@ -17,8 +18,11 @@ pub struct Credential {
     pub packages: Vec<Glob>,
     pub expires: Option<String>,
     secret: Secret,
-    /// `Bearer <token>`, marked sensitive so HTTP/2 never indexes it in HPACK tables.
+    /// `Bearer <token>`, marked sensitive so HTTP/2 never indexes it in HPACK tables. (A
+    /// `HeaderValue` cannot be zeroized; this one copy lives as long as the credential.)
     authorization: HeaderValue,
+    /// The token's bytes, shared by every response scrubber instead of copied per response.
+    scrub: Arc<Zeroizing<Vec<u8>>>,
 }
 
 impl Credential {
@@ -26,7 +30,9 @@ impl Credential {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
             .map_err(|_| format!("credential `{}`: the token has characters a header cannot carry", cfg.name))?;
         authorization.set_sensitive(true);
+        let scrub = Arc::new(Zeroizing::new(secret.expose().as_bytes().to_vec()));
         Ok(Credential {
+            scrub,
             name: cfg.name.clone(),
             upstream: cfg.upstream.clone(),
             packages: cfg.packages.clone(),
@@ -40,9 +46,14 @@ impl Credential {
         &self.authorization
     }
 
-    /// The token itself, for scrubbing it out of responses.
+    /// The token itself.
     pub fn secret(&self) -> &Secret {
         &self.secret
+    }
+
+    /// The token's bytes, for cutting it out of responses.
+    pub fn scrub_pattern(&self) -> &Arc<Zeroizing<Vec<u8>>> {
+        &self.scrub
     }
 }
 

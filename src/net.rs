@@ -152,6 +152,59 @@ pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: u
     Ok(body)
 }
 
+/// A body that fails when its sender goes quiet for longer than `timeout` between frames:
+/// slow-loris uploads cannot hold a request (and its buffers) open forever.
+pub struct IdleTimeout<B> {
+    inner: B,
+    timeout: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
+        IdleTimeout { inner, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing for too long")]
+pub struct BodyTimeout;
+
+impl<B> http_body::Body for IdleTimeout<B>
+where
+    B: http_body::Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, BoxError>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.timeout;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// An error and its causes on one line (hyper's errors hide the interesting part in `source`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

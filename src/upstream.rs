@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 pub struct Upstream {
     pub name: String,
@@ -53,6 +54,9 @@ const PASSED_REQUEST_HEADERS: &[HeaderName] = &[
     header::ACCEPT,
     header::ACCEPT_LANGUAGE,
     header::CACHE_CONTROL,
+    // Bodies are forwarded as received (npm gzips its audit posts); body-checked writes are
+    // refused unless they are plain JSON.
+    header::CONTENT_ENCODING,
     header::CONTENT_TYPE,
     header::IF_MATCH,
     header::IF_MODIFIED_SINCE,
@@ -115,9 +119,6 @@ impl Upstream {
             if PASSED_REQUEST_HEADERS.contains(name) || s.starts_with("npm-") || s.starts_with("pacote-") {
                 headers.append(name.clone(), value.clone());
             }
-        }
-        if let Some(len) = incoming.get(header::CONTENT_LENGTH) {
-            headers.insert(header::CONTENT_LENGTH, len.clone());
         }
         match credential {
             Some(c) => {
@@ -184,15 +185,15 @@ pub fn relay(resp: Response<Incoming>, credential: Option<&Credential>) -> Resul
     if encoded {
         return Err(UpstreamError::Encoded);
     }
-    let secret = credential.secret().expose().as_bytes();
-    let finder = memmem::Finder::new(secret);
+    let pattern = credential.scrub_pattern();
+    let finder = memmem::Finder::new(&pattern[..]);
     let leaking: Vec<HeaderName> =
         parts.headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
     for name in leaking {
         tracing::warn!(header = %name, "dropped a response header that carried the real credential");
         parts.headers.remove(name);
     }
-    let body = Scrub::new(body, Arc::from(secret.to_vec().into_boxed_slice()));
+    let body = Scrub::new(body, pattern.clone());
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
@@ -200,14 +201,14 @@ pub fn relay(resp: Response<Incoming>, credential: Option<&Credential>) -> Resul
 /// Lengths are kept, so `Content-Length` stays right.
 pub struct Scrub<B> {
     inner: B,
-    secret: Arc<[u8]>,
+    secret: Arc<Zeroizing<Vec<u8>>>,
     /// Bytes held back because a secret could start in them and end in the next chunk.
     held: BytesMut,
     done: bool,
 }
 
 impl<B> Scrub<B> {
-    pub fn new(inner: B, secret: Arc<[u8]>) -> Scrub<B> {
+    pub fn new(inner: B, secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub<B> {
         Scrub { inner, secret, held: BytesMut::new(), done: false }
     }
 
@@ -216,7 +217,7 @@ impl<B> Scrub<B> {
         self.held.extend_from_slice(chunk);
         let n = self.secret.len();
         let mut from = 0;
-        while let Some(i) = memmem::find(&self.held[from..], &self.secret) {
+        while let Some(i) = memmem::find(&self.held[from..], &self.secret[..]) {
             self.held[from + i..from + i + n].fill(b'*');
             from += i + n;
         }
@@ -319,7 +320,7 @@ mod tests {
 
     async fn scrub_chunks(chunks: &[&str], secret: &str) -> String {
         let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect());
-        let scrub = Scrub::new(body, Arc::from(secret.as_bytes().to_vec().into_boxed_slice()));
+        let scrub = Scrub::new(body, Arc::new(Zeroizing::new(secret.as_bytes().to_vec())));
         let bytes = scrub.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

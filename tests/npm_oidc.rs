@@ -53,7 +53,14 @@ fn npm_publishes_views_and_installs_through_the_broker() {
         assert_eq!(e["identity"]["repository"], "acme/web");
         assert!(e["token_id"].as_str().is_some_and(|t| t.len() == 24));
     }
-    let publishes: Vec<_> = lines.iter().filter(|l| l["action"] == "publish" && l["event"] == "request").collect();
+    // Each write is on record before it is forwarded (write-ahead), then with its outcome.
+    let intents: Vec<_> = lines.iter().filter(|l| l["decision"] == "forwarding").collect();
+    assert_eq!(intents.len(), 2, "{intents:?}");
+    assert!(intents.iter().all(|l| l["action"] == "publish" && l["grant"] == "acme-release"));
+    let publishes: Vec<_> = lines
+        .iter()
+        .filter(|l| l["action"] == "publish" && l["event"] == "request" && l["decision"] != "forwarding")
+        .collect();
     assert_eq!(publishes.len(), 2, "{publishes:?}");
     for p in &publishes {
         assert_eq!(p["decision"], "allow");

@@ -60,14 +60,16 @@ fn phantom_scope_lifetime_and_uses() {
     let r = put(&w, &a, "pb-a", publish_body("pb-a", "pb-a", "1.0.0", "latest"));
     assert_eq!(r.status, 201, "{}", r.text());
 
-    // Uses: the grant allows 3 writes; an identical retry (npm retries PUTs on 5xx) is free.
+    // Uses: the grant allows 3 writes. Resending a write that succeeded is a new use; resending
+    // one that failed upstream (npm retries PUTs on 5xx) is free.
     let m = w.phantom(&["pb-m"], &["publish"], None);
     let body = publish_body("pb-m", "pb-m", "1.0.0", "latest");
-    assert_eq!(put(&w, &m, "pb-m", body.clone()).status, 201);
+    assert_eq!(put(&w, &m, "pb-m", body.clone()).status, 201, "use 1");
+    let again = put(&w, &m, "pb-m", body.clone());
+    assert_eq!(again.status, 409, "use 2 reaches Verdaccio, which has the version: {}", again.text());
     let retry = put(&w, &m, "pb-m", body);
-    assert_eq!(retry.status, 409, "the retry must reach Verdaccio (which has the version): {}", retry.text());
-    assert_eq!(put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.1", "latest")).status, 201);
-    assert_eq!(put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.2", "latest")).status, 201);
+    assert_eq!(retry.status, 409, "a retry of a failed write is free: {}", retry.text());
+    assert_eq!(put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.1", "latest")).status, 201, "use 3");
     let before = w.storage();
     let r = put(&w, &m, "pb-m", publish_body("pb-m", "pb-m", "1.0.3", "latest"));
     assert_eq!(r.status, 403, "{}", r.text());

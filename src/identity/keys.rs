@@ -2,7 +2,7 @@
 //!
 //! Keys are used until their cache lifetime ends. Past half of it, a verification triggers a
 //! refresh; if that fails the old keys keep working until the lifetime ends, then verification
-//! fails closed. An unknown `kid` triggers a refetch, at most once per `REFETCH_INTERVAL`.
+//! fails closed. An unknown `kid` triggers a refetch, at most once per `KID_REFETCH_INTERVAL`.
 //! Only the configured issuer URL is ever fetched: nothing in a token chooses a URL.
 
 use crate::config::{is_loopback, IssuerConfig};
@@ -17,7 +17,16 @@ use std::time::{Duration, Instant};
 
 /// Discovery documents and JWKS larger than this are refused.
 pub const MAX_DOCUMENT: usize = 1024 * 1024;
-const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Refetches triggered by an unknown `kid` happen at most this often.
+const KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// After a failed fetch, no new fetch is tried for this long (requests do not queue on a dead issuer).
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct FetchState {
+    last_kid_refetch: Option<Instant>,
+    last_failure: Option<Instant>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
@@ -90,12 +99,12 @@ pub struct KeyCache {
     client: HttpsClient,
     current: RwLock<Option<Arc<KeySet>>>,
     /// Serialises fetches (single flight) and remembers the last attempt, for rate limiting.
-    fetching: tokio::sync::Mutex<Option<Instant>>,
+    fetching: tokio::sync::Mutex<FetchState>,
 }
 
 impl KeyCache {
     pub fn new(cfg: IssuerConfig, client: HttpsClient) -> KeyCache {
-        KeyCache { cfg, client, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(None) }
+        KeyCache { cfg, client, current: RwLock::new(None), fetching: tokio::sync::Mutex::new(FetchState::default()) }
     }
 
     pub fn config(&self) -> &IssuerConfig {
@@ -112,40 +121,48 @@ impl KeyCache {
     }
 
     /// Usable keys: cached ones while they are fresh, else a (single-flight) fetch.
-    /// `want_refetch` asks for a fetch because a `kid` was not found; it is rate limited.
+    /// `want_refetch` asks for a fetch because a `kid` was not found; such refetches are rate
+    /// limited, and after a failed fetch no new one is tried for a short while.
     pub async fn keys(&self, want_refetch: bool) -> Result<Arc<KeySet>, KeyError> {
         let lifetime = self.cfg.jwks_cache;
+        let fresh = |set: &KeySet| set.fetched_at.elapsed() < lifetime / 2;
         let cached = self.current();
         if let Some(set) = &cached {
-            if !want_refetch && set.fetched_at.elapsed() < lifetime / 2 {
+            if !want_refetch && fresh(set) {
                 return Ok(set.clone());
             }
         }
-        let mut last_attempt = self.fetching.lock().await;
+        let mut state = self.fetching.lock().await;
         // Another task may have fetched while this one waited.
         if let Some(set) = self.current() {
-            let fresh = set.fetched_at.elapsed() < lifetime / 2;
             let newer = cached.as_ref().is_none_or(|c| !Arc::ptr_eq(c, &set));
-            if (fresh && !want_refetch) || newer {
+            if newer || (!want_refetch && fresh(&set)) {
                 return Ok(set);
             }
         }
-        let recently = last_attempt.is_some_and(|t| t.elapsed() < REFETCH_INTERVAL);
         let usable = self.current().filter(|s| s.fetched_at.elapsed() < lifetime);
-        if recently {
+        let backing_off = state.last_failure.is_some_and(|t| t.elapsed() < FAILURE_BACKOFF);
+        let kid_limited = want_refetch
+            && usable.is_some()
+            && state.last_kid_refetch.is_some_and(|t| t.elapsed() < KID_REFETCH_INTERVAL);
+        if backing_off || kid_limited {
             return usable.ok_or_else(|| KeyError::Fetch {
                 what: "the JWKS",
-                detail: "a recent fetch failed; retrying later".into(),
+                detail: "a recent fetch failed; retrying shortly".into(),
             });
         }
-        *last_attempt = Some(Instant::now());
+        if want_refetch {
+            state.last_kid_refetch = Some(Instant::now());
+        }
         match self.fetch().await {
             Ok(set) => {
+                state.last_failure = None;
                 let set = Arc::new(set);
                 *self.current.write().expect("key cache lock") = Some(set.clone());
                 Ok(set)
             }
             Err(e) => {
+                state.last_failure = Some(Instant::now());
                 tracing::warn!(issuer = %self.cfg.name, error = %e, "could not refresh the issuer's keys");
                 usable.ok_or(e)
             }

@@ -219,7 +219,9 @@ impl Issuers {
             ctx.update(&[0]);
             match claims.get("jti").and_then(Value::as_str) {
                 Some(jti) => ctx.update(jti.as_bytes()),
-                None => ctx.update(token.as_bytes()),
+                // Without a jti, the signed part only: signatures can be malleable (ECDSA's s
+                // and n-s both verify), so the same token must not yield two replay keys.
+                None => ctx.update(&token.as_bytes()[..token.rfind('.').unwrap_or(token.len())]),
             }
             let mut out = [0u8; 32];
             out.copy_from_slice(ctx.finish().as_ref());

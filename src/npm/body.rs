@@ -37,12 +37,23 @@ pub enum BodyError {
     UnrecognizedRevision,
     #[error("a deprecate may change only `deprecated` fields of existing versions")]
     DeprecateChangesMore,
+    #[error("a publish body may hold only _id, name, description, dist-tags, versions, access and _attachments")]
+    UnexpectedPublishKey,
+    #[error("a publish may not deprecate, star or rewrite the package (`deprecated`, `users`, `_rev`)")]
+    PublishRewrites,
+    #[error("a version removal may only remove versions (and the dist-tags that named them)")]
+    UnpublishChangesMore,
+    #[error("an access change must be {{\"access\": \"public\"}} or {{\"access\": \"restricted\"}}")]
+    BadAccessBody,
 }
 
 impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
-            BodyError::BadDistTags | BodyError::DeprecateChangesMore => 403,
+            BodyError::BadDistTags
+            | BodyError::DeprecateChangesMore
+            | BodyError::PublishRewrites
+            | BodyError::UnpublishChangesMore => 403,
             _ => 400,
         }
     }
@@ -111,8 +122,19 @@ fn check_names(package: &PackageName, doc: &Map<String, Value>) -> Result<(), Bo
     Ok(())
 }
 
+/// What libnpmpublish sends at the top level of a publish. Anything else could make a registry
+/// treat the PUT as something other than a publish (Verdaccio, for one, routes a body with
+/// `_rev`, `users` or a `deprecated` version to its change-package path, which replaces versions).
+const PUBLISH_KEYS: &[&str] = &["_id", "name", "description", "dist-tags", "versions", "access", "_attachments"];
+
 fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<PublishManifest, BodyError> {
     check_names(package, doc)?;
+    if doc.keys().any(|k| matches!(k.as_str(), "_rev" | "users" | "time" | "maintainers")) {
+        return Err(BodyError::PublishRewrites);
+    }
+    if !doc.keys().all(|k| PUBLISH_KEYS.contains(&k.as_str())) {
+        return Err(BodyError::UnexpectedPublishKey);
+    }
     let versions = doc.get("versions").and_then(Value::as_object).ok_or(BodyError::VersionCount)?;
     let mut it = versions.iter();
     let (version, manifest) = match (it.next(), it.next()) {
@@ -129,6 +151,9 @@ fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<
         && manifest.get("_id").is_none_or(|v| v.as_str() == Some(id.as_str()));
     if !manifest_ok {
         return Err(BodyError::ManifestMismatch);
+    }
+    if manifest.contains_key("deprecated") {
+        return Err(BodyError::PublishRewrites);
     }
 
     let tags =
@@ -185,6 +210,68 @@ pub fn check_put_revision(package: &PackageName, body: &[u8]) -> Result<PutRevis
         Ok(PutRevision::Owner)
     } else {
         Err(BodyError::UnrecognizedRevision)
+    }
+}
+
+/// Checks a version removal (`npm unpublish pkg@1.2.3`) against the upstream packument: it may
+/// drop versions, drop the dist-tags that named them, and point `latest` at a remaining version
+/// if `latest` named a removed one. Nothing else may change.
+pub fn check_unpublish_version(body: &[u8], upstream: &Map<String, Value>) -> Result<(), BodyError> {
+    let doc = parse_object(body)?;
+    let versions = |d: &Map<String, Value>| d.get("versions").and_then(Value::as_object).cloned().unwrap_or_default();
+    let (kept, current) = (versions(&doc), versions(upstream));
+    let removed: Vec<&String> = current.keys().filter(|v| !kept.contains_key(*v)).collect();
+    let same_kept = kept.iter().all(|(v, m)| current.get(v) == Some(m));
+    if removed.is_empty() || !same_kept {
+        return Err(BodyError::UnpublishChangesMore);
+    }
+    let tags = |d: &Map<String, Value>| d.get("dist-tags").and_then(Value::as_object).cloned().unwrap_or_default();
+    let (new_tags, old_tags) = (tags(&doc), tags(upstream));
+    let names_removed = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|v| removed.iter().any(|r| *r == v));
+    for (tag, old) in &old_tags {
+        let ok = match new_tags.get(tag) {
+            None => names_removed(Some(old)),
+            Some(new) if new == old => !names_removed(Some(old)),
+            // npm points `latest` at the highest remaining version.
+            Some(new) => tag == "latest" && names_removed(Some(old)) && new.as_str() == highest(&kept),
+        };
+        if !ok {
+            return Err(BodyError::UnpublishChangesMore);
+        }
+    }
+    if new_tags.keys().any(|t| !old_tags.contains_key(t)) {
+        return Err(BodyError::UnpublishChangesMore);
+    }
+    // npm drops these two; everything else must be as upstream has it.
+    let skip = ["versions", "dist-tags", "_attachments", "_revisions"];
+    let keys = doc.keys().chain(upstream.keys()).filter(|k| !skip.contains(&k.as_str()));
+    for k in keys {
+        let dropped_time = k == "time" && !doc.contains_key(k);
+        if !dropped_time && doc.get(k) != upstream.get(k) {
+            return Err(BodyError::UnpublishChangesMore);
+        }
+    }
+    Ok(())
+}
+
+/// The highest version by semver precedence.
+fn highest(versions: &Map<String, Value>) -> Option<&str> {
+    versions
+        .keys()
+        .filter_map(|v| semver::Version::parse(v).ok().map(|parsed| (parsed, v.as_str())))
+        .max_by(|a, b| a.0.cmp_precedence(&b.0))
+        .map(|(_, v)| v)
+}
+
+/// The body of `POST /-/package/<name>/access`: only the visibility. 2FA settings
+/// (`publish_requires_tfa`, `automation_token_overrides_tfa`) are never changed through the broker.
+pub fn check_access(body: &[u8]) -> Result<(), BodyError> {
+    let doc = parse_object(body).map_err(|_| BodyError::BadAccessBody)?;
+    let ok = doc.len() == 1 && matches!(doc.get("access").and_then(Value::as_str), Some("public" | "restricted"));
+    if ok {
+        Ok(())
+    } else {
+        Err(BodyError::BadAccessBody)
     }
 }
 

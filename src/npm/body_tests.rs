@@ -159,3 +159,72 @@ fn deprecates() {
     let PutPackument::Deprecate(doc) = put("web", &new_version).unwrap() else { panic!("not a deprecate") };
     assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Err(BodyError::DeprecateChangesMore));
 }
+
+#[test]
+fn publish_bodies_cannot_rewrite_the_package() {
+    type Edit = fn(&mut Value);
+    let table: &[(&str, Edit, BodyError)] = &[
+        ("a deprecated version", |b| b["versions"]["1.0.0"]["deprecated"] = json!(""), BodyError::PublishRewrites),
+        ("a _rev", |b| b["_rev"] = json!("3-a"), BodyError::PublishRewrites),
+        ("users (stars)", |b| b["users"] = json!({"bob": true}), BodyError::PublishRewrites),
+        ("maintainers", |b| b["maintainers"] = json!([{"name": "eve"}]), BodyError::PublishRewrites),
+        ("time", |b| b["time"] = json!({}), BodyError::PublishRewrites),
+        ("an unknown key", |b| b["readme"] = json!("x"), BodyError::UnexpectedPublishKey),
+    ];
+    for (what, edit, want) in table {
+        let mut body = publish_body("web", "1.0.0");
+        edit(&mut body);
+        assert_eq!(put("web", &body), Err(want.clone()), "{what}");
+        assert_eq!(check_stage_publish(&name("web"), body.to_string().as_bytes()), Err(want.clone()), "stage: {what}");
+    }
+}
+
+#[test]
+fn version_removals_change_nothing_else() {
+    let upstream = json!({"_id": "web", "name": "web", "_rev": "4-a", "maintainers": [{"name": "pub"}],
+        "dist-tags": {"latest": "2.0.0", "next": "2.0.0", "old": "1.0.0"},
+        "versions": {"1.0.0": {"v": 1}, "1.5.0": {"v": 15}, "2.0.0": {"v": 2}},
+        "time": {"1.0.0": "t1"}});
+    let upstream = upstream.as_object().unwrap();
+    // What npm sends for `npm unpublish web@2.0.0`: latest moves to the highest remaining version.
+    let good = json!({"_id": "web", "name": "web", "_rev": "4-a", "maintainers": [{"name": "pub"}],
+        "dist-tags": {"latest": "1.5.0", "old": "1.0.0"},
+        "versions": {"1.0.0": {"v": 1}, "1.5.0": {"v": 15}}, "time": {"1.0.0": "t1"}});
+    assert_eq!(check_unpublish_version(good.to_string().as_bytes(), upstream), Ok(()));
+    type Edit = fn(&mut Value);
+    let table: &[(&str, Edit)] = &[
+        ("nothing removed", |b| b["versions"]["2.0.0"] = json!({"v": 2})),
+        ("a kept version changed", |b| b["versions"]["1.0.0"]["v"] = json!(9)),
+        ("latest moved to an old version", |b| b["dist-tags"]["latest"] = json!("1.0.0")),
+        ("an unrelated tag moved", |b| b["dist-tags"]["old"] = json!("1.5.0")),
+        ("an unrelated tag dropped", |b| {
+            b["dist-tags"].as_object_mut().unwrap().remove("old");
+        }),
+        ("a tag added", |b| b["dist-tags"]["evil"] = json!("1.0.0")),
+        ("maintainers changed", |b| b["maintainers"] = json!([{"name": "eve"}])),
+        ("a version added", |b| b["versions"]["9.9.9"] = json!({})),
+    ];
+    for (what, edit) in table {
+        let mut body = good.clone();
+        edit(&mut body);
+        assert_eq!(
+            check_unpublish_version(body.to_string().as_bytes(), upstream),
+            Err(BodyError::UnpublishChangesMore),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn access_bodies() {
+    assert_eq!(check_access(br#"{"access":"public"}"#), Ok(()));
+    assert_eq!(check_access(br#"{"access":"restricted"}"#), Ok(()));
+    for bad in [
+        &br#"{"publish_requires_tfa":false}"#[..],
+        br#"{"access":"public","automation_token_overrides_tfa":true}"#,
+        br#"{"access":"secret"}"#,
+        b"[]",
+    ] {
+        assert_eq!(check_access(bad), Err(BodyError::BadAccessBody));
+    }
+}

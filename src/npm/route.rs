@@ -47,6 +47,10 @@ pub enum Op {
     Ping,
     Search,
     Whoami,
+    /// `GET /-/user/org.couchdb.user:<name>` (npm owner add looks the user up first); anonymous.
+    UserLookup {
+        name: String,
+    },
     /// `npm audit` posts dependency lists; it is a read and is never sent with a credential.
     SecurityAudit {
         path: &'static str,
@@ -295,6 +299,18 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
         ["npm", "v1", "tokens", ..] => forbidden("token management"),
         ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings"),
         ["v1", "login", ..] | ["v1", "done", ..] => forbidden("login"),
+        ["user", who] if get && who.starts_with("org.couchdb.user:") => {
+            let name = &who["org.couchdb.user:".len()..];
+            let ok = !name.is_empty()
+                && name.len() <= 214
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'));
+            if !ok {
+                return Err(RouteError::BadPath);
+            }
+            simple(Op::UserLookup { name: name.to_owned() }, false)
+        }
         ["user", ..] => forbidden("user accounts"),
         ["org", ..] => forbidden("org administration"),
         ["team", ..] => forbidden("team administration"),
@@ -460,6 +476,7 @@ impl NpmRequest {
             self.op,
             Op::Ping
                 | Op::Search
+                | Op::UserLookup { .. }
                 | Op::SecurityAudit { .. }
                 | Op::Packument
                 | Op::VersionManifest { .. }
@@ -472,7 +489,24 @@ impl NpmRequest {
 
     /// Reads that are never sent with a credential, whoever asks.
     pub fn always_anonymous(&self) -> bool {
-        matches!(self.op, Op::Ping | Op::Search | Op::SecurityAudit { .. })
+        matches!(self.op, Op::Ping | Op::Search | Op::SecurityAudit { .. } | Op::UserLookup { .. })
+    }
+
+    /// The actions this request may turn out to be, before its body is read: a write whose
+    /// phantom allows none of them is refused without reading the body.
+    pub fn candidate_actions(&self) -> ActionSet {
+        use ActionKind::*;
+        let list: &[ActionKind] = match self.op {
+            Op::Whoami => &[Whoami],
+            Op::PutPackument => &[Publish, Deprecate],
+            Op::PutRevision { .. } => &[Unpublish, Owner],
+            Op::StagePublish => &[StagePublish],
+            Op::DistTagSet { .. } | Op::DistTagRemove { .. } => &[DistTag],
+            Op::UnpublishPackage { .. } | Op::UnpublishTarball { .. } => &[Unpublish],
+            Op::AccessSet => &[Access],
+            _ => &[Read],
+        };
+        list.iter().copied().collect()
     }
 
     /// The path and query to send upstream, rebuilt from the classified parts.
@@ -486,6 +520,7 @@ impl NpmRequest {
             Op::Ping => "/-/ping".to_owned(),
             Op::Search => "/-/v1/search".to_owned(),
             Op::Whoami => "/-/whoami".to_owned(),
+            Op::UserLookup { name } => format!("/-/user/org.couchdb.user:{name}"),
             Op::SecurityAudit { path } => (*path).to_owned(),
             Op::Packument | Op::PutPackument => format!("/{name}"),
             Op::VersionManifest { spec } => format!("/{name}/{spec}"),

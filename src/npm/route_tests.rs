@@ -68,6 +68,7 @@ fn reads() {
     check("GET", "/-/ping?write=true", Reg("Ping", None, "/-/ping?write=true"));
     check("GET", "/-/v1/search?text=acme&size=20", Reg("Search", None, "/-/v1/search?text=acme&size=20"));
     check("GET", "/-/whoami", Reg("Whoami", None, "/-/whoami"));
+    check("GET", "/-/user/org.couchdb.user:bob", Reg("UserLookup", None, "/-/user/org.couchdb.user:bob"));
     check(
         "POST",
         "/-/npm/v1/security/advisories/bulk",
@@ -132,7 +133,7 @@ fn never_forwarded_with_a_credential() {
         ("POST", "/-/v1/login"),
         ("GET", "/-/v1/done?sessionId=1"),
         ("PUT", "/-/user/org.couchdb.user:bob"),
-        ("GET", "/-/user/org.couchdb.user:bob"),
+        ("GET", "/-/user/token/abc"),
         ("GET", "/-/package/@acme%2fweb/trust"),
         ("POST", "/-/package/@acme%2fweb/trust"),
         ("DELETE", "/-/package/web/trust/1234"),
@@ -193,6 +194,7 @@ fn refused() {
         ("GET", "/web/1.0.0/extra/more", UnknownRoute),
         ("GET", "/@acme", BadName(NameError::BadScope)),
         ("PUT", "/-/stage/package/web", MethodNotAllowed),
+        ("GET", "/-/user/org.couchdb.user:Bob%20", BadPath),
     ];
     for (m, p, e) in table {
         check(m, p, Want::Err(e.clone()));

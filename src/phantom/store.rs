@@ -95,13 +95,23 @@ pub trait PhantomStore: Send + Sync + 'static {
 
     fn lookup(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<Lookup, StoreError>> + Send;
 
-    /// Spends one write use, atomically, unless `fingerprint` was already spent.
+    /// Spends one write use, atomically. The same request as the last one spent (same
+    /// fingerprint) is a retry and free, unless that one already succeeded upstream.
     fn consume_use(
         &self,
         digest: &TokenDigest,
         fingerprint: Fingerprint,
         now: u64,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
+
+    /// Records whether the request with `fingerprint` succeeded upstream: after a success, sending
+    /// it again is a new use, not a retry.
+    fn settle(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        succeeded: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Revokes every live phantom the selector picks; returns how many.
     fn revoke(&self, which: &Selector) -> impl Future<Output = Result<usize, StoreError>> + Send;
@@ -123,13 +133,11 @@ pub trait PhantomStore: Send + Sync + 'static {
 
 /// Seconds an expired phantom is remembered, so its holder hears "expired", not "unknown".
 const EXPIRED_GRACE: u64 = 3600;
-/// Upper bound on the fingerprints kept per phantom (a limit for phantoms without max_uses).
-const MAX_FINGERPRINTS: usize = 64;
-
 struct Entry {
     record: Arc<PhantomRecord>,
     used: u32,
-    fingerprints: Vec<Fingerprint>,
+    /// The last write spent, and whether it succeeded upstream.
+    last: Option<(Fingerprint, bool)>,
     revoked: bool,
 }
 
@@ -148,7 +156,7 @@ impl MemoryStore {
 
 impl PhantomStore for MemoryStore {
     async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
-        let entry = Entry { record: Arc::new(record), used: 0, fingerprints: Vec::new(), revoked: false };
+        let entry = Entry { record: Arc::new(record), used: 0, last: None, revoked: false };
         self.phantoms.insert(digest, entry);
         Ok(())
     }
@@ -174,7 +182,7 @@ impl PhantomStore for MemoryStore {
         if e.revoked || now >= e.record.expires_at {
             return Ok(UseOutcome::NotLive);
         }
-        if e.fingerprints.contains(&fingerprint) {
+        if e.last == Some((fingerprint, false)) {
             return Ok(UseOutcome::Retry);
         }
         let max = e.record.max_uses;
@@ -182,11 +190,17 @@ impl PhantomStore for MemoryStore {
             return Ok(UseOutcome::Exhausted);
         }
         e.used += 1;
-        if e.fingerprints.len() == MAX_FINGERPRINTS {
-            e.fingerprints.remove(0);
-        }
-        e.fingerprints.push(fingerprint);
+        e.last = Some((fingerprint, false));
         Ok(UseOutcome::Counted { remaining: max.map(|m| m - e.used) })
+    }
+
+    async fn settle(&self, digest: &TokenDigest, fingerprint: Fingerprint, succeeded: bool) -> Result<(), StoreError> {
+        if let Some(mut e) = self.phantoms.get_mut(digest) {
+            if e.last.is_some_and(|(fp, _)| fp == fingerprint) {
+                e.last = Some((fingerprint, succeeded));
+            }
+        }
+        Ok(())
     }
 
     async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
@@ -270,10 +284,15 @@ mod tests {
             assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
             let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
+            // The upstream failed (npm retries on 5xx): the same request again is free.
+            s.settle(&d, [1; 32], false).await.unwrap();
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Retry);
-            assert_eq!(use_(2).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
+            // It succeeded: sending it again is a new use.
+            s.settle(&d, [1; 32], true).await.unwrap();
+            assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
-            assert_eq!(use_(2).await.unwrap(), UseOutcome::Retry);
+            // Only the last request is a retry, not any earlier one.
+            assert_eq!(use_(2).await.unwrap(), UseOutcome::Exhausted);
             assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
             assert_eq!(s.list(50).await.unwrap()[0].uses_left, Some(0));
             assert_eq!(s.revoke(&Selector::Id("other".into())).await.unwrap(), 0);

@@ -40,8 +40,14 @@ pub async fn npm_native(
     }
     let id_token = bearer_id_token(&req)?;
     let verified = verify_once(app, &id_token, Audience::Exactly(app.npm_audience()), rec).await?;
-    let grant = app.policy().grant_for(&verified.identity, &package, ActionKind::Publish).map_err(Refusal::NoGrant)?;
-    let scope = Scope { packages: vec![package], actions: [ActionKind::Publish].into_iter().collect() };
+    // `npm publish` and `npm stage publish` both use this exchange.
+    let policy = app.policy();
+    let grant = policy
+        .grant_for(&verified.identity, &package, ActionKind::Publish)
+        .or_else(|_| policy.grant_for(&verified.identity, &package, ActionKind::StagePublish))
+        .map_err(Refusal::NoGrant)?;
+    let publishing: crate::npm::ActionSet = [ActionKind::Publish, ActionKind::StagePublish].into_iter().collect();
+    let scope = Scope { packages: vec![package], actions: grant.actions.intersect(publishing) };
     let ttl = grant.ttl;
     let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
     let body = serde_json::json!({

@@ -7,8 +7,8 @@ use crate::audit::{self, identity_summary, Record};
 use crate::credentials::Credential;
 use crate::net::{self, Body, BoxError};
 use crate::npm::{self, body, ActionKind, NpmRequest, Op, PutPackument, PutRevision, Route};
-use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, TokenDigest, UseOutcome};
-use crate::policy::{Authorized, Requested};
+use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest, UseOutcome};
+use crate::policy::{Authorized, Denial, Requested};
 use crate::upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -35,7 +35,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Ok(resp) => resp,
         Err(refusal) => {
             rec.decision = match refusal {
-                Refusal::Upstream(_) | Refusal::Store(_) | Refusal::Internal(_) => "error",
+                Refusal::Upstream(_)
+                | Refusal::UpstreamFailed(_)
+                | Refusal::Store(_)
+                | Refusal::Internal(_)
+                | Refusal::AuditUnavailable => "error",
                 _ => "deny",
             };
             rec.reason = Some(refusal.detail());
@@ -46,6 +50,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     rec.latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     if let Err(e) = app.audit.write(&rec) {
         tracing::error!(error = %e, "could not write the audit log");
+        // A phantom whose minting is not on record is not handed out.
+        if rec.event == "exchange" && rec.decision == "allow" {
+            if let Some(id) = &rec.token_id {
+                let _ = app.store.revoke(&Selector::Id(id.clone())).await;
+            }
+            response = Refusal::AuditUnavailable.response();
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
@@ -74,12 +85,20 @@ struct Action {
     kind: ActionKind,
     version: Option<String>,
     tags: Vec<String>,
-    /// A deprecate's document, checked against upstream once the credential may be used.
-    deprecate: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A comparison with the upstream packument, made once the credential may be used.
+    against_upstream: Option<UpstreamCheck>,
+}
+
+enum UpstreamCheck {
+    /// A deprecate sends the whole packument back: only `deprecated` fields may differ.
+    Deprecate(serde_json::Map<String, serde_json::Value>),
+    /// A version removal: only versions (and the tags naming them) may go.
+    UnpublishVersion,
 }
 
 enum Payload {
-    Buffered(Bytes),
+    /// A write body, held with its share of the buffering budget.
+    Buffered(Bytes, tokio::sync::OwnedSemaphorePermit),
     Streamed(Incoming),
 }
 
@@ -93,14 +112,12 @@ async fn forward(
     rec.path = Some(path.split('?').next().unwrap_or_default().to_owned());
     rec.package = npm.package.as_ref().map(ToString::to_string);
     let session = authenticate(app, req.headers(), rec).await?;
+    precheck(app, session.as_ref(), &npm)?;
     let (parts, incoming) = req.into_parts();
     let (action, payload) = inspect(app, &npm, &parts.headers, incoming).await?;
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
-    if action.kind.is_write() && npm.package.as_ref().is_some_and(|p| app.is_frozen(p)) {
-        return Err(Refusal::Frozen);
-    }
     let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
     rec.upstream = Some(upstream.name.clone());
 
@@ -108,39 +125,79 @@ async fn forward(
     let (npm, credential) = match &permit {
         Permit::Anonymous(npm) => (npm, None),
         Permit::Granted(authorized) => {
-            let credential =
-                app.credentials.for_authorized(authorized).filter(|c| c.upstream == upstream.name).ok_or_else(
-                    || {
-                        Refusal::Internal(format!(
-                            "grant `{}`'s credential does not serve upstream `{}`",
-                            authorized.grant().name,
-                            upstream.name
-                        ))
-                    },
-                )?;
+            let credential = app.credentials.for_authorized(authorized).filter(|c| c.upstream == upstream.name);
+            let credential = credential.ok_or_else(|| {
+                let grant = &authorized.grant().name;
+                Refusal::Internal(format!("grant `{grant}`'s credential does not serve upstream `{}`", upstream.name))
+            })?;
             rec.grant = Some(authorized.grant().name.clone());
             (authorized.get(), Some(credential.as_ref()))
         }
     };
-    if let (Some(session), Some(_)) = (&session, credential) {
-        if action.kind.is_write() {
-            spend_use(app, session, npm, &payload).await?;
+    if let (Some(check), Some(credential), Payload::Buffered(bytes, _)) =
+        (&action.against_upstream, credential, &payload)
+    {
+        compare_with_upstream(app, upstream, npm, check, bytes, credential).await?;
+    }
+    let spent = match (&session, credential) {
+        (Some(session), Some(_)) if action.kind.is_write() => {
+            Some((session, spend_use(app, session, npm, &payload).await?))
         }
-    }
-    if let (Some(doc), Some(credential)) = (&action.deprecate, credential) {
-        check_deprecate(app, upstream, npm, doc, credential).await?;
-    }
+        _ => None,
+    };
 
     rec.decision = if credential.is_some() { "allow" } else { "anonymous" };
-    let body = match payload {
-        Payload::Buffered(bytes) => net::full(bytes),
+    if action.kind.is_write() {
+        // Write-ahead: a write is forwarded only once it is on record.
+        let intent = Record { decision: "forwarding", status: 0, ..rec.clone() };
+        app.audit.write(&intent).map_err(|_| Refusal::AuditUnavailable)?;
+    } else if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
+        return Err(Refusal::AuditUnavailable);
+    }
+    let (body, budget) = match payload {
+        Payload::Buffered(bytes, budget) => (net::full(bytes), Some(budget)),
         Payload::Streamed(incoming) => {
-            Limited::new(incoming, app.config.server.max_body_bytes as usize).map_err(BoxError::from).boxed_unsync()
+            let idle = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
+            let limited = Limited::new(idle, app.config.server.max_body_bytes as usize);
+            (limited.map_err(BoxError::from).boxed_unsync(), None)
         }
     };
-    let resp = upstream.send(npm.method.clone(), &path, &parts.headers, body, credential).await?;
+    let sent = upstream.send(npm.method.clone(), &path, &parts.headers, body, credential).await;
+    drop(budget);
+    if let Some((session, fingerprint)) = spent {
+        let ok = sent.as_ref().is_ok_and(|r| r.status().is_success());
+        app.store.settle(&session.digest, fingerprint, ok).await?;
+    }
+    let resp = sent?;
     rec.upstream_status = Some(resp.status().as_u16());
+    if action.kind.is_write() && resp.status().is_server_error() {
+        return Err(Refusal::UpstreamFailed(resp.status().as_u16()));
+    }
     Ok(upstream::relay(resp, credential)?)
+}
+
+/// Refuses, before any body is read, writes without a phantom, writes outside the phantom's
+/// packages and actions, and writes to frozen packages.
+fn precheck(app: &App, session: Option<&Session>, npm: &NpmRequest) -> Result<(), Refusal> {
+    if npm.is_read() {
+        return Ok(());
+    }
+    let session = session.ok_or(Refusal::NeedsPhantom)?;
+    let scope = &session.record.scope;
+    if let Some(p) = &npm.package {
+        if !scope.packages.contains(p) {
+            return Err(Refusal::Denied(Denial::PackageOutOfScope));
+        }
+        if app.is_frozen(p) {
+            return Err(Refusal::Frozen);
+        }
+    }
+    let candidates = npm.candidate_actions();
+    if scope.actions.intersect(candidates).is_empty() {
+        let first = candidates.iter().next().map_or("write", ActionKind::as_str);
+        return Err(Refusal::Denied(Denial::ActionOutOfScope(first)));
+    }
+    Ok(())
 }
 
 /// Looks up the phantom in `Authorization`, if any. Anything else there is refused: other
@@ -182,34 +239,40 @@ async fn inspect(
     headers: &HeaderMap,
     incoming: Incoming,
 ) -> Result<(Action, Payload), Refusal> {
-    let plain = |kind| Action { kind, version: None, tags: Vec::new(), deprecate: None };
+    let plain = |kind| Action { kind, version: None, tags: Vec::new(), against_upstream: None };
     if npm.is_read() {
         return Ok((plain(ActionKind::Read), Payload::Streamed(incoming)));
     }
     let package = npm.package.as_ref();
     let limit = match npm.op() {
-        Op::PutPackument | Op::StagePublish => app.config.server.max_body_bytes,
+        Op::PutPackument | Op::StagePublish | Op::PutRevision { .. } => app.config.server.max_body_bytes,
         _ => SMALL_BODY,
     };
     if npm.needs_body_check() {
         require_plain_json(headers)?;
     }
-    let bytes = read_body(headers, incoming, limit).await?;
+    let budget = reserve_buffer(app, headers, limit).await?;
+    let bytes = read_body(incoming, limit, app.config.server.client_timeout).await?;
+    let publish = |kind, m: npm::PublishManifest| Action {
+        kind,
+        version: Some(m.version),
+        tags: m.dist_tags,
+        against_upstream: None,
+    };
     let action = match (npm.op(), package) {
         (Op::Whoami, _) => plain(ActionKind::Whoami),
         (Op::PutPackument, Some(p)) => match body::check_put_packument(p, &bytes)? {
-            PutPackument::Publish(m) => {
-                Action { kind: ActionKind::Publish, version: Some(m.version), tags: m.dist_tags, deprecate: None }
+            PutPackument::Publish(m) => publish(ActionKind::Publish, m),
+            PutPackument::Deprecate(doc) => {
+                Action { against_upstream: Some(UpstreamCheck::Deprecate(doc)), ..plain(ActionKind::Deprecate) }
             }
-            PutPackument::Deprecate(doc) => Action { deprecate: Some(doc), ..plain(ActionKind::Deprecate) },
         },
-        (Op::StagePublish, Some(p)) => {
-            let m = body::check_stage_publish(p, &bytes)?;
-            Action { kind: ActionKind::StagePublish, version: Some(m.version), tags: m.dist_tags, deprecate: None }
-        }
+        (Op::StagePublish, Some(p)) => publish(ActionKind::StagePublish, body::check_stage_publish(p, &bytes)?),
         (Op::PutRevision { .. }, Some(p)) => match body::check_put_revision(p, &bytes)? {
             PutRevision::Owner => plain(ActionKind::Owner),
-            PutRevision::UnpublishVersion => plain(ActionKind::Unpublish),
+            PutRevision::UnpublishVersion => {
+                Action { against_upstream: Some(UpstreamCheck::UnpublishVersion), ..plain(ActionKind::Unpublish) }
+            }
         },
         (Op::DistTagSet { tag }, _) => Action {
             version: Some(body::check_dist_tag_value(&bytes)?),
@@ -218,10 +281,34 @@ async fn inspect(
         },
         (Op::DistTagRemove { tag }, _) => Action { tags: vec![tag.clone()], ..plain(ActionKind::DistTag) },
         (Op::UnpublishPackage { .. } | Op::UnpublishTarball { .. }, _) => plain(ActionKind::Unpublish),
-        (Op::AccessSet, _) => plain(ActionKind::Access),
+        (Op::AccessSet, _) => {
+            body::check_access(&bytes)?;
+            plain(ActionKind::Access)
+        }
         _ => return Err(Refusal::Internal("a write route without a package".into())),
     };
-    Ok((action, Payload::Buffered(bytes)))
+    Ok((action, Payload::Buffered(bytes, budget)))
+}
+
+/// Takes this body's share of the budget for buffered bodies, waiting at most the client
+/// timeout: many large uploads at once are turned away rather than exhausting memory.
+async fn reserve_buffer(
+    app: &App,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Refusal::TooLarge);
+    }
+    let kib = declared.unwrap_or(limit).div_ceil(1024).max(1);
+    let kib = u32::try_from(kib).unwrap_or(u32::MAX).min(app.buffer_budget_kib);
+    let acquire = app.buffer_budget.clone().acquire_many_owned(kib);
+    match tokio::time::timeout(app.config.server.client_timeout, acquire).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Refusal::Busy),
+    }
 }
 
 enum Permit {
@@ -249,41 +336,51 @@ fn authorize(app: &App, session: Option<&Session>, npm: NpmRequest, action: &Act
 }
 
 /// Spends one write use. An identical retry (same method, path and body) is not a new use.
-async fn spend_use(app: &App, session: &Session, npm: &NpmRequest, payload: &Payload) -> Result<(), Refusal> {
+async fn spend_use(
+    app: &App,
+    session: &Session,
+    npm: &NpmRequest,
+    payload: &Payload,
+) -> Result<crate::phantom::Fingerprint, Refusal> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(npm.method.as_str().as_bytes());
     ctx.update(&[0]);
     ctx.update(npm.upstream_path().as_bytes());
     ctx.update(&[0]);
-    if let Payload::Buffered(bytes) = payload {
+    if let Payload::Buffered(bytes, _) = payload {
         ctx.update(bytes);
     }
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(ctx.finish().as_ref());
     match app.store.consume_use(&session.digest, fingerprint, audit::unix_now()).await? {
-        UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(()),
+        UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(fingerprint),
         UseOutcome::Exhausted => Err(Refusal::UsesExhausted),
         UseOutcome::NotLive => Err(Refusal::PhantomNotLive("expired or revoked")),
     }
 }
 
-/// A deprecate sends the whole packument back: it must match upstream but for `deprecated`.
-async fn check_deprecate(
+/// Compares a deprecate or a version removal with the upstream packument (fetched with the
+/// credential, `?write=true`), so that neither can change more than it says.
+async fn compare_with_upstream(
     app: &App,
     upstream: &upstream::Upstream,
     npm: &NpmRequest,
-    doc: &serde_json::Map<String, serde_json::Value>,
+    check: &UpstreamCheck,
+    bytes: &Bytes,
     credential: &Credential,
 ) -> Result<(), Refusal> {
-    let package = npm.package.as_ref().ok_or(Refusal::Internal("deprecate without a package".into()))?;
+    let package = npm.package.as_ref().ok_or(Refusal::Internal("a package write without a package".into()))?;
     let path = format!("/{}?write=true", package.escaped());
-    let (status, bytes) = upstream.fetch_json(&path, credential, app.config.server.max_body_bytes as usize).await?;
+    let (status, current) = upstream.fetch_json(&path, credential, app.config.server.max_body_bytes as usize).await?;
     if status != 200 {
         return Err(Refusal::Upstream(upstream::UpstreamError::Failed(format!("the packument answered {status}"))));
     }
-    let current = crate::json::parse_object(&bytes)
+    let current = crate::json::parse_object(&current)
         .map_err(|_| Refusal::Upstream(upstream::UpstreamError::Failed("the packument is not JSON".into())))?;
-    body::check_deprecate(doc, &current)?;
+    match check {
+        UpstreamCheck::Deprecate(doc) => body::check_deprecate(doc, &current)?,
+        UpstreamCheck::UnpublishVersion => body::check_unpublish_version(bytes, &current)?,
+    }
     Ok(())
 }
 
@@ -302,15 +399,11 @@ fn require_plain_json(headers: &HeaderMap) -> Result<(), Refusal> {
 }
 
 /// Reads a whole body, refusing it as soon as it passes `limit`.
-async fn read_body(headers: &HeaderMap, incoming: Incoming, limit: u64) -> Result<Bytes, Refusal> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Refusal::TooLarge);
-    }
-    match Limited::new(incoming, limit as usize).collect().await {
+async fn read_body(incoming: Incoming, limit: u64, idle: std::time::Duration) -> Result<Bytes, Refusal> {
+    match Limited::new(net::IdleTimeout::new(incoming, idle), limit as usize).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Refusal::TooLarge),
+        Err(e) if e.is::<net::BodyTimeout>() => Err(Refusal::ClientTimeout),
         Err(e) => Err(Refusal::ClientBody(net::error_chain(&*e))),
     }
 }

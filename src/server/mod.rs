@@ -28,8 +28,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,6 +45,9 @@ pub struct App {
     /// Package patterns whose writes are frozen (incident response).
     frozen: RwLock<Vec<Glob>>,
     admin_token: Option<Secret>,
+    /// Permits, in KiB, for request bodies held in memory (`server.max_buffered_bytes`).
+    buffer_budget: Arc<tokio::sync::Semaphore>,
+    buffer_budget_kib: u32,
 }
 
 impl App {
@@ -76,7 +77,11 @@ impl App {
                 key
             }
         };
+        let buffer_budget_kib = u32::try_from(config.server.max_buffered_bytes / 1024).unwrap_or(u32::MAX >> 4);
+        let buffer_budget_kib = buffer_budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS as u32);
         let app = App {
+            buffer_budget: Arc::new(tokio::sync::Semaphore::new(buffer_budget_kib as usize)),
+            buffer_budget_kib,
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,
             credentials: Credentials::load(&config.credentials)?,
@@ -140,8 +145,9 @@ pub async fn serve(
 ) -> Result<(), String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
     let acceptor = TlsAcceptor::from(tls);
+    let client_timeout = app.config.server.client_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(client_timeout).max_buf_size(64 * 1024);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -162,6 +168,10 @@ pub async fn serve(
         })
     };
 
+    // Registry-facing connections beyond the limit are closed at once; the admin listener has
+    // its own small reserve so that operators can still get in.
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections));
+    let admin_connections = Arc::new(tokio::sync::Semaphore::new(64));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -182,11 +192,18 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        let limit = if is_admin { &admin_connections } else { &connections };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::debug!(admin = is_admin, "connection limit reached: closing a new connection");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(client_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 _ => return,
             };

@@ -49,8 +49,16 @@ pub enum Refusal {
     Store(#[from] StoreError),
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
+    #[error("the upstream registry failed the write with status {0}")]
+    UpstreamFailed(u16),
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
+    #[error("the client sent its body too slowly")]
+    ClientTimeout,
+    #[error("too many large request bodies are in flight")]
+    Busy,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,10 +78,14 @@ impl Refusal {
             Refusal::Replay => 401,
             Refusal::BadRequest(_) | Refusal::ClientBody(_) => 400,
             Refusal::TooLarge => 413,
+            Refusal::ClientTimeout => 408,
+            Refusal::Busy => 503,
             Refusal::UnsupportedMedia => 415,
             Refusal::NoUpstream => 404,
             Refusal::Store(_) => 503,
             Refusal::Upstream(e) => e.status(),
+            Refusal::UpstreamFailed(_) => 502,
+            Refusal::AuditUnavailable => 503,
             Refusal::Internal(_) => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -99,6 +111,9 @@ impl Refusal {
             Refusal::Upstream(UpstreamError::Timeout) => "the upstream registry did not answer in time".into(),
             Refusal::Upstream(_) => "the upstream registry could not be reached or answered badly".into(),
             Refusal::ClientBody(_) => "the request body could not be read".into(),
+            Refusal::AuditUnavailable => {
+                "the broker's audit log cannot be written: writes are refused until it can".into()
+            }
             Refusal::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }

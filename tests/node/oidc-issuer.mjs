@@ -13,7 +13,9 @@
 //   GET  /token?...&audience=AUD             needs "Authorization: Bearer <request_token>"; optional
 //        claims=<base64url JSON, null deletes a claim>, alg=RS256|ES256, ttl=<seconds>
 //        -> {"count":1,"value":"<jwt>"} with GitHub-shaped default claims
-//   POST /mint {"claims":{...},"header":{...},"key":"rsa"|"ec"}  signs exactly those claims -> {"token"}
+//   POST /mint {"claims":{...},"header":{...},"key":"rsa"|"ec"|"rsa2"}  signs exactly those claims -> {"token"}
+//   POST /control {"keys": "normal"|"slow"|"huge"|"error", "rotate": true}  fault injection for the
+//        discovery and JWKS endpoints; "rotate" adds an RSA key (kid "rsa-2") to the JWKS
 import https from 'node:https';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -37,9 +39,11 @@ fs.mkdirSync(args.dir, { recursive: true });
 for (const [name, k] of Object.entries(keys)) {
   fs.writeFileSync(path.join(args.dir, `${name}.pem`), k.privateKey.export({ type: 'pkcs8', format: 'pem' }), { mode: 0o600 });
 }
-const jwks = {
-  keys: Object.values(keys).map((k) => ({ ...k.publicKey.export({ format: 'jwk' }), kid: k.kid, alg: k.alg, use: 'sig' })),
-};
+const publicJwk = (k) => ({ ...k.publicKey.export({ format: 'jwk' }), kid: k.kid, alg: k.alg, use: 'sig' });
+const jwks = { keys: Object.values(keys).map(publicJwk) };
+// A key that is not published until /control {"rotate": true}.
+keys.rsa2 = { kid: 'rsa-2', alg: 'RS256', ...crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }) };
+let keysMode = 'normal';
 const requestToken = crypto.randomBytes(24).toString('hex');
 const stats = { jwks_fetches: 0, discovery_fetches: 0, tokens_minted: 0 };
 const runId = String(crypto.randomInt(1e9, 1e10));
@@ -100,8 +104,26 @@ function mintEndpoint(body) {
   try { input = JSON.parse(body.toString('utf8')); } catch { throw new HttpError(400, 'body must be JSON'); }
   if (!input?.claims || typeof input.claims !== 'object') throw new HttpError(400, 'claims object is required');
   const key = keys[input.key ?? 'rsa'];
-  if (!key) throw new HttpError(400, 'key must be "rsa" or "ec"');
+  if (!key) throw new HttpError(400, 'key must be "rsa", "ec" or "rsa2"');
   return { token: sign(input.claims, key, input.header ?? {}) };
+}
+
+function controlEndpoint(body) {
+  let input;
+  try { input = JSON.parse(body.toString('utf8')); } catch { throw new HttpError(400, 'body must be JSON'); }
+  if (input.keys) {
+    if (!['normal', 'slow', 'huge', 'error'].includes(input.keys)) throw new HttpError(400, 'bad keys mode');
+    keysMode = input.keys;
+  }
+  if (input.rotate && !jwks.keys.some((k) => k.kid === 'rsa-2')) jwks.keys.push(publicJwk(keys.rsa2));
+  return { keys: keysMode, kids: jwks.keys.map((k) => k.kid) };
+}
+
+// Applies the fault mode to the discovery and JWKS answers.
+function faulty(obj) {
+  if (keysMode === 'error') throw new HttpError(503, 'keys unavailable');
+  if (keysMode === 'huge') return { ...obj, padding: 'x'.repeat(2 * 1024 * 1024) };
+  return obj;
 }
 
 function route(req, body) {
@@ -110,12 +132,13 @@ function route(req, body) {
   switch (u.pathname) {
     case '/.well-known/openid-configuration':
       want('GET'); stats.discovery_fetches++;
-      return {
+      return faulty({
         issuer: url, jwks_uri: `${url}/.well-known/jwks`, subject_types_supported: ['public'],
         response_types_supported: ['id_token'], id_token_signing_alg_values_supported: ['RS256', 'ES256'],
         claims_supported: Object.keys(githubClaims('x', 0)),
-      };
-    case '/.well-known/jwks': want('GET'); stats.jwks_fetches++; return jwks;
+      });
+    case '/.well-known/jwks': want('GET'); stats.jwks_fetches++; return faulty(jwks);
+    case '/control': want('POST'); return controlEndpoint(body);
     case '/stats': want('GET'); return stats;
     case '/token': want('GET'); return tokenEndpoint(req, u.searchParams);
     case '/mint': want('POST'); return mintEndpoint(body);
@@ -140,9 +163,14 @@ const server = https.createServer({ cert: fs.readFileSync(args.cert), key: fs.re
   });
   req.on('end', () => {
     if (tooBig) return reply(res, 413, { message: 'body too large' });
-    try { reply(res, 200, route(req, Buffer.concat(chunks))); } catch (e) {
-      reply(res, e.status ?? 500, { message: e.message });
-    }
+    const wellKnown = req.url.startsWith('/.well-known/');
+    const answer = () => {
+      try { reply(res, 200, route(req, Buffer.concat(chunks))); } catch (e) {
+        reply(res, e.status ?? 500, { message: e.message });
+      }
+    };
+    // "slow": the keys answer after 30 s, far past any sane fetch timeout.
+    if (wellKnown && keysMode === 'slow') setTimeout(answer, 30000).unref(); else answer();
   });
 });
 
