@@ -545,9 +545,14 @@ token = {{ file = "{admin_secret}" }}
             let bytes = std::fs::read(&f).unwrap();
             assert!(!contains(&bytes), "the canary is in {}", f.display());
         }
-        // The token reached Verdaccio: only it can have made Verdaccio accept a publish.
-        let stored = self.storage();
-        assert!(stored.keys().any(|p| p.extension().is_some_and(|x| x == "tgz")), "nothing was ever published");
+        // The token did reach Verdaccio: it accepted a write, which it only does when
+        // authenticated (anonymous and wrong-token writes get 401).
+        let accepted = self.broker.audit_lines().iter().any(|l| {
+            l["decision"] == "allow"
+                && !matches!(l["action"].as_str(), Some("read" | "whoami") | None)
+                && l["upstream_status"].as_u64().is_some_and(|s| (200..300).contains(&s))
+        });
+        assert!(accepted, "Verdaccio never accepted a write with the credential");
     }
 }
 

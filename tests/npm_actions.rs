@@ -1,0 +1,134 @@
+//! The npm actions beyond publish, through `phantom login` and the real npm CLI: deprecate,
+//! unpublish of a version and of a package, and the body tricks each could hide.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::*;
+
+const POLICY: &str = r#"
+[[grant]]
+name = "acme-maintain"
+issuer = "github"
+packages = ["@acme/*"]
+actions = ["publish", "deprecate", "unpublish", "dist-tag"]
+credential = "verdaccio-publisher"
+ttl = "10m"
+[grant.claims]
+repository_id = "123456789"
+ref = "refs/heads/main"
+"#;
+
+/// `phantom login` for `actions`, writing into the World's npmrc.
+fn login(w: &World, packages: &str, actions: &str) {
+    let token_file = w.root().join("id-token");
+    std::fs::write(&token_file, w.id_token(json!({}))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["login", "--broker", &w.broker.url, "--packages", packages, "--actions", actions])
+        .arg("--npmrc")
+        .arg(w.npmrc())
+        .arg("--id-token-file")
+        .arg(&token_file)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "phantom login: {}", text(&out));
+}
+
+fn phantom_in_npmrc(w: &World) -> String {
+    let npmrc = std::fs::read_to_string(w.npmrc()).unwrap();
+    npmrc.lines().find_map(|l| l.split_once(":_authToken=").map(|(_, t)| t.to_owned())).unwrap()
+}
+
+#[test]
+fn deprecate_and_unpublish_with_the_npm_cli() {
+    let w = World::start(POLICY);
+    login(&w, "@acme/tool", "publish,deprecate,unpublish");
+    for v in ["1.0.0", "1.1.0", "2.0.0"] {
+        let out = w.npm(&w.package("@acme/tool", v), &["publish"], None);
+        assert!(ok(&out), "publish {v}: {}", text(&out));
+    }
+
+    let out = w.npm(w.root(), &["deprecate", "@acme/tool@1.0.0", "use 2.x"], None);
+    assert!(ok(&out), "npm deprecate: {}", text(&out));
+    let p = w.upstream_packument("@acme%2ftool").json();
+    assert_eq!(p["versions"]["1.0.0"]["deprecated"], "use 2.x");
+    assert!(p["versions"]["1.1.0"].get("deprecated").is_none());
+
+    let out = w.npm(w.root(), &["unpublish", "@acme/tool@2.0.0"], None);
+    assert!(ok(&out), "npm unpublish a version: {}", text(&out));
+    let p = w.upstream_packument("@acme%2ftool").json();
+    assert!(p["versions"].get("2.0.0").is_none());
+    assert_eq!(p["dist-tags"]["latest"], "1.1.0", "npm moves latest to the highest remaining version");
+
+    let out = w.npm(w.root(), &["unpublish", "@acme/tool", "--force"], None);
+    assert!(ok(&out), "npm unpublish the package: {}", text(&out));
+    assert_eq!(w.upstream_packument("@acme%2ftool").status, 404);
+    w.assert_canary_contained();
+}
+
+#[test]
+fn writes_cannot_smuggle_more_than_their_action() {
+    let w = World::start(POLICY);
+    login(&w, "@acme/lib", "publish");
+    for v in ["1.0.0", "2.0.0"] {
+        let out = w.npm(&w.package("@acme/lib", v), &["publish"], None);
+        assert!(ok(&out), "publish {v}: {}", text(&out));
+    }
+    let publish_only = phantom_in_npmrc(&w);
+    let auth = format!("Bearer {publish_only}");
+    let json_headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let before = w.storage();
+
+    // A publish whose version carries `deprecated` would make Verdaccio replace the package.
+    let mut body = json!({
+        "_id": "@acme/lib", "name": "@acme/lib", "dist-tags": {"latest": "3.0.0"},
+        "versions": {"3.0.0": {"name": "@acme/lib", "version": "3.0.0", "deprecated": ""}},
+        "_attachments": {"@acme/lib-3.0.0.tgz": {"content_type": "application/octet-stream", "data": "AAAA", "length": 3}}
+    });
+    let r = w.broker("PUT", "/@acme%2flib", &json_headers, body.to_string());
+    assert_eq!(r.status, 403, "{}", r.text());
+    body["versions"]["3.0.0"].as_object_mut().unwrap().remove("deprecated");
+    body["_rev"] = json!("2-x");
+    assert_eq!(w.broker("PUT", "/@acme%2flib", &json_headers, body.to_string()).status, 403);
+    // A deprecate is not a publish: this phantom may not deprecate at all.
+    let mut packument: Value = w.upstream_packument("@acme%2flib?write=true").json();
+    packument["versions"]["1.0.0"]["deprecated"] = json!("x");
+    let r = w.broker("PUT", "/@acme%2flib", &json_headers, packument.to_string());
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Gzip-encoded or non-JSON publish bodies are refused, not passed on unchecked.
+    let gz = [("authorization", auth.as_str()), ("content-type", "application/json"), ("content-encoding", "gzip")];
+    assert_eq!(w.broker("PUT", "/@acme%2flib", &gz, vec![0x1f, 0x8b, 0, 0]).status, 415);
+    let text_body = [("authorization", auth.as_str()), ("content-type", "text/plain")];
+    assert_eq!(w.broker("PUT", "/@acme%2flib", &text_body, "{}").status, 415);
+    assert_eq!(before, w.storage(), "a smuggled write reached Verdaccio");
+
+    // With unpublish rights: a version removal that also moves `latest` back is refused.
+    login(&w, "@acme/lib", "unpublish,deprecate");
+    let unpublisher = phantom_in_npmrc(&w);
+    let auth = format!("Bearer {unpublisher}");
+    let json_headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let current: Value = w.upstream_packument("@acme%2flib?write=true").json();
+    let rev = current["_rev"].as_str().unwrap().to_owned();
+    let mut sneaky = current.clone();
+    sneaky["versions"].as_object_mut().unwrap().remove("2.0.0");
+    sneaky["dist-tags"]["latest"] = json!("1.0.0");
+    sneaky["maintainers"] = json!([{"name": "mallory", "email": "m@example.com"}]);
+    let r = w.broker("PUT", &format!("/@acme%2flib/-rev/{rev}"), &json_headers, sneaky.to_string());
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A deprecate that also rewrites dist-tags is refused.
+    let mut deprecate = current.clone();
+    deprecate["versions"]["1.0.0"]["deprecated"] = json!("old");
+    deprecate["dist-tags"]["latest"] = json!("1.0.0");
+    let r = w.broker("PUT", "/@acme%2flib", &json_headers, deprecate.to_string());
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(before, w.storage(), "a smuggled write reached Verdaccio");
+
+    // Writes outside the phantom's scope are refused before their body is read.
+    let r = w.broker("PUT", "/@acme%2fother", &json_headers, "not even json");
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = w.broker("PUT", "/@acme%2flib", &[("content-type", "application/json")], "not even json");
+    assert_eq!(r.status, 401, "{}", r.text());
+    w.assert_canary_contained();
+}
