@@ -32,7 +32,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         ..Record::default()
     };
     let mut response = match process(&app, req, &mut rec).await {
-        Ok(resp) => resp,
+        Ok(resp) => watch_body(resp, &app, &rec),
         Err(refusal) => {
             rec.decision = match refusal {
                 Refusal::Upstream(_)
@@ -62,6 +62,33 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         response.headers_mut().insert("x-request-id", v);
     }
     response
+}
+
+/// Relayed bodies can still fail after the status line went out (an upstream reset mid-body,
+/// a client too slow to send): such a failure gets its own audit line, with the same request id.
+fn watch_body(resp: Response<Body>, app: &Arc<App>, rec: &Record) -> Response<Body> {
+    let (parts, body) = resp.into_parts();
+    let on_error = Record {
+        event: "request",
+        request_id: rec.request_id.clone(),
+        method: rec.method.clone(),
+        path: rec.path.clone(),
+        package: rec.package.clone(),
+        token_id: rec.token_id.clone(),
+        decision: "error",
+        status: parts.status.as_u16(),
+        ..Record::default()
+    };
+    let app = app.clone();
+    let body = body.map_err(move |e| {
+        let mut line = on_error.clone();
+        line.reason = Some(format!("the response body failed: {}", net::error_chain(&*e)));
+        if let Err(audit_error) = app.audit.write(&line) {
+            tracing::error!(error = %audit_error, "could not write the audit log");
+        }
+        e
+    });
+    Response::from_parts(parts, body.boxed_unsync())
 }
 
 async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {

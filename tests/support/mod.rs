@@ -7,6 +7,9 @@
 //! - The pinned npm 11 CLI, with its own userconfig and cache.
 #![allow(dead_code)]
 
+pub mod hostile;
+pub mod raw;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
@@ -54,7 +57,7 @@ pub struct Certs {
 
 /// The broker's own `phantom certs dev` makes the CA and the server certificate for every
 /// TLS listener here (broker, Verdaccio, issuer).
-fn dev_certs(dir: &Path) -> Certs {
+pub fn dev_certs(dir: &Path) -> Certs {
     let out = Command::new(env!("CARGO_BIN_EXE_phantom")).args(["certs", "dev", "--out"]).arg(dir).output().unwrap();
     assert!(out.status.success(), "certs dev failed: {}", String::from_utf8_lossy(&out.stderr));
     Certs { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") }
@@ -237,6 +240,8 @@ fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Opti
 
 pub struct Broker {
     proc: Option<Proc>,
+    wrapper: Vec<String>,
+    log: String,
     pub url: String,
     pub admin_url: String,
     pub admin_token: String,
@@ -246,13 +251,16 @@ pub struct Broker {
 }
 
 impl Broker {
-    fn start(dir: &Path, port: u16, admin_port: u16, admin_token: String, config: &str, policy: &str) -> Broker {
+    fn start(dir: &Path, port: u16, admin_port: u16, admin_token: String, config: &str, opts: &Options) -> Broker {
+        let policy = opts.policy.as_str();
         std::fs::create_dir_all(dir.join("policies")).unwrap();
         std::fs::write(dir.join("policies/test.toml"), policy).unwrap();
         let config_path = dir.join("phantom.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut b = Broker {
             proc: None,
+            wrapper: opts.wrapper.clone(),
+            log: opts.log.clone().unwrap_or_else(|| "debug".into()),
             url: format!("https://127.0.0.1:{port}/"),
             admin_url: format!("https://127.0.0.1:{admin_port}/"),
             admin_token,
@@ -267,10 +275,18 @@ impl Broker {
     pub fn restart(&mut self) {
         self.proc = None;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_phantom"))
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_phantom"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_phantom")),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("PHANTOM_LOG", "debug")
+            .env("PHANTOM_LOG", &self.log)
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -292,6 +308,25 @@ impl Broker {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+}
+
+/// How to start a `World` beyond the defaults.
+#[derive(Default)]
+pub struct Options {
+    pub policy: String,
+    /// Extra lines inside `[server]`.
+    pub server: String,
+    /// Extra lines inside `[audit]`.
+    pub audit: String,
+    pub audit_path: Option<String>,
+    /// Extra tables at the end of the config; `{ca}` stands for the dev CA's path.
+    pub extra: String,
+    /// Certificates to use instead of fresh ones (so that other servers can share the CA).
+    pub certs: Option<Certs>,
+    /// A command the broker runs under (e.g. to limit its file sizes).
+    pub wrapper: Vec<String>,
+    /// The broker's log filter (default debug).
+    pub log: Option<String>,
 }
 
 /// The policy most tests use: it matches the issuer's default GitHub-shaped claims.
@@ -324,9 +359,16 @@ pub struct World {
 
 impl World {
     pub fn start(policy: &str) -> World {
+        World::start_with(Options { policy: policy.to_owned(), ..Options::default() })
+    }
+
+    pub fn start_with(mut opts: Options) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let certs = dev_certs(&root.join("certs"));
+        let certs = match opts.certs.take() {
+            Some(c) => c,
+            None => dev_certs(&root.join("certs")),
+        };
         let http = Http::new(&certs.ca);
         let broker_port = free_port();
         let admin_port = free_port();
@@ -344,6 +386,7 @@ listen = "127.0.0.1:{broker_port}"
 public_url = "{broker_url}"
 tls_cert = "{cert}"
 tls_key = "{key}"
+{server_extra}
 
 [upstream.verdaccio]
 url = "{upstream}"
@@ -360,11 +403,14 @@ upstream = "verdaccio"
 source = {{ file = "{secret}" }}
 
 [audit]
-path = "audit/phantom.jsonl"
+path = "{audit_path}"
+{audit_extra}
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
 token = {{ file = "{admin_secret}" }}
+
+{extra}
 "#,
             cert = certs.cert.display(),
             key = certs.key.display(),
@@ -373,8 +419,12 @@ token = {{ file = "{admin_secret}" }}
             issuer = issuer.url,
             secret = secrets.join("npm-token").display(),
             admin_secret = secrets.join("admin-token").display(),
+            server_extra = opts.server,
+            audit_path = opts.audit_path.as_deref().unwrap_or("audit/phantom.jsonl"),
+            audit_extra = opts.audit,
+            extra = opts.extra.replace("{ca}", &certs.ca.display().to_string()),
         );
-        let broker = Broker::start(&root.join("broker"), broker_port, admin_port, admin_token, &config, policy);
+        let broker = Broker::start(&root.join("broker"), broker_port, admin_port, admin_token, &config, &opts);
         std::fs::create_dir_all(root.join("home")).unwrap();
         std::fs::write(root.join("npmrc"), format!("registry={broker_url}\ncafile={}\n", certs.ca.display())).unwrap();
         World { dir, certs, http, issuer, verdaccio, broker, npm_output: Mutex::new(Vec::new()) }

@@ -1,0 +1,63 @@
+//! Raw TLS sockets, for requests no well-behaved client would send.
+
+use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to 127.0.0.1:`port`, trusting `ca`, offering `alpn`.
+pub fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
+    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: Option<u16>,
+    pub text: String,
+    /// The server closed the connection (or reset it) within the wait.
+    pub closed: bool,
+}
+
+/// Reads what the server sends within `wait`, until it closes the connection.
+pub fn read_all(tls: &mut Tls, wait: Duration) -> RawResp {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let mut closed = false;
+    while start.elapsed() < wait {
+        match tls.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok());
+    RawResp { status, text, closed }
+}
+
+/// Sends `request` as is on a fresh HTTP/1.1 connection and reads the answer.
+pub fn send(port: u16, ca: &Path, request: &[u8]) -> RawResp {
+    let mut tls = connect(port, ca, &[b"http/1.1"]);
+    if tls.write_all(request).and_then(|()| tls.flush()).is_err() {
+        return RawResp { status: None, text: String::new(), closed: true };
+    }
+    read_all(&mut tls, Duration::from_secs(5))
+}
