@@ -161,8 +161,14 @@ impl Upstream {
 
 /// Makes a client-facing response from the upstream's. When the request carried a real
 /// credential, the credential is cut out of every header and every body byte.
-pub fn relay(resp: Response<Incoming>, credential: Option<&Credential>) -> Result<Response<Body>, UpstreamError> {
+pub fn relay(
+    resp: Response<Incoming>,
+    credential: Option<&Credential>,
+    idle: Duration,
+) -> Result<Response<Body>, UpstreamError> {
     let (mut parts, body) = resp.into_parts();
+    // An upstream that stops sending mid-body must not hold the client forever.
+    let body = net::IdleTimeout::new(body, idle);
     let connection_listed: Vec<HeaderName> = parts
         .headers
         .get_all(header::CONNECTION)
@@ -178,7 +184,7 @@ pub fn relay(resp: Response<Incoming>, credential: Option<&Credential>) -> Resul
         parts.headers.remove(name);
     }
     let Some(credential) = credential else {
-        return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
+        return Ok(Response::from_parts(parts, body.boxed_unsync()));
     };
     let encoded =
         parts.headers.get(header::CONTENT_ENCODING).is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));

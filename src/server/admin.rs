@@ -149,7 +149,8 @@ fn unavailable(e: crate::phantom::StoreError) -> (StatusCode, String) {
 }
 
 async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, (StatusCode, String)> {
-    let bytes = Limited::new(req.into_body(), 64 * 1024)
+    let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
+    let bytes = Limited::new(body, 64 * 1024)
         .collect()
         .await
         .map_err(|_| (StatusCode::BAD_REQUEST, "the body could not be read".to_owned()))?

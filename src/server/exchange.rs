@@ -71,7 +71,7 @@ pub async fn generic(app: &App, req: Request<Incoming>, rec: &mut Record) -> Res
     rec.event = "exchange";
     rec.path = Some("/-/phantom/v1/exchange".into());
     let id_token = bearer_id_token(&req)?;
-    let asked = read_request(req).await?;
+    let asked = read_request(req, app.config.server.client_timeout).await?;
     let verified = verify_once(app, &id_token, Audience::IssuerDefault, rec).await?;
     let (grant, scope) = app
         .policy()
@@ -100,8 +100,9 @@ struct Asked {
     ttl: Option<Duration>,
 }
 
-async fn read_request(req: Request<Incoming>) -> Result<Asked, Refusal> {
-    let bytes = match Limited::new(req.into_body(), MAX_EXCHANGE_BODY).collect().await {
+async fn read_request(req: Request<Incoming>, idle: Duration) -> Result<Asked, Refusal> {
+    let body = net::IdleTimeout::new(req.into_body(), idle);
+    let bytes = match Limited::new(body, MAX_EXCHANGE_BODY).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::TooLarge),
         Err(e) => return Err(Refusal::ClientBody(net::error_chain(&*e))),

@@ -200,7 +200,7 @@ async fn forward(
     if action.kind.is_write() && resp.status().is_server_error() {
         return Err(Refusal::UpstreamFailed(resp.status().as_u16()));
     }
-    Ok(upstream::relay(resp, credential)?)
+    Ok(upstream::relay(resp, credential, app.config.server.upstream_timeout)?)
 }
 
 /// Refuses, before any body is read, writes without a phantom, writes outside the phantom's
