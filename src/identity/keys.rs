@@ -111,7 +111,8 @@ impl KeyCache {
         &self.cfg
     }
 
-    #[cfg(test)]
+    /// Installs keys without fetching them: for tests, benchmarks and fuzzing. In production
+    /// keys come only from the configured issuer's JWKS.
     pub fn preload(&self, set: KeySet) {
         *self.current.write().expect("key cache lock") = Some(Arc::new(set));
     }

@@ -146,6 +146,12 @@ impl Policy {
         Policy::new(grants).map_err(|m| err(dir, m))
     }
 
+    /// Parses one policy file's text (as `load_dir` does for each file), e.g. for tools and fuzzing.
+    pub fn from_toml(name: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
+        let err = |message: String| PolicyError { file: name.display().to_string(), message };
+        Policy::new(grant::parse_file(name, text, ctx).map_err(err)?).map_err(err)
+    }
+
     pub fn len(&self) -> usize {
         self.grants.len()
     }
