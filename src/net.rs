@@ -152,6 +152,41 @@ pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: u
     Ok(body)
 }
 
+/// A request body fed from a channel, for bodies forwarded while they are still being read
+/// and checked. An `Err` sent into the channel aborts the request: the peer never sees a
+/// complete body.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
+    size: Option<u64>,
+}
+
+impl ChannelBody {
+    /// A body of `size` bytes (if known), and the sender that feeds it.
+    pub fn new(size: Option<u64>) -> (tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>, ChannelBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        (tx, ChannelBody { rx, size })
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(http_body::Frame::data)))
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self.size {
+            Some(n) => http_body::SizeHint::with_exact(n),
+            None => http_body::SizeHint::default(),
+        }
+    }
+}
+
 /// A body that fails when its sender goes quiet for longer than `timeout` between frames:
 /// slow-loris uploads cannot hold a request (and its buffers) open forever.
 pub struct IdleTimeout<B> {

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod name;
 pub mod route;
+pub mod scan;
 
 pub use body::{BodyError, PublishManifest, PutPackument, PutRevision};
 pub use name::{NameError, PackageName};

@@ -252,6 +252,31 @@ impl Policy {
         Ok(Authorized { inner, grant: g.clone() })
     }
 
+    /// For a body that streams upstream while it is checked: before the first byte goes out,
+    /// the grant must still match, the package must be in scope, and one of `candidates` (the
+    /// actions the body may turn out to be) must be allowed. The exact action and its tags are
+    /// authorized with `authorize` before the body's last bytes are released.
+    pub fn authorize_provisional<T>(
+        &self,
+        identity: &Identity,
+        grant: &str,
+        scope: &Scope,
+        package: &PackageName,
+        candidates: ActionSet,
+        inner: T,
+    ) -> Result<Authorized<T>, Denial> {
+        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
+        matches_identity(g, identity)?;
+        if !scope.packages.contains(package) || !g.covers_package(package) {
+            return Err(Denial::PackageOutOfScope);
+        }
+        if scope.actions.intersect(g.actions).intersect(candidates).is_empty() {
+            let first = candidates.iter().next().map_or("write", ActionKind::as_str);
+            return Err(Denial::ActionOutOfScope(first));
+        }
+        Ok(Authorized { inner, grant: g.clone() })
+    }
+
     /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.
     pub fn explain(
         &self,

@@ -232,3 +232,24 @@ fn index_finds_grants_without_scanning() {
     let id = Identity { issuer: "github".into(), claims: json!({"sub": "s1999"}).as_object().unwrap().clone() };
     assert_eq!(p.grant_for(&id, &pkg("@s1999/web"), ActionKind::Publish).unwrap().name, "g1999");
 }
+
+#[test]
+fn provisional_authorization() {
+    let p = policy();
+    let id = github(json!({}));
+    let scope = Scope { packages: vec![pkg("@acme/web")], actions: [ActionKind::Publish].into_iter().collect() };
+    let put: ActionSet = [ActionKind::Publish, ActionKind::Deprecate].into_iter().collect();
+    let unpublish: ActionSet = [ActionKind::Unpublish].into_iter().collect();
+    assert!(p.authorize_provisional(&id, "acme-web-release", &scope, &pkg("@acme/web"), put, ()).is_ok());
+    let other = pkg("@acme/web-ui");
+    assert_eq!(
+        p.authorize_provisional(&id, "acme-web-release", &scope, &other, put, ()).err(),
+        Some(Denial::PackageOutOfScope)
+    );
+    assert_eq!(
+        p.authorize_provisional(&id, "acme-web-release", &scope, &pkg("@acme/web"), unpublish, ()).err(),
+        Some(Denial::ActionOutOfScope("unpublish"))
+    );
+    let moved = github(json!({"ref": "refs/heads/dev"}));
+    assert!(p.authorize_provisional(&moved, "acme-web-release", &scope, &pkg("@acme/web"), put, ()).is_err());
+}

@@ -6,8 +6,10 @@ use super::{exchange, App, Refusal};
 use crate::audit::{self, identity_summary, Record};
 use crate::credentials::Credential;
 use crate::net::{self, Body, BoxError};
-use crate::npm::{self, body, ActionKind, NpmRequest, Op, PutPackument, PutRevision, Route};
-use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest, UseOutcome};
+use crate::npm::{self, body, ActionKind, NpmRequest, Op, PutRevision, Route};
+use crate::phantom::{
+    Fingerprint, Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest, UseOutcome,
+};
 use crate::policy::{Authorized, Denial, Requested};
 use crate::upstream;
 use bytes::Bytes;
@@ -102,9 +104,9 @@ async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<
 }
 
 /// A caller that presented a live phantom.
-struct Session {
-    digest: TokenDigest,
-    record: Arc<PhantomRecord>,
+pub(super) struct Session {
+    pub(super) digest: TokenDigest,
+    pub(super) record: Arc<PhantomRecord>,
 }
 
 /// The action a request performs once its body has been read.
@@ -116,7 +118,7 @@ struct Action {
     against_upstream: Option<UpstreamCheck>,
 }
 
-enum UpstreamCheck {
+pub(super) enum UpstreamCheck {
     /// A deprecate sends the whole packument back: only `deprecated` fields may differ.
     Deprecate(serde_json::Map<String, serde_json::Value>),
     /// A version removal: only versions (and the tags naming them) may go.
@@ -140,13 +142,16 @@ async fn forward(
     rec.package = npm.package.as_ref().map(ToString::to_string);
     let session = authenticate(app, req.headers(), rec).await?;
     precheck(app, session.as_ref(), &npm)?;
+    let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
+    rec.upstream = Some(upstream.name.clone());
     let (parts, incoming) = req.into_parts();
+    if let (Op::PutPackument | Op::StagePublish, Some(session)) = (npm.op(), &session) {
+        return super::publish::forward(app, npm, parts, incoming, session, upstream, rec).await;
+    }
     let (action, payload) = inspect(app, &npm, &parts.headers, incoming).await?;
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
-    let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
-    rec.upstream = Some(upstream.name.clone());
 
     let permit = authorize(app, session.as_ref(), npm, &action)?;
     let (npm, credential) = match &permit {
@@ -166,9 +171,13 @@ async fn forward(
     {
         compare_with_upstream(app, upstream, npm, check, bytes, credential).await?;
     }
-    let spent = match (&session, credential) {
-        (Some(session), Some(_)) if action.kind.is_write() => {
-            Some((session, spend_use(app, session, npm, &payload).await?))
+    let spent = match (&session, credential, &payload) {
+        (Some(session), Some(_), Payload::Buffered(bytes, _)) if action.kind.is_write() => {
+            let mut ctx = fingerprint_start(npm);
+            ctx.update(bytes);
+            let fingerprint = fingerprint_finish(ctx);
+            spend_use(app, session, fingerprint).await?;
+            Some((session, fingerprint))
         }
         _ => None,
     };
@@ -271,8 +280,10 @@ async fn inspect(
         return Ok((plain(ActionKind::Read), Payload::Streamed(incoming)));
     }
     let package = npm.package.as_ref();
+    // Publishes stream (`publish.rs`); what is buffered here is a version removal (a packument)
+    // or a small body.
     let limit = match npm.op() {
-        Op::PutPackument | Op::StagePublish | Op::PutRevision { .. } => app.config.server.max_body_bytes,
+        Op::PutRevision { .. } => app.config.server.max_body_bytes,
         _ => SMALL_BODY,
     };
     if npm.needs_body_check() {
@@ -280,21 +291,8 @@ async fn inspect(
     }
     let budget = reserve_buffer(app, headers, limit).await?;
     let bytes = read_body(incoming, limit, app.config.server.client_timeout).await?;
-    let publish = |kind, m: npm::PublishManifest| Action {
-        kind,
-        version: Some(m.version),
-        tags: m.dist_tags,
-        against_upstream: None,
-    };
     let action = match (npm.op(), package) {
         (Op::Whoami, _) => plain(ActionKind::Whoami),
-        (Op::PutPackument, Some(p)) => match body::check_put_packument(p, &bytes)? {
-            PutPackument::Publish(m) => publish(ActionKind::Publish, m),
-            PutPackument::Deprecate(doc) => {
-                Action { against_upstream: Some(UpstreamCheck::Deprecate(doc)), ..plain(ActionKind::Deprecate) }
-            }
-        },
-        (Op::StagePublish, Some(p)) => publish(ActionKind::StagePublish, body::check_stage_publish(p, &bytes)?),
         (Op::PutRevision { .. }, Some(p)) => match body::check_put_revision(p, &bytes)? {
             PutRevision::Owner => plain(ActionKind::Owner),
             PutRevision::UnpublishVersion => {
@@ -362,25 +360,27 @@ fn authorize(app: &App, session: Option<&Session>, npm: NpmRequest, action: &Act
     }
 }
 
-/// Spends one write use. An identical retry (same method, path and body) is not a new use.
-async fn spend_use(
-    app: &App,
-    session: &Session,
-    npm: &NpmRequest,
-    payload: &Payload,
-) -> Result<crate::phantom::Fingerprint, Refusal> {
+/// The start of a write's fingerprint (method and path); the body is added as it is read.
+pub(super) fn fingerprint_start(npm: &NpmRequest) -> ring::digest::Context {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     ctx.update(npm.method.as_str().as_bytes());
     ctx.update(&[0]);
     ctx.update(npm.upstream_path().as_bytes());
     ctx.update(&[0]);
-    if let Payload::Buffered(bytes, _) = payload {
-        ctx.update(bytes);
-    }
+    ctx
+}
+
+pub(super) fn fingerprint_finish(ctx: ring::digest::Context) -> Fingerprint {
     let mut fingerprint = [0u8; 32];
     fingerprint.copy_from_slice(ctx.finish().as_ref());
+    fingerprint
+}
+
+/// Spends one write use. Resending the last write after it failed upstream (npm retries PUTs
+/// on 5xx) is not a new use.
+pub(super) async fn spend_use(app: &App, session: &Session, fingerprint: Fingerprint) -> Result<(), Refusal> {
     match app.store.consume_use(&session.digest, fingerprint, audit::unix_now()).await? {
-        UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(fingerprint),
+        UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(()),
         UseOutcome::Exhausted => Err(Refusal::UsesExhausted),
         UseOutcome::NotLive => Err(Refusal::PhantomNotLive("expired or revoked")),
     }
@@ -388,7 +388,7 @@ async fn spend_use(
 
 /// Compares a deprecate or a version removal with the upstream packument (fetched with the
 /// credential, `?write=true`), so that neither can change more than it says.
-async fn compare_with_upstream(
+pub(super) async fn compare_with_upstream(
     app: &App,
     upstream: &upstream::Upstream,
     npm: &NpmRequest,
@@ -411,7 +411,7 @@ async fn compare_with_upstream(
     Ok(())
 }
 
-fn require_plain_json(headers: &HeaderMap) -> Result<(), Refusal> {
+pub(super) fn require_plain_json(headers: &HeaderMap) -> Result<(), Refusal> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -3,6 +3,7 @@
 mod admin;
 mod exchange;
 mod handler;
+mod publish;
 mod refusal;
 
 pub use refusal::Refusal;

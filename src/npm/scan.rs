@@ -1,0 +1,284 @@
+//! An incremental scanner for publish bodies, so that a 200 MB tarball streams through the
+//! checks with bounded memory.
+//!
+//! It tracks just enough JSON structure to find the base64 `data` of `.tgz` attachments
+//! (`_attachments.<name>.tgz.data`), counts and validates those bytes without keeping them, and
+//! keeps everything else as a "skeleton": the same document with each such string replaced by
+//! `"x"` (or left `""` if it was empty). The skeleton then goes through the ordinary strict checks
+//! (`body::check_put_packument` and friends), which decide everything; the scanner never does.
+//! If the scanner misreads the structure (escaped keys, say), a data string merely stays in the
+//! skeleton, which is capped, so the worst case is a refusal, never a skipped check.
+
+/// Deeper nesting than this is refused while scanning (the strict parser allows less anyway).
+const MAX_DEPTH: usize = 128;
+/// Keys longer than this are not remembered for matching (they still go into the skeleton).
+const MAX_KEY: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("the body, without its tarball data, is larger than the limit")]
+    SkeletonTooLarge,
+    #[error("tarball data must be plain base64")]
+    BadTarballData,
+    #[error("the body nests too deeply or is not JSON")]
+    Malformed,
+}
+
+#[derive(Debug)]
+enum Frame {
+    Object { expect_key: bool, key: Option<Vec<u8>> },
+    Array,
+}
+
+/// What a scan leaves: the skeleton and the number of tarball data bytes left out of it.
+#[derive(Debug)]
+pub struct Scanned {
+    pub skeleton: Vec<u8>,
+    pub data_bytes: u64,
+}
+
+#[derive(Debug)]
+pub struct PublishScanner {
+    skeleton: Vec<u8>,
+    max_skeleton: usize,
+    stack: Vec<Frame>,
+    in_string: bool,
+    escaped: bool,
+    /// The string being read is a key; its bytes are collected here (up to MAX_KEY).
+    key: Option<Vec<u8>>,
+    /// The string being read is tarball data: not copied, only counted.
+    data: bool,
+    data_in_this_string: u64,
+    data_bytes: u64,
+}
+
+impl PublishScanner {
+    pub fn new(max_skeleton: usize) -> PublishScanner {
+        PublishScanner {
+            skeleton: Vec::with_capacity(4096),
+            max_skeleton,
+            stack: Vec::new(),
+            in_string: false,
+            escaped: false,
+            key: None,
+            data: false,
+            data_in_this_string: 0,
+            data_bytes: 0,
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ScanError> {
+        let mut i = 0;
+        while i < chunk.len() {
+            if self.data {
+                // Fast path: base64 up to the closing quote, never copied.
+                let rest = &chunk[i..];
+                let end = memchr::memchr(b'"', rest).unwrap_or(rest.len());
+                if !rest[..end].iter().all(|&b| is_base64(b)) {
+                    return Err(ScanError::BadTarballData);
+                }
+                self.data_in_this_string += end as u64;
+                i += end;
+                if i < chunk.len() {
+                    // The closing quote.
+                    self.data = false;
+                    self.in_string = false;
+                    self.data_bytes += self.data_in_this_string;
+                    if self.data_in_this_string > 0 {
+                        self.push(b"x")?;
+                    }
+                    self.push(b"\"")?;
+                    self.after_value();
+                    i += 1;
+                }
+                continue;
+            }
+            let b = chunk[i];
+            i += 1;
+            if self.in_string {
+                self.push(&[b])?;
+                if self.escaped {
+                    self.escaped = false;
+                    self.key_byte(b);
+                } else if b == b'\\' {
+                    self.escaped = true;
+                    self.key_byte(b);
+                } else if b == b'"' {
+                    self.in_string = false;
+                    match self.key.take() {
+                        Some(key) => {
+                            if let Some(Frame::Object { key: slot, .. }) = self.stack.last_mut() {
+                                *slot = Some(key);
+                            }
+                        }
+                        None => self.after_value(),
+                    }
+                } else {
+                    self.key_byte(b);
+                }
+                continue;
+            }
+            match b {
+                b'"' => {
+                    self.push(&[b])?;
+                    self.in_string = true;
+                    let is_key = matches!(self.stack.last(), Some(Frame::Object { expect_key: true, .. }));
+                    if is_key {
+                        self.key = Some(Vec::new());
+                        if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+                            *expect_key = false;
+                        }
+                    } else if self.at_tarball_data() {
+                        self.data = true;
+                        self.data_in_this_string = 0;
+                    }
+                }
+                b'{' | b'[' => {
+                    if self.stack.len() >= MAX_DEPTH {
+                        return Err(ScanError::Malformed);
+                    }
+                    self.push(&[b])?;
+                    self.stack.push(if b == b'{' {
+                        Frame::Object { expect_key: true, key: None }
+                    } else {
+                        Frame::Array
+                    });
+                }
+                b'}' | b']' => {
+                    self.push(&[b])?;
+                    self.stack.pop();
+                    self.after_value();
+                }
+                b',' => {
+                    self.push(&[b])?;
+                    if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+                        *expect_key = true;
+                    }
+                }
+                _ => self.push(&[b])?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Scanned, ScanError> {
+        if self.in_string || !self.stack.is_empty() {
+            return Err(ScanError::Malformed);
+        }
+        Ok(Scanned { skeleton: self.skeleton, data_bytes: self.data_bytes })
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), ScanError> {
+        if self.skeleton.len() + bytes.len() > self.max_skeleton {
+            return Err(ScanError::SkeletonTooLarge);
+        }
+        self.skeleton.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn key_byte(&mut self, b: u8) {
+        if let Some(k) = self.key.as_mut() {
+            if k.len() <= MAX_KEY {
+                k.push(b);
+            }
+        }
+    }
+
+    /// A value ended: an object's key is spent.
+    fn after_value(&mut self) {
+        if let Some(Frame::Object { key, .. }) = self.stack.last_mut() {
+            *key = None;
+        }
+    }
+
+    /// Whether a string value starting now is `_attachments.<*.tgz>.data`.
+    fn at_tarball_data(&self) -> bool {
+        fn key(f: &Frame) -> Option<&[u8]> {
+            match f {
+                Frame::Object { key: Some(k), .. } => Some(k.as_slice()),
+                _ => None,
+            }
+        }
+        match self.stack.as_slice() {
+            [root, attachments, attachment] => {
+                key(root) == Some(b"_attachments")
+                    && key(attachments).is_some_and(|k| k.ends_with(b".tgz"))
+                    && key(attachment) == Some(b"data")
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scan_in(body: &[u8], chunk: usize) -> Result<Scanned, ScanError> {
+        let mut s = PublishScanner::new(1 << 20);
+        for c in body.chunks(chunk.max(1)) {
+            s.feed(c)?;
+        }
+        s.finish()
+    }
+
+    #[test]
+    fn skeleton_leaves_out_only_tarball_data_at_any_chunking() {
+        let data = "QUJD".repeat(1000);
+        let body = json!({
+            "_id": "web", "name": "web", "dist-tags": {"latest": "1.0.0"},
+            "versions": {"1.0.0": {"name": "web", "version": "1.0.0", "data": "kept \" \\u0041 \\\\"}},
+            "_attachments": {
+                "web-1.0.0.tgz": {"content_type": "application/octet-stream", "data": data, "length": 3000},
+                "web-1.0.0.sigstore": {"data": "{\"kept\": true}"}
+            }
+        })
+        .to_string();
+        let mut want: serde_json::Value = serde_json::from_str(&body).unwrap();
+        want["_attachments"]["web-1.0.0.tgz"]["data"] = json!("x");
+        for chunk in [1, 2, 3, 7, 64, 4096, body.len()] {
+            let s = scan_in(body.as_bytes(), chunk).unwrap();
+            assert_eq!(s.data_bytes, 4000, "chunk {chunk}");
+            let got: serde_json::Value = serde_json::from_slice(&s.skeleton).unwrap();
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn data_elsewhere_and_escaped_keys_stay_in_the_skeleton() {
+        for body in [
+            json!({"data": "QUJD", "x": {"y.tgz": {"data": "QUJD"}}}).to_string(),
+            r#"{"_attachm\u0065nts": {"a.tgz": {"data": "QUJD"}}}"#.to_owned(),
+            json!({"_attachments": {"a.tar": {"data": "QUJD"}}}).to_string(),
+            json!({"_attachments": {"a.tgz": {"data": ["QUJD"]}}}).to_string(),
+        ] {
+            let s = scan_in(body.as_bytes(), 5).unwrap();
+            assert_eq!(s.data_bytes, 0, "{body}");
+            assert_eq!(s.skeleton, body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn refusals() {
+        let bad_data = br#"{"_attachments": {"a.tgz": {"data": "QU\"JD"}}}"#;
+        // The quote ends the data string early; what follows is not JSON, which the strict
+        // parse of the skeleton refuses.
+        let s = scan_in(bad_data, 4);
+        assert!(s.is_err() || crate::json::parse_strict(&s.unwrap().skeleton).is_err());
+        let escape = br#"{"_attachments": {"a.tgz": {"data": "QU\\nJD"}}}"#;
+        assert_eq!(scan_in(escape, 4).unwrap_err(), ScanError::BadTarballData);
+        let deep = "[".repeat(200);
+        assert_eq!(scan_in(deep.as_bytes(), 16).unwrap_err(), ScanError::Malformed);
+        assert_eq!(scan_in(b"{\"a\": \"b", 3).unwrap_err(), ScanError::Malformed);
+        let mut small = PublishScanner::new(10);
+        assert_eq!(small.feed(br#"{"name": "web-too-long"}"#).unwrap_err(), ScanError::SkeletonTooLarge);
+        let empty = br#"{"_attachments": {"a.tgz": {"data": ""}}}"#;
+        let s = scan_in(empty, 3).unwrap();
+        assert_eq!(s.skeleton, empty, "an empty data string stays empty, so the checks see it");
+    }
+}
