@@ -13,8 +13,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_KEY: &str = ",\"hash\":\"";
@@ -56,7 +56,7 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Map<String, Value>>,
+    pub identity: Option<Arc<Map<String, Value>>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -98,13 +98,14 @@ pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Map<String
 
 #[derive(Serialize)]
 struct Chained<'a> {
-    ts: String,
+    ts: &'a str,
     seq: u64,
     #[serde(flatten)]
     record: &'a Record,
     prev: &'a str,
 }
 
+/// The chain's state, owned by the writer thread.
 struct Chain {
     file: File,
     seq: u64,
@@ -113,19 +114,43 @@ struct Chain {
     len: u64,
 }
 
-pub struct Audit {
-    chain: Mutex<Chain>,
-    key: hmac::Key,
-    /// Whether the last write succeeded. While it did not, the broker refuses writes.
-    healthy: AtomicBool,
+/// How a submitter hears that its line is on disk.
+enum Reply {
+    None,
+    Blocking(std::sync::mpsc::Sender<Result<(), AuditError>>),
+    Async(tokio::sync::oneshot::Sender<Result<(), AuditError>>),
 }
 
-#[derive(Debug, thiserror::Error)]
+struct Job {
+    record: Arc<Record>,
+    /// When the event happened (not when it was written).
+    at: Duration,
+    reply: Reply,
+}
+
+/// The audit log. Lines are chained and written by one writer thread, which writes whatever is
+/// queued with one system call: under load many lines share a `write`. Callers whose outcome
+/// depends on the line being on disk (a write about to be forwarded, a phantom about to be
+/// handed out, an admin action) wait for it; other lines are queued without waiting.
+pub struct Audit {
+    jobs: Mutex<Option<std::sync::mpsc::SyncSender<Job>>>,
+    key: hmac::Key,
+    /// Whether the last write succeeded. While it did not, the broker refuses writes.
+    healthy: Arc<AtomicBool>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("audit log: {0}")]
 pub struct AuditError(pub String);
 
+/// Lines queued beyond this make submitters wait (back-pressure rather than unbounded memory).
+const QUEUE: usize = 64 * 1024;
+/// At most this many lines go into one write.
+const BATCH: usize = 1024;
+
 impl Audit {
-    /// Opens (or creates) the log and continues its chain.
+    /// Opens (or creates) the log, continues its chain, and starts the writer thread.
     pub fn open(path: &Path, key: &[u8]) -> Result<Audit, AuditError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| AuditError(format!("cannot create {}: {e}", dir.display())))?;
@@ -150,10 +175,19 @@ impl Audit {
                 }
             };
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let chain = Chain { file, seq, prev, len };
+        let flag = healthy.clone();
+        let writer = std::thread::Builder::new()
+            .name("phantom-audit".into())
+            .spawn(move || write_loop(chain, rx, flag))
+            .map_err(|e| AuditError(format!("cannot start the audit writer: {e}")))?;
         Ok(Audit {
-            chain: Mutex::new(Chain { file, seq, prev, len }),
+            jobs: Mutex::new(Some(tx)),
             key: hmac::Key::new(hmac::HMAC_SHA256, key),
-            healthy: AtomicBool::new(true),
+            healthy,
+            writer: Mutex::new(Some(writer)),
         })
     }
 
@@ -175,34 +209,113 @@ impl Audit {
         hex(&ctx.sign().as_ref()[..12])
     }
 
-    /// Appends one line. The line is written whole with one `write` call.
+    fn submit(&self, record: Arc<Record>, reply: Reply) -> Result<(), AuditError> {
+        let at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sender = jobs.ok_or_else(|| AuditError("the audit log is closed".into()))?;
+        sender.send(Job { record, at, reply }).map_err(|_| AuditError("the audit writer stopped".into()))
+    }
+
+    /// Appends one line and waits until it is written (blocking the thread).
     pub fn write(&self, record: &Record) -> Result<(), AuditError> {
-        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = chain.seq + 1;
-        let body = serde_json::to_vec(&Chained { ts: rfc3339_now(), seq, record, prev: &chain.prev })
-            .map_err(|e| AuditError(e.to_string()))?;
-        let hash = sha256_hex(&body);
-        let mut line = body;
-        line.pop(); // the closing '}'
-        line.extend_from_slice(HASH_KEY.as_bytes());
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(b"\"}\n");
-        if let Err(e) = chain.file.write_all(&line) {
-            // Cut off a partial line so that the chain stays verifiable once writes work again.
-            let _ = chain.file.set_len(chain.len);
-            self.healthy.store(false, Ordering::Relaxed);
-            return Err(AuditError(format!("write failed: {e}")));
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit(Arc::new(record.clone()), Reply::Blocking(tx))?;
+        rx.recv().map_err(|_| AuditError("the audit writer stopped".into()))?
+    }
+
+    /// Appends one line and waits (asynchronously) until it is written.
+    pub async fn write_confirmed(&self, record: Arc<Record>) -> Result<(), AuditError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(record, Reply::Async(tx))?;
+        rx.await.map_err(|_| AuditError("the audit writer stopped".into()))?
+    }
+
+    /// Queues one line without waiting; a failure shows in `is_healthy` and the log.
+    pub fn write_queued(&self, record: Arc<Record>) {
+        if let Err(e) = self.submit(record, Reply::None) {
+            tracing::error!(error = %e, "could not queue an audit line");
         }
-        chain.seq = seq;
-        chain.prev = hash;
-        chain.len += line.len() as u64;
-        self.healthy.store(true, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// Writes out everything queued and stops the writer: call at shutdown.
+    pub fn close(&self) {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
     }
 
     /// Whether the last write succeeded.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread: takes whatever is queued, chains it, writes it with one call.
+fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc<AtomicBool>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let (mut seq, mut prev) = (chain.seq, chain.prev.clone());
+        let mut outcome: Result<(), AuditError> = Ok(());
+        for job in &batch {
+            seq += 1;
+            let ts = rfc3339(job.at.as_secs(), job.at.subsec_millis());
+            let start = buf.len();
+            if let Err(e) = serde_json::to_writer(&mut buf, &Chained { ts: &ts, seq, record: &job.record, prev: &prev })
+            {
+                outcome = Err(AuditError(e.to_string()));
+                break;
+            }
+            let hash = sha256_hex(&buf[start..]);
+            buf.pop(); // the closing '}'
+            buf.extend_from_slice(HASH_KEY.as_bytes());
+            buf.extend_from_slice(hash.as_bytes());
+            buf.extend_from_slice(b"\"}\n");
+            prev = hash;
+        }
+        if outcome.is_ok() {
+            outcome = chain.file.write_all(&buf).map_err(|e| AuditError(format!("write failed: {e}")));
+        }
+        match &outcome {
+            Ok(()) => {
+                chain.seq = seq;
+                chain.prev = prev;
+                chain.len += buf.len() as u64;
+                healthy.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // Cut off a partial write so that the chain stays verifiable once writes work.
+                let _ = chain.file.set_len(chain.len);
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, lines = batch.len(), "could not write the audit log");
+            }
+        }
+        for job in batch.drain(..) {
+            match job.reply {
+                Reply::None => {}
+                Reply::Blocking(tx) => {
+                    let _ = tx.send(outcome.clone());
+                }
+                Reply::Async(tx) => {
+                    let _ = tx.send(outcome.clone());
+                }
+            }
+        }
     }
 }
 
@@ -296,11 +409,6 @@ pub fn hex(bytes: &[u8]) -> String {
 
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-fn rfc3339_now() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    rfc3339(d.as_secs(), d.subsec_millis())
 }
 
 /// `2026-11-22T22:13:06.123Z` from unix seconds.

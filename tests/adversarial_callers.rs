@@ -155,6 +155,7 @@ fn hostile_identity_tokens() {
     assert_eq!(replay.status, 401, "a replay inside the leeway: {}", replay.text());
 
     // Every refusal is on record, and no ID token is.
+    settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     let refusals =
         w.broker.audit_lines().iter().filter(|l| l["event"] == "exchange" && l["decision"] == "deny").count();

@@ -191,6 +191,7 @@ fn hostile_and_failing_upstreams() {
         "{:?}",
         reason("/@hostile%2freset")
     );
+    settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
     assert!(!audit.contains(&canary) && !log.contains(&canary));
@@ -282,6 +283,7 @@ fn fill_audit_log(w: &World, limit: u64) {
     for _ in 0..limit / 100 {
         let before = size();
         w.broker("GET", "/-/ping", &[], "");
+        settle(&audit);
         if size() == before {
             return;
         }

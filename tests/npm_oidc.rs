@@ -73,6 +73,7 @@ fn npm_publishes_views_and_installs_through_the_broker() {
         assert!(fetched, "{tarball} was not fetched through the broker");
     }
 
+    settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let verify = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
         .args(["audit", "verify"])
         .arg(w.broker.dir.join("audit/phantom.jsonl"))
@@ -145,6 +146,7 @@ fn identities_without_a_grant_change_nothing_upstream() {
     // No publish happened, so check containment by hand.
     let canary = w.verdaccio.token.as_bytes();
     assert!(memchr::memmem::find(&w.http.seen.lock().unwrap(), canary).is_none());
+    settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let audit = std::fs::read(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     assert!(memchr::memmem::find(&audit, canary).is_none());
     let log = std::fs::read(w.broker.dir.join("broker.log")).unwrap();

@@ -129,6 +129,7 @@ fn phantom_scope_lifetime_and_uses() {
     assert!(token_calls.iter().all(|l| l["status"] == 403 && l.get("upstream_status").is_none()));
 
     // Every refusal is audited, and no line holds a phantom.
+    settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     assert!(!audit.contains("phm_"), "a phantom reached the audit log");
     assert!(lines.iter().filter(|l| l["decision"] == "deny").count() >= 12);

@@ -16,6 +16,8 @@ pub struct PhantomRecord {
     /// A keyed hash of the token: safe to log, list and revoke by.
     pub id: String,
     pub identity: Identity,
+    /// The identity as audit lines show it, computed once at minting.
+    pub summary: Arc<serde_json::Map<String, serde_json::Value>>,
     pub scope: Scope,
     pub grant: String,
     /// Unix seconds.
@@ -258,6 +260,7 @@ mod tests {
         PhantomRecord {
             id: "id".into(),
             identity: Identity { issuer: "github".into(), claims: Default::default() },
+            summary: Default::default(),
             scope: Scope {
                 packages: vec![PackageName::parse("web").unwrap()],
                 actions: [ActionKind::Publish].into_iter().collect(),

@@ -51,7 +51,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
     };
     rec.status = status.as_u16();
-    if let Err(e) = app.audit.write(&rec) {
+    if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
         tracing::error!(error = %e, "could not write the audit log");
         return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "the audit log cannot be written"}));
     }

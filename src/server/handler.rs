@@ -3,7 +3,7 @@
 //! Audit runs on every path, refusals included.
 
 use super::{exchange, App, Refusal};
-use crate::audit::{self, identity_summary, Record};
+use crate::audit::{self, Record};
 use crate::credentials::Credential;
 use crate::net::{self, Body, BoxError};
 use crate::npm::{self, body, ActionKind, NpmRequest, Op, PutRevision, Route};
@@ -33,8 +33,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         decision: "deny",
         ..Record::default()
     };
-    let mut response = match process(&app, req, &mut rec).await {
-        Ok(resp) => watch_body(resp, &app, &rec),
+    let (mut response, forwarded) = match process(&app, req, &mut rec).await {
+        Ok(resp) => (resp, true),
         Err(refusal) => {
             rec.decision = match refusal {
                 Refusal::Upstream(_)
@@ -45,20 +45,25 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
                 _ => "deny",
             };
             rec.reason = Some(refusal.detail());
-            refusal.response()
+            (refusal.response(), false)
         }
     };
     rec.status = response.status().as_u16();
     rec.latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-    if let Err(e) = app.audit.write(&rec) {
-        tracing::error!(error = %e, "could not write the audit log");
+    let rec = Arc::new(rec);
+    if rec.event == "exchange" && rec.decision == "allow" {
         // A phantom whose minting is not on record is not handed out.
-        if rec.event == "exchange" && rec.decision == "allow" {
+        if app.audit.write_confirmed(rec.clone()).await.is_err() {
             if let Some(id) = &rec.token_id {
                 let _ = app.store.revoke(&Selector::Id(id.clone())).await;
             }
             response = Refusal::AuditUnavailable.response();
         }
+    } else {
+        app.audit.write_queued(rec.clone());
+    }
+    if forwarded {
+        response = watch_body(response, &app, rec);
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
@@ -68,26 +73,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 /// Relayed bodies can still fail after the status line went out (an upstream reset mid-body,
 /// a client too slow to send): such a failure gets its own audit line, with the same request id.
-fn watch_body(resp: Response<Body>, app: &Arc<App>, rec: &Record) -> Response<Body> {
+fn watch_body(resp: Response<Body>, app: &Arc<App>, rec: Arc<Record>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
-    let on_error = Record {
-        event: "request",
-        request_id: rec.request_id.clone(),
-        method: rec.method.clone(),
-        path: rec.path.clone(),
-        package: rec.package.clone(),
-        token_id: rec.token_id.clone(),
-        decision: "error",
-        status: parts.status.as_u16(),
-        ..Record::default()
-    };
     let app = app.clone();
     let body = body.map_err(move |e| {
-        let mut line = on_error.clone();
-        line.reason = Some(format!("the response body failed: {}", net::error_chain(&*e)));
-        if let Err(audit_error) = app.audit.write(&line) {
-            tracing::error!(error = %audit_error, "could not write the audit log");
-        }
+        let line = Record {
+            event: "request",
+            request_id: rec.request_id.clone(),
+            method: rec.method.clone(),
+            path: rec.path.clone(),
+            package: rec.package.clone(),
+            token_id: rec.token_id.clone(),
+            decision: "error",
+            status: rec.status,
+            reason: Some(format!("the response body failed: {}", net::error_chain(&*e))),
+            ..Record::default()
+        };
+        app.audit.write_queued(Arc::new(line));
         e
     });
     Response::from_parts(parts, body.boxed_unsync())
@@ -186,7 +188,7 @@ async fn forward(
     if action.kind.is_write() {
         // Write-ahead: a write is forwarded only once it is on record.
         let intent = Record { decision: "forwarding", status: 0, ..rec.clone() };
-        app.audit.write(&intent).map_err(|_| Refusal::AuditUnavailable)?;
+        app.audit.write_confirmed(Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)?;
     } else if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
         return Err(Refusal::AuditUnavailable);
     }
@@ -256,16 +258,19 @@ async fn authenticate(app: &App, headers: &HeaderMap, rec: &mut Record) -> Resul
         Err(crate::phantom::FormatError::NotPhantom) => return Err(Refusal::NotAPhantom),
         Err(e) => return Err(Refusal::BadPhantom(e)),
     };
-    rec.token_id = Some(app.audit.token_id(&digest));
-    match app.store.lookup(&digest, audit::unix_now()).await? {
+    let state = match app.store.lookup(&digest, audit::unix_now()).await? {
         Lookup::Live(record) => {
-            rec.identity = Some(identity_summary(&record.identity.issuer, &record.identity.claims));
-            Ok(Some(Session { digest, record }))
+            // The keyed id was computed when the phantom was minted.
+            rec.token_id = Some(record.id.clone());
+            rec.identity = Some(record.summary.clone());
+            return Ok(Some(Session { digest, record }));
         }
-        Lookup::Expired => Err(Refusal::PhantomNotLive("expired")),
-        Lookup::Revoked => Err(Refusal::PhantomNotLive("revoked")),
-        Lookup::Unknown => Err(Refusal::PhantomNotLive("unknown")),
-    }
+        Lookup::Expired => "expired",
+        Lookup::Revoked => "revoked",
+        Lookup::Unknown => "unknown",
+    };
+    rec.token_id = Some(app.audit.token_id(&digest));
+    Err(Refusal::PhantomNotLive(state))
 }
 
 /// Reads and checks the body where the route needs it, and settles the action.
@@ -449,9 +454,8 @@ fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// Request ids: a random per-process prefix and a counter (no system call per request).
 fn new_request_id(app: &App) -> String {
-    use ring::rand::SecureRandom;
-    let mut b = [0u8; 8];
-    let _ = app.rng.fill(&mut b);
-    audit::hex(&b)
+    let n = app.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}{n:010x}", app.request_prefix)
 }

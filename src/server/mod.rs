@@ -49,6 +49,8 @@ pub struct App {
     /// Permits, in KiB, for request bodies held in memory (`server.max_buffered_bytes`).
     buffer_budget: Arc<tokio::sync::Semaphore>,
     buffer_budget_kib: u32,
+    request_prefix: String,
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl App {
@@ -80,7 +82,11 @@ impl App {
         };
         let buffer_budget_kib = u32::try_from(config.server.max_buffered_bytes / 1024).unwrap_or(u32::MAX >> 4);
         let buffer_budget_kib = buffer_budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS as u32);
+        let mut prefix = [0u8; 4];
+        rng.fill(&mut prefix).map_err(|_| "the system random source failed")?;
         let app = App {
+            request_prefix: crate::audit::hex(&prefix),
+            requests: std::sync::atomic::AtomicU64::new(0),
             buffer_budget: Arc::new(tokio::sync::Semaphore::new(buffer_budget_kib as usize)),
             buffer_budget_kib,
             npm_audience: config.server.npm_audience(),
@@ -228,6 +234,8 @@ pub async fn serve(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
     }
+    // Everything queued for the audit log is written before the process ends.
+    app.audit.close();
     Ok(())
 }
 

@@ -144,7 +144,7 @@ async fn feed(
         let fingerprint = fingerprint_finish(fingerprint);
         spend_use(app, session, fingerprint).await?;
         let intent = Record { decision: "forwarding", status: 0, ..rec.clone() };
-        app.audit.write(&intent).map_err(|_| Refusal::AuditUnavailable)?;
+        app.audit.write_confirmed(std::sync::Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)?;
         Ok(Settled { fingerprint })
     }
     .await;

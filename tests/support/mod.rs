@@ -302,6 +302,7 @@ impl Broker {
     }
 
     pub fn audit_lines(&self) -> Vec<Value> {
+        settle(&self.dir.join("audit/phantom.jsonl"));
         std::fs::read_to_string(self.dir.join("audit/phantom.jsonl"))
             .unwrap_or_default()
             .lines()
@@ -627,6 +628,21 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
         } else {
             out.push(p);
         }
+    }
+}
+
+/// Audit lines of ordinary requests are written by a writer thread just after the response:
+/// wait until the file stops growing (at most a second).
+pub fn settle(path: &Path) {
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut last = size();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
     }
 }
 
