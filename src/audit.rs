@@ -8,6 +8,7 @@
 use crate::phantom::TokenDigest;
 use ring::hmac;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -56,7 +57,8 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<Arc<Map<String, Value>>>,
+    /// Serialized once per identity (at the exchange) and shared by every line about it.
+    pub identity: Option<Arc<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,7 +87,7 @@ pub struct Record {
 }
 
 /// Projects a verified identity's claims onto what the audit log keeps.
-pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Map<String, Value> {
+pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Arc<RawValue> {
     let mut out = Map::new();
     out.insert("issuer".into(), Value::String(issuer.to_owned()));
     for key in IDENTITY_CLAIMS {
@@ -93,7 +95,8 @@ pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Map<String
             out.insert((*key).to_owned(), v.clone());
         }
     }
-    out
+    let json = serde_json::to_string(&out).unwrap_or_else(|_| "{}".to_owned());
+    Arc::from(RawValue::from_string(json).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON")))
 }
 
 #[derive(Serialize)]
@@ -148,6 +151,8 @@ pub struct AuditError(pub String);
 const QUEUE: usize = 64 * 1024;
 /// At most this many lines go into one write.
 const BATCH: usize = 1024;
+/// How long the writer gathers queued lines before writing them.
+const GATHER: Duration = Duration::from_millis(2);
 
 impl Audit {
     /// Opens (or creates) the log, continues its chain, and starts the writer thread.
@@ -263,11 +268,22 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
         batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        // Gather for a moment before writing: one write then carries many lines, and senders
+        // do not have to wake this thread for each (it sleeps, not waiting on the channel).
+        // A line someone waits for is written at once.
+        let gather_until = std::time::Instant::now() + GATHER;
+        loop {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            let waited_for = batch.iter().any(|j| !matches!(j.reply, Reply::None));
+            if waited_for || batch.len() >= BATCH || std::time::Instant::now() >= gather_until {
+                break;
+            }
+            std::thread::sleep(GATHER / 4);
         }
         buf.clear();
         let (mut seq, mut prev) = (chain.seq, chain.prev.clone());

@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Total bytes of request bodies held in memory at once, across all requests.
     pub max_buffered_bytes: u64,
+    /// Worker threads serving the registry listener (default: one per CPU).
+    pub workers: usize,
 }
 
 impl ServerConfig {
@@ -155,6 +157,7 @@ struct RawServer {
     client_timeout: Option<String>,
     max_connections: Option<usize>,
     max_buffered_bytes: Option<u64>,
+    workers: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -286,7 +289,11 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         client_timeout: dur("server.client_timeout", &s.client_timeout, 30)?,
         max_connections: s.max_connections.unwrap_or(20_000),
         max_buffered_bytes: s.max_buffered_bytes.unwrap_or(1024 * 1024 * 1024),
+        workers: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
+    if server.workers == 0 || server.workers > 256 {
+        return Err("`server.workers` must be between 1 and 256".into());
+    }
     if server.max_buffered_bytes < server.max_body_bytes {
         return Err("`server.max_buffered_bytes` must be at least `server.max_body_bytes`".into());
     }

@@ -173,7 +173,7 @@ fn run() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
         Command::Certs { command: CertsCommand::Dev { out, san, force } } => {
@@ -247,7 +247,7 @@ async fn serve(config: PathBuf) -> Result<()> {
     let config = Config::load(&config)?;
     let listen = config.server.listen;
     let app = Arc::new(server::App::new(config).map_err(anyhow::Error::msg)?);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let admin = match &app.config.admin {
         Some(a) => Some(

@@ -218,16 +218,23 @@ impl<B> Scrub<B> {
         Scrub { inner, secret, held: BytesMut::new(), done: false }
     }
 
-    /// Appends a chunk, scrubs, and returns what can be released.
-    fn push(&mut self, chunk: &[u8]) -> Bytes {
-        self.held.extend_from_slice(chunk);
+    /// Scrubs a chunk and returns what can be released. Most chunks neither contain the
+    /// secret nor end with a possible start of it: those pass through without a copy.
+    fn push(&mut self, chunk: Bytes, last: bool) -> Bytes {
         let n = self.secret.len();
+        if self.held.is_empty() && memmem::find(&chunk, &self.secret[..]).is_none() {
+            let tail = &chunk[chunk.len().saturating_sub(n - 1)..];
+            if last || memchr::memchr(self.secret[0], tail).is_none() {
+                return chunk;
+            }
+        }
+        self.held.extend_from_slice(&chunk);
         let mut from = 0;
         while let Some(i) = memmem::find(&self.held[from..], &self.secret[..]) {
             self.held[from + i..from + i + n].fill(b'*');
             from += i + n;
         }
-        let keep = (n - 1).min(self.held.len());
+        let keep = if last { 0 } else { (n - 1).min(self.held.len()) };
         let release = self.held.len() - keep;
         self.held.split_to(release).freeze()
     }
@@ -251,7 +258,8 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let out = self.push(&data);
+                        let last = self.inner.is_end_stream();
+                        let out = self.push(data, last);
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
                         }
@@ -313,8 +321,9 @@ mod tests {
     use http_body_util::BodyExt;
     use std::collections::VecDeque;
 
-    /// A body that yields the given chunks, one frame each.
-    struct Chunks(VecDeque<Bytes>);
+    /// A body that yields the given chunks, one frame each; `knows_end` says whether it
+    /// reports its end before the last poll (as a body with a Content-Length does).
+    struct Chunks(VecDeque<Bytes>, bool);
 
     impl http_body::Body for Chunks {
         type Data = Bytes;
@@ -322,10 +331,19 @@ mod tests {
         fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
             Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
         }
+        fn is_end_stream(&self) -> bool {
+            self.1 && self.0.is_empty()
+        }
     }
 
     async fn scrub_chunks(chunks: &[&str], secret: &str) -> String {
-        let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect());
+        let a = scrub_with(chunks, secret, false).await;
+        assert_eq!(a, scrub_with(chunks, secret, true).await, "{chunks:?}");
+        a
+    }
+
+    async fn scrub_with(chunks: &[&str], secret: &str, knows_end: bool) -> String {
+        let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect(), knows_end);
         let scrub = Scrub::new(body, Arc::new(Zeroizing::new(secret.as_bytes().to_vec())));
         let bytes = scrub.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
@@ -342,6 +360,11 @@ mod tests {
             (&["SECRET123SECRET123"], "******************"),
             (&["xSECRET12", "4 SECRET1", "23"], "xSECRET124 *********"),
             (&["SECRET12"], "SECRET12"),
+            (&["no s", "ecret ", "here S", "ECRET12", "3"], "no secret here *********"),
+            (
+                &["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "SECRET123"],
+                "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx*********",
+            ),
             (&[], ""),
         ];
         for (chunks, want) in table {

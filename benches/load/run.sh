@@ -213,12 +213,25 @@ url_of() {
   esac
 }
 
+# SYSCALLS=1: count the broker's system calls per request under load (strace; slows it down).
+if [ -n "${SYSCALLS:-}" ]; then
+  timeout 6 strace -c -f -p "$broker_pid" -o "$work/strace.txt" &
+  strace_pid=$!
+  sleep 0.5
+  n=$(wrk -t"$threads" -c"$conns" -d4s -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$broker_port/pb-bench" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  wait $strace_pid || true
+  echo "requests: $n"
+  awk -v n="$n" 'NR>2 && $NF!="total" && $4+0>0 {printf "%-16s %8.2f per request\n", $NF, $4/n}' "$work/strace.txt" | sort -k2 -nr | head -12
+  exit 0
+fi
+
 # PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes.
 if [ -n "${PROFILE:-}" ]; then
   perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$broker_pid" -- sleep "$secs" >/dev/null 2>&1 &
   perf_pid=$!
   wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$broker_port/pb-bench" | tail -1
   wait $perf_pid || true
+  [ -n "${PERF_OUT:-}" ] && cp "$work/perf.data" "$PERF_OUT"
   echo "== by binary"
   perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep '%' | sed 's/  */ /g' | head -12
   echo "== by symbol"

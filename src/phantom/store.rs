@@ -17,7 +17,7 @@ pub struct PhantomRecord {
     pub id: String,
     pub identity: Identity,
     /// The identity as audit lines show it, computed once at minting.
-    pub summary: Arc<serde_json::Map<String, serde_json::Value>>,
+    pub summary: Arc<serde_json::value::RawValue>,
     pub scope: Scope,
     pub grant: String,
     /// Unix seconds.
@@ -260,7 +260,7 @@ mod tests {
         PhantomRecord {
             id: "id".into(),
             identity: Identity { issuer: "github".into(), claims: Default::default() },
-            summary: Default::default(),
+            summary: crate::audit::identity_summary("github", &Default::default()),
             scope: Scope {
                 packages: vec![PackageName::parse("web").unwrap()],
                 actions: [ActionKind::Publish].into_iter().collect(),

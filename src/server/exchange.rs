@@ -17,7 +17,6 @@ use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
-use std::sync::Arc;
 use std::time::Duration;
 
 const MAX_EXCHANGE_BODY: usize = 64 * 1024;
@@ -160,7 +159,7 @@ async fn verify_once(
 ) -> Result<Verified, Refusal> {
     let now = audit::unix_now();
     let verified = app.issuers.verify(token, audience, now).await?;
-    rec.identity = Some(Arc::new(identity_summary(&verified.identity.issuer, &verified.identity.claims)));
+    rec.identity = Some(identity_summary(&verified.identity.issuer, &verified.identity.claims));
     rec.id_token_id = Some(app.audit.id_token_id(&verified.replay_key));
     if !app.store.claim_id_token(verified.replay_key, verified.replay_until, now).await? {
         return Err(Refusal::Replay);
@@ -190,7 +189,7 @@ async fn mint(
     rec.token_id = Some(id.clone());
     rec.grant = Some(grant.name.clone());
     rec.expires = Some(rfc3339(expires, 0));
-    let summary = rec.identity.clone().unwrap_or_default();
+    let summary = rec.identity.clone().unwrap_or_else(|| identity_summary(&identity.issuer, &identity.claims));
     let record = PhantomRecord {
         id,
         summary,

@@ -144,7 +144,8 @@ async fn forward(
     rec.package = npm.package.as_ref().map(ToString::to_string);
     let session = authenticate(app, req.headers(), rec).await?;
     precheck(app, session.as_ref(), &npm)?;
-    let upstream = app.upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
+    let upstreams = app.upstreams();
+    let upstream = upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
     rec.upstream = Some(upstream.name.clone());
     let (parts, incoming) = req.into_parts();
     if let (Op::PutPackument | Op::StagePublish, Some(session)) = (npm.op(), &session) {

@@ -24,9 +24,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -39,7 +40,7 @@ pub struct App {
     pub issuers: Issuers,
     pub store: MemoryStore,
     pub credentials: Credentials,
-    pub upstreams: Upstreams,
+    upstreams: Arc<Upstreams>,
     pub audit: Audit,
     pub rng: SystemRandom,
     npm_audience: String,
@@ -92,7 +93,7 @@ impl App {
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,
             credentials: Credentials::load(&config.credentials)?,
-            upstreams: Upstreams::new(&config.upstreams, config.server.upstream_timeout)?,
+            upstreams: Arc::new(Upstreams::new(&config.upstreams, config.server.upstream_timeout)?),
             audit: Audit::open(&config.audit.path, &audit_key).map_err(|e| e.to_string())?,
             policy: RwLock::new(Arc::new(policy)),
             store: MemoryStore::new(),
@@ -107,6 +108,11 @@ impl App {
     /// The policy in force now.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The upstream clients of the current worker thread (or the shared ones elsewhere).
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        WORKER_UPSTREAMS.with(|w| w.borrow().clone()).unwrap_or_else(|| self.upstreams.clone())
     }
 
     pub fn npm_audience(&self) -> &str {
@@ -143,15 +149,42 @@ impl App {
     }
 }
 
+/// Binds a listening socket that other workers can bind too (`SO_REUSEPORT`: the kernel spreads
+/// connections across them). Only sockets of the same user can share the port.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+thread_local! {
+    /// A worker thread's own upstream clients: its pooled connections live on its own runtime,
+    /// so a request never wakes another thread.
+    static WORKER_UPSTREAMS: std::cell::RefCell<Option<Arc<Upstreams>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What every worker shares.
+struct Shared {
+    app: Arc<App>,
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
 /// Serves until `shutdown` resolves, then drains open connections for a bounded time.
+///
+/// Thread per core: each worker thread runs its own single-threaded runtime with its own
+/// listening socket (`SO_REUSEPORT`) and its own upstream connection pools, as nginx's workers
+/// do. The admin listener, the store sweeper and key prefetching run on the caller's runtime.
 pub async fn serve(
     app: Arc<App>,
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
-    let acceptor = TlsAcceptor::from(tls);
     let client_timeout = app.config.server.client_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(client_timeout).max_buf_size(64 * 1024);
@@ -161,7 +194,12 @@ pub async fn serve(
         .max_concurrent_streams(128)
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(32);
-    let builder = Arc::new(builder);
+    let shared = Arc::new(Shared {
+        app: app.clone(),
+        acceptor: TlsAcceptor::from(tls),
+        builder,
+        connections: Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections)),
+    });
 
     app.issuers.prefetch();
     let sweeper = {
@@ -175,23 +213,37 @@ pub async fn serve(
         })
     };
 
-    // Registry-facing connections beyond the limit are closed at once; the admin listener has
-    // its own small reserve so that operators can still get in.
-    let connections = Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut first = Some(listener);
+    let mut workers = Vec::new();
+    for i in 0..app.config.server.workers {
+        let listener = match first.take() {
+            Some(l) => l,
+            None => bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        };
+        let (shared, stopped) = (shared.clone(), stopped.clone());
+        let worker = std::thread::Builder::new()
+            .name(format!("phantom-worker-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match rt {
+                    Ok(rt) => rt.block_on(worker(shared, listener, stopped)),
+                    Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
+                }
+            })
+            .map_err(|e| format!("cannot start a worker thread: {e}"))?;
+        workers.push(worker);
+    }
+
+    // The admin face stays on this runtime, with a small connection reserve of its own.
     let admin_connections = Arc::new(tokio::sync::Semaphore::new(64));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, is_admin) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => (tcp, false),
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
+        let tcp = tokio::select! {
             accepted = accept_admin(admin.as_ref()) => match accepted {
-                Ok((tcp, _)) => (tcp, true),
+                Ok((tcp, _)) => tcp,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -199,47 +251,92 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let limit = if is_admin { &admin_connections } else { &connections };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::debug!(admin = is_admin, "connection limit reached: closing a new connection");
-            drop(tcp);
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(client_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                _ => return,
-            };
-            let service = service_fn(move |req| {
-                let app = app.clone();
-                async move {
-                    let resp = if is_admin { admin::handle(app, req).await } else { handler::handle(app, req).await };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        let Ok(permit) = admin_connections.clone().try_acquire_owned() else { continue };
+        serve_connection(&shared, tcp, permit, &graceful, true);
     }
-    drop(listener);
     drop(admin);
+    let _ = stop.send(true);
     sweeper.abort();
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("connections still open after the drain timeout"),
-    }
+    let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
     // Everything queued for the audit log is written before the process ends.
     app.audit.close();
     Ok(())
 }
 
-async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+/// One worker: accepts on its own socket until told to stop, then drains its connections.
+async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let config = &shared.app.config;
+    match Upstreams::new(&config.upstreams, config.server.upstream_timeout) {
+        Ok(u) => WORKER_UPSTREAMS.with(|w| *w.borrow_mut() = Some(Arc::new(u))),
+        Err(e) => tracing::error!(error = %e, "a worker uses the shared upstream clients"),
+    }
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "a worker cannot listen");
+            return;
+        }
+    };
+    let graceful = GracefulShutdown::new();
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+        };
+        // Connections beyond the limit are closed at once.
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            tracing::debug!("connection limit reached: closing a new connection");
+            continue;
+        };
+        serve_connection(&shared, tcp, permit, &graceful, false);
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+/// TLS, then HTTP/1.1 or HTTP/2 by ALPN, on a task of the current runtime.
+fn serve_connection(
+    shared: &Arc<Shared>,
+    tcp: tokio::net::TcpStream,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    graceful: &GracefulShutdown,
+    is_admin: bool,
+) {
+    let _ = tcp.set_nodelay(true);
+    let shared = shared.clone();
+    let watcher = graceful.watcher();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let timeout = shared.app.config.server.client_timeout;
+        let tls = match tokio::time::timeout(timeout, shared.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            _ => return,
+        };
+        let app = shared.app.clone();
+        let service = service_fn(move |req| {
+            let app = app.clone();
+            async move {
+                let resp = if is_admin { admin::handle(app, req).await } else { handler::handle(app, req).await };
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = shared.builder.serve_connection(TokioIo::new(tls), service);
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    });
+}
+
+async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
     match admin {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
