@@ -6,31 +6,52 @@
 # nginx TLS origin, so that the upstream is never the bottleneck. Everything runs on
 # 127.0.0.1 and is stopped at the end.
 #
-#   bash benches/load/run.sh            # full run (about 4 minutes)
-#   bash benches/load/run.sh --smoke    # one short round: checks that everything still works
+# Then, in the same run: the latency each proxy adds over direct at half of its saturation
+# rate (oha, fixed rate); exchanges per second with pre-minted RS256 ID tokens, on keep-alive
+# connections and with a fresh TLS connection each; a 200 MB publish through the broker and
+# directly to Verdaccio (wall time, broker peak RSS); 10,000 idle keep-alive connections.
 #
-# Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2).
+#   bash benches/load/run.sh                 # everything (about 12 minutes)
+#   bash benches/load/run.sh --smoke         # one short pass of each part: checks it all still works
+#   bash benches/load/run.sh --only get      # one part: get | exchange | publish | idle
+#   PROFILE=1 bash benches/load/run.sh       # perf profile of the broker under GET load, then stop
+#   SYSCALLS=1 bash benches/load/run.sh      # system calls per request (strace), then stop
+#
+# Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2), PUBLISH_MB (200).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 here=$repo/benches/load
 
 smoke=0
-[ "${1:-}" = "--smoke" ] && smoke=1
+only=all
+case "${1:-}" in
+  --smoke) smoke=1 ;;
+  --only) only=$2 ;;
+esac
+part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 rounds=${ROUNDS:-3}
 secs=${SECONDS_PER_RUN:-10}
 conns=${CONNECTIONS:-50}
 threads=${THREADS:-2}
-if [ $smoke = 1 ]; then rounds=1; secs=2; fi
+publish_mb=${PUBLISH_MB:-200}
+idle_conns=10000
+if [ $smoke = 1 ]; then rounds=1; secs=2; publish_mb=4; idle_conns=200; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
+PATH=$PATH:/usr/sbin:$HOME/.cargo/bin
 if ! need nginx || ! need haproxy || ! need wrk; then
   echo "installing nginx, haproxy and wrk" >&2
   apt-get install -y -qq nginx haproxy wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk >/dev/null; }
 fi
-PATH=$PATH:/usr/sbin
+if ! need oha; then
+  echo "installing oha, the fixed-rate load tool (several minutes)" >&2
+  cargo install oha --locked --quiet
+fi
 cargo build --release --quiet --bin phantom
 phantom=$repo/target/release/phantom
+if [ ! -x "$repo/tests/node/node_modules/.bin/verdaccio" ]; then (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error); fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d)
 chmod 755 "$work"   # nginx workers drop to an unprivileged user
@@ -44,22 +65,31 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 400); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
     sleep 0.05
   done
   echo "nothing listens on port $1" >&2
   return 1
 }
+json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+peak_rss_kb() { local t=0; for p in $1; do t=$((t + $(hwm_kb "$p"))); done; echo $t; }
+hz=$(getconf CLK_TCK)
+report=$work/report.txt
+say() { echo "$*" | tee -a "$report" >&2; }
 
 "$phantom" certs dev --out "$work/certs" >/dev/null
+ca=$work/certs/ca.pem
 cat "$work/certs/server.pem" "$work/certs/server-key.pem" > "$work/certs/haproxy.pem"
 mkdir -p "$work/www" "$work/logs"
 cp "$here/packument.json" "$work/www/pb-bench"
-origin_port=$(free_port); broker_port=$(free_port); nginx_port=$(free_port); haproxy_port=$(free_port)
+origin_port=$(free_port); nginx_port=$(free_port); haproxy_port=$(free_port)
 token=static-$RANDOM$RANDOM
 
-# (origin) nginx serving the packument over TLS, two workers.
+# The origin: nginx serving the packument over TLS, two workers.
 cat > "$work/origin.conf" <<EOF
 worker_processes 2;
 daemon off;
@@ -102,7 +132,7 @@ http {
       proxy_set_header Connection "";
       proxy_set_header Authorization "Bearer $token";
       proxy_ssl_verify on;
-      proxy_ssl_trusted_certificate $work/certs/ca.pem;
+      proxy_ssl_trusted_certificate $ca;
       proxy_ssl_name localhost;
       proxy_ssl_session_reuse on;
     }
@@ -127,98 +157,90 @@ frontend f
   http-request set-header Authorization "Bearer $token"
   default_backend b
 backend b
-  server o 127.0.0.1:$origin_port ssl verify required ca-file $work/certs/ca.pem sni str(localhost) verifyhost localhost
+  server o 127.0.0.1:$origin_port ssl verify required ca-file $ca sni str(localhost) verifyhost localhost
 EOF
 haproxy -f "$work/haproxy.cfg" -db >"$work/logs/haproxy.log" 2>&1 & pids+=($!)
 
-# (b) the broker. A phantom needs an ID token: the loopback OIDC issuer from tests/node mints one.
-if [ ! -x "$repo/tests/node/node_modules/.bin/npm" ]; then (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error); fi
+# The loopback OIDC issuer (tests/node) that stands in for GitHub's.
 mkfifo "$work/issuer.out"
 node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" & pids+=($!)
 read -r issuer_line < "$work/issuer.out"
-issuer_url=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["url"])' "$issuer_line")
-echo "$token" > "$work/npm-token"
-mkdir -p "$work/policies"
-cat > "$work/policies/bench.toml" <<EOF
+issuer_url=$(json "$issuer_line" url)
+request_token=$(json "$issuer_line" request_token)
+id_token() { curl -s --cacert "$ca" -H "Authorization: Bearer $request_token" "$issuer_url/token?audience=npm%3A127.0.0.1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"])'; }
+
+# start_broker NAME UPSTREAM_URL CREDENTIAL_FILE [EXTRA_SERVER_LINES]: sets broker_pid, broker_port.
+start_broker() {
+  local name=$1 upstream=$2 secret=$3 extra=${4:-}
+  broker_port=$(free_port)
+  mkdir -p "$work/$name/policies"
+  cat > "$work/$name/policies/bench.toml" <<EOF
 [[grant]]
 name = "bench"
 issuer = "ci"
-packages = ["pb-*"]
+packages = ["pb-*", "@bench/*"]
 actions = ["publish"]
-credential = "origin"
+credential = "upstream"
 ttl = "1h"
 [grant.claims]
 repository_id = "123456789"
 EOF
-cat > "$work/phantom.toml" <<EOF
+  cat > "$work/$name/phantom.toml" <<EOF
 [server]
 listen = "127.0.0.1:$broker_port"
 public_url = "https://127.0.0.1:$broker_port/"
 tls_cert = "$work/certs/server.pem"
 tls_key = "$work/certs/server-key.pem"
 max_ttl = "1h"
+$extra
 
-[upstream.origin]
-url = "https://127.0.0.1:$origin_port/"
+[upstream.main]
+url = "$upstream"
 scopes = ["*"]
-ca_file = "$work/certs/ca.pem"
+ca_file = "$ca"
 
 [issuer.ci]
 issuer = "$issuer_url"
 algorithms = ["RS256", "ES256"]
-ca_file = "$work/certs/ca.pem"
+ca_file = "$ca"
 
-[credential.origin]
-upstream = "origin"
-source = { file = "$work/npm-token" }
+[credential.upstream]
+upstream = "main"
+source = { file = "$secret" }
 
 [audit]
-path = "$work/audit/phantom.jsonl"
-
-[policy]
-dir = "$work/policies"
+path = "$work/$name/audit.jsonl"
 EOF
-PHANTOM_LOG=warn "$phantom" serve --config "$work/phantom.toml" > "$work/logs/broker.out" 2> "$work/logs/broker.log" & pids+=($!)
-broker_pid=$!
-for p in $origin_port $nginx_port $haproxy_port $broker_port; do wait_port "$p"; done
+  PHANTOM_LOG=warn "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
+  broker_pid=$!
+  pids+=($broker_pid)
+  wait_port "$broker_port"
+}
+phantom_for() { # PORT PACKAGE -> a phantom from the generic exchange
+  curl -s --cacert "$ca" -X POST -H "Authorization: Bearer $(id_token)" -H 'content-type: application/json' \
+    -d "{\"packages\":[\"$2\"],\"actions\":[\"publish\"]}" "https://127.0.0.1:$1/-/phantom/v1/exchange" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+}
 
-id_token=$(curl -s --cacert "$work/certs/ca.pem" -H "Authorization: Bearer $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["request_token"])' "$issuer_line")" \
-  "$issuer_url/token?audience=npm%3A127.0.0.1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"])')
-phantom_token=$(curl -s --cacert "$work/certs/ca.pem" -X POST -H "Authorization: Bearer $id_token" -H 'content-type: application/json' \
-  -d '{"packages":["pb-bench"],"actions":["publish"]}' "https://127.0.0.1:$broker_port/-/phantom/v1/exchange" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+echo "$token" > "$work/npm-token"
+start_broker get "https://127.0.0.1:$origin_port/" "$work/npm-token"
+get_pid=$broker_pid; get_port=$broker_port
+for p in $origin_port $nginx_port $haproxy_port; do wait_port "$p"; done
+idle_rss_kb=$(rss_kb "$get_pid")
+phantom_token=$(phantom_for "$get_port" pb-bench)
 
-# Sanity: each target serves the packument; the broker's answer carries no credential.
+# Sanity: each target serves the packument.
 for url in "https://127.0.0.1:$origin_port/pb-bench" "https://127.0.0.1:$nginx_port/pb-bench" "https://127.0.0.1:$haproxy_port/pb-bench"; do
-  curl -sf --cacert "$work/certs/ca.pem" "$url" | grep -q '"pb-bench"'
+  curl -sf --cacert "$ca" "$url" | grep -q '"pb-bench"'
 done
-curl -sf --cacert "$work/certs/ca.pem" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$broker_port/pb-bench" | grep -q '"pb-bench"'
+curl -sf --cacert "$ca" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | grep -q '"pb-bench"'
 
-pids_of() { # the processes whose CPU and memory count for a target
-  case $1 in
-    direct) echo "$(cat "$work/origin.pid") $(pgrep -P "$(cat "$work/origin.pid")" | tr '\n' ' ')" ;;
-    broker) echo "$broker_pid" ;;
-    nginx) echo "$(cat "$work/nginx-proxy.pid") $(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')" ;;
-    haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" | tr '\n' ' ' ;;
-  esac
-}
-cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-peak_rss_kb() { local t=0; for p in $1; do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo $t; }
-url_of() {
-  case $1 in
-    direct) echo "https://127.0.0.1:$origin_port/pb-bench" ;;
-    broker) echo "https://127.0.0.1:$broker_port/pb-bench" ;;
-    nginx) echo "https://127.0.0.1:$nginx_port/pb-bench" ;;
-    haproxy) echo "https://127.0.0.1:$haproxy_port/pb-bench" ;;
-  esac
-}
-
-# SYSCALLS=1: count the broker's system calls per request under load (strace; slows it down).
+# SYSCALLS=1: the broker's system calls per request under load (strace slows it down).
 if [ -n "${SYSCALLS:-}" ]; then
-  timeout 6 strace -c -f -p "$broker_pid" -o "$work/strace.txt" &
+  timeout 6 strace -c -f -p "$get_pid" -o "$work/strace.txt" &
   strace_pid=$!
   sleep 0.5
-  n=$(wrk -t"$threads" -c"$conns" -d4s -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$broker_port/pb-bench" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+  n=$(wrk -t"$threads" -c"$conns" -d4s -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
   wait $strace_pid || true
   echo "requests: $n"
   awk -v n="$n" 'NR>2 && $NF!="total" && $4+0>0 {printf "%-16s %8.2f per request\n", $NF, $4/n}' "$work/strace.txt" | sort -k2 -nr | head -12
@@ -227,9 +249,9 @@ fi
 
 # PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes.
 if [ -n "${PROFILE:-}" ]; then
-  perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$broker_pid" -- sleep "$secs" >/dev/null 2>&1 &
+  perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$get_pid" -- sleep "$secs" >/dev/null 2>&1 &
   perf_pid=$!
-  wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$broker_port/pb-bench" | tail -1
+  wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | tail -1
   wait $perf_pid || true
   [ -n "${PERF_OUT:-}" ] && cp "$work/perf.data" "$PERF_OUT"
   echo "== by binary"
@@ -239,18 +261,37 @@ if [ -n "${PROFILE:-}" ]; then
   exit 0
 fi
 
+say "phantom-broker load benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $(uname -r)"
+say "$(nginx -v 2>&1), $(haproxy -v | head -1 | cut -d' ' -f1-3), $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $(oha --version)"
+
+pids_of() { # the processes whose CPU and memory count for a target
+  case $1 in
+    direct) echo "$(cat "$work/origin.pid") $(pgrep -P "$(cat "$work/origin.pid")" | tr '\n' ' ')" ;;
+    broker) echo "$get_pid" ;;
+    nginx) echo "$(cat "$work/nginx-proxy.pid") $(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')" ;;
+    haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" | tr '\n' ' ' ;;
+  esac
+}
+url_of() {
+  case $1 in
+    direct) echo "https://127.0.0.1:$origin_port/pb-bench" ;;
+    broker) echo "https://127.0.0.1:$get_port/pb-bench" ;;
+    nginx) echo "https://127.0.0.1:$nginx_port/pb-bench" ;;
+    haproxy) echo "https://127.0.0.1:$haproxy_port/pb-bench" ;;
+  esac
+}
+auth_of() { [ "$1" = broker ] && echo "Authorization: Bearer $phantom_token" || echo "X-None: 1"; }
+
+# --- 1. keep-alive GET throughput, interleaved rounds -------------------------------------
 results=$work/results.jsonl
-idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$broker_pid/status")
-hz=$(getconf CLK_TCK)
-for round in $(seq 1 "$rounds"); do
-  for target in direct broker nginx haproxy; do
-    procs=$(pids_of $target)
-    before=$(cpu_ticks "$procs")
-    header=()
-    [ $target = broker ] && header=(-H "Authorization: Bearer $phantom_token")
-    line=$(wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" "${header[@]}" "$(url_of $target)" | tail -1)
-    after=$(cpu_ticks "$procs")
-    python3 - "$line" "$target" "$round" "$((after - before))" "$hz" "$(peak_rss_kb "$procs")" >> "$results" <<'PY'
+if part get; then
+  for round in $(seq 1 "$rounds"); do
+    for target in direct broker nginx haproxy; do
+      procs=$(pids_of $target)
+      before=$(cpu_ticks "$procs")
+      line=$(wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "$(auth_of $target)" "$(url_of $target)" | tail -1)
+      after=$(cpu_ticks "$procs")
+      python3 - "$line" "$target" "$round" "$((after - before))" "$hz" "$(peak_rss_kb "$procs")" >> "$results" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 r.update(target=sys.argv[2], round=int(sys.argv[3]))
@@ -258,19 +299,144 @@ r["cpu_s_per_10k"] = int(sys.argv[4]) / int(sys.argv[5]) / max(r["requests"], 1)
 r["peak_rss_mb"] = int(sys.argv[6]) / 1024
 print(json.dumps(r))
 PY
-    echo "round $round $target: $(tail -1 "$results")" >&2
+      echo "round $round $target: $(tail -1 "$results")" >&2
+    done
   done
-done
-
-python3 - "$results" "$idle_rss" <<'PY'
+  python3 - "$results" "$idle_rss_kb" "$conns" "$secs" >> "$report" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda t, k: statistics.median(r[k] for r in rows if r["target"] == t)
-print(f"\nkeep-alive GET of a 989-byte packument, TLS on both legs; medians of {max(r['round'] for r in rows)} interleaved rounds")
+print(f"\n1. keep-alive GET of a 989-byte packument, TLS on both legs, wrk {sys.argv[3]} connections, "
+      f"{sys.argv[4]} s per run; medians of {max(r['round'] for r in rows)} interleaved rounds")
 print(f"{'target':8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'CPU s/10k':>9} {'peak RSS MB':>11} {'errors':>6}")
 for t in ["direct", "broker", "nginx", "haproxy"]:
     print(f"{t:8} {med(t,'rps'):9.0f} {med(t,'p50')/1000:7.2f} {med(t,'p99')/1000:7.2f} {med(t,'p999')/1000:8.2f} "
           f"{med(t,'cpu_s_per_10k'):9.3f} {max(r['peak_rss_mb'] for r in rows if r['target']==t):11.1f} {sum(r['errors'] for r in rows if r['target']==t):6d}")
-print(f"\nbroker/nginx throughput: {med('broker','rps')/med('nginx','rps'):.2f}x   broker/haproxy: {med('broker','rps')/med('haproxy','rps'):.2f}x")
-print(f"broker idle RSS before load: {int(sys.argv[2])/1024:.1f} MB")
+print(f"broker/nginx throughput {med('broker','rps')/med('nginx','rps'):.2f}x, broker/haproxy {med('broker','rps')/med('haproxy','rps'):.2f}x; "
+      f"broker p99 {med('broker','p99')/1000:.2f} ms vs nginx {med('nginx','p99')/1000:.2f} ms")
+print(f"broker idle RSS before any load: {int(sys.argv[2])/1024:.1f} MB")
 PY
+
+  # Added latency at about half of each proxy's saturation rate, against direct at the same rate.
+  oha_at() { # RATE URL AUTH -> "p50_us p99_us"
+    oha -z "${secs}s" -q "$1" -c "$conns" --latency-correction --no-tui --output-format json --cacert "$ca" -H "$3" "$2" \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin)["latencyPercentiles"]; print(round(d["p50"]*1e6), round(d["p99"]*1e6))'
+  }
+  echo >> "$report"
+  echo "   latency added over direct at about half of each proxy's saturation rate (oha, fixed rate, ${secs} s):" >> "$report"
+  for target in broker nginx haproxy; do
+    rate=$(python3 -c 'import json,statistics,sys; print(int(statistics.median(json.loads(l)["rps"] for l in open(sys.argv[1]) if json.loads(l)["target"]==sys.argv[2])/2))' "$results" $target)
+    read -r p50 p99 <<<"$(oha_at "$rate" "$(url_of $target)" "$(auth_of $target)")"
+    read -r d50 d99 <<<"$(oha_at "$rate" "$(url_of direct)" "X-None: 1")"
+    printf '   %-8s at %6d req/s: p50 %5d us (direct %5d, +%5d)   p99 %6d us (direct %6d, +%6d)\n' \
+      "$target" "$rate" "$p50" "$d50" $((p50 - d50)) "$p99" "$d99" $((p99 - d99)) >> "$report"
+  done
+fi
+
+# --- 2. exchanges per second ---------------------------------------------------------------
+if part exchange; then
+  # Each token is good for one exchange: enough for ~30k/s on keep-alive and ~5k/s fresh.
+  ex_secs=$(( smoke ? 1 : 3 ))
+  n_ka=$(( smoke ? 1000 : 90000 )); n_fresh=$(( smoke ? 1000 : 15000 ))
+  started=$(date +%s.%N)
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_ka" > "$work/tokens-ka.txt"
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_fresh" > "$work/tokens-fresh.txt"
+  minted_in=$(python3 -c "import time; print(round(time.time()-$started,1))")
+  # A fresh broker: every exchange adds a phantom and a replay-cache entry.
+  start_broker exchange "https://127.0.0.1:$origin_port/" "$work/npm-token"
+  ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
+  fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] else "")' "$1"; }
+  {
+    echo
+    echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_fresh)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
+    echo "   keep-alive connections:      $ka$(exhausted "$ka")"
+    echo "   a fresh TLS connection each: $fresh$(exhausted "$fresh")"
+  } >> "$report"
+fi
+
+# --- 3. a 200 MB publish, streamed ------------------------------------------------------------
+if part publish; then
+  vport=$(free_port)
+  mkdir -p "$work/verdaccio/storage"
+  echo "{\"list\":[],\"secret\":\"$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')\"}" > "$work/verdaccio/storage/.verdaccio-db.json"
+  sed -e "s|{{STORAGE}}|$work/verdaccio/storage|; s|{{HTPASSWD}}|$work/verdaccio/htpasswd|; s|{{LISTEN}}|https://127.0.0.1:$vport|" \
+      -e "s|{{CERT}}|$work/certs/server.pem|; s|{{KEY}}|$work/certs/server-key.pem|; s|{{SECRET}}|$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')|" \
+      -e "s|^max_body_size: .*|max_body_size: 1024mb|" "$repo/tests/node/verdaccio.yaml.template" > "$work/verdaccio/config.yaml"
+  "$repo/tests/node/node_modules/.bin/verdaccio" --config "$work/verdaccio/config.yaml" > "$work/logs/verdaccio.log" 2>&1 & pids+=($!)
+  wait_port "$vport"
+  for _ in $(seq 1 100); do curl -sf --cacert "$ca" "https://127.0.0.1:$vport/-/ping" >/dev/null && break; sleep 0.1; done
+  vtoken=$(curl -s --cacert "$ca" -X PUT -u bench:benchpw -H 'content-type: application/json' \
+    -d '{"_id":"org.couchdb.user:bench","name":"bench","password":"benchpw","type":"user","roles":[],"date":"2026-01-01T00:00:00Z"}' \
+    "https://127.0.0.1:$vport/-/user/org.couchdb.user:bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  echo "$vtoken" > "$work/verdaccio-token"
+  start_broker publish "https://127.0.0.1:$vport/" "$work/verdaccio-token" "max_body_bytes = $(( (publish_mb * 4 / 3 + 16) * 1024 * 1024 ))"
+  pub_pid=$broker_pid; pub_port=$broker_port
+  pub_phantom=$(phantom_for "$pub_port" "@bench/big")
+  # Two bodies as npm builds them (base64 tarball in _attachments), differing only in version.
+  python3 - "$work" "$publish_mb" <<'PY'
+import base64, os, sys
+work, mb = sys.argv[1], int(sys.argv[2])
+tarball = os.urandom(mb * 1024 * 1024)
+data = base64.b64encode(tarball)
+for version in ("1.0.0", "2.0.0"):
+    with open(f"{work}/body-{version}.json", "wb") as f:
+        f.write(('{"_id":"@bench/big","name":"@bench/big","description":"big","dist-tags":{"latest":"%s"},'
+                 '"versions":{"%s":{"name":"@bench/big","version":"%s","_id":"@bench/big@%s"}},"access":null,'
+                 '"_attachments":{"@bench/big-%s.tgz":{"content_type":"application/octet-stream","length":%d,"data":"'
+                 % (version, version, version, version, version, len(tarball))).encode())
+        f.write(data)
+        f.write(b'"}}}')
+PY
+  body_mb=$(( $(stat -c %s "$work/body-1.0.0.json") / 1024 / 1024 ))
+  put() { # URL AUTH BODY -> "status seconds"
+    curl -s -o /dev/null -w '%{http_code} %{time_total}' --cacert "$ca" -X PUT -H "Authorization: Bearer $2" \
+      -H 'content-type: application/json' -H 'npm-command: publish' --data-binary "@$3" "$1"
+  }
+  before_kb=$(hwm_kb "$pub_pid")
+  idle_kb=$(rss_kb "$pub_pid")
+  read -r s_direct t_direct <<<"$(put "https://127.0.0.1:$vport/@bench%2fbig" "$vtoken" "$work/body-1.0.0.json")"
+  read -r s_broker t_broker <<<"$(put "https://127.0.0.1:$pub_port/@bench%2fbig" "$pub_phantom" "$work/body-2.0.0.json")"
+  after_kb=$(hwm_kb "$pub_pid")
+  {
+    echo
+    echo "3. publish of a ${publish_mb} MB tarball (${body_mb} MB JSON body) to Verdaccio, with curl"
+    echo "   direct: HTTP $s_direct in ${t_direct} s;  through the broker: HTTP $s_broker in ${t_broker} s  ($(python3 -c "print(f'{$t_broker/$t_direct:.2f}')")x direct)"
+    echo "   broker RSS: $((idle_kb / 1024)) MB before; peak $((after_kb / 1024)) MB after (was $((before_kb / 1024)) MB): grew by $(( (after_kb - before_kb) / 1024 )) MB"
+  } >> "$report"
+fi
+
+# --- 4. idle keep-alive connections ---------------------------------------------------------
+if part idle; then
+  start_broker idle "https://127.0.0.1:$origin_port/" "$work/npm-token" "max_connections = 20000"
+  idle_pid=$broker_pid
+  start_rss=$(rss_kb "$idle_pid")
+  python3 - "$broker_port" "$ca" "$idle_conns" "$idle_pid" > "$work/idle.json" <<'PY'
+import asyncio, json, ssl, sys
+port, ca, n, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+conns, sem = [], asyncio.Semaphore(100)
+async def one():
+    async with sem:
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="127.0.0.1")
+        w.write(b"GET /-/ping HTTP/1.1\r\nhost: x\r\n\r\n")
+        await w.drain()
+        await r.readuntil(b"\r\n\r\n")
+        conns.append((r, w))
+async def main():
+    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.sleep(1)
+    rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
+    print(json.dumps({"connections": len(conns), "rss_kb": rss}))
+asyncio.run(main())
+PY
+  res=$(cat "$work/idle.json")
+  {
+    echo
+    echo "4. $(json "$res" connections) idle keep-alive TLS connections (each made one request): broker RSS $(( $(json "$res" rss_kb) / 1024 )) MB (idle before: $((start_rss / 1024)) MB)"
+  } >> "$report"
+fi
+
+echo
+cat "$report"

@@ -1,0 +1,50 @@
+-- wrk: POSTs npm's exchange, each pre-minted ID token exactly once (tokens are single-use).
+-- Each thread takes every Nth line of TOKENS. Reports 201s per second as JSON.
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  thread:set("id", counter)
+  counter = counter + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  tokens = {}
+  local n, i = 0, 0
+  for line in io.lines(os.getenv("TOKENS")) do
+    if n % tonumber(os.getenv("WRK_THREADS")) == id then
+      tokens[#tokens + 1] = line
+    end
+    n = n + 1
+  end
+  token_count = #tokens
+  next_token = 1
+  ok = 0
+  refused = 0
+end
+
+function request()
+  local t = tokens[next_token]
+  if t == nil then t = "exhausted" end
+  next_token = next_token + 1
+  return wrk.format("POST", "/-/npm/v1/oidc/token/exchange/package/pb-bench", { ["Authorization"] = "Bearer " .. t })
+end
+
+function response(status, headers, body)
+  if status == 201 then ok = ok + 1 else refused = refused + 1 end
+end
+
+function done(summary, latency, requests)
+  local ok_total, refused_total, minted = 0, 0, 0
+  for _, t in ipairs(threads) do
+    ok_total = ok_total + t:get("ok")
+    refused_total = refused_total + t:get("refused")
+    minted = minted + t:get("token_count")
+  end
+  local secs = summary.duration / 1e6
+  io.write(string.format(
+    '{"exchanges":%d,"refused":%d,"tokens":%d,"seconds":%.3f,"per_second":%.1f,"p50":%d,"p99":%d,"errors":%d}\n',
+    ok_total, refused_total, minted, secs, ok_total / secs, latency:percentile(50), latency:percentile(99),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
