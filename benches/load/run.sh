@@ -16,6 +16,7 @@
 #   bash benches/load/run.sh --only get      # one part: get | exchange | publish | idle
 #   PROFILE=1 bash benches/load/run.sh       # perf profile of the broker under GET load, then stop
 #   SYSCALLS=1 bash benches/load/run.sh      # system calls per request (strace), then stop
+#   PHANTOM_BIN=/path/to/phantom bash ...    # measure another build (before/after comparisons)
 #
 # Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2), PUBLISH_MB (200).
 set -euo pipefail
@@ -48,8 +49,12 @@ if ! need oha; then
   echo "installing oha, the fixed-rate load tool (several minutes)" >&2
   cargo install oha --locked --quiet
 fi
-cargo build --release --quiet --bin phantom
-phantom=$repo/target/release/phantom
+if [ -n "${PHANTOM_BIN:-}" ]; then
+  phantom=$PHANTOM_BIN   # e.g. a build of an earlier commit, for before/after figures
+else
+  cargo build --release --quiet --bin phantom
+  phantom=$repo/target/release/phantom
+fi
 if [ ! -x "$repo/tests/node/node_modules/.bin/verdaccio" ]; then (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error); fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -247,8 +252,9 @@ if [ -n "${SYSCALLS:-}" ]; then
   exit 0
 fi
 
-# PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes.
-if [ -n "${PROFILE:-}" ]; then
+# PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes
+# (PROFILE=exchange: the same for the exchange part).
+if [ -n "${PROFILE:-}" ] && [ "$PROFILE" != exchange ]; then
   perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$get_pid" -- sleep "$secs" >/dev/null 2>&1 &
   perf_pid=$!
   wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | tail -1
@@ -344,7 +350,18 @@ if part exchange; then
   minted_in=$(python3 -c "import time; print(round(time.time()-$started,1))")
   # A fresh broker: every exchange adds a phantom and a replay-cache entry.
   start_broker exchange "https://127.0.0.1:$origin_port/" "$work/npm-token"
+  if [ "${PROFILE:-}" = exchange ]; then
+    perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$broker_pid" -- sleep "$ex_secs" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  if [ "${PROFILE:-}" = exchange ]; then
+    wait $perf_pid || true
+    [ -n "${PERF_OUT:-}" ] && cp "$work/perf.data" "$PERF_OUT"
+    echo "$ka"
+    perf report -i "$work/perf.data" --stdio --no-children --percent-limit 0.8 --sort dso,symbol -g none 2>/dev/null | grep '%' | sed 's/  */ /g' | cut -c1-150 | head -40
+    exit 0
+  fi
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
   fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
   exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] else "")' "$1"; }
