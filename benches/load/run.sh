@@ -36,8 +36,9 @@ secs=${SECONDS_PER_RUN:-10}
 conns=${CONNECTIONS:-50}
 threads=${THREADS:-2}
 publish_mb=${PUBLISH_MB:-200}
+publish_rounds=${PUBLISH_ROUNDS:-5}   # Verdaccio's own time varies by a second from run to run
 idle_conns=10000
-if [ $smoke = 1 ]; then rounds=1; secs=2; publish_mb=4; idle_conns=200; fi
+if [ $smoke = 1 ]; then rounds=1; secs=2; publish_mb=4; publish_rounds=1; idle_conns=200; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 PATH=$PATH:/usr/sbin:$HOME/.cargo/bin
@@ -241,7 +242,7 @@ done
 curl -sf --cacert "$ca" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | grep -q '"pb-bench"'
 
 # SYSCALLS=1: the broker's system calls per request under load (strace slows it down).
-if [ -n "${SYSCALLS:-}" ]; then
+if [ -n "${SYSCALLS:-}" ] && [ "$SYSCALLS" != publish ]; then
   timeout 6 strace -c -f -p "$get_pid" -o "$work/strace.txt" &
   strace_pid=$!
   sleep 0.5
@@ -254,7 +255,7 @@ fi
 
 # PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes
 # (PROFILE=exchange: the same for the exchange part).
-if [ -n "${PROFILE:-}" ] && [ "$PROFILE" != exchange ]; then
+if [ -n "${PROFILE:-}" ] && [ "$PROFILE" != exchange ] && [ "$PROFILE" != publish ]; then
   perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$get_pid" -- sleep "$secs" >/dev/null 2>&1 &
   perf_pid=$!
   wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | tail -1
@@ -387,7 +388,7 @@ if part publish; then
   sed -e "s|{{STORAGE}}|$work/verdaccio/storage|; s|{{HTPASSWD}}|$work/verdaccio/htpasswd|; s|{{LISTEN}}|https://127.0.0.1:$vport|" \
       -e "s|{{CERT}}|$work/certs/server.pem|; s|{{KEY}}|$work/certs/server-key.pem|; s|{{SECRET}}|$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')|" \
       -e "s|^max_body_size: .*|max_body_size: 1024mb|" "$repo/tests/node/verdaccio.yaml.template" > "$work/verdaccio/config.yaml"
-  "$repo/tests/node/node_modules/.bin/verdaccio" --config "$work/verdaccio/config.yaml" > "$work/logs/verdaccio.log" 2>&1 & pids+=($!)
+  "$repo/tests/node/node_modules/.bin/verdaccio" --config "$work/verdaccio/config.yaml" > "$work/logs/verdaccio.log" 2>&1 & pids+=($!); vpid=$!
   wait_port "$vport"
   for _ in $(seq 1 100); do curl -sf --cacert "$ca" "https://127.0.0.1:$vport/-/ping" >/dev/null && break; sleep 0.1; done
   vtoken=$(curl -s --cacert "$ca" -X PUT -u bench:benchpw -H 'content-type: application/json' \
@@ -396,38 +397,97 @@ if part publish; then
   echo "$vtoken" > "$work/verdaccio-token"
   start_broker publish "https://127.0.0.1:$vport/" "$work/verdaccio-token" "max_body_bytes = $(( (publish_mb * 4 / 3 + 16) * 1024 * 1024 ))"
   pub_pid=$broker_pid; pub_port=$broker_port
-  pub_phantom=$(phantom_for "$pub_port" "@bench/big")
-  # Two bodies as npm builds them (base64 tarball in _attachments), differing only in version.
-  python3 - "$work" "$publish_mb" <<'PY'
+  # Bodies as npm builds them (base64 tarball in _attachments). Every publish creates a new
+  # package (Verdaccio is slower to add a version to an existing one), and the rounds alternate
+  # which goes first; the figures are medians.
+  python3 - "$work" "$publish_mb" "$publish_rounds" <<'PY'
 import base64, os, sys
-work, mb = sys.argv[1], int(sys.argv[2])
-tarball = os.urandom(mb * 1024 * 1024)
-data = base64.b64encode(tarball)
-for version in ("1.0.0", "2.0.0"):
-    with open(f"{work}/body-{version}.json", "wb") as f:
-        f.write(('{"_id":"@bench/big","name":"@bench/big","description":"big","dist-tags":{"latest":"%s"},'
-                 '"versions":{"%s":{"name":"@bench/big","version":"%s","_id":"@bench/big@%s"}},"access":null,'
-                 '"_attachments":{"@bench/big-%s.tgz":{"content_type":"application/octet-stream","length":%d,"data":"'
-                 % (version, version, version, version, version, len(tarball))).encode())
-        f.write(data)
-        f.write(b'"}}}')
+work, mb, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+data = base64.b64encode(os.urandom(mb * 1024 * 1024))
+for r in range(1, rounds + 1):
+    for who in ("d", "b"):
+        name = f"@bench/big-{who}{r}"
+        with open(f"{work}/body-{who}{r}.json", "wb") as f:
+            f.write(('{"_id":"%s","name":"%s","description":"big","dist-tags":{"latest":"1.0.0"},'
+                     '"versions":{"1.0.0":{"name":"%s","version":"1.0.0","_id":"%s@1.0.0"}},"access":null,'
+                     '"_attachments":{"%s-1.0.0.tgz":{"content_type":"application/octet-stream","length":%d,"data":"'
+                     % (name, name, name, name, name, len(data) * 3 // 4)).encode())
+            f.write(data)
+            f.write(b'"}}}')
 PY
-  body_mb=$(( $(stat -c %s "$work/body-1.0.0.json") / 1024 / 1024 ))
+  body_mb=$(( $(stat -c %s "$work/body-d1.json") / 1024 / 1024 ))
   put() { # URL AUTH BODY -> "status seconds"
     curl -s -o /dev/null -w '%{http_code} %{time_total}' --cacert "$ca" -X PUT -H "Authorization: Bearer $2" \
       -H 'content-type: application/json' -H 'npm-command: publish' --data-binary "@$3" "$1"
   }
   before_kb=$(hwm_kb "$pub_pid")
   idle_kb=$(rss_kb "$pub_pid")
-  read -r s_direct t_direct <<<"$(put "https://127.0.0.1:$vport/@bench%2fbig" "$vtoken" "$work/body-1.0.0.json")"
-  read -r s_broker t_broker <<<"$(put "https://127.0.0.1:$pub_port/@bench%2fbig" "$pub_phantom" "$work/body-2.0.0.json")"
+  pub_times=()
+  cpu_b=0; cpu_v_d=0; cpu_v_b=0
+  for round in $(seq 1 "$publish_rounds"); do
+    phantom_b=$(phantom_for "$pub_port" "@bench/big-b$round")
+    order="d b"; [ $((round % 2)) = 0 ] && order="b d"
+    for who in $order; do
+      b0=$(cpu_ticks "$pub_pid"); v0=$(cpu_ticks "$vpid")
+      if [ "${PROFILE:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
+        perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$pub_pid" -- sleep 4 >/dev/null 2>&1 &
+      fi
+      if [ "${SYSCALLS:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
+        timeout 20 strace -c -f -p "$pub_pid" -o "$work/strace.txt" & strace_pid=$!
+        sleep 0.5
+      fi
+      # When Verdaccio has read the whole body off its socket: the upload, without its processing.
+      python3 - "$vpid" "$(stat -c %s "$work/body-$who$round.json")" > "$work/upload-time" <<'PY' &
+import sys, time
+pid, size = sys.argv[1], int(sys.argv[2])
+def rchar():
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("rchar"))
+start, t0 = rchar(), time.monotonic()
+while time.monotonic() - t0 < 120:
+    if rchar() - start >= size:
+        break
+    time.sleep(0.005)
+print(f"{time.monotonic() - t0:.2f}")
+PY
+      sampler=$!
+      if [ $who = d ]; then
+        read -r status secs_taken <<<"$(put "https://127.0.0.1:$vport/@bench%2fbig-d$round" "$vtoken" "$work/body-d$round.json")"
+      else
+        read -r status secs_taken <<<"$(put "https://127.0.0.1:$pub_port/@bench%2fbig-b$round" "$phantom_b" "$work/body-b$round.json")"
+      fi
+      wait $sampler || true
+      if [ "${SYSCALLS:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
+        kill -INT $strace_pid; wait $strace_pid || true
+        head -20 "$work/strace.txt"
+      fi
+      pub_times+=("$who $round $status $secs_taken $(cat "$work/upload-time")")
+      cpu_b=$((cpu_b + $(cpu_ticks "$pub_pid") - b0))
+      if [ $who = d ]; then cpu_v_d=$((cpu_v_d + $(cpu_ticks "$vpid") - v0)); else cpu_v_b=$((cpu_v_b + $(cpu_ticks "$vpid") - v0)); fi
+    done
+  done
   after_kb=$(hwm_kb "$pub_pid")
   {
     echo
-    echo "3. publish of a ${publish_mb} MB tarball (${body_mb} MB JSON body) to Verdaccio, with curl"
-    echo "   direct: HTTP $s_direct in ${t_direct} s;  through the broker: HTTP $s_broker in ${t_broker} s  ($(python3 -c "print(f'{$t_broker/$t_direct:.2f}')")x direct)"
+    echo "3. publish of a ${publish_mb} MB tarball (${body_mb} MB JSON body) to Verdaccio, with curl, $publish_rounds alternating rounds"
+    printf '%s\n' "${pub_times[@]}" | python3 -c '
+import statistics, sys
+rows = [l.split() for l in sys.stdin if l.strip()]
+d = [float(r[3]) for r in rows if r[0] == "d"]; b = [float(r[3]) for r in rows if r[0] == "b"]
+codes = sorted({r[2] for r in rows})
+print("   HTTP status: " + ",".join(codes))
+print("   direct: " + " ".join(f"{t:.2f}" for t in d) + f" s (median {statistics.median(d):.2f});  through the broker: "
+      + " ".join(f"{t:.2f}" for t in b) + f" s (median {statistics.median(b):.2f});  {statistics.median(b)/statistics.median(d):.2f}x direct")
+ud = [float(r[4]) for r in rows if r[0] == "d"]; ub = [float(r[4]) for r in rows if r[0] == "b"]
+print(f"   of which the upload (until Verdaccio had read the whole body): direct {statistics.median(ud):.2f} s, through the broker {statistics.median(ub):.2f} s")'
+    echo "   CPU seconds per publish: broker $(python3 -c "print(f'{$cpu_b/$hz/$publish_rounds:.2f}')"); Verdaccio $(python3 -c "print(f'{$cpu_v_d/$hz/$publish_rounds:.2f}')") direct, $(python3 -c "print(f'{$cpu_v_b/$hz/$publish_rounds:.2f}')") through the broker"
     echo "   broker RSS: $((idle_kb / 1024)) MB before; peak $((after_kb / 1024)) MB after (was $((before_kb / 1024)) MB): grew by $(( (after_kb - before_kb) / 1024 )) MB"
   } >> "$report"
+  rm -f "$work"/body-*.json
+  if [ "${PROFILE:-}" = publish ]; then
+    sleep 1
+    perf report -i "$work/perf.data" --stdio --no-children --percent-limit 0.8 --sort dso,symbol -g none 2>/dev/null | grep '%' | sed 's/  */ /g' | cut -c1-150 | head -40
+  fi
 fi
 
 # --- 4. idle keep-alive connections ---------------------------------------------------------

@@ -9,9 +9,7 @@
 //! use is spent and the write is put on record; only then is the last chunk released. Any
 //! failure aborts the upstream request instead.
 
-use super::handler::{
-    compare_with_upstream, fingerprint_finish, fingerprint_start, require_plain_json, spend_use, Session, UpstreamCheck,
-};
+use super::handler::{compare_with_upstream, require_plain_json, spend_use, Fingerprinter, Session, UpstreamCheck};
 use super::{App, Refusal};
 use crate::audit::Record;
 use crate::credentials::Credential;
@@ -117,7 +115,7 @@ async fn feed(
     let outcome = async {
         let limit = app.config.server.max_body_bytes;
         let mut scanner = PublishScanner::new(MAX_SKELETON.min(limit) as usize);
-        let mut fingerprint = fingerprint_start(npm);
+        let mut fingerprint = Fingerprinter::new(npm);
         let mut body = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
         let mut total = 0u64;
         while let Some(frame) = body.frame().await {
@@ -141,7 +139,7 @@ async fn feed(
         }
         let skeleton = scanner.finish().map_err(scan_refusal)?.skeleton;
         settle_action(app, npm, package, &skeleton, session, credential, upstream, rec).await?;
-        let fingerprint = fingerprint_finish(fingerprint);
+        let fingerprint = fingerprint.finish();
         spend_use(app, session, fingerprint).await?;
         let intent = Record { decision: "forwarding", status: 0, ..rec.clone() };
         app.audit.write_confirmed(std::sync::Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)?;
