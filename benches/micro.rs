@@ -239,5 +239,42 @@ fn audit(c: &mut Criterion) {
     c.bench_function("audit append, confirmed (chained, hashed, written)", |b| b.iter(|| log.write(&record).unwrap()));
 }
 
-criterion_group!(benches, routes, policy, phantoms, identity, audit);
+/// A publish body's streaming checks, per byte: the scan of a base64 tarball and the body's
+/// fingerprint, fed in 16 KiB pieces as TLS delivers them.
+fn publish_stream(c: &mut Criterion) {
+    use base64::engine::general_purpose::STANDARD;
+    let tarball: Vec<u8> = (0..12u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut body = br#"{"_id":"a","name":"a","versions":{"1.0.0":{"name":"a","version":"1.0.0"}},"_attachments":{"a-1.0.0.tgz":{"data":""#.to_vec();
+    body.extend_from_slice(STANDARD.encode(&tarball).as_bytes());
+    body.extend_from_slice(br#""}}}"#);
+    let mut g = c.benchmark_group("publish body, 16 MiB in 16 KiB pieces");
+    g.throughput(criterion::Throughput::Bytes(body.len() as u64));
+    g.sample_size(20);
+    g.bench_function("scan", |b| {
+        b.iter(|| {
+            let mut scanner = phantom_broker::npm::scan::PublishScanner::new(1 << 20);
+            body.chunks(16 * 1024).for_each(|piece| scanner.feed(piece).unwrap());
+            black_box(scanner.finish().unwrap())
+        })
+    });
+    g.bench_function("fingerprint BLAKE3", |b| {
+        b.iter(|| {
+            let mut h = blake3::Hasher::new();
+            body.chunks(16 * 1024).for_each(|piece| {
+                h.update(piece);
+            });
+            black_box(h.finalize())
+        })
+    });
+    g.bench_function("fingerprint SHA-256 (ring), for comparison", |b| {
+        b.iter(|| {
+            let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+            body.chunks(16 * 1024).for_each(|piece| h.update(piece));
+            black_box(h.finish())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routes, policy, phantoms, identity, audit, publish_stream);
 criterion_main!(benches);
