@@ -29,10 +29,13 @@ here=$repo/benches/load
 
 smoke=0
 only=all
-case "${1:-}" in
-  --smoke) smoke=1 ;;
-  --only) only=$2 ;;
-esac
+while [ $# -gt 0 ]; do
+  case $1 in
+    --smoke) smoke=1; shift ;;
+    --only) only=${2:?"--only needs one of: get exchange publish idle"}; shift 2 ;;
+    *) echo "unknown argument: $1 (see the top of $0)" >&2; exit 2 ;;
+  esac
+done
 part() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 rounds=${ROUNDS:-3}
 secs=${SECONDS_PER_RUN:-10}
@@ -440,26 +443,32 @@ PY
         sleep 0.5
       fi
       # When Verdaccio has read the whole body off its socket: the upload, without its processing.
-      python3 - "$vpid" "$(stat -c %s "$work/body-$who$round.json")" > "$work/upload-time" <<'PY' &
-import sys, time
-pid, size = sys.argv[1], int(sys.argv[2])
+      # The counter's start is read here, before curl starts; curl waits for the sampler.
+      rm -f "$work/upload-stop" "$work/upload-ready"
+      python3 - "$vpid" "$(stat -c %s "$work/body-$who$round.json")" "$(awk '/^rchar/ {print $2}' "/proc/$vpid/io")" \
+        "$work/upload-stop" > "$work/upload-time" <<'PY' &
+import os, sys, time
+pid, size, start, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 def rchar():
     with open(f"/proc/{pid}/io") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("rchar"))
-start, t0 = rchar(), time.monotonic()
-while time.monotonic() - t0 < 120:
-    if rchar() - start >= size:
-        break
-    time.sleep(0.005)
-print(f"{time.monotonic() - t0:.2f}")
+t0 = time.time()  # curl starts as soon as this file exists
+open(stop.replace("stop", "ready"), "w").close()
+while rchar() - start < size:
+    if os.path.exists(stop):  # the publish ended first: no reading
+        print("nan")
+        sys.exit()
+    time.sleep(0.002)
+print(f"{time.time() - t0:.2f}")
 PY
       sampler=$!
+      for _ in $(seq 1 200); do [ -e "$work/upload-ready" ] && break; sleep 0.01; done
       if [ $who = d ]; then
         read -r status secs_taken <<<"$(put "https://127.0.0.1:$vport/@bench%2fbig-d$round" "$vtoken" "$work/body-d$round.json")"
       else
         read -r status secs_taken <<<"$(put "https://127.0.0.1:$pub_port/@bench%2fbig-b$round" "$phantom_b" "$work/body-b$round.json")"
       fi
-      wait $sampler || true
+      touch "$work/upload-stop"; wait $sampler || true
       if [ "${SYSCALLS:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
         kill -INT $strace_pid; wait $strace_pid || true
         head -20 "$work/strace.txt"
