@@ -19,7 +19,6 @@ use crate::secret::Secret;
 use crate::upstream::Upstreams;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::convert::Infallible;
@@ -169,7 +168,8 @@ thread_local! {
 struct Shared {
     app: Arc<App>,
     acceptor: TlsAcceptor,
-    builder: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     connections: Arc<tokio::sync::Semaphore>,
 }
 
@@ -186,10 +186,16 @@ pub async fn serve(
 ) -> Result<(), String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
     let client_timeout = app.config.server.client_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(client_timeout).max_buf_size(64 * 1024);
-    builder
-        .http2()
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    // The header limit is explicit: the buffer size alone lets a larger head through when it
+    // arrives whole in one read.
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        .max_buf_size(64 * 1024)
+        .max_header_size(64 * 1024);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
         .max_header_list_size(64 * 1024)
@@ -197,7 +203,8 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         app: app.clone(),
         acceptor: TlsAcceptor::from(tls),
-        builder,
+        http1,
+        http2,
         connections: Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections)),
     });
 
@@ -329,8 +336,15 @@ fn serve_connection(
                 Ok::<_, Infallible>(resp)
             }
         });
-        let conn = shared.builder.serve_connection(TokioIo::new(tls), service);
-        if let Err(e) = watcher.watch(conn).await {
+        // The protocol is the one ALPN chose (HTTP/2 over TLS needs ALPN: RFC 9113, 3.2), so
+        // the connection never sniffs for a preface. HTTP/2's larger state is boxed: an idle
+        // HTTP/1.1 connection does not carry a slot its size.
+        let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            Box::pin(watcher.watch(shared.http2.serve_connection(TokioIo::new(tls), service))).await
+        } else {
+            watcher.watch(shared.http1.serve_connection(TokioIo::new(tls), service)).await
+        };
+        if let Err(e) = ended {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     });
