@@ -20,7 +20,9 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Where a secret comes from: `{ file = "..." }` or `{ env = "..." }`.
+/// Where a secret comes from: `{ file = "..." }` or `{ env = "..." }`. It names the place (a
+/// path or a variable's name, both fit for a log line), never holds the secret, so its `Debug`
+/// and `CredentialConfig`'s are derived; `tests/secrets_debug.rs` checks both.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum SecretSource {

@@ -88,9 +88,18 @@ pub fn read_secret(source: &SecretSource) -> Result<Secret, String> {
     Ok(Secret::new(value.to_owned()))
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credentials {
     by_name: HashMap<String, Arc<Credential>>,
+}
+
+/// Names only: a credential's value never reaches a log line, whatever `Credential` prints.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Credentials").field("names", &names).field("secrets", &"<redacted>").finish()
+    }
 }
 
 impl Credentials {

@@ -39,10 +39,16 @@ fn secret_holding_types_redact_debug() {
         packages: vec![],
         expires: None,
     };
+    assert_hidden("CredentialConfig", format!("{cfg:?} {cfg:#?}"), CANARY);
+    let env_source = SecretSource::Env("PB_SECRETS_DEBUG_CANARY".into());
+    std::env::set_var("PB_SECRETS_DEBUG_CANARY", format!("npm_{CANARY}"));
+    assert_eq!(read_secret(&env_source).unwrap().expose(), format!("npm_{CANARY}"));
+    assert_hidden("SecretSource", format!("{env_source:?} {env_source:#?}"), CANARY);
     let credential = Credential::from_secret(&cfg, read_secret(&cfg.source).unwrap()).unwrap();
     assert_hidden("Credential", format!("{credential:?} {credential:#?}"), CANARY);
     let all = Credentials::load(std::slice::from_ref(&cfg)).unwrap();
     assert_hidden("Credentials", format!("{all:?} {all:#?}"), CANARY);
+    assert!(format!("{all:?}").contains("\"c\""), "Credentials' Debug names its credentials: {all:?}");
     // The header value is marked sensitive, which hyper and h2 honour.
     assert!(credential.authorization().is_sensitive());
 
