@@ -489,3 +489,73 @@ fn h2_rapid_reset(port: u16, ca: &std::path::Path, n: usize) -> usize {
         sent
     })
 }
+
+/// An idle HTTP/1.1 connection gives its HTTP state back (it is "parked") and keeps serving:
+/// the next request, a head split across the park, and pipelined requests all work on the same
+/// connection. A refused request's unread body is never read as a request, parked connections
+/// still time out, and a slow head is still cut off.
+#[test]
+fn idle_connections_park_and_keep_serving() {
+    let w = World::start_with(Options {
+        policy: DEFAULT_POLICY.into(),
+        server: "client_timeout = \"3s\"".into(),
+        ..Options::default()
+    });
+    let log = w.broker.dir.join("broker.log");
+    let parked = || std::fs::read_to_string(&log).unwrap_or_default().matches("parked an idle connection").count();
+    // Longer than twice the broker's park interval (1 s).
+    let idle = Duration::from_millis(2600);
+    let ping = b"GET /-/ping HTTP/1.1\r\nhost: x\r\n\r\n";
+    let status = |tls: &mut raw::Tls| raw::read_response(tls, Duration::from_secs(5)).map(|(s, _)| s);
+
+    let mut tls = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    tls.write_all(ping).unwrap();
+    assert_eq!(status(&mut tls), Some(200));
+    assert_eq!(parked(), 0);
+    std::thread::sleep(idle);
+    assert_eq!(parked(), 1, "the idle connection was not parked");
+    tls.write_all(ping).unwrap();
+    assert_eq!(status(&mut tls), Some(200), "a parked connection did not serve its next request");
+
+    // A head that starts, then pauses across the park interval, then ends.
+    tls.write_all(b"GET /-/ping HTTP/1.1\r\nho").unwrap();
+    std::thread::sleep(idle);
+    tls.write_all(b"st: x\r\n\r\n").unwrap();
+    assert_eq!(status(&mut tls), Some(200), "a head split across a park was lost");
+
+    // Two pipelined requests in one write, right after a park.
+    std::thread::sleep(idle);
+    // The split head's stream came back with bytes, so it was not counted as parked.
+    assert_eq!(parked(), 2, "the connection did not park again after the split head");
+    tls.write_all(&[&ping[..], &ping[..]].concat()).unwrap();
+    assert_eq!(status(&mut tls), Some(200));
+    assert_eq!(status(&mut tls), Some(200), "the second pipelined request was lost");
+
+    // A refused write whose body carries a request: the body is never served as a request,
+    // however long the connection idles afterwards.
+    let smuggled = "GET /-/ping HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut put = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    write!(
+        put,
+        "PUT /pb-park HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    )
+    .unwrap();
+    assert_eq!(status(&mut put), Some(401));
+    std::thread::sleep(idle);
+    let rest = raw::read_all(&mut put, Duration::from_millis(500));
+    assert!(!rest.text.contains("HTTP/1.1"), "the refused body was served as a request: {rest:?}");
+
+    // A parked connection still ends after client_timeout of silence.
+    let r = raw::read_all(&mut tls, Duration::from_secs(8));
+    assert!(r.closed && r.text.is_empty(), "a parked connection outlived its idle timeout: {r:?}");
+
+    // A slow head is cut off, parks or not.
+    let mut slow = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    slow.write_all(b"GET /-/ping HTTP/1.1\r\nhost: x\r\nx-slow: ").unwrap();
+    let started = std::time::Instant::now();
+    let r = raw::read_all(&mut slow, Duration::from_secs(10));
+    assert!(r.closed, "a slow head was not cut off: {r:?}");
+    assert!(started.elapsed() < Duration::from_secs(7), "a slow head held on for {:?}", started.elapsed());
+    w.assert_canary_contained_without_writes();
+}

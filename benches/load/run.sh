@@ -508,7 +508,7 @@ if part idle; then
   idle_pid=$broker_pid
   start_rss=$(rss_kb "$idle_pid")
   python3 - "$broker_port" "$ca" "$idle_conns" "$idle_pid" > "$work/idle.json" <<'PY'
-import asyncio, json, ssl, sys
+import asyncio, json, ssl, sys, time
 port, ca, n, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 ctx = ssl.create_default_context(cafile=ca)
 conns, sem = [], asyncio.Semaphore(100)
@@ -519,17 +519,24 @@ async def one():
         await w.drain()
         await r.readuntil(b"\r\n\r\n")
         conns.append((r, w))
+def rss_kb():
+    return int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
 async def main():
+    t0 = time.monotonic()
     await asyncio.gather(*(one() for _ in range(n)))
+    opened = time.monotonic() - t0
+    # RSS 1 s after the last connection opened, and again once every connection has idled for
+    # longer than the broker's park interval (2 s at most).
     await asyncio.sleep(1)
-    rss = int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")))
-    print(json.dumps({"connections": len(conns), "rss_kb": rss}))
+    busy = rss_kb()
+    await asyncio.sleep(3)
+    print(json.dumps({"connections": len(conns), "open_s": round(opened, 1), "rss_1s_kb": busy, "rss_kb": rss_kb()}))
 asyncio.run(main())
 PY
   res=$(cat "$work/idle.json")
   {
     echo
-    echo "4. $(json "$res" connections) idle keep-alive TLS connections (each made one request): broker RSS $(( $(json "$res" rss_kb) / 1024 )) MB (idle before: $((start_rss / 1024)) MB)"
+    echo "4. $(json "$res" connections) idle keep-alive TLS connections (each made one request; opened in $(json "$res" open_s) s): broker RSS $(( $(json "$res" rss_kb) / 1024 )) MB after 4 s idle, $(( $(json "$res" rss_1s_kb) / 1024 )) MB after 1 s (idle before: $((start_rss / 1024)) MB)"
   } >> "$report"
 fi
 

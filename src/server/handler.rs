@@ -33,9 +33,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         decision: "deny",
         ..Record::default()
     };
-    // Boxed: hyper keeps a slot the size of this future for the life of every connection,
-    // so the large part (the pipeline) lives on the heap only while a request is in flight.
-    let (mut response, forwarded) = match Box::pin(process(&app, req, &mut rec)).await {
+    // The connection boxes this future (`conn.rs`), so the pipeline lives on the heap only
+    // while a request is in flight.
+    let (mut response, forwarded) = match process(&app, req, &mut rec).await {
         Ok(resp) => (resp, true),
         Err(refusal) => {
             rec.decision = match refusal {

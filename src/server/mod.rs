@@ -1,6 +1,7 @@
 //! The registry-facing HTTPS listener and the state every request shares.
 
 mod admin;
+mod conn;
 mod exchange;
 mod handler;
 mod publish;
@@ -17,11 +18,9 @@ use crate::phantom::{MemoryStore, PhantomStore};
 use crate::policy::{Glob, Policy, PolicyContext};
 use crate::secret::Secret;
 use crate::upstream::Upstreams;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use conn::Drain;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ring::rand::{SecureRandom, SystemRandom};
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -245,7 +244,7 @@ pub async fn serve(
 
     // The admin face stays on this runtime, with a small connection reserve of its own.
     let admin_connections = Arc::new(tokio::sync::Semaphore::new(64));
-    let graceful = GracefulShutdown::new();
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
@@ -259,13 +258,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = admin_connections.clone().try_acquire_owned() else { continue };
-        serve_connection(&shared, tcp, permit, &graceful, true);
+        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), true);
     }
     drop(admin);
     let _ = stop.send(true);
     sweeper.abort();
     let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+    drop(alive);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
     // Everything queued for the audit log is written before the process ends.
     app.audit.close();
     Ok(())
@@ -285,7 +285,8 @@ async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stoppe
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a sender; the receiver sees the channel close when the last ends.
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let tcp = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -302,52 +303,13 @@ async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stoppe
             tracing::debug!("connection limit reached: closing a new connection");
             continue;
         };
-        serve_connection(&shared, tcp, permit, &graceful, false);
+        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), false);
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    drop(alive);
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout");
     }
-}
-
-/// TLS, then HTTP/1.1 or HTTP/2 by ALPN, on a task of the current runtime.
-fn serve_connection(
-    shared: &Arc<Shared>,
-    tcp: tokio::net::TcpStream,
-    permit: tokio::sync::OwnedSemaphorePermit,
-    graceful: &GracefulShutdown,
-    is_admin: bool,
-) {
-    let _ = tcp.set_nodelay(true);
-    let shared = shared.clone();
-    let watcher = graceful.watcher();
-    tokio::spawn(async move {
-        let _permit = permit;
-        let timeout = shared.app.config.server.client_timeout;
-        let tls = match tokio::time::timeout(timeout, shared.acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            _ => return,
-        };
-        let app = shared.app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move {
-                let resp = if is_admin { admin::handle(app, req).await } else { handler::handle(app, req).await };
-                Ok::<_, Infallible>(resp)
-            }
-        });
-        // The protocol is the one ALPN chose (HTTP/2 over TLS needs ALPN: RFC 9113, 3.2), so
-        // the connection never sniffs for a preface. HTTP/2's larger state is boxed: an idle
-        // HTTP/1.1 connection does not carry a slot its size.
-        let ended = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            Box::pin(watcher.watch(shared.http2.serve_connection(TokioIo::new(tls), service))).await
-        } else {
-            watcher.watch(shared.http1.serve_connection(TokioIo::new(tls), service)).await
-        };
-        if let Err(e) = ended {
-            tracing::debug!(error = %e, "connection ended with an error");
-        }
-    });
 }
 
 async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {

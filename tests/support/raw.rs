@@ -61,3 +61,42 @@ pub fn send(port: u16, ca: &Path, request: &[u8]) -> RawResp {
     }
     read_all(&mut tls, Duration::from_secs(5))
 }
+
+/// Reads exactly one HTTP/1.1 response (Content-Length or chunked framing) within `wait`,
+/// leaving anything after it unread. `None` if the connection closed or nothing complete came.
+pub fn read_response(tls: &mut Tls, wait: Duration) -> Option<(u16, String)> {
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let complete = |buf: &[u8]| -> bool {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let body = &buf[end + 4..];
+        if head.contains("transfer-encoding: chunked") {
+            return body.ends_with(b"\r\n0\r\n\r\n") || body == b"0\r\n\r\n";
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        body.len() >= length
+    };
+    // One byte at a time: a test reads a few small responses, and must not consume the next.
+    while start.elapsed() < wait {
+        match tls.read(&mut byte) {
+            Ok(0) => return None,
+            Ok(_) => {
+                buf.push(byte[0]);
+                if complete(&buf) {
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+                    return Some((status, text));
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
