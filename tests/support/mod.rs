@@ -272,6 +272,23 @@ impl Broker {
         b
     }
 
+    /// Sends SIGTERM and waits (at most `limit`) for the broker to exit; returns how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+        let proc = self.proc.as_mut()?;
+        let started = std::time::Instant::now();
+        let sent = Command::new("kill").arg("-TERM").arg(proc.0.id().to_string()).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not signal the broker");
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = proc.0.try_wait() {
+                assert!(status.success(), "the broker exited with {status}");
+                self.proc = None;
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub fn restart(&mut self) {
         self.proc = None;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
