@@ -62,6 +62,9 @@ else
   cargo build --release --quiet --bin phantom
   phantom=$repo/target/release/phantom
 fi
+# The load client for exchanges with full TLS handshakes (wrk resumes TLS sessions).
+cargo build --release --quiet --example exchange_load
+exchange_load=$repo/target/release/examples/exchange_load
 if [ ! -x "$repo/tests/node/node_modules/.bin/verdaccio" ]; then (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error); fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -356,10 +359,11 @@ fi
 if part exchange; then
   # Each token is good for one exchange: enough for ~30k/s on keep-alive and ~5k/s fresh.
   ex_secs=$(( smoke ? 1 : 3 ))
-  n_ka=$(( smoke ? 1000 : 90000 )); n_fresh=$(( smoke ? 1000 : 40000 ))
+  n_ka=$(( smoke ? 1000 : 90000 )); n_fresh=$(( smoke ? 1000 : 40000 )); n_full=$(( smoke ? 500 : 20000 ))
   started=$(date +%s.%N)
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_ka" > "$work/tokens-ka.txt"
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_fresh" > "$work/tokens-fresh.txt"
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_full" > "$work/tokens-full.txt"
   minted_in=$(python3 -c "import time; print(round(time.time()-$started,1))")
   # A fresh broker: every exchange adds a phantom and a replay-cache entry.
   start_broker exchange "https://127.0.0.1:$origin_port/" "$work/npm-token"
@@ -376,13 +380,22 @@ if part exchange; then
     exit 0
   fi
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
+  # wrk keeps its TLS session across reconnects, so these handshakes are resumptions.
   fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it).
+  # The client's own handshakes cost as much CPU as the broker's, on the same 2 cores, so the
+  # CPU each side spent is reported too: the broker's per exchange bounds what it could serve.
+  t0=$(cpu_ticks "$broker_pid"); start_full=$(date +%s.%N)
+  full=$("$exchange_load" "$broker_port" "$ca" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
+  full_cpu=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s")' "$full" "$t0" "$(cpu_ticks "$broker_pid")" "$hz")
   exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] - 1 or d["refused"] > 0 else "")' "$1"; }
   {
     echo
-    echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_fresh)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
-    echo "   keep-alive connections:      $ka$(exhausted "$ka")"
-    echo "   a fresh TLS connection each: $fresh$(exhausted "$fresh")"
+    echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_fresh + n_full)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
+    echo "   keep-alive connections:                      $ka$(exhausted "$ka")"
+    echo "   a new connection each, TLS resumed (wrk):     $fresh$(exhausted "$fresh")"
+    echo "   a new connection each, full TLS handshake:   $full$(exhausted "$full")"
+    echo "      $full_cpu"
   } >> "$report"
 fi
 
