@@ -154,17 +154,7 @@ pub fn spawn(
     });
 }
 
-async fn serve_h2<S>(shared: &Shared, tls: Box<Tls>, service: S, mut drain: Drain)
-where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<Tracked>,
-            Error = Infallible,
-            Future = ServiceFuture,
-        > + Clone
-        + Send
-        + 'static,
-{
+async fn serve_h2<S: ConnService>(shared: &Shared, tls: Box<Tls>, service: S, mut drain: Drain) {
     let conn = shared.http2.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let ended = tokio::select! {
@@ -180,10 +170,7 @@ where
 }
 
 /// Serves HTTP/1.1 on `tls`, parking the stream whenever it idles.
-async fn serve_h1<S>(shared: &Shared, tls: Box<Tls>, service: S, activity: &Activity, mut drain: Drain)
-where
-    S: H1Service,
-{
+async fn serve_h1<S: ConnService>(shared: &Shared, tls: Box<Tls>, service: S, activity: &Activity, mut drain: Drain) {
     let idle_timeout = shared.app.config.server.client_timeout;
     let mut stream = Rewind { pending: Bytes::new(), inner: tls };
     loop {
@@ -208,9 +195,9 @@ where
     }
 }
 
-/// The service an HTTP/1.1 connection runs (its future `Unpin`, so that hyper can hand the
-/// stream back).
-trait H1Service:
+/// The service a connection runs. Its future is `Unpin` (boxed), so that hyper can hand an
+/// HTTP/1.1 stream back when it parks.
+trait ConnService:
     hyper::service::Service<Request<Incoming>, Response = Response<Tracked>, Error = Infallible, Future = ServiceFuture>
     + Clone
     + Unpin
@@ -219,7 +206,7 @@ trait H1Service:
 {
 }
 
-impl<S> H1Service for S where
+impl<S> ConnService for S where
     S: hyper::service::Service<
             Request<Incoming>,
             Response = Response<Tracked>,
@@ -234,7 +221,7 @@ impl<S> H1Service for S where
 
 /// Runs one hyper connection on `stream` until it ends (`None`: the stream is closed) or
 /// idles (`Some`: the stream, with any bytes hyper read and did not use).
-async fn run_h1<S: H1Service>(
+async fn run_h1<S: ConnService>(
     shared: &Shared,
     stream: Rewind,
     service: S,
