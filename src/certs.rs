@@ -69,6 +69,7 @@ fn write(path: &Path, text: &str, private: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn dev_certs_load_into_rustls() {
@@ -78,5 +79,62 @@ mod tests {
         crate::net::client_config(Some(&w.ca)).unwrap();
         assert!(write_dev_certs(dir.path(), &[], false).unwrap_err().contains("--force"));
         write_dev_certs(dir.path(), &[], true).unwrap();
+    }
+
+    /// Runs a TLS handshake in memory and returns the suite the two sides agreed on.
+    fn negotiate(server: Arc<rustls::ServerConfig>, client: rustls::ClientConfig) -> rustls::CipherSuite {
+        let name = rustls::pki_types::ServerName::try_from("broker.test").unwrap();
+        let mut c = rustls::Connection::from(rustls::ClientConnection::new(Arc::new(client), name).unwrap());
+        let mut s = rustls::Connection::from(rustls::ServerConnection::new(server).unwrap());
+        fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection) {
+            let mut wire = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut wire).unwrap();
+            }
+            let mut rest = &wire[..];
+            while !rest.is_empty() {
+                to.read_tls(&mut rest).unwrap();
+                to.process_new_packets().unwrap();
+            }
+        }
+        for _ in 0..8 {
+            pass(&mut c, &mut s);
+            pass(&mut s, &mut c);
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        let suite = s.negotiated_cipher_suite().unwrap().suite();
+        assert_eq!(Some(suite), c.negotiated_cipher_suite().map(|s| s.suite()));
+        suite
+    }
+
+    #[test]
+    fn the_listener_chooses_aes_128_gcm_over_a_clients_order_and_still_serves_the_others() {
+        use rustls::CipherSuite::*;
+        let dir = tempfile::tempdir().unwrap();
+        let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
+        let server = crate::net::server_config(&w.cert, &w.key).unwrap();
+        let client = |suites: Option<&[rustls::CipherSuite]>| {
+            // ring's own order, AES-256-GCM first, as OpenSSL's (Node's, curl's) is.
+            let mut provider = rustls::crypto::ring::default_provider();
+            if let Some(only) = suites {
+                provider.cipher_suites.retain(|s| only.contains(&s.suite()));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(crate::net::load_certs(&w.ca).unwrap());
+            rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth()
+        };
+        assert_eq!(negotiate(server.clone(), client(None)), TLS13_AES_128_GCM_SHA256);
+        assert_eq!(negotiate(server.clone(), client(Some(&[TLS13_AES_256_GCM_SHA384]))), TLS13_AES_256_GCM_SHA384);
+        assert_eq!(
+            negotiate(server.clone(), client(Some(&[TLS13_CHACHA20_POLY1305_SHA256]))),
+            TLS13_CHACHA20_POLY1305_SHA256
+        );
+        // The broker as a client offers AES-128-GCM first too.
+        let ours = crate::net::client_config(Some(&w.ca)).unwrap();
+        assert_eq!(ours.crypto_provider().cipher_suites[0].suite(), TLS13_AES_128_GCM_SHA256);
     }
 }

@@ -19,8 +19,22 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// ring, with the AES-128-GCM suites first. They are as strong as the key exchange and the
+/// signatures beside them (128-bit), and cheaper on both legs: 10 AES rounds rather than 14
+/// for every byte, and a TLS 1.3 key schedule on SHA-256, which the CPU's SHA extensions run,
+/// rather than SHA-384 (about a tenth of a full handshake's CPU). BoringSSL and Go order them
+/// the same way. Every suite of ring's default list stays offered.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+        rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 3,
+        _ => 4,
+    });
+    Arc::new(provider)
 }
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -53,6 +67,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Strin
         .with_single_cert(certs, key)
         .map_err(|e| format!("{}: {e}", cert.display()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The broker's order of cipher suites decides, not the client's (see `provider`).
+    cfg.ignore_client_order = true;
     Ok(Arc::new(cfg))
 }
 

@@ -386,7 +386,7 @@ if part exchange; then
   # The client's own handshakes cost as much CPU as the broker's, on the same 2 cores, so the
   # CPU each side spent is reported too: the broker's per exchange bounds what it could serve.
   t0=$(cpu_ticks "$broker_pid"); start_full=$(date +%s.%N)
-  full=$("$exchange_load" "$broker_port" "$ca" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
+  full=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
   full_cpu=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s")' "$full" "$t0" "$(cpu_ticks "$broker_pid")" "$hz")
   exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] - 1 or d["refused"] > 0 else "")' "$1"; }
   {
