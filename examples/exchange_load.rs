@@ -36,7 +36,11 @@ struct Shared {
 /// Accepts exactly the expected certificate and checks no signature (a load tool's trade, not a
 /// client's: it proves nothing about who holds the key).
 #[derive(Debug)]
-struct Pinned(CertificateDer<'static>);
+struct Pinned {
+    cert: CertificateDer<'static>,
+    /// Asked for on every handshake: listed once.
+    schemes: Vec<SignatureScheme>,
+}
 
 impl ServerCertVerifier for Pinned {
     fn verify_server_cert(
@@ -47,7 +51,7 @@ impl ServerCertVerifier for Pinned {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.0.as_ref() {
+        if end_entity.as_ref() == self.cert.as_ref() {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General("not the pinned certificate".into()))
@@ -73,7 +77,7 @@ impl ServerCertVerifier for Pinned {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        phantom_broker::net::provider().signature_verification_algorithms.supported_schemes()
+        self.schemes.clone()
     }
 }
 
@@ -117,12 +121,14 @@ fn main() {
         eprintln!("usage: exchange_load PORT SERVER_CERT_FILE TOKENS_FILE SECONDS CONCURRENCY");
         std::process::exit(2);
     };
-    let pinned = phantom_broker::net::load_certs(std::path::Path::new(cert)).expect("server certificate")[0].clone();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(phantom_broker::net::provider())
+    let cert = phantom_broker::net::load_certs(std::path::Path::new(cert)).expect("server certificate")[0].clone();
+    let provider = phantom_broker::net::provider();
+    let pinned = Pinned { cert, schemes: provider.signature_verification_algorithms.supported_schemes() };
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned(pinned)))
+        .with_custom_certificate_verifier(Arc::new(pinned))
         .with_no_client_auth();
     cfg.resumption = rustls::client::Resumption::disabled();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];

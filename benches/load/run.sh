@@ -382,9 +382,9 @@ if part exchange; then
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
   # wrk keeps its TLS session across reconnects, so these handshakes are resumptions.
   fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
-  # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it).
-  # The client's own handshakes cost as much CPU as the broker's, on the same 2 cores, so the
-  # CPU each side spent is reported too: the broker's per exchange bounds what it could serve.
+  # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it) and,
+  # like wrk, verifies no signatures. Its own key exchange still shares the 2 cores, so the CPU
+  # each side spent is reported too: the broker's per exchange bounds what it could serve.
   t0=$(cpu_ticks "$broker_pid"); start_full=$(date +%s.%N)
   full=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
   full_cpu=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s")' "$full" "$t0" "$(cpu_ticks "$broker_pid")" "$hz")
