@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark: keep-alive GETs of a small packument over TLS on both legs, against
 #   (a) the origin directly, (b) the broker swapping a phantom per request,
-#   (c) nginx injecting a static token, (d) haproxy doing the same,
+#   (c) nginx injecting a static token, (d) haproxy doing the same, (e) the bare stack the broker
+#   is built on (examples/bare_proxy.rs: hyper and rustls injecting a static token, no checks),
 # interleaved round by round, with the same load tool (wrk) and the same upstream: a static
 # nginx TLS origin, so that the upstream is never the bottleneck. Everything runs on
 # 127.0.0.1 and is stopped at the end.
@@ -21,7 +22,7 @@
 #   PHANTOM_BIN=/path/to/phantom bash ...    # measure another build (before/after comparisons)
 #
 # Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2), PUBLISH_MB (200),
-# PUBLISH_ROUNDS (5).
+# PUBLISH_ROUNDS (5), TARGETS ("direct broker nginx haproxy bare"; add bare-conn), NO_LATENCY.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -42,7 +43,8 @@ secs=${SECONDS_PER_RUN:-10}
 conns=${CONNECTIONS:-50}
 threads=${THREADS:-2}
 publish_mb=${PUBLISH_MB:-200}
-publish_rounds=${PUBLISH_ROUNDS:-5}   # Verdaccio's own time varies by a second from run to run
+publish_rounds=${PUBLISH_ROUNDS:-5}
+targets=${TARGETS:-direct broker nginx haproxy bare}   # Verdaccio's own time varies by a second from run to run
 idle_conns=10000
 if [ $smoke = 1 ]; then rounds=1; secs=2; publish_mb=4; publish_rounds=1; idle_conns=200; fi
 
@@ -63,8 +65,9 @@ else
   phantom=$repo/target/release/phantom
 fi
 # The load client for exchanges with full TLS handshakes (wrk resumes TLS sessions).
-cargo build --release --quiet --example exchange_load
+cargo build --release --quiet --example exchange_load --example bare_proxy
 exchange_load=$repo/target/release/examples/exchange_load
+bare_proxy=$repo/target/release/examples/bare_proxy
 if [ ! -x "$repo/tests/node/node_modules/.bin/verdaccio" ]; then (cd "$repo/tests/node" && npm ci --no-audit --no-fund --loglevel=error); fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -176,6 +179,14 @@ backend b
 EOF
 haproxy -f "$work/haproxy.cfg" -db >"$work/logs/haproxy.log" 2>&1 & pids+=($!)
 
+# (e) the floor of the broker's own stack (examples/bare_proxy.rs): hyper and rustls with the
+# broker's TLS configs and threads, injecting a static token like (c) and (d), checking nothing.
+# `bare` pools upstream connections with hyper-util's client, as the broker does; `bare-conn`
+# (TARGETS="... bare-conn") with a per-worker pool of hyper's own connections.
+bare_port=$(free_port); bare_conn_port=$(free_port)
+"$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" legacy & pids+=($!); bare_pid=$!
+"$bare_proxy" "$bare_conn_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" conn & pids+=($!); bare_conn_pid=$!
+
 # The loopback OIDC issuer (tests/node) that stands in for GitHub's.
 mkfifo "$work/issuer.out"
 node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" & pids+=($!)
@@ -240,12 +251,13 @@ phantom_for() { # PORT PACKAGE -> a phantom from the generic exchange
 echo "$token" > "$work/npm-token"
 start_broker get "https://127.0.0.1:$origin_port/" "$work/npm-token"
 get_pid=$broker_pid; get_port=$broker_port
-for p in $origin_port $nginx_port $haproxy_port; do wait_port "$p"; done
+for p in $origin_port $nginx_port $haproxy_port $bare_port $bare_conn_port; do wait_port "$p"; done
 idle_rss_kb=$(rss_kb "$get_pid")
 phantom_token=$(phantom_for "$get_port" pb-bench)
 
 # Sanity: each target serves the packument.
-for url in "https://127.0.0.1:$origin_port/pb-bench" "https://127.0.0.1:$nginx_port/pb-bench" "https://127.0.0.1:$haproxy_port/pb-bench"; do
+for url in "https://127.0.0.1:$origin_port/pb-bench" "https://127.0.0.1:$nginx_port/pb-bench" "https://127.0.0.1:$haproxy_port/pb-bench" \
+    "https://127.0.0.1:$bare_port/pb-bench" "https://127.0.0.1:$bare_conn_port/pb-bench"; do
   curl -sf --cacert "$ca" "$url" | grep -q '"pb-bench"'
 done
 curl -sf --cacert "$ca" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | grep -q '"pb-bench"'
@@ -286,6 +298,8 @@ pids_of() { # the processes whose CPU and memory count for a target
     broker) echo "$get_pid" ;;
     nginx) echo "$(cat "$work/nginx-proxy.pid") $(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')" ;;
     haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" | tr '\n' ' ' ;;
+    bare) echo "$bare_pid" ;;
+    bare-conn) echo "$bare_conn_pid" ;;
   esac
 }
 url_of() {
@@ -294,6 +308,8 @@ url_of() {
     broker) echo "https://127.0.0.1:$get_port/pb-bench" ;;
     nginx) echo "https://127.0.0.1:$nginx_port/pb-bench" ;;
     haproxy) echo "https://127.0.0.1:$haproxy_port/pb-bench" ;;
+    bare) echo "https://127.0.0.1:$bare_port/pb-bench" ;;
+    bare-conn) echo "https://127.0.0.1:$bare_conn_port/pb-bench" ;;
   esac
 }
 auth_of() { [ "$1" = broker ] && echo "Authorization: Bearer $phantom_token" || echo "X-None: 1"; }
@@ -302,7 +318,7 @@ auth_of() { [ "$1" = broker ] && echo "Authorization: Bearer $phantom_token" || 
 results=$work/results.jsonl
 if part get; then
   for round in $(seq 1 "$rounds"); do
-    for target in direct broker nginx haproxy; do
+    for target in $targets; do
       procs=$(pids_of $target)
       before=$(cpu_ticks "$procs")
       line=$(wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "$(auth_of $target)" "$(url_of $target)" | tail -1)
@@ -318,18 +334,23 @@ PY
       echo "round $round $target: $(tail -1 "$results")" >&2
     done
   done
-  python3 - "$results" "$idle_rss_kb" "$conns" "$secs" >> "$report" <<'PY'
+  python3 - "$results" "$idle_rss_kb" "$conns" "$secs" "$targets" >> "$report" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+targets = sys.argv[5].split()
 med = lambda t, k: statistics.median(r[k] for r in rows if r["target"] == t)
 print(f"\n1. keep-alive GET of a 989-byte packument, TLS on both legs, wrk {sys.argv[3]} connections, "
       f"{sys.argv[4]} s per run; medians of {max(r['round'] for r in rows)} interleaved rounds")
 print(f"{'target':8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'CPU s/10k':>9} {'peak RSS MB':>11} {'errors':>6}")
-for t in ["direct", "broker", "nginx", "haproxy"]:
+for t in targets:
     print(f"{t:8} {med(t,'rps'):9.0f} {med(t,'p50')/1000:7.2f} {med(t,'p99')/1000:7.2f} {med(t,'p999')/1000:8.2f} "
           f"{med(t,'cpu_s_per_10k'):9.3f} {max(r['peak_rss_mb'] for r in rows if r['target']==t):11.1f} {sum(r['errors'] for r in rows if r['target']==t):6d}")
-print(f"broker/nginx throughput {med('broker','rps')/med('nginx','rps'):.2f}x, broker/haproxy {med('broker','rps')/med('haproxy','rps'):.2f}x; "
-      f"broker p99 {med('broker','p99')/1000:.2f} ms vs nginx {med('nginx','p99')/1000:.2f} ms")
+if {"broker", "nginx", "haproxy"} <= set(targets):
+    print(f"broker/nginx throughput {med('broker','rps')/med('nginx','rps'):.2f}x, broker/haproxy {med('broker','rps')/med('haproxy','rps'):.2f}x; "
+          f"broker p99 {med('broker','p99')/1000:.2f} ms vs nginx {med('nginx','p99')/1000:.2f} ms")
+for b in [t for t in targets if t.startswith("bare") and {"broker", "nginx"} <= set(targets)]:
+    print(f"{b}/nginx throughput {med(b,'rps')/med('nginx','rps'):.2f}x; broker/{b} {med('broker','rps')/med(b,'rps'):.2f}x; "
+          f"CPU per request, broker/{b} {med('broker','cpu_s_per_10k')/med(b,'cpu_s_per_10k'):.2f}x, {b}/nginx {med(b,'cpu_s_per_10k')/med('nginx','cpu_s_per_10k'):.2f}x")
 print(f"broker idle RSS before any load: {int(sys.argv[2])/1024:.1f} MB")
 PY
 
@@ -345,7 +366,8 @@ PY
   }
   echo >> "$report"
   echo "   latency added over direct at about half of each proxy's saturation rate (oha, fixed rate, ${secs} s):" >> "$report"
-  for target in broker nginx haproxy; do
+  for target in $targets; do
+    case $target in direct|bare*) continue ;; esac
     rate=$(python3 -c 'import json,statistics,sys; print(int(statistics.median(json.loads(l)["rps"] for l in open(sys.argv[1]) if json.loads(l)["target"]==sys.argv[2])/2))' "$results" $target)
     read -r p50 p99 <<<"$(oha_at "$rate" "$(url_of $target)" "$(auth_of $target)")"
     read -r d50 d99 <<<"$(oha_at "$rate" "$(url_of direct)" "X-None: 1")"
