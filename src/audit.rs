@@ -53,7 +53,7 @@ pub struct Record {
     pub event: &'static str,
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<std::borrow::Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,19 +71,35 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<String>,
+    pub grant: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<String>,
+    pub token_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
+    pub upstream: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
     pub status: u16,
     pub latency_ms: f64,
+}
+
+/// A request method as recorded: the standard ones without an allocation.
+pub fn method(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    use http::Method;
+    let name = match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => return std::borrow::Cow::Owned(m.as_str().to_owned()),
+    };
+    std::borrow::Cow::Borrowed(name)
 }
 
 /// Projects a verified identity's claims onto what the audit log keeps.

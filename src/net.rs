@@ -205,15 +205,21 @@ impl http_body::Body for ChannelBody {
 
 /// A body that fails when its sender goes quiet for longer than `timeout` between frames:
 /// slow-loris uploads cannot hold a request (and its buffers) open forever.
+///
+/// The timer is armed only while the body waits for its sender: a frame that is ready when
+/// polled (a small response arrives whole) costs no clock read and no timer. The quiet time is
+/// counted from the first poll that finds nothing to read.
 pub struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
-    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Made at the first wait and reused (re-armed) for each later one.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
-        IdleTimeout { inner, timeout, deadline: Box::pin(tokio::time::sleep(timeout)) }
+        IdleTimeout { inner, timeout, deadline: None, armed: false }
     }
 }
 
@@ -234,16 +240,22 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, BoxError>>> {
         use std::task::Poll;
-        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                let next = tokio::time::Instant::now() + self.timeout;
-                self.deadline.as_mut().reset(next);
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            self.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let this = &mut *self;
+        if !this.armed {
+            let at = tokio::time::Instant::now() + this.timeout;
+            match &mut this.deadline {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => this.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
             }
-            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            this.armed = true;
+        }
+        match this.deadline.as_mut().map(|d| std::future::Future::poll(d.as_mut(), cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Some(Err(BodyTimeout.into()))),
+            _ => Poll::Pending,
         }
     }
 
@@ -266,4 +278,33 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_idle_timeout_counts_the_quiet_between_frames_not_the_whole_body() {
+        // Ten frames 60 ms apart under a 500 ms timeout: the body takes longer than the
+        // timeout, but no wait does, so it arrives whole.
+        let (tx, body) = ChannelBody::new(None);
+        tokio::spawn(async move {
+            for i in 0..10u8 {
+                tokio::time::sleep(Duration::from_millis(60)).await;
+                tx.send(Ok(Bytes::from(vec![i]))).await.unwrap();
+            }
+        });
+        let got = IdleTimeout::new(body, Duration::from_millis(500)).collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+
+        // A sender that goes quiet after one frame fails the body once the timeout has passed.
+        let (tx, body) = ChannelBody::new(None);
+        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = IdleTimeout::new(body, Duration::from_millis(200)).collect().await.unwrap_err();
+        assert!(err.is::<BodyTimeout>(), "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        drop(tx);
+    }
 }

@@ -6,6 +6,7 @@
 mod support;
 
 use serde_json::{json, Value};
+use support::counting::Counting;
 use support::hostile::Hostile;
 use support::*;
 
@@ -197,6 +198,85 @@ fn hostile_and_failing_upstreams() {
     assert!(!audit.contains(&canary) && !log.contains(&canary));
     assert!(!String::from_utf8_lossy(&w.http.seen.lock().unwrap()).contains(&canary));
     assert!(!raw.text.contains(&canary));
+}
+
+const KEPT_POLICY: &str = r#"
+[[grant]]
+name = "kept"
+issuer = "github"
+packages = ["@kept/*"]
+actions = ["publish"]
+credential = "kept"
+[grant.claims]
+repository_id = "123456789"
+"#;
+
+/// The broker keeps its upstream connections: consecutive requests share one, an empty answer
+/// gives it back too, and when the upstream closes kept connections, whether idle for a while or
+/// just as the next request goes out, that request takes a new one and the caller never sees
+/// the difference.
+#[test]
+fn upstream_connections_are_kept_and_replaced_when_the_upstream_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dev_certs(&dir.path().join("certs"));
+    let kept = Counting::start(&certs.cert, &certs.key);
+    let secret = dir.path().join("kept-token");
+    std::fs::write(&secret, "kept-canary-token").unwrap();
+    let extra = format!(
+        r#"
+[upstream.kept]
+url = "https://127.0.0.1:{}/"
+scopes = ["@kept"]
+ca_file = "{{ca}}"
+
+[credential.kept]
+upstream = "kept"
+source = {{ file = "{}" }}
+"#,
+        kept.port,
+        secret.display()
+    );
+    let w = World::start_with(Options {
+        policy: format!("{DEFAULT_POLICY}\n{KEPT_POLICY}"),
+        // One worker thread, so one pool of upstream connections.
+        server: "workers = 1".into(),
+        extra,
+        certs: Some(certs),
+        ..Options::default()
+    });
+    let p = w.phantom(&["@kept/a", "@kept/empty"], &["publish"], None);
+    for _ in 0..5 {
+        let r = get(&w, "/@kept%2fa", Some(&p));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.text(), r#"{"name":"kept"}"#);
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&w, "/@kept%2fempty", Some(&p)).status, 204);
+    }
+    assert_eq!(get(&w, "/@kept%2fa", None).status, 200, "anonymous reads use the same connections");
+    assert_eq!(kept.accepted(), 1, "one connection serves consecutive requests");
+
+    // Closed while idle: the next request goes on a new connection.
+    kept.close_all();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(get(&w, "/@kept%2fa", Some(&p)).status, 200);
+    assert_eq!(kept.accepted(), 2);
+
+    // Closed just before each request, over and over: the request is never lost.
+    for round in 0..30 {
+        kept.close_all();
+        let r = get(&w, "/@kept%2fa", Some(&p));
+        if r.status != 200 {
+            let lines = w.broker.audit_lines();
+            let why = lines.iter().rev().find(|l| l["decision"] == "error").map(|l| l["reason"].to_string());
+            panic!("round {round}: {} {why:?}", r.status);
+        }
+    }
+    assert!(kept.accepted() > 2 && kept.accepted() <= 33, "{}", kept.accepted());
+    let errors = w.broker.audit_lines().into_iter().filter(|l| l["decision"] == "error").count();
+    assert_eq!(errors, 0, "no request failed");
+    drop(w);
+    drop(dir);
 }
 
 fn control(w: &World, body: Value) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct PhantomRecord {
     /// A keyed hash of the token: safe to log, list and revoke by.
-    pub id: String,
+    pub id: Arc<str>,
     pub identity: Identity,
     /// The identity as audit lines show it, computed once at minting.
     pub summary: Arc<serde_json::value::RawValue>,
@@ -70,7 +70,7 @@ pub enum Selector {
 impl Selector {
     pub fn picks(&self, r: &PhantomRecord) -> bool {
         match self {
-            Selector::Id(id) => r.id == *id,
+            Selector::Id(id) => *r.id == **id,
             Selector::Subject(s) => r.identity.claim("sub") == Some(s.as_str()),
             Selector::Repository(repo) => {
                 r.identity.claim("repository") == Some(repo.as_str())

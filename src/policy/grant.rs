@@ -13,7 +13,7 @@ use std::time::Duration;
 /// One validated grant.
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The configured issuer's name (`[issuer.NAME]`).
     pub issuer: String,
     pub packages: Vec<Glob>,
@@ -166,7 +166,7 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
             .into());
     }
     Ok(Grant {
-        name: g.name,
+        name: g.name.into(),
         issuer: g.issuer,
         packages,
         actions,

@@ -104,7 +104,7 @@ impl Policy {
     pub fn new(grants: Vec<Grant>) -> Result<Policy, String> {
         let mut p = Policy::default();
         for (i, g) in grants.into_iter().enumerate() {
-            if p.by_name.insert(g.name.clone(), i).is_some() {
+            if p.by_name.insert(g.name.to_string(), i).is_some() {
                 return Err(format!("grant name `{}` is used twice", g.name));
             }
             for pat in &g.packages {
@@ -247,7 +247,7 @@ impl Policy {
             return Err(Denial::ActionOutOfScope(req.action.as_str()));
         }
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
-            return Err(Denial::TagNotAllowed(tag.clone(), g.name.clone()));
+            return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
         }
         Ok(Authorized { inner, grant: g.clone() })
     }
@@ -296,7 +296,7 @@ impl Policy {
                         Ok(())
                     }
                 });
-                (g.name.clone(), verdict)
+                (g.name.to_string(), verdict)
             })
             .collect()
     }
@@ -304,7 +304,7 @@ impl Policy {
 
 fn matches_identity(g: &Grant, identity: &Identity) -> Result<(), Denial> {
     if *g.issuer != *identity.issuer {
-        return Err(Denial::IssuerMismatch(g.name.clone()));
+        return Err(Denial::IssuerMismatch(g.name.to_string()));
     }
     for (key, matcher) in &g.claims {
         match identity.claim(key) {

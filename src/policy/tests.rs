@@ -92,7 +92,7 @@ fn claim_matching_table() {
 fn exchange_evaluation() {
     let p = policy();
     let id = github(json!({}));
-    assert_eq!(p.grant_for(&id, &pkg("@acme/web-ui"), ActionKind::Publish).unwrap().name, "acme-web-release");
+    assert_eq!(p.grant_for(&id, &pkg("@acme/web-ui"), ActionKind::Publish).unwrap().name.as_ref(), "acme-web-release");
     for (name, action) in [
         ("@acme/other", ActionKind::Publish),
         ("@acme/web/x", ActionKind::Publish),
@@ -113,7 +113,7 @@ fn best_grant_intersects() {
     let asked = [pkg("@acme/web"), pkg("@acme/api"), pkg("@acme/web-ui")];
     let actions: ActionSet = [ActionKind::Publish, ActionKind::Unpublish, ActionKind::DistTag].into_iter().collect();
     let (g, scope) = p.best_grant(&github(json!({})), &asked, actions).unwrap();
-    assert_eq!(g.name, "acme-web-release");
+    assert_eq!(&*g.name, "acme-web-release");
     assert_eq!(scope.packages, vec![pkg("@acme/web"), pkg("@acme/web-ui")]);
     assert_eq!(scope.actions.names(), ["publish", "dist-tag"]);
     let none: ActionSet = [ActionKind::Owner].into_iter().collect();
@@ -163,7 +163,7 @@ fn use_time_evaluation() {
 #[test]
 fn ttl_is_capped_and_defaulted() {
     let p = policy();
-    let tools = p.grants().find(|g| g.name == "tools").unwrap();
+    let tools = p.grants().find(|g| &*g.name == "tools").unwrap();
     assert_eq!(tools.ttl, Duration::from_secs(3600));
     assert_eq!(tools.max_uses, None);
 }
@@ -230,7 +230,7 @@ fn index_finds_grants_without_scanning() {
     assert_eq!(p.candidates(&pkg("p7")), vec![7]);
     assert!(p.candidates(&pkg("zzz")).is_empty());
     let id = Identity { issuer: "github".into(), claims: json!({"sub": "s1999"}).as_object().unwrap().clone() };
-    assert_eq!(p.grant_for(&id, &pkg("@s1999/web"), ActionKind::Publish).unwrap().name, "g1999");
+    assert_eq!(p.grant_for(&id, &pkg("@s1999/web"), ActionKind::Publish).unwrap().name.as_ref(), "g1999");
 }
 
 #[test]

@@ -30,7 +30,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut rec = Record {
         event: "admin",
         request_id: String::new(),
-        method: Some(req.method().to_string()),
+        method: Some(audit::method(req.method())),
         path: Some(path.clone()),
         decision: "deny",
         ..Record::default()

@@ -185,7 +185,7 @@ async fn mint(
     let digest = token.digest();
     let created = audit::unix_now();
     let expires = created + ttl.as_secs();
-    let id = app.audit.token_id(&digest);
+    let id: std::sync::Arc<str> = app.audit.token_id(&digest).into();
     rec.token_id = Some(id.clone());
     rec.grant = Some(grant.name.clone());
     rec.expires = Some(rfc3339(expires, 0));
@@ -195,7 +195,7 @@ async fn mint(
         summary,
         identity,
         scope,
-        grant: grant.name.clone(),
+        grant: grant.name.to_string(),
         issued_at: created,
         expires_at: expires,
         max_uses: grant.max_uses,

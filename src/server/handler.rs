@@ -29,7 +29,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let mut rec = Record {
         event: "request",
         request_id: request_id.clone(),
-        method: Some(req.method().to_string()),
+        method: Some(audit::method(req.method())),
         decision: "deny",
         ..Record::default()
     };
@@ -57,7 +57,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         // A phantom whose minting is not on record is not handed out.
         if app.audit.write_confirmed(rec.clone()).await.is_err() {
             if let Some(id) = &rec.token_id {
-                let _ = app.store.revoke(&Selector::Id(id.clone())).await;
+                let _ = app.store.revoke(&Selector::Id(id.to_string())).await;
             }
             response = Refusal::AuditUnavailable.response();
         }
@@ -162,7 +162,7 @@ async fn forward(
     let (npm, credential) = match &permit {
         Permit::Anonymous(npm) => (npm, None),
         Permit::Granted(authorized) => {
-            let credential = app.credentials.for_authorized(authorized).filter(|c| c.upstream == upstream.name);
+            let credential = app.credentials.for_authorized(authorized).filter(|c| *c.upstream == *upstream.name);
             let credential = credential.ok_or_else(|| {
                 let grant = &authorized.grant().name;
                 Refusal::Internal(format!("grant `{grant}`'s credential does not serve upstream `{}`", upstream.name))
@@ -197,6 +197,8 @@ async fn forward(
     }
     let (body, budget) = match payload {
         Payload::Buffered(bytes, budget) => (net::full(bytes), Some(budget)),
+        // A read without a body (nearly all) needs no timer and no box.
+        Payload::Streamed(incoming) if http_body::Body::is_end_stream(&incoming) => (net::empty(), None),
         Payload::Streamed(incoming) => {
             let idle = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
             let limited = Limited::new(idle, app.config.server.max_body_bytes as usize);
@@ -272,7 +274,7 @@ async fn authenticate(app: &App, headers: &HeaderMap, rec: &mut Record) -> Resul
         Lookup::Revoked => "revoked",
         Lookup::Unknown => "unknown",
     };
-    rec.token_id = Some(app.audit.token_id(&digest));
+    rec.token_id = Some(app.audit.token_id(&digest).into());
     Err(Refusal::PhantomNotLive(state))
 }
 
@@ -495,8 +497,12 @@ fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
 
 /// Request ids: a random per-process prefix and a counter (no system call per request).
 fn new_request_id(app: &App) -> String {
+    use std::fmt::Write;
     let n = app.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{}{n:010x}", app.request_prefix)
+    let mut id = String::with_capacity(app.request_prefix.len() + 16);
+    id.push_str(&app.request_prefix);
+    let _ = write!(id, "{n:010x}");
+    id
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub(super) async fn forward(
         .policy()
         .authorize_provisional(&r.identity, &r.grant, &r.scope, &package, npm.candidate_actions(), ())
         .map_err(Refusal::Denied)?;
-    let credential = app.credentials.for_authorized(&provisional).filter(|c| c.upstream == upstream.name);
+    let credential = app.credentials.for_authorized(&provisional).filter(|c| *c.upstream == *upstream.name);
     let credential = credential.ok_or_else(|| {
         Refusal::Internal(format!("grant `{}`'s credential does not serve upstream `{}`", r.grant, upstream.name))
     })?;

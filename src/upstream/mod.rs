@@ -3,14 +3,13 @@
 
 use crate::config::UpstreamConfig;
 use crate::credentials::Credential;
-use crate::net::{self, Body, BoxError, HttpsClient};
+use crate::net::{self, Body, BoxError};
 use crate::npm::PackageName;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use memchr::memmem;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -19,13 +18,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+mod pool;
+pub use pool::Pooled;
+
 pub struct Upstream {
-    pub name: String,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    pub name: std::sync::Arc<str>,
+    /// The `Host` of every request.
+    host: HeaderValue,
     /// The URL's path prefix, without a trailing `/` (often empty).
     prefix: String,
-    client: HttpsClient,
+    pool: pool::Pool,
     timeout: Duration,
 }
 
@@ -86,11 +88,12 @@ impl Upstream {
             tracing::warn!(upstream = %cfg.name, "plain http:// upstream (loopback only): the credential crosses it unencrypted");
         }
         Ok(Upstream {
-            name: cfg.name.clone(),
-            scheme: cfg.url.scheme().cloned().ok_or("upstream URL without scheme")?,
-            authority: cfg.url.authority().cloned().ok_or("upstream URL without host")?,
+            name: cfg.name.as_str().into(),
+            host: HeaderValue::from_str(cfg.url.authority().ok_or("upstream URL without host")?.as_str())
+                .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
             prefix: cfg.url.path().trim_end_matches('/').to_owned(),
-            client: net::https_client(tls, Duration::from_secs(10)),
+            pool: pool::Pool::new(&cfg.url, tls, Duration::from_secs(10))
+                .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
             timeout,
         })
     }
@@ -104,16 +107,41 @@ impl Upstream {
         incoming: &HeaderMap,
         body: Body,
         credential: Option<&Credential>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{}", self.prefix, path))
-            .build()
-            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
+    ) -> Result<Response<Pooled>, UpstreamError> {
+        // A bodiless GET or HEAD may go again on a new connection if a kept one closed before
+        // answering it (RFC 9110, 9.2.2): the upstream closing an idle connection just as the
+        // request went out is not the caller's failure.
+        let replayable = http_body::Body::is_end_stream(&body) && (method == Method::GET || method == Method::HEAD);
+        let req = self.request(method.clone(), path, incoming, body, credential)?;
+        let again = || self.request(method.clone(), path, incoming, net::empty(), credential).ok();
+        let again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)> = if replayable { Some(&again) } else { None };
+        match tokio::time::timeout(self.timeout, self.pool.send(req, again)).await {
+            Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(e)) => Err(UpstreamError::Failed(net::error_chain(&*e))),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// The request as the upstream gets it: origin-form, its own `Host`, the passed headers and
+    /// the credential.
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        incoming: &HeaderMap,
+        body: Body,
+        credential: Option<&Credential>,
+    ) -> Result<Request<Body>, UpstreamError> {
+        let uri = if self.prefix.is_empty() {
+            Uri::try_from(path)
+        } else {
+            Uri::try_from(format!("{}{}", self.prefix, path))
+        };
+        let uri = uri.map_err(|e| UpstreamError::Failed(e.to_string()))?;
         let mut req =
             Request::builder().method(method).uri(uri).body(body).map_err(|e| UpstreamError::Failed(e.to_string()))?;
         let headers = req.headers_mut();
+        headers.insert(header::HOST, self.host.clone());
         for (name, value) in incoming {
             let s = name.as_str();
             if PASSED_REQUEST_HEADERS.contains(name) || s.starts_with("npm-") || s.starts_with("pacote-") {
@@ -132,11 +160,7 @@ impl Upstream {
                 }
             }
         }
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(UpstreamError::Failed(net::error_chain(&e))),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        Ok(req)
     }
 
     /// GETs a document with the credential, for checks that compare against upstream state.
@@ -162,7 +186,7 @@ impl Upstream {
 /// Makes a client-facing response from the upstream's. When the request carried a real
 /// credential, the credential is cut out of every header and every body byte.
 pub fn relay(
-    resp: Response<Incoming>,
+    resp: Response<Pooled>,
     credential: Option<&Credential>,
     idle: Duration,
 ) -> Result<Response<Body>, UpstreamError> {

@@ -7,6 +7,7 @@
 //! - The pinned npm 11 CLI, with its own userconfig and cache.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod hostile;
 pub mod raw;
 
