@@ -83,8 +83,12 @@ impl Pool {
         mut req: Request<Body>,
         again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)>,
     ) -> Result<Response<Pooled>, BoxError> {
+        // After a lost request, its repeat goes on a new connection: the pool's others may be
+        // as stale. A new connection is not `reused`, so nothing is repeated twice.
+        let mut fresh = false;
         loop {
-            let (mut sender, reused) = match self.take().await {
+            let taken = if fresh { None } else { self.take().await };
+            let (mut sender, reused) = match taken {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
             };
@@ -101,23 +105,13 @@ impl Pool {
                     // The connection failed between the request and any answer (closed, reset,
                     // cut without close_notify); not an answer that was bad.
                     let lost = reused && !e.error().is_parse() && !e.error().is_user();
-                    return match again.filter(|_| lost).and_then(|again| again()) {
-                        // On a new connection: the pool's others may be as stale.
-                        Some(req) => Self::send_on(self.connect().await?, req, &self.idle).await,
-                        None => Err(e.into_error().into()),
-                    };
+                    match again.filter(|_| lost).and_then(|again| again()) {
+                        Some(repeat) => (req, fresh) = (repeat, true),
+                        None => return Err(e.into_error().into()),
+                    }
                 }
             }
         }
-    }
-
-    async fn send_on(
-        mut sender: SendRequest<Body>,
-        req: Request<Body>,
-        idle: &IdleList,
-    ) -> Result<Response<Pooled>, BoxError> {
-        let resp = sender.send_request(req).await?;
-        Ok(resp.map(|body| Pooled::new(body, Some((sender, idle.clone())))))
     }
 
     /// The idle connection used last that is still open and ready.
