@@ -18,8 +18,12 @@
 #   bash benches/load/run.sh --only get      # one part: get | exchange | publish | idle
 #   PROFILE=1 bash benches/load/run.sh       # perf profile of the broker under GET load, then stop
 #   SYSCALLS=1 bash benches/load/run.sh      # system calls per request (strace), then stop
+#   INSTRUCTIONS=1 bash benches/load/run.sh  # instructions per GET, broker and bare stack, counted
+#                                            # by callgrind (repeatable: for before/after figures)
 #   PROFILE=exchange | PROFILE=publish | SYSCALLS=publish, with --only exchange or --only publish
 #   PHANTOM_BIN=/path/to/phantom bash ...    # measure another build (before/after comparisons)
+#   HOLD=SECONDS bash benches/load/run.sh    # start everything, print its ports, pids and phantom,
+#                                            # and keep it up that long (for measuring by hand)
 #
 # Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2), PUBLISH_MB (200),
 # PUBLISH_ROUNDS (5), TARGETS ("direct broker nginx haproxy bare"; add bare-conn), NO_LATENCY.
@@ -54,7 +58,18 @@ if ! need nginx || ! need haproxy || ! need wrk; then
   echo "installing nginx, haproxy and wrk" >&2
   apt-get install -y -qq nginx haproxy wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx haproxy wrk >/dev/null; }
 fi
-if ! need oha && [ $smoke = 0 ]; then
+if [ -n "${INSTRUCTIONS:-}" ] && ! need valgrind; then
+  apt-get install -y -qq valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }
+fi
+# INSTRUCTIONS=1 runs the broker and the bare stack under callgrind, which counts every
+# instruction they execute: the same binary on the same load gives the same count within a
+# fraction of a percent, however noisy the machine, where req/s and CPU seconds vary by 10-20%.
+counted() { # OUT_FILE COMMAND...: run in the background; under callgrind with INSTRUCTIONS set
+  local out=$1; shift
+  if [ -n "${INSTRUCTIONS:-}" ]; then exec valgrind --tool=callgrind --quiet --callgrind-out-file="$out" "$@"; fi
+  exec "$@"
+}
+if ! need oha && [ $smoke = 0 ] && [ -z "${NO_LATENCY:-}${INSTRUCTIONS:-}${PROFILE:-}${SYSCALLS:-}${HOLD:-}" ] && { [ "$only" = all ] || [ "$only" = get ]; }; then
   echo "installing oha, the fixed-rate load tool (several minutes)" >&2
   cargo install oha --locked --quiet
 fi
@@ -184,7 +199,7 @@ haproxy -f "$work/haproxy.cfg" -db >"$work/logs/haproxy.log" 2>&1 & pids+=($!)
 # `bare` pools upstream connections with hyper-util's client, as the broker does; `bare-conn`
 # (TARGETS="... bare-conn") with a per-worker pool of hyper's own connections.
 bare_port=$(free_port); bare_conn_port=$(free_port)
-"$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" legacy & pids+=($!); bare_pid=$!
+counted "$work/bare.callgrind" "$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" legacy & pids+=($!); bare_pid=$!
 "$bare_proxy" "$bare_conn_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" conn & pids+=($!); bare_conn_pid=$!
 
 # The loopback OIDC issuer (tests/node) that stands in for GitHub's.
@@ -237,7 +252,7 @@ source = { file = "$secret" }
 [audit]
 path = "$work/$name/audit.jsonl"
 EOF
-  PHANTOM_LOG=warn "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
+  PHANTOM_LOG=warn counted "$work/$name.callgrind" "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
   broker_pid=$!
   pids+=($broker_pid)
   wait_port "$broker_port"
@@ -271,6 +286,49 @@ if [ -n "${SYSCALLS:-}" ] && [ "$SYSCALLS" != publish ]; then
   wait $strace_pid || true
   echo "requests: $n"
   awk -v n="$n" 'NR>2 && $NF!="total" && $4+0>0 {printf "%-16s %8.2f per request\n", $NF, $4/n}' "$work/strace.txt" | sort -k2 -nr | head -12
+  exit 0
+fi
+
+if [ -n "${HOLD:-}" ]; then
+  printf 'work=%s\nca=%s\nbroker_port=%s\nbroker_pid=%s\nbare_port=%s\nbare_pid=%s\nnginx_port=%s\norigin_port=%s\nphantom=%s\n' \
+    "$work" "$ca" "$get_port" "$get_pid" "$bare_port" "$bare_pid" "$nginx_port" "$origin_port" "$phantom_token"
+  sleep "$HOLD"
+  exit 0
+fi
+
+# INSTRUCTIONS=1: instructions per keep-alive GET, the broker's and the bare stack's, counted by
+# callgrind over a window of wrk load (warmed up first; the counters are zeroed at its start).
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  count_gets() { # NAME PID URL AUTH -> "requests instructions"
+    wrk -t1 -c8 -d3s -H "$4" "$3" >/dev/null
+    callgrind_control -z "$2" >/dev/null
+    local n
+    n=$(wrk -t1 -c8 -d"${secs}s" -s "$here/report.lua" -H "$4" "$3" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+    callgrind_control -d "$2" >/dev/null
+    local dump
+    dump=$(ls -t "$work/$1.callgrind".* | head -1)
+    cp "$dump" "$work/$1.window"
+    [ -n "${CALLGRIND_OUT:-}" ] && cp "$dump" "${CALLGRIND_OUT}.$1"
+    # ring's SHA-256 runs its AVX code under valgrind, which has no SHA extensions; where the
+    # CPU has them (this one does), natively it is several times cheaper. So it is shown apart.
+    local sha
+    sha=$(callgrind_annotate --auto=no --inclusive=no --threshold=100 "$dump" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}')
+    echo "$n $(awk '/^(summary|totals):/ {print $2; exit}' "$dump") $sha"
+  }
+  read -r bn bi bsha <<<"$(count_gets get "$get_pid" "https://127.0.0.1:$get_port/pb-bench" "Authorization: Bearer $phantom_token")"
+  read -r sn si ssha <<<"$(count_gets bare "$bare_pid" "https://127.0.0.1:$bare_port/pb-bench" "X-None: 1")"
+  python3 - "$bn" "$bi" "$bsha" "$sn" "$si" "$ssha" <<'PY'
+import sys
+bn, bi, bsha, sn, si, ssha = map(int, sys.argv[1:])
+b, s, b_sha, s_sha = bi / bn, si / sn, bsha / bn, ssha / sn
+print(f"broker: {bn} GETs, {b:,.0f} instructions per GET, {b - b_sha:,.0f} without SHA-256 blocks ({b_sha:,.0f})")
+print(f"bare:   {sn} GETs, {s:,.0f} instructions per GET, {s - s_sha:,.0f} without SHA-256 blocks ({s_sha:,.0f})")
+print(f"broker/bare {b / s:.2f}x, {(b - b_sha) / (s - s_sha):.2f}x without SHA-256 blocks; "
+      f"the broker's own work {b - s:,.0f} instructions per GET, {(b - b_sha) - (s - s_sha):,.0f} without")
+PY
+  echo "== the broker's functions by instructions per GET, inclusive (callgrind_annotate)"
+  callgrind_annotate --inclusive=yes --threshold=99 "$work/get.window" 2>/dev/null \
+    | awk -v n="$bn" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 300) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}' | head -"${TOP:-60}"
   exit 0
 fi
 
