@@ -282,6 +282,7 @@ impl Drop for Audit {
 fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc<AtomicBool>) {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
+    let mut stamp = Stamp::default();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         // Gather for a moment before writing: one write then carries many lines, and senders
@@ -306,10 +307,9 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
         let mut outcome: Result<(), AuditError> = Ok(());
         for job in &batch {
             seq += 1;
-            let ts = rfc3339(job.at.as_secs(), job.at.subsec_millis());
+            let ts = stamp.at(job.at);
             let start = buf.len();
-            if let Err(e) = serde_json::to_writer(&mut buf, &Chained { ts: &ts, seq, record: &job.record, prev: &prev })
-            {
+            if let Err(e) = serde_json::to_writer(&mut buf, &Chained { ts, seq, record: &job.record, prev: &prev }) {
                 outcome = Err(AuditError(e.to_string()));
                 break;
             }
@@ -450,6 +450,30 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// Timestamps for consecutive lines: the date and time of day are formatted once per second,
+/// and only the milliseconds are written for each line.
+#[derive(Default)]
+struct Stamp {
+    secs: Option<u64>,
+    text: String,
+}
+
+impl Stamp {
+    fn at(&mut self, at: Duration) -> &str {
+        let secs = at.as_secs();
+        if self.secs != Some(secs) {
+            self.text = rfc3339(secs, 0);
+            self.secs = Some(secs);
+        }
+        let ms = at.subsec_millis().min(999);
+        let digits = [b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8];
+        // `...:SS.mmmZ`: the three digits before the `Z`.
+        let end = self.text.len() - 1;
+        self.text.replace_range(end - 3..end, std::str::from_utf8(&digits).unwrap_or("000"));
+        &self.text
+    }
+}
+
 /// (year, month, day) of unix seconds, proleptic Gregorian (Howard Hinnant's civil_from_days).
 pub fn civil_date(secs: u64) -> (i64, u32, u32) {
     let z = (secs / 86_400) as i64 + 719_468;
@@ -472,6 +496,18 @@ mod tests {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(1_795_385_586, 999), "2026-11-22T22:13:06.999Z");
+    }
+
+    #[test]
+    fn stamps_within_a_second_change_only_their_milliseconds() {
+        let mut stamp = Stamp::default();
+        let at = |s: u64, ms: u64| Duration::from_millis(s * 1000 + ms);
+        assert_eq!(stamp.at(at(1_795_385_586, 7)), "2026-11-22T22:13:06.007Z");
+        assert_eq!(stamp.at(at(1_795_385_586, 999)), "2026-11-22T22:13:06.999Z");
+        assert_eq!(stamp.at(at(1_795_385_586, 40)), "2026-11-22T22:13:06.040Z");
+        assert_eq!(stamp.at(at(1_795_385_587, 0)), "2026-11-22T22:13:07.000Z");
+        assert_eq!(stamp.at(at(0, 123)), "1970-01-01T00:00:00.123Z");
+        assert_eq!(stamp.at(at(951_782_400, 5)), rfc3339(951_782_400, 5));
     }
 
     fn record(i: usize) -> Record {

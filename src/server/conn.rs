@@ -133,13 +133,20 @@ pub fn spawn(
         let service = {
             let (app, activity) = (shared.app.clone(), activity.clone());
             // The request's future is boxed: hyper needs it `Unpin` to hand the stream back when
-            // parking, and a connection then holds no slot its size between requests.
+            // parking, and a connection then holds no slot its size between requests. Admin and
+            // broker requests have boxes of their own size, and the broker's rare, large steps
+            // (exchanges, publishes, write checks, upstream handshakes) box their own state, so
+            // that each request allocates and moves about 6 KB rather than 12 KB (BENCHMARKS.md).
             service_fn(move |req: Request<Incoming>| -> ServiceFuture {
                 let app = app.clone();
                 let in_flight = activity.begin(http_body::Body::is_end_stream(req.body()));
+                if is_admin {
+                    return Box::pin(async move {
+                        Ok(admin::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
+                    });
+                }
                 Box::pin(async move {
-                    let resp = if is_admin { admin::handle(app, req).await } else { handler::handle(app, req).await };
-                    Ok(resp.map(|inner| Tracked { inner, _in_flight: in_flight }))
+                    Ok(handler::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
                 })
             })
         };

@@ -99,9 +99,11 @@ fn watch_body(resp: Response<Body>, app: &Arc<App>, rec: Arc<Record>) -> Respons
 
 async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
     refuse_misplaced_phantoms(&req)?;
+    // Exchanges are boxed: they are rare next to registry requests, and their state (an ID
+    // token's verification) would otherwise enlarge every request's future.
     match npm::classify(req.method(), req.uri().path(), req.uri().query())? {
-        Route::NpmOidcExchange { package } => exchange::npm_native(app, package, req, rec).await,
-        Route::PhantomExchange => exchange::generic(app, req, rec).await,
+        Route::NpmOidcExchange { package } => Box::pin(exchange::npm_native(app, package, req, rec)).await,
+        Route::PhantomExchange => Box::pin(exchange::generic(app, req, rec)).await,
         Route::Forbidden { what } => Err(Refusal::Forbidden(what)),
         Route::Registry(npm) => forward(app, npm, req, rec).await,
     }
@@ -120,6 +122,12 @@ struct Action {
     tags: Vec<String>,
     /// A comparison with the upstream packument, made once the credential may be used.
     against_upstream: Option<UpstreamCheck>,
+}
+
+impl Action {
+    fn plain(kind: ActionKind) -> Action {
+        Action { kind, version: None, tags: Vec::new(), against_upstream: None }
+    }
 }
 
 pub(super) enum UpstreamCheck {
@@ -151,9 +159,15 @@ async fn forward(
     rec.upstream = Some(upstream.name.clone());
     let (parts, incoming) = req.into_parts();
     if let (Op::PutPackument | Op::StagePublish, Some(session)) = (npm.op(), &session) {
-        return super::publish::forward(app, npm, parts, incoming, session, upstream, rec).await;
+        return Box::pin(super::publish::forward(app, npm, parts, incoming, session, upstream, rec)).await;
     }
-    let (action, payload) = inspect(app, &npm, &parts.headers, incoming).await?;
+    // Writes' own steps (reading and checking the body, comparing with the upstream) are boxed,
+    // so that a read's future, allocated for every request, holds none of their state.
+    let (action, payload) = if npm.is_read() {
+        (Action::plain(ActionKind::Read), Payload::Streamed(incoming))
+    } else {
+        Box::pin(inspect(app, &npm, &parts.headers, incoming)).await?
+    };
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
@@ -174,7 +188,7 @@ async fn forward(
     if let (Some(check), Some(credential), Payload::Buffered(bytes, _)) =
         (&action.against_upstream, credential, &payload)
     {
-        compare_with_upstream(app, upstream, npm, check, bytes, credential).await?;
+        Box::pin(compare_with_upstream(app, upstream, npm, check, bytes, credential)).await?;
     }
     let spent = match (&session, credential, &payload) {
         (Some(session), Some(_), Payload::Buffered(bytes, _)) if action.kind.is_write() => {
@@ -278,17 +292,14 @@ async fn authenticate(app: &App, headers: &HeaderMap, rec: &mut Record) -> Resul
     Err(Refusal::PhantomNotLive(state))
 }
 
-/// Reads and checks the body where the route needs it, and settles the action.
+/// Reads and checks a write's body, and settles its action. (Reads have no body to check.)
 async fn inspect(
     app: &App,
     npm: &NpmRequest,
     headers: &HeaderMap,
     incoming: Incoming,
 ) -> Result<(Action, Payload), Refusal> {
-    let plain = |kind| Action { kind, version: None, tags: Vec::new(), against_upstream: None };
-    if npm.is_read() {
-        return Ok((plain(ActionKind::Read), Payload::Streamed(incoming)));
-    }
+    let plain = Action::plain;
     let package = npm.package.as_ref();
     // Publishes stream (`publish.rs`); what is buffered here is a version removal (a packument)
     // or a small body.
@@ -497,12 +508,30 @@ fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
 
 /// Request ids: a random per-process prefix and a counter (no system call per request).
 fn new_request_id(app: &App) -> String {
-    use std::fmt::Write;
     let n = app.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut id = String::with_capacity(app.request_prefix.len() + 16);
-    id.push_str(&app.request_prefix);
-    let _ = write!(id, "{n:010x}");
+    request_id(&app.request_prefix, n)
+}
+
+/// `prefix` and `n` in hexadecimal, at least 10 digits (as `{n:010x}`, without the formatter).
+fn request_id(prefix: &str, n: u64) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let width = (16 - n.leading_zeros() as usize / 4).max(10);
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    for i in (0..width).rev() {
+        id.push(DIGITS[(n >> (4 * i)) as usize & 15] as char);
+    }
     id
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    #[test]
+    fn request_ids_are_the_prefix_and_ten_or_more_hex_digits() {
+        for n in [0, 1, 0xabc, 0xff_ffff_ffff, 0x100_0000_0000, 0x1234_5678_9abc_def0, u64::MAX] {
+            assert_eq!(super::request_id("p-", n), format!("p-{n:010x}"));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -67,18 +67,18 @@ const PASSED_REQUEST_HEADERS: &[HeaderName] = &[
     header::USER_AGENT,
 ];
 
-/// Response headers never passed back.
-const DROPPED_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "set-cookie",
-    "alt-svc",
+/// Response headers never passed back. (Names, not strings: a string is parsed anew at each use.)
+static DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::SET_COOKIE,
+    header::ALT_SVC,
 ];
 
 impl Upstream {
@@ -201,8 +201,8 @@ pub fn relay(
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in DROPPED_RESPONSE_HEADERS {
-        parts.headers.remove(*name);
+    for name in &DROPPED_RESPONSE_HEADERS {
+        parts.headers.remove(name);
     }
     for name in connection_listed {
         parts.headers.remove(name);
@@ -216,12 +216,16 @@ pub fn relay(
         return Err(UpstreamError::Encoded);
     }
     let pattern = credential.scrub_pattern();
-    let finder = memmem::Finder::new(&pattern[..]);
-    let leaking: Vec<HeaderName> =
-        parts.headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
-    for name in leaking {
-        tracing::warn!(header = %name, "dropped a response header that carried the real credential");
-        parts.headers.remove(name);
+    // Only a value at least as long as the credential can hold it (most are shorter), so the
+    // searcher is built only when one is.
+    if parts.headers.values().any(|v| v.len() >= pattern.len()) {
+        let finder = memmem::Finder::new(&pattern[..]);
+        let leaking: Vec<HeaderName> =
+            parts.headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
+        for name in leaking {
+            tracing::warn!(header = %name, "dropped a response header that carried the real credential");
+            parts.headers.remove(name);
+        }
     }
     let body = Scrub::new(body, pattern.clone());
     Ok(Response::from_parts(parts, body.boxed_unsync()))

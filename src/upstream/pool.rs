@@ -90,7 +90,8 @@ impl Pool {
             let taken = if fresh { None } else { self.take().await };
             let (mut sender, reused) = match taken {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: a TLS handshake's state is large, and most requests find a connection.
+                None => (Box::pin(self.connect()).await?, false),
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
