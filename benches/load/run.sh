@@ -328,7 +328,7 @@ print(f"broker/bare {b / s:.2f}x, {(b - b_sha) / (s - s_sha):.2f}x without SHA-2
 PY
   echo "== the broker's functions by instructions per GET, inclusive (callgrind_annotate)"
   callgrind_annotate --inclusive=yes --threshold=99 "$work/get.window" 2>/dev/null \
-    | awk -v n="$bn" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 300) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}' | head -"${TOP:-60}"
+    | awk -v n="$bn" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 300 && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
   exit 0
 fi
 
