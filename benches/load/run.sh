@@ -299,7 +299,7 @@ fi
 # INSTRUCTIONS=1: instructions per keep-alive GET, the broker's and the bare stack's, counted by
 # callgrind over a window of wrk load (warmed up first; the counters are zeroed at its start).
 if [ -n "${INSTRUCTIONS:-}" ]; then
-  count_gets() { # NAME PID URL AUTH -> "requests instructions"
+  count_gets() { # NAME PID URL AUTH -> "requests instructions sha256_block_instructions"
     wrk -t1 -c8 -d3s -H "$4" "$3" >/dev/null
     callgrind_control -z "$2" >/dev/null
     local n
@@ -327,7 +327,7 @@ print(f"broker/bare {b / s:.2f}x, {(b - b_sha) / (s - s_sha):.2f}x without SHA-2
       f"the broker's own work {b - s:,.0f} instructions per GET, {(b - b_sha) - (s - s_sha):,.0f} without")
 PY
   echo "== the broker's functions by instructions per GET, inclusive (callgrind_annotate)"
-  callgrind_annotate --inclusive=yes --threshold=99 "$work/get.window" 2>/dev/null \
+  callgrind_annotate --auto=no --inclusive=yes --threshold=99 "$work/get.window" 2>/dev/null \
     | awk -v n="$bn" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 300 && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
   exit 0
 fi
