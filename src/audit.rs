@@ -20,31 +20,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_KEY: &str = ",\"hash\":\"";
 
-/// Identity claims worth recording (never the token; `jti` is recorded keyed-hashed).
-const IDENTITY_CLAIMS: &[&str] = &[
+/// Identity claims worth recording (never the token; `jti` is recorded keyed-hashed), with the
+/// issuer's configured name under `issuer`: in byte order, as the summary lists them.
+const SUMMARY_KEYS: &[&str] = &[
+    "actor",
+    "ci_config_ref_uri",
+    "environment",
+    "event_name",
     "iss",
-    "sub",
+    "issuer",
+    "job_id",
+    "job_workflow_ref",
+    "namespace_path",
+    "pipeline_id",
+    "project_id",
+    "project_path",
+    "ref",
     "repository",
     "repository_id",
     "repository_owner",
     "repository_owner_id",
-    "ref",
-    "sha",
-    "workflow_ref",
-    "job_workflow_ref",
-    "environment",
-    "event_name",
-    "run_id",
     "run_attempt",
-    "actor",
+    "run_id",
     "runner_environment",
-    "project_path",
-    "project_id",
-    "namespace_path",
-    "pipeline_id",
-    "job_id",
-    "ci_config_ref_uri",
+    "sha",
+    "sub",
     "user_login",
+    "workflow_ref",
 ];
 
 /// One audit line, before it is chained.
@@ -102,17 +104,28 @@ pub fn method(m: &http::Method) -> std::borrow::Cow<'static, str> {
     std::borrow::Cow::Borrowed(name)
 }
 
-/// Projects a verified identity's claims onto what the audit log keeps.
+/// Projects a verified identity's claims onto what the audit log keeps: the issuer's name and
+/// the scalar claims of `SUMMARY_KEYS`, as one JSON object (written once per exchange and
+/// shared by every line about the phantom).
 pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Arc<RawValue> {
-    let mut out = Map::new();
-    out.insert("issuer".into(), Value::String(issuer.to_owned()));
-    for key in IDENTITY_CLAIMS {
-        if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) = claims.get(*key) {
-            out.insert((*key).to_owned(), v.clone());
+    struct Summary<'a>(&'a str, &'a Map<String, Value>);
+    impl Serialize for Summary<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = s.serialize_map(None)?;
+            for &key in SUMMARY_KEYS {
+                if key == "issuer" {
+                    map.serialize_entry(key, self.0)?;
+                } else if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) = self.1.get(key) {
+                    map.serialize_entry(key, v)?;
+                }
+            }
+            map.end()
         }
     }
-    let json = serde_json::to_string(&out).unwrap_or_else(|_| "{}".to_owned());
-    Arc::from(RawValue::from_string(json).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON")))
+    // Serialising strings and scalars cannot fail; `{}` is a fallback that is never taken.
+    let raw = serde_json::value::to_raw_value(&Summary(issuer, claims));
+    Arc::from(raw.unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON")))
 }
 
 #[derive(Serialize)]
@@ -447,7 +460,30 @@ pub fn unix_now() -> u64 {
 pub fn rfc3339(secs: u64, millis: u32) -> String {
     let (year, month, day) = civil_date(secs);
     let rem = secs % 86_400;
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    if !(0..=9999).contains(&year) || millis > 999 {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        );
+    }
+    // Written digit by digit: the formatter costs more than the rest of an exchange's bookkeeping.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year as u64);
+    put(5, 2, u64::from(month));
+    put(8, 2, u64::from(day));
+    put(11, 2, rem / 3600);
+    put(14, 2, rem / 60 % 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(millis));
+    out.iter().map(|&b| b as char).collect()
 }
 
 /// Timestamps for consecutive lines: the date and time of day are formatted once per second,
@@ -493,6 +529,21 @@ mod tests {
 
     #[test]
     fn timestamps() {
+        // Digit by digit, as the formatter would write them.
+        let formatted = |secs: u64, millis: u32| {
+            let (year, month, day) = civil_date(secs);
+            let rem = secs % 86_400;
+            format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
+        };
+        let mut secs = 0u64;
+        while secs < 300_000_000_000 {
+            for millis in [0, 7, 45, 999] {
+                assert_eq!(rfc3339(secs, millis), formatted(secs, millis), "{secs}");
+            }
+            secs = secs * 3 + 86_399;
+        }
+        assert_eq!(rfc3339(253_402_300_799, 0), "9999-12-31T23:59:59.000Z");
+        assert_eq!(rfc3339(253_402_300_800, 0), "10000-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(rfc3339(1_795_385_586, 999), "2026-11-22T22:13:06.999Z");
@@ -563,5 +614,34 @@ mod tests {
         assert_ne!(a.token_id(&d), b.token_id(&d));
         assert_eq!(a.token_id(&d).len(), 24);
         assert_ne!(a.token_id(&d), a.id_token_id(&d.0));
+    }
+
+    #[test]
+    fn identity_summary_keeps_the_listed_scalar_claims_in_key_order() {
+        let mut sorted = SUMMARY_KEYS.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, SUMMARY_KEYS, "SUMMARY_KEYS must be in byte order, without repeats");
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"sub":"repo:o/r:ref:refs/heads/main","repository_id":"123","run_attempt":2,"aud":"npm:x",
+                "jti":"secret-ish","exp":1,"iss":"https://issuer.test","actor":"a\"b","event_name":null,
+                "environment":["prod"],"ref":{"x":1},"sha":true,"unlisted":"x","issuer":"forged"}"#,
+        )
+        .unwrap();
+        let got = identity_summary("ci", &claims);
+        assert_eq!(
+            got.get(),
+            r#"{"actor":"a\"b","iss":"https://issuer.test","issuer":"ci","repository_id":"123","run_attempt":2,"sha":true,"sub":"repo:o/r:ref:refs/heads/main"}"#
+        );
+        // The same as building the object and serialising it (which sorts its keys).
+        let mut reference = Map::new();
+        reference.insert("issuer".into(), Value::String("ci".into()));
+        for key in SUMMARY_KEYS.iter().filter(|k| **k != "issuer") {
+            if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) = claims.get(*key) {
+                reference.insert((*key).to_owned(), v.clone());
+            }
+        }
+        assert_eq!(got.get(), serde_json::to_string(&reference).unwrap());
+        assert_eq!(identity_summary("ci", &Map::new()).get(), r#"{"issuer":"ci"}"#);
     }
 }

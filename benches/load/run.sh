@@ -19,8 +19,10 @@
 #   PROFILE=1 bash benches/load/run.sh       # perf profile of the broker under GET load, then stop
 #   SYSCALLS=1 bash benches/load/run.sh      # system calls per request (strace), then stop
 #   INSTRUCTIONS=1 bash benches/load/run.sh  # instructions per GET, broker and bare stack, counted
-#                                            # by callgrind (repeatable: for before/after figures)
+#                                            # by callgrind (repeatable: for before/after figures);
+#                                            # with --only exchange, instructions per exchange
 #   PROFILE=exchange | PROFILE=publish | SYSCALLS=publish, with --only exchange or --only publish
+#   PERF_CALL_GRAPH="--call-graph dwarf" PERF_OUT=/tmp/perf.data, with PROFILE: call stacks kept
 #   PHANTOM_BIN=/path/to/phantom bash ...    # measure another build (before/after comparisons)
 #   HOLD=SECONDS bash benches/load/run.sh    # start everything, print its ports, pids and phantom,
 #                                            # and keep it up that long (for measuring by hand)
@@ -298,6 +300,29 @@ fi
 
 # INSTRUCTIONS=1: instructions per keep-alive GET, the broker's and the bare stack's, counted by
 # callgrind over a window of wrk load (warmed up first; the counters are zeroed at its start).
+if [ -n "${INSTRUCTIONS:-}" ] && [ "$only" = exchange ]; then
+  # Instructions per npm exchange (keep-alive, RS256): a fresh broker under callgrind, warmed up
+  # with tokens of its own, then counted over a window with as many tokens as it can take.
+  n_warm=$(( smoke ? 300 : 1000 )); n_count=$(( secs * 1000 ))   # under callgrind: about 550/s here
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_warm" > "$work/tokens-warm.txt"
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_count" > "$work/tokens-count.txt"
+  start_broker exchange "https://127.0.0.1:$origin_port/" "$work/npm-token"
+  TOKENS=$work/tokens-warm.txt WRK_THREADS=1 wrk -t1 -c8 -d2s -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" >/dev/null
+  callgrind_control -z "$broker_pid" >/dev/null
+  ex=$(TOKENS=$work/tokens-count.txt WRK_THREADS=1 wrk -t1 -c8 -d"${secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  callgrind_control -d "$broker_pid" >/dev/null
+  dump=$(ls -t "$work/exchange.callgrind".* | head -1)
+  [ -n "${CALLGRIND_OUT:-}" ] && cp "$dump" "${CALLGRIND_OUT}.exchange"
+  n=$(json "$ex" exchanges)
+  if [ "$(json "$ex" refused)" != 0 ] || [ "$n" -ge "$n_count" ]; then echo "tokens ran out or were refused: $ex" >&2; exit 1; fi
+  total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+  sha=$(callgrind_annotate --auto=no --inclusive=no --threshold=100 "$dump" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}')
+  echo "broker: $n exchanges, $(( total / n )) instructions per exchange, $(( (total - sha) / n )) without SHA-256 blocks ($(( sha / n )))"
+  echo "== the broker's functions by instructions per exchange, inclusive (callgrind_annotate)"
+  callgrind_annotate --auto=no --inclusive=yes --threshold=99 "$dump" 2>/dev/null \
+    | awk -v n="$n" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 1000 && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
+  exit 0
+fi
 if [ -n "${INSTRUCTIONS:-}" ]; then
   count_gets() { # NAME PID URL AUTH -> "requests instructions sha256_block_instructions"
     wrk -t1 -c8 -d3s -H "$4" "$3" >/dev/null
@@ -335,7 +360,7 @@ fi
 # PROFILE=1: sample the broker under load with perf (cpu-clock) and print where its time goes
 # (PROFILE=exchange: the same for the exchange part).
 if [ -n "${PROFILE:-}" ] && [ "$PROFILE" != exchange ] && [ "$PROFILE" != publish ]; then
-  perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$get_pid" -- sleep "$secs" >/dev/null 2>&1 &
+  perf record -e cpu-clock -F 1999 ${PERF_CALL_GRAPH:--g} -o "$work/perf.data" -p "$get_pid" -- sleep "$secs" >/dev/null 2>&1 &
   perf_pid=$!
   wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "Authorization: Bearer $phantom_token" "https://127.0.0.1:$get_port/pb-bench" | tail -1
   wait $perf_pid || true
@@ -437,9 +462,9 @@ fi
 
 # --- 2. exchanges per second ---------------------------------------------------------------
 if part exchange; then
-  # Each token is good for one exchange: enough for ~30k/s on keep-alive and ~5k/s fresh.
+  # Each token is good for one exchange: enough for ~40k/s on keep-alive, ~30k/s resumed, ~6k/s full.
   ex_secs=$(( smoke ? 1 : 3 ))
-  n_ka=$(( smoke ? 1000 : 90000 )); n_fresh=$(( smoke ? 1000 : 40000 )); n_full=$(( smoke ? 500 : 20000 ))
+  n_ka=$(( smoke ? 1000 : 120000 )); n_fresh=$(( smoke ? 1000 : 90000 )); n_full=$(( smoke ? 500 : 20000 ))
   started=$(date +%s.%N)
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_ka" > "$work/tokens-ka.txt"
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_fresh" > "$work/tokens-fresh.txt"
@@ -448,10 +473,16 @@ if part exchange; then
   # A fresh broker: every exchange adds a phantom and a replay-cache entry.
   start_broker exchange "https://127.0.0.1:$origin_port/" "$work/npm-token"
   if [ "${PROFILE:-}" = exchange ]; then
-    perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$broker_pid" -- sleep "$ex_secs" >/dev/null 2>&1 &
+    perf record -e cpu-clock -F 1999 ${PERF_CALL_GRAPH:--g} -o "$work/perf.data" -p "$broker_pid" -- sleep "$ex_secs" >/dev/null 2>&1 &
     perf_pid=$!
   fi
+  # The broker's CPU per exchange, as with full handshakes below: what one core could serve.
+  per_exchange() { # JSON TICKS_BEFORE -> "broker CPU ... per exchange"
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz"
+  }
+  t0=$(cpu_ticks "$broker_pid")
   ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  ka_cpu=$(per_exchange "$ka" "$t0")
   if [ "${PROFILE:-}" = exchange ]; then
     wait $perf_pid || true
     [ -n "${PERF_OUT:-}" ] && cp "$work/perf.data" "$PERF_OUT"
@@ -461,7 +492,9 @@ if part exchange; then
   fi
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
   # wrk keeps its TLS session across reconnects, so these handshakes are resumptions.
+  t0=$(cpu_ticks "$broker_pid")
   fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  fresh_cpu=$(per_exchange "$fresh" "$t0")
   # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it) and,
   # like wrk, verifies no signatures. Its own key exchange still shares the 2 cores, so the CPU
   # each side spent is reported too: the broker's per exchange bounds what it could serve.
@@ -473,7 +506,9 @@ if part exchange; then
     echo
     echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_fresh + n_full)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
     echo "   keep-alive connections:                      $ka$(exhausted "$ka")"
+    echo "      $ka_cpu"
     echo "   a new connection each, TLS resumed (wrk):     $fresh$(exhausted "$fresh")"
+    echo "      $fresh_cpu"
     echo "   a new connection each, full TLS handshake:   $full$(exhausted "$full")"
     echo "      $full_cpu"
   } >> "$report"
@@ -529,7 +564,7 @@ PY
     for who in $order; do
       b0=$(cpu_ticks "$pub_pid"); v0=$(cpu_ticks "$vpid")
       if [ "${PROFILE:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
-        perf record -e cpu-clock -F 1999 -g -o "$work/perf.data" -p "$pub_pid" -- sleep 4 >/dev/null 2>&1 &
+        perf record -e cpu-clock -F 1999 ${PERF_CALL_GRAPH:--g} -o "$work/perf.data" -p "$pub_pid" -- sleep 4 >/dev/null 2>&1 &
       fi
       if [ "${SYSCALLS:-}" = publish ] && [ $who = b ] && [ $round = 1 ]; then
         timeout 20 strace -c -f -p "$pub_pid" -o "$work/strace.txt" & strace_pid=$!

@@ -240,10 +240,20 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Rout
     }
 }
 
-/// `.` and `..`, raw or percent-encoded in any case.
+/// `.` and `..`, each dot raw or percent-encoded (`%2e`, in either case). Checked in place:
+/// every segment of every request passes through here.
 fn is_dot_segment(s: &str) -> bool {
-    let lower = s.to_ascii_lowercase().replace("%2e", ".");
-    lower == "." || lower == ".."
+    let mut rest = s.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() && dots < 3 {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    rest.is_empty() && (1..=2).contains(&dots)
 }
 
 fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {

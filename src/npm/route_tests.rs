@@ -213,3 +213,38 @@ fn action_names_round_trip() {
     assert!(set.contains(ActionKind::Publish) && !set.contains(ActionKind::Read));
     assert_eq!(set.names(), ["publish", "dist-tag"]);
 }
+
+#[test]
+fn dot_segments_raw_or_encoded() {
+    // What the allocating check (lowercase, then `%2e` -> `.`) said, segment by segment.
+    let reference = |s: &str| {
+        let lower = s.to_ascii_lowercase().replace("%2e", ".");
+        lower == "." || lower == ".."
+    };
+    let table = [
+        (".", true),
+        ("..", true),
+        ("%2e", true),
+        ("%2E", true),
+        ("%2e%2E", true),
+        (".%2e", true),
+        ("%2e.", true),
+        ("...", false),
+        ("%2e%2e%2e", false),
+        ("%2e%2e.", false),
+        ("", false),
+        (".a", false),
+        ("a.", false),
+        ("%2", false),
+        ("%2f", false),
+        ("%%2e", false),
+        ("%2e2e", false),
+        (".%2", false),
+        ("pb-bench", false),
+        ("@scope%2fname", false),
+    ];
+    for (segment, want) in table {
+        assert_eq!(is_dot_segment(segment), want, "{segment:?}");
+        assert_eq!(reference(segment), want, "{segment:?}");
+    }
+}

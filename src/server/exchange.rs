@@ -16,7 +16,7 @@ use crate::secret::IdToken;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 const MAX_EXCHANGE_BODY: usize = 64 * 1024;
@@ -50,12 +50,19 @@ pub async fn npm_native(
     let scope = Scope { packages: vec![package], actions: grant.actions.intersect(publishing) };
     let ttl = grant.ttl;
     let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
-    let body = serde_json::json!({
-        "token_type": "oidc",
-        "token": minted.token.expose(),
-        "created": rfc3339(minted.created, 0),
-        "expires": rfc3339(minted.expires, 0),
-    });
+    #[derive(Serialize)]
+    struct Exchanged<'a> {
+        created: String,
+        expires: String,
+        token: &'a str,
+        token_type: &'static str,
+    }
+    let body = Exchanged {
+        created: rfc3339(minted.created, 0),
+        expires: rfc3339(minted.expires, 0),
+        token: minted.token.expose(),
+        token_type: "oidc",
+    };
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
@@ -85,12 +92,14 @@ pub async fn generic(app: &App, req: Request<Incoming>, rec: &mut Record) -> Res
     let actions = scope.actions.names();
     rec.package = Some(packages.join(","));
     let minted = mint(app, verified.identity, &grant, scope, ttl, rec).await?;
-    let body = serde_json::json!({
-        "token": minted.token.expose(),
-        "expires": rfc3339(minted.expires, 0),
-        "packages": packages,
-        "actions": actions,
-    });
+    #[derive(Serialize)]
+    struct Exchanged<'a> {
+        actions: Vec<&'static str>,
+        expires: String,
+        packages: Vec<String>,
+        token: &'a str,
+    }
+    let body = Exchanged { actions, expires: rfc3339(minted.expires, 0), packages, token: minted.token.expose() };
     Ok(json_response(StatusCode::CREATED, &body))
 }
 
@@ -205,11 +214,14 @@ async fn mint(
     Ok(Minted { token, created, expires })
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+/// The response carrying a phantom. (Its keys are written in byte order, as they always were.)
+fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
+    // Strings and string lists always serialise.
+    let body = serde_json::to_vec(body).unwrap_or_default();
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header(header::CACHE_CONTROL, "no-store")
-        .body(net::full(body.to_string()))
+        .body(net::full(body))
         .expect("a JSON response is valid")
 }
