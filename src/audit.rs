@@ -444,12 +444,13 @@ fn sha256_hex(data: &[u8]) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
+    // Bytes, not `char`s: every line's hash goes through here.
+    let mut out = vec![0u8; bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 15) as usize];
     }
-    s
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 pub fn unix_now() -> u64 {
@@ -602,6 +603,14 @@ mod tests {
         truncated[3].truncate(20);
         write(&truncated);
         assert!(matches!(verify(&path).unwrap(), Verdict::Broken { line: 4, .. }));
+    }
+
+    #[test]
+    fn hashes_are_lowercase_hex() {
+        assert_eq!(hex(&[0x00, 0x9f, 0xff, 0x1a]), "009fff1a");
+        assert_eq!(hex(&[]), "");
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -28,7 +28,7 @@
 #                                            # and keep it up that long (for measuring by hand)
 #
 # Environment: ROUNDS (3), SECONDS_PER_RUN (10), CONNECTIONS (50), THREADS (2), PUBLISH_MB (200),
-# PUBLISH_ROUNDS (5), TARGETS ("direct broker nginx haproxy bare"; add bare-conn), NO_LATENCY.
+# PUBLISH_ROUNDS (5), TARGETS ("direct broker nginx haproxy bare"; add bare-conn, nginx-log), NO_LATENCY.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -175,6 +175,14 @@ http {
 }
 EOF
 nginx -c "$work/nginx-proxy.conf" -p "$work" & pids+=($!)
+# (c') `nginx-log` (TARGETS="... nginx-log"): the same proxy writing nginx's default access log,
+# one line per request as the broker writes an audit line (nginx's own default is to log).
+nginx_log_port=$(free_port)
+if [[ " $targets " == *" nginx-log "* ]]; then
+  sed -e "s/127.0.0.1:$nginx_port /127.0.0.1:$nginx_log_port /; s|nginx-proxy.pid|nginx-log.pid|; s|nginx-proxy.log|nginx-log.log|" \
+    -e "s|access_log off;|access_log $work/logs/nginx-access.log;|" "$work/nginx-proxy.conf" > "$work/nginx-log.conf"
+  nginx -c "$work/nginx-log.conf" -p "$work" & pids+=($!)
+fi
 
 # (d) haproxy injecting a static token.
 cat > "$work/haproxy.cfg" <<EOF
@@ -269,6 +277,11 @@ echo "$token" > "$work/npm-token"
 start_broker get "https://127.0.0.1:$origin_port/" "$work/npm-token"
 get_pid=$broker_pid; get_port=$broker_port
 for p in $origin_port $nginx_port $haproxy_port $bare_port $bare_conn_port; do wait_port "$p"; done
+if [[ " $targets " == *" nginx-log "* ]]; then
+  wait_port "$nginx_log_port"
+  curl -sf --cacert "$ca" "https://127.0.0.1:$nginx_log_port/pb-bench" | grep -q '"pb-bench"'
+  grep -q 'GET /pb-bench' "$work/logs/nginx-access.log"   # it does log
+fi
 idle_rss_kb=$(rss_kb "$get_pid")
 phantom_token=$(phantom_for "$get_port" pb-bench)
 
@@ -380,6 +393,7 @@ pids_of() { # the processes whose CPU and memory count for a target
     direct) echo "$(cat "$work/origin.pid") $(pgrep -P "$(cat "$work/origin.pid")" | tr '\n' ' ')" ;;
     broker) echo "$get_pid" ;;
     nginx) echo "$(cat "$work/nginx-proxy.pid") $(pgrep -P "$(cat "$work/nginx-proxy.pid")" | tr '\n' ' ')" ;;
+    nginx-log) echo "$(cat "$work/nginx-log.pid") $(pgrep -P "$(cat "$work/nginx-log.pid")" | tr '\n' ' ')" ;;
     haproxy) pgrep -f "haproxy -f $work/haproxy.cfg" | tr '\n' ' ' ;;
     bare) echo "$bare_pid" ;;
     bare-conn) echo "$bare_conn_pid" ;;
@@ -390,6 +404,7 @@ url_of() {
     direct) echo "https://127.0.0.1:$origin_port/pb-bench" ;;
     broker) echo "https://127.0.0.1:$get_port/pb-bench" ;;
     nginx) echo "https://127.0.0.1:$nginx_port/pb-bench" ;;
+    nginx-log) echo "https://127.0.0.1:$nginx_log_port/pb-bench" ;;
     haproxy) echo "https://127.0.0.1:$haproxy_port/pb-bench" ;;
     bare) echo "https://127.0.0.1:$bare_port/pb-bench" ;;
     bare-conn) echo "https://127.0.0.1:$bare_conn_port/pb-bench" ;;
@@ -424,13 +439,16 @@ targets = sys.argv[5].split()
 med = lambda t, k: statistics.median(r[k] for r in rows if r["target"] == t)
 print(f"\n1. keep-alive GET of a 989-byte packument, TLS on both legs, wrk {sys.argv[3]} connections, "
       f"{sys.argv[4]} s per run; medians of {max(r['round'] for r in rows)} interleaved rounds")
-print(f"{'target':8} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'CPU s/10k':>9} {'peak RSS MB':>11} {'errors':>6}")
+print(f"{'target':9} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} {'CPU s/10k':>9} {'peak RSS MB':>11} {'errors':>6}")
 for t in targets:
-    print(f"{t:8} {med(t,'rps'):9.0f} {med(t,'p50')/1000:7.2f} {med(t,'p99')/1000:7.2f} {med(t,'p999')/1000:8.2f} "
+    print(f"{t:9} {med(t,'rps'):8.0f} {med(t,'p50')/1000:7.2f} {med(t,'p99')/1000:7.2f} {med(t,'p999')/1000:8.2f} "
           f"{med(t,'cpu_s_per_10k'):9.3f} {max(r['peak_rss_mb'] for r in rows if r['target']==t):11.1f} {sum(r['errors'] for r in rows if r['target']==t):6d}")
 if {"broker", "nginx", "haproxy"} <= set(targets):
     print(f"broker/nginx throughput {med('broker','rps')/med('nginx','rps'):.2f}x, broker/haproxy {med('broker','rps')/med('haproxy','rps'):.2f}x; "
           f"broker p99 {med('broker','p99')/1000:.2f} ms vs nginx {med('nginx','p99')/1000:.2f} ms")
+if {"broker", "nginx-log"} <= set(targets):
+    print(f"broker/nginx-log throughput {med('broker','rps')/med('nginx-log','rps'):.2f}x, CPU per request "
+          f"{med('broker','cpu_s_per_10k')/med('nginx-log','cpu_s_per_10k'):.2f}x; broker p99 {med('broker','p99')/1000:.2f} ms vs nginx-log {med('nginx-log','p99')/1000:.2f} ms")
 for b in [t for t in targets if t.startswith("bare") and {"broker", "nginx"} <= set(targets)]:
     print(f"{b}/nginx throughput {med(b,'rps')/med('nginx','rps'):.2f}x; broker/{b} {med('broker','rps')/med(b,'rps'):.2f}x; "
           f"CPU per request, broker/{b} {med('broker','cpu_s_per_10k')/med(b,'cpu_s_per_10k'):.2f}x, {b}/nginx {med(b,'cpu_s_per_10k')/med('nginx','cpu_s_per_10k'):.2f}x")
