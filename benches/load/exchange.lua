@@ -2,7 +2,8 @@
 -- Each thread takes every Nth line of TOKENS. Reports 201s per second as JSON.
 -- There is no `response` callback: with one, wrk parses every response's headers into a Lua
 -- table, which costs the load client (on the same cores as the broker) more than the count is
--- worth. Refusals are wrk's own count of non-2xx responses.
+-- worth. Refusals are wrk's own count of responses with a status above 399 (the broker answers
+-- an exchange with 201 or an error, nothing else).
 local threads = {}
 local counter = 0
 
