@@ -184,9 +184,10 @@ const QUEUE: usize = 64 * 1024;
 const BATCH: usize = 1024;
 /// How long the writer gathers queued lines before writing them.
 const GATHER: Duration = Duration::from_millis(2);
-/// How long the writer waits for more lines after a write before it blocks on the queue. Under
-/// load more arrive within moments, and a writer that is not blocked is not woken: each
-/// submitter is spared a futex call (a system call and a wake-up of this thread per line).
+/// How long the writer waits for more lines, after writing lines that someone waited for, before
+/// it blocks on the queue. Under load more arrive within moments, and a writer that is not
+/// blocked is not woken: each submitter is spared a futex call (a system call and a wake-up of
+/// this thread per line).
 const LINGER: Duration = Duration::from_micros(200);
 
 impl Audit {
@@ -302,14 +303,16 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     let mut stamp = Stamp::default();
-    let mut lingered = true;
+    // Whether to linger before blocking: only after a batch that someone waited for (lines
+    // that nobody waits for are gathered for `GATHER` anyway).
+    let mut linger = false;
     loop {
         let first = match rx.try_recv() {
             Ok(job) => job,
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            Err(std::sync::mpsc::TryRecvError::Empty) if !lingered => {
+            Err(std::sync::mpsc::TryRecvError::Empty) if linger => {
                 std::thread::sleep(LINGER);
-                lingered = true;
+                linger = false;
                 continue;
             }
             Err(std::sync::mpsc::TryRecvError::Empty) => match rx.recv() {
@@ -317,7 +320,6 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
                 Err(_) => break,
             },
         };
-        lingered = false;
         batch.push(first);
         // Gather for a moment before writing: one write then carries many lines, and senders
         // do not have to wake this thread for each (it sleeps, not waiting on the channel).
@@ -371,6 +373,7 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
                 tracing::error!(error = %e, lines = batch.len(), "could not write the audit log");
             }
         }
+        linger = batch.iter().any(|j| !matches!(j.reply, Reply::None));
         for job in batch.drain(..) {
             match job.reply {
                 Reply::None => {}
