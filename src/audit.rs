@@ -165,8 +165,8 @@ struct Job {
 /// depends on the line being on disk (a write about to be forwarded, a phantom about to be
 /// handed out, an admin action) wait for it; other lines are queued without waiting.
 pub struct Audit {
-    /// Read-locked by every submitter (readers never wait for each other), write-locked once,
-    /// by `close`.
+    /// Read-locked by every submitter, across its `send` (which waits while the queue is full);
+    /// write-locked by `close` (at shutdown and on drop), which so waits for those sends.
     jobs: RwLock<Option<std::sync::mpsc::SyncSender<Job>>>,
     key: hmac::Key,
     /// Whether the last write succeeded. While it did not, the broker refuses writes.
@@ -187,7 +187,8 @@ const GATHER: Duration = Duration::from_millis(2);
 /// How long the writer waits for more lines, after writing lines that someone waited for, before
 /// it blocks on the queue. Under load more arrive within moments, and a writer that is not
 /// blocked is not woken: each submitter is spared a futex call (a system call and a wake-up of
-/// this thread per line).
+/// this thread per line). A waited-for line that arrives during that pause waits up to this
+/// much longer.
 const LINGER: Duration = Duration::from_micros(200);
 
 impl Audit {
@@ -323,7 +324,7 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
         batch.push(first);
         // Gather for a moment before writing: one write then carries many lines, and senders
         // do not have to wake this thread for each (it sleeps, not waiting on the channel).
-        // A line someone waits for is written at once.
+        // A line someone waits for is written at once (the writer does not gather for it).
         let gather_until = std::time::Instant::now() + GATHER;
         loop {
             while batch.len() < BATCH {
