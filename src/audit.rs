@@ -509,7 +509,7 @@ pub fn rfc3339(secs: u64, millis: u32) -> String {
     put(14, 2, rem / 60 % 60);
     put(17, 2, rem % 60);
     put(20, 3, u64::from(millis));
-    out.iter().map(|&b| b as char).collect()
+    String::from_utf8(out.to_vec()).expect("digits and separators are ASCII")
 }
 
 /// Timestamps for consecutive lines: the date and time of day are formatted once per second,

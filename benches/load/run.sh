@@ -317,6 +317,15 @@ fi
 
 # INSTRUCTIONS=1: instructions per keep-alive GET, the broker's and the bare stack's, counted by
 # callgrind over a window of wrk load (warmed up first; the counters are zeroed at its start).
+# ring's SHA-256 runs its AVX code under valgrind, which has no SHA extensions; where the CPU has
+# them (this one does), natively it is several times cheaper. So its blocks are shown apart.
+sha_blocks() { # CALLGRIND_DUMP -> instructions in SHA-256 block functions
+  callgrind_annotate --auto=no --inclusive=no --threshold=100 "$1" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}'
+}
+listing() { # CALLGRIND_DUMP COUNT MIN_PER_UNIT -> inclusive instructions per unit, by function
+  callgrind_annotate --auto=no --inclusive=yes --threshold=99 "$1" 2>/dev/null \
+    | awk -v n="$2" -v min="$3" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= min && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
+}
 if [ -n "${INSTRUCTIONS:-}" ] && [ "$only" = exchange ]; then
   # Instructions per npm exchange (keep-alive, RS256): a fresh broker under callgrind, warmed up
   # with tokens of its own, then counted over a window with as many tokens as it can take.
@@ -336,11 +345,10 @@ if [ -n "${INSTRUCTIONS:-}" ] && [ "$only" = exchange ]; then
     echo "no clean window of exchanges (tokens ran out, were refused, or requests failed): $ex" >&2; exit 1
   fi
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-  sha=$(callgrind_annotate --auto=no --inclusive=no --threshold=100 "$dump" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}')
+  sha=$(sha_blocks "$dump")
   echo "broker: $n exchanges, $(( total / n )) instructions per exchange, $(( (total - sha) / n )) without SHA-256 blocks ($(( sha / n )))"
   echo "== the broker's functions by instructions per exchange, inclusive (callgrind_annotate)"
-  callgrind_annotate --auto=no --inclusive=yes --threshold=99 "$dump" 2>/dev/null \
-    | awk -v n="$n" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 1000 && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
+  listing "$dump" "$n" 1000
   exit 0
 fi
 if [ -n "${INSTRUCTIONS:-}" ]; then
@@ -354,10 +362,8 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
     dump=$(ls -t "$work/$1.callgrind".* | head -1)
     cp "$dump" "$work/$1.window"
     [ -n "${CALLGRIND_OUT:-}" ] && cp "$dump" "${CALLGRIND_OUT}.$1"
-    # ring's SHA-256 runs its AVX code under valgrind, which has no SHA extensions; where the
-    # CPU has them (this one does), natively it is several times cheaper. So it is shown apart.
     local sha
-    sha=$(callgrind_annotate --auto=no --inclusive=no --threshold=100 "$dump" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}')
+    sha=$(sha_blocks "$dump")
     echo "$n $(awk '/^(summary|totals):/ {print $2; exit}' "$dump") $sha"
   }
   read -r bn bi bsha <<<"$(count_gets get "$get_pid" "https://127.0.0.1:$get_port/pb-bench" "Authorization: Bearer $phantom_token")"
@@ -372,8 +378,7 @@ print(f"broker/bare {b / s:.2f}x, {(b - b_sha) / (s - s_sha):.2f}x without SHA-2
       f"the broker's own work {b - s:,.0f} instructions per GET, {(b - b_sha) - (s - s_sha):,.0f} without")
 PY
   echo "== the broker's functions by instructions per GET, inclusive (callgrind_annotate)"
-  callgrind_annotate --auto=no --inclusive=yes --threshold=99 "$work/get.window" 2>/dev/null \
-    | awk -v n="$bn" -v top="${TOP:-60}" '/^ *[0-9,]+ / {c=$1; gsub(",","",c); $1=""; if (c/n >= 300 && shown++ < top) printf "%9.0f %s\n", c/n, substr($0, 1, 160)}'
+  listing "$work/get.window" "$bn" 300
   exit 0
 fi
 
