@@ -1,14 +1,24 @@
-//! Load for the benchmark (`benches/load/run.sh`): npm's exchange, each over a new TCP connection
-//! with a full TLS handshake (the client keeps no TLS sessions, so nothing is resumed; wrk resumes
-//! its sessions across reconnects). Each exchange spends its own pre-minted ID token. Prints one
-//! JSON line; latencies in microseconds.
+//! Load for the benchmark (`benches/load/run.sh`): npm's exchange, each spending its own
+//! pre-minted ID token. Two modes:
+//!
+//! - `full` (the default): each exchange over a new TCP connection with a full TLS handshake (the
+//!   client keeps no TLS sessions, so nothing is resumed; wrk resumes its sessions across
+//!   reconnects);
+//! - `keep-alive`: each of CONCURRENCY connections sends its exchanges one after another, one in
+//!   flight at a time, as wrk does, but with every request written out before the clock starts:
+//!   per exchange, the client only writes bytes and reads a response. wrk calls a Lua function
+//!   per request instead, which costs it about half the broker's own CPU per exchange, on the same
+//!   cores.
+//!
+//! Prints one JSON line; latencies in microseconds; `client_cpu_s` is this process's own CPU
+//! during the run.
 //!
 //! The client checks the server's certificate by comparing it with the one expected (pinned),
 //! and verifies no signatures, as wrk does not: on a machine where the load client shares the
 //! cores with the broker, every signature it checks (two ECDSA P-256 verifications per
 //! handshake, about 110 us each with ring) is CPU taken from the broker.
 //!
-//! Usage: exchange_load PORT SERVER_CERT_FILE TOKENS_FILE SECONDS CONCURRENCY
+//! Usage: exchange_load PORT SERVER_CERT_FILE TOKENS_FILE SECONDS CONCURRENCY [full|keep-alive]
 
 #![forbid(unsafe_code)]
 
@@ -16,21 +26,43 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 struct Shared {
     port: u16,
     tls: tokio_rustls::TlsConnector,
-    tokens: Vec<String>,
+    /// One whole request per token, built before the clock starts.
+    requests: Vec<Vec<u8>>,
     next: AtomicUsize,
     ok: AtomicU64,
     refused: AtomicU64,
     errors: AtomicU64,
     resumed: AtomicU64,
-    latencies: Mutex<Vec<u32>>,
     deadline: Instant,
+}
+
+impl Shared {
+    fn count(&self, status: Result<u16, Error>) {
+        let counter = match status {
+            Ok(201) => &self.ok,
+            Ok(_) => &self.refused,
+            Err(_) => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The next unspent request, while the run lasts.
+    fn take(&self) -> Option<&[u8]> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        self.requests.get(self.next.fetch_add(1, Ordering::Relaxed)).map(Vec::as_slice)
+    }
 }
 
 /// Accepts exactly the expected certificate and checks no signature (a load tool's trade, not a
@@ -81,46 +113,101 @@ impl ServerCertVerifier for Pinned {
     }
 }
 
-async fn exchange(s: &Shared, token: &str) -> Result<u16, Box<dyn std::error::Error>> {
+async fn connect(s: &Shared) -> Result<Tls, Error> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", s.port)).await?;
     tcp.set_nodelay(true)?;
-    let mut tls = s.tls.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
+    let tls = s.tls.connect(ServerName::try_from("127.0.0.1")?, tcp).await?;
     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
         s.resumed.fetch_add(1, Ordering::Relaxed);
     }
-    let req = format!(
-        "POST /-/npm/v1/oidc/token/exchange/package/pb-bench HTTP/1.1\r\nhost: 127.0.0.1\r\n\
-         authorization: Bearer {token}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).await?;
-    let mut answer = Vec::with_capacity(2048);
-    // The broker closes after answering; a missing close_notify still ends the read.
-    let _ = tls.read_to_end(&mut answer).await;
-    let status = answer.get(9..12).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse().ok());
-    status.ok_or_else(|| "no HTTP status in the answer".into())
+    Ok(tls)
 }
 
-async fn worker(s: Arc<Shared>) {
-    while Instant::now() < s.deadline {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        let Some(token) = s.tokens.get(i) else { return };
-        let started = Instant::now();
-        match exchange(&s, token).await {
-            Ok(201) => s.ok.fetch_add(1, Ordering::Relaxed),
-            Ok(_) => s.refused.fetch_add(1, Ordering::Relaxed),
-            Err(_) => s.errors.fetch_add(1, Ordering::Relaxed),
-        };
-        let micros = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
-        s.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(micros);
+/// One exchange on a new connection, which the broker closes after answering.
+async fn exchange_closing(s: &Shared, request: &[u8]) -> Result<u16, Error> {
+    let mut tls = connect(s).await?;
+    tls.write_all(request).await?;
+    let mut answer = Vec::with_capacity(2048);
+    // A missing close_notify still ends the read.
+    let _ = tls.read_to_end(&mut answer).await;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    response.parse(&answer)?;
+    response.code.ok_or_else(|| "no HTTP status in the answer".into())
+}
+
+/// One exchange on a kept connection: the whole response is read (its length from
+/// `content-length`; the broker does not chunk these), so the next request can follow.
+async fn exchange_kept(tls: &mut Tls, buf: &mut Vec<u8>, request: &[u8]) -> Result<u16, Error> {
+    tls.write_all(request).await?;
+    buf.clear();
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        if tls.read_buf(buf).await? == 0 {
+            return Err("the connection closed mid-response".into());
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(head) = response.parse(buf)? else { continue };
+        let length = response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+            .ok_or("a response without content-length")?;
+        if buf.len() > head + length {
+            return Err("more than one response".into());
+        }
+        if buf.len() == head + length {
+            return response.code.ok_or_else(|| "no HTTP status".into());
+        }
     }
+}
+
+async fn worker(s: Arc<Shared>, keep_alive: bool) -> Vec<u32> {
+    let mut latencies = Vec::with_capacity(65536);
+    let mut kept: Option<Tls> = None;
+    let mut buf = Vec::with_capacity(4096);
+    while let Some(request) = s.take() {
+        let started = Instant::now();
+        let status = if !keep_alive {
+            exchange_closing(&s, request).await
+        } else {
+            let tls = match kept.take() {
+                Some(tls) => Ok(tls),
+                None => connect(&s).await,
+            };
+            match tls {
+                Ok(mut tls) => {
+                    let status = exchange_kept(&mut tls, &mut buf, request).await;
+                    // A failed exchange leaves the connection in an unknown state: a new one next.
+                    if status.is_ok() {
+                        kept = Some(tls);
+                    }
+                    status
+                }
+                Err(e) => Err(e),
+            }
+        };
+        s.count(status);
+        latencies.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    latencies
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [port, cert, tokens, seconds, concurrency] = args.as_slice() else {
-        eprintln!("usage: exchange_load PORT SERVER_CERT_FILE TOKENS_FILE SECONDS CONCURRENCY");
-        std::process::exit(2);
+    let (port, cert, tokens, seconds, concurrency, mode) = match args.as_slice() {
+        [p, c, t, s, n] => (p, c, t, s, n, "full"),
+        [p, c, t, s, n, m] if m == "full" || m == "keep-alive" => (p, c, t, s, n, m.as_str()),
+        _ => {
+            eprintln!("usage: exchange_load PORT SERVER_CERT_FILE TOKENS_FILE SECONDS CONCURRENCY [full|keep-alive]");
+            std::process::exit(2);
+        }
     };
+    let keep_alive = mode == "keep-alive";
     let cert = phantom_broker::net::load_certs(std::path::Path::new(cert)).expect("server certificate")[0].clone();
     let provider = phantom_broker::net::provider();
     let pinned = Pinned { cert, schemes: provider.signature_verification_algorithms.supported_schemes() };
@@ -132,36 +219,44 @@ fn main() {
         .with_no_client_auth();
     cfg.resumption = rustls::client::Resumption::disabled();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tokens: Vec<String> = std::fs::read_to_string(tokens)
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    let requests: Vec<Vec<u8>> = std::fs::read_to_string(tokens)
         .expect("tokens file")
         .lines()
-        .map(str::to_owned)
         .filter(|l| !l.is_empty())
+        .map(|token| {
+            format!(
+                "POST /-/npm/v1/oidc/token/exchange/package/pb-bench HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+                 authorization: Bearer {token}\r\nconnection: {connection}\r\ncontent-length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        })
         .collect();
     let secs: f64 = seconds.parse().expect("seconds");
+    let n: usize = concurrency.parse().expect("concurrency");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let shared = Arc::new(Shared {
         port: port.parse().expect("port"),
         tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
-        tokens,
+        requests,
         next: AtomicUsize::new(0),
         ok: AtomicU64::new(0),
         refused: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         resumed: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
         deadline: Instant::now() + Duration::from_secs_f64(secs),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let cpu_before = own_cpu_seconds(); // reading the tokens is not the run's
     let started = Instant::now();
-    rt.block_on(async {
-        let n: usize = concurrency.parse().expect("concurrency");
-        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(worker(shared.clone()))).collect();
+    let mut lat: Vec<u32> = rt.block_on(async {
+        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(worker(shared.clone(), keep_alive))).collect();
+        let mut all = Vec::new();
         for t in tasks {
-            let _ = t.await;
+            all.extend(t.await.unwrap_or_default());
         }
+        all
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let mut lat = shared.latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     lat.sort_unstable();
     let pct =
         |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
@@ -170,12 +265,12 @@ fn main() {
         "{{\"exchanges\":{ok},\"refused\":{},\"resumed\":{},\"tokens\":{},\"seconds\":{elapsed:.3},\"per_second\":{:.1},\"p50\":{},\"p99\":{},\"errors\":{},\"client_cpu_s\":{:.2}}}",
         shared.refused.load(Ordering::Relaxed),
         shared.resumed.load(Ordering::Relaxed),
-        shared.tokens.len(),
+        shared.requests.len(),
         ok as f64 / elapsed,
         pct(0.5),
         pct(0.99),
         shared.errors.load(Ordering::Relaxed),
-        own_cpu_seconds(),
+        own_cpu_seconds() - cpu_before,
     );
 }
 

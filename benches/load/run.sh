@@ -51,8 +51,8 @@ secs=${SECONDS_PER_RUN:-10}
 conns=${CONNECTIONS:-50}
 threads=${THREADS:-2}
 publish_mb=${PUBLISH_MB:-200}
-publish_rounds=${PUBLISH_ROUNDS:-5}
-targets=${TARGETS:-direct broker nginx haproxy bare}   # Verdaccio's own time varies by a second from run to run
+publish_rounds=${PUBLISH_ROUNDS:-5}   # Verdaccio's own time varies by a second from run to run
+targets=${TARGETS:-direct broker nginx haproxy bare}
 idle_conns=10000
 if [ $smoke = 1 ]; then rounds=1; secs=2; publish_mb=4; publish_rounds=1; idle_conns=200; fi
 
@@ -68,10 +68,19 @@ fi
 # INSTRUCTIONS=1 runs the broker and the bare stack under callgrind, which counts every
 # instruction they execute: the same binary on the same load gives the same count within a
 # fraction of a percent, however noisy the machine, where req/s and CPU seconds vary by 10-20%.
-counted() { # OUT_FILE COMMAND...: run in the background; under callgrind with INSTRUCTIONS set
-  local out=$1; shift
-  if [ -n "${INSTRUCTIONS:-}" ]; then exec valgrind --tool=callgrind --quiet --callgrind-out-file="$out" "$@"; fi
+# Counted: the GET broker and the bare stack, or with --only exchange the exchange's broker alone.
+counting=""
+if [ -n "${INSTRUCTIONS:-}" ]; then if [ "$only" = exchange ]; then counting=exchange; else counting="get bare"; fi; fi
+counted() { # NAME COMMAND...: run in the background; under callgrind if NAME is counted
+  local name=$1; shift
+  if [[ " $counting " == *" $name "* ]]; then exec valgrind --tool=callgrind --quiet --callgrind-out-file="$work/$name.callgrind" "$@"; fi
   exec "$@"
+}
+# The load client's own CPU: it shares the 2 cores with what it measures, so what it spends is
+# CPU the proxy did not get. `loaded CMD...` runs a load client and leaves its CPU seconds (user
+# and system, from the kernel's account of the waited-for child) in $client_cpu.
+loaded() {
+  python3 -c 'import resource,subprocess,sys; r=subprocess.run(sys.argv[2:]); u=resource.getrusage(resource.RUSAGE_CHILDREN); open(sys.argv[1],"w").write(f"{u.ru_utime+u.ru_stime:.3f}\n"); sys.exit(r.returncode)' "$work/client-cpu" "$@"
 }
 if ! need oha && [ $smoke = 0 ] && [ -z "${NO_LATENCY:-}${INSTRUCTIONS:-}${PROFILE:-}${SYSCALLS:-}${HOLD:-}" ] && { [ "$only" = all ] || [ "$only" = get ]; }; then
   echo "installing oha, the fixed-rate load tool (several minutes)" >&2
@@ -211,7 +220,7 @@ haproxy -f "$work/haproxy.cfg" -db >"$work/logs/haproxy.log" 2>&1 & pids+=($!)
 # `bare` pools upstream connections with hyper-util's client, as the broker does; `bare-conn`
 # (TARGETS="... bare-conn") with a per-worker pool of hyper's own connections.
 bare_port=$(free_port); bare_conn_port=$(free_port)
-counted "$work/bare.callgrind" "$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" legacy & pids+=($!); bare_pid=$!
+counted bare "$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" legacy & pids+=($!); bare_pid=$!
 "$bare_proxy" "$bare_conn_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" conn & pids+=($!); bare_conn_pid=$!
 
 # The loopback OIDC issuer (tests/node) that stands in for GitHub's.
@@ -264,7 +273,7 @@ source = { file = "$secret" }
 [audit]
 path = "$work/$name/audit.jsonl"
 EOF
-  PHANTOM_LOG=warn counted "$work/$name.callgrind" "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
+  PHANTOM_LOG=warn counted "$name" "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
   broker_pid=$!
   pids+=($broker_pid)
   wait_port "$broker_port"
@@ -429,16 +438,20 @@ results=$work/results.jsonl
 if part get; then
   for round in $(seq 1 "$rounds"); do
     for target in $targets; do
-      procs=$(pids_of $target)
-      before=$(cpu_ticks "$procs")
-      line=$(wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "$(auth_of $target)" "$(url_of $target)" | tail -1)
-      after=$(cpu_ticks "$procs")
-      python3 - "$line" "$target" "$round" "$((after - before))" "$hz" "$(peak_rss_kb "$procs")" >> "$results" <<'PY'
+      procs=$(pids_of $target); origin=$(pids_of direct)
+      before=$(cpu_ticks "$procs"); origin_before=$(cpu_ticks "$origin")
+      line=$(loaded wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$here/report.lua" -H "$(auth_of $target)" "$(url_of $target)" | tail -1)
+      after=$(cpu_ticks "$procs"); origin_after=$(cpu_ticks "$origin")
+      python3 - "$line" "$target" "$round" "$((after - before))" "$hz" "$(peak_rss_kb "$procs")" "$(cat "$work/client-cpu")" "$((origin_after - origin_before))" >> "$results" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 r.update(target=sys.argv[2], round=int(sys.argv[3]))
-r["cpu_s_per_10k"] = int(sys.argv[4]) / int(sys.argv[5]) / max(r["requests"], 1) * 10000
+per_10k = 10000 / max(r["requests"], 1)
+r["cpu_s_per_10k"] = int(sys.argv[4]) / int(sys.argv[5]) * per_10k
 r["peak_rss_mb"] = int(sys.argv[6]) / 1024
+# What else ran on the same cores: the load client, and the origin behind a proxy.
+r["wrk_cpu_s_per_10k"] = float(sys.argv[7]) * per_10k
+r["origin_cpu_s_per_10k"] = int(sys.argv[8]) / int(sys.argv[5]) * per_10k
 print(json.dumps(r))
 PY
       echo "round $round $target: $(tail -1 "$results")" >&2
@@ -464,6 +477,19 @@ if {"broker", "nginx-log"} <= set(targets):
 for b in [t for t in targets if t.startswith("bare") and {"broker", "nginx"} <= set(targets)]:
     print(f"{b}/nginx throughput {med(b,'rps')/med('nginx','rps'):.2f}x; broker/{b} {med('broker','rps')/med(b,'rps'):.2f}x; "
           f"CPU per request, broker/{b} {med('broker','cpu_s_per_10k')/med(b,'cpu_s_per_10k'):.2f}x, {b}/nginx {med(b,'cpu_s_per_10k')/med('nginx','cpu_s_per_10k'):.2f}x")
+# The cores' budget. Each row's CPU per request, with the load client's and the origin's beside
+# it: together they are what 2 cores spent per request, so a proxy's rate follows its own share.
+print("CPU s per 10k requests on the shared cores (medians): " + "; ".join(
+    f"{t} {med(t,'cpu_s_per_10k') if t != 'direct' else 0:.3f} + wrk {med(t,'wrk_cpu_s_per_10k'):.3f} + origin {med(t,'origin_cpu_s_per_10k'):.3f}"
+    for t in targets))
+if {"broker", "nginx"} <= set(targets):
+    # At 1.25 x nginx's rate, with the cores as busy as in nginx's runs and the load client and the
+    # origin costing per request what they did there, what is left per request for the proxy.
+    busy = med("nginx", "rps") * (med("nginx", "cpu_s_per_10k") + med("nginx", "wrk_cpu_s_per_10k") + med("nginx", "origin_cpu_s_per_10k")) / 10000
+    left = busy / (1.25 * med("nginx", "rps")) * 10000 - med("nginx", "wrk_cpu_s_per_10k") - med("nginx", "origin_cpu_s_per_10k")
+    extra = f", the bare stack {med('bare','cpu_s_per_10k'):.3f}" if "bare" in targets else ""
+    print(f"1.25 x nginx ({1.25 * med('nginx','rps'):.0f} req/s, the cores {busy:.2f} busy as in nginx's runs) leaves a proxy {left:.3f} CPU s per 10k requests: "
+          f"the broker spends {med('broker','cpu_s_per_10k'):.3f}, nginx {med('nginx','cpu_s_per_10k'):.3f}{extra}")
 print(f"broker idle RSS before any load: {int(sys.argv[2])/1024:.1f} MB")
 PY
 
@@ -484,7 +510,7 @@ PY
     rate=$(python3 -c 'import json,statistics,sys; print(int(statistics.median(json.loads(l)["rps"] for l in open(sys.argv[1]) if json.loads(l)["target"]==sys.argv[2])/2))' "$results" $target)
     read -r p50 p99 <<<"$(oha_at "$rate" "$(url_of $target)" "$(auth_of $target)")"
     read -r d50 d99 <<<"$(oha_at "$rate" "$(url_of direct)" "X-None: 1")"
-    printf '   %-8s at %6d req/s: p50 %5d us (direct %5d, +%5d)   p99 %6d us (direct %6d, +%6d)\n' \
+    printf '   %-8s at %6d req/s: p50 %5d us (direct %5d, %+6d)   p99 %6d us (direct %6d, %+7d)\n' \
       "$target" "$rate" "$p50" "$d50" $((p50 - d50)) "$p99" "$d99" $((p99 - d99)) >> "$report"
   done
   fi
@@ -494,9 +520,10 @@ fi
 if part exchange; then
   # Each token is good for one exchange: enough for ~40k/s on keep-alive, ~30k/s resumed, ~6k/s full.
   ex_secs=$(( smoke ? 1 : 3 ))
-  n_ka=$(( smoke ? 1000 : 120000 )); n_fresh=$(( smoke ? 1000 : 90000 )); n_full=$(( smoke ? 500 : 20000 ))
+  n_ka=$(( smoke ? 1000 : 120000 )); n_lean=$(( smoke ? 1000 : 120000 )); n_fresh=$(( smoke ? 1000 : 90000 )); n_full=$(( smoke ? 500 : 20000 ))
   started=$(date +%s.%N)
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_ka" > "$work/tokens-ka.txt"
+  node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_lean" > "$work/tokens-lean.txt"
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_fresh" > "$work/tokens-fresh.txt"
   node "$here/mint.mjs" "$work/issuer/rsa.pem" "$issuer_url" "npm:127.0.0.1" "$n_full" > "$work/tokens-full.txt"
   minted_in=$(python3 -c "import time; print(round(time.time()-$started,1))")
@@ -507,11 +534,14 @@ if part exchange; then
     perf_pid=$!
   fi
   # The broker's CPU per exchange, as with full handshakes below: what one core could serve.
-  per_exchange() { # JSON TICKS_BEFORE -> "broker CPU ... per exchange"
-    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz"
+  per_exchange() { # JSON TICKS_BEFORE -> "broker CPU ... per exchange, wrk's CPU ..."
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); c=float(sys.argv[5]); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), wrk CPU {c:.2f} s ({c/n*1e6:.0f} us per exchange)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz" "$(cat "$work/client-cpu")"
+  }
+  client_and_broker() { # JSON_WITH_CLIENT_CPU TICKS_BEFORE -> "broker CPU ..., load client CPU ..."
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s ({c/n*1e6:.0f} us per exchange)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz"
   }
   t0=$(cpu_ticks "$broker_pid")
-  ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads loaded wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
   ka_cpu=$(per_exchange "$ka" "$t0")
   if [ "${PROFILE:-}" = exchange ]; then
     wait $perf_pid || true
@@ -520,23 +550,30 @@ if part exchange; then
     perf report -i "$work/perf.data" --stdio --no-children --percent-limit 0.8 --sort dso,symbol -g none 2>/dev/null | grep '%' | sed 's/  */ /g' | cut -c1-150 | head -40
     exit 0
   fi
+  # The same keep-alive load from a client that spends less of the shared cores: every request
+  # is written out before the clock starts, where wrk calls a Lua function per request.
+  t0=$(cpu_ticks "$broker_pid")
+  lean=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-lean.txt" "$ex_secs" "$conns" keep-alive | tail -1)
+  lean_cpu=$(client_and_broker "$lean" "$t0")
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
   # wrk keeps its TLS session across reconnects, so these handshakes are resumptions.
   t0=$(cpu_ticks "$broker_pid")
-  fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
+  fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads loaded wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
   fresh_cpu=$(per_exchange "$fresh" "$t0")
   # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it) and,
   # like wrk, verifies no signatures. Its own key exchange still shares the 2 cores, so the CPU
   # each side spent is reported too: the broker's per exchange bounds what it could serve.
   t0=$(cpu_ticks "$broker_pid"); start_full=$(date +%s.%N)
   full=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
-  full_cpu=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s")' "$full" "$t0" "$(cpu_ticks "$broker_pid")" "$hz")
+  full_cpu=$(client_and_broker "$full" "$t0")
   exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] - 1 or d["refused"] > 0 else "")' "$1"; }
   {
     echo
-    echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_fresh + n_full)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
-    echo "   keep-alive connections:                      $ka$(exhausted "$ka")"
+    echo "2. npm's exchange with RS256 ID tokens, each used once ($((n_ka + n_lean + n_fresh + n_full)) pre-minted in ${minted_in} s, outside the timed window); ECDSA P-256 server certificate"
+    echo "   keep-alive connections (wrk):                $ka$(exhausted "$ka")"
     echo "      $ka_cpu"
+    echo "   keep-alive connections (exchange_load):      $lean$(exhausted "$lean")"
+    echo "      $lean_cpu"
     echo "   a new connection each, TLS resumed (wrk):     $fresh$(exhausted "$fresh")"
     echo "      $fresh_cpu"
     echo "   a new connection each, full TLS handshake:   $full$(exhausted "$full")"
