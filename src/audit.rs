@@ -374,10 +374,10 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
                 tracing::error!(error = %e, lines = batch.len(), "could not write the audit log");
             }
         }
-        linger = batch.iter().any(|j| !matches!(j.reply, Reply::None));
+        linger = false;
         for job in batch.drain(..) {
             match job.reply {
-                Reply::None => {}
+                Reply::None => continue,
                 Reply::Blocking(tx) => {
                     let _ = tx.send(outcome.clone());
                 }
@@ -385,6 +385,7 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
                     let _ = tx.send(outcome.clone());
                 }
             }
+            linger = true;
         }
     }
 }

@@ -538,15 +538,13 @@ if part exchange; then
     perf_pid=$!
   fi
   # The broker's CPU per exchange, as with full handshakes below: what one core could serve.
-  per_exchange() { # JSON TICKS_BEFORE -> "broker CPU ... per exchange, wrk's CPU ..."
-    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); c=float(sys.argv[5]); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), wrk CPU {c:.2f} s ({c/n*1e6:.0f} us per exchange)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz" "$(cat "$work/client-cpu")"
-  }
-  client_and_broker() { # JSON_WITH_CLIENT_CPU TICKS_BEFORE -> "broker CPU ..., load client CPU ..."
-    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); c=d.get("client_cpu_s", 0); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), load client CPU {c:.2f} s ({c/n*1e6:.0f} us per exchange)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz"
+  # The client's CPU: wrk's from `loaded`, exchange_load's from its own report.
+  per_exchange() { # JSON TICKS_BEFORE CLIENT CLIENT_CPU_S -> "broker CPU ..., CLIENT CPU ... per exchange"
+    python3 -c 'import json,sys; d=json.loads(sys.argv[1]); b=(int(sys.argv[3])-int(sys.argv[2]))/int(sys.argv[4]); n=max(d["exchanges"],1); c=float(sys.argv[6]); print(f"broker CPU {b:.2f} s ({b/n*1e6:.0f} us per exchange: {n/b:.0f}/s per core), {sys.argv[5]} CPU {c:.2f} s ({c/n*1e6:.0f} us per exchange)")' "$1" "$2" "$(cpu_ticks "$broker_pid")" "$hz" "$3" "$4"
   }
   t0=$(cpu_ticks "$broker_pid")
   ka=$(TOKENS=$work/tokens-ka.txt WRK_THREADS=$threads loaded wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
-  ka_cpu=$(per_exchange "$ka" "$t0")
+  ka_cpu=$(per_exchange "$ka" "$t0" wrk "$(cat "$work/client-cpu")")
   if [ "${PROFILE:-}" = exchange ]; then
     wait $perf_pid || true
     [ -n "${PERF_OUT:-}" ] && cp "$work/perf.data" "$PERF_OUT"
@@ -561,18 +559,18 @@ if part exchange; then
   start_broker exchange-lean "https://127.0.0.1:$origin_port/" "$work/npm-token"
   t0=$(cpu_ticks "$broker_pid")
   lean=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-lean.txt" "$ex_secs" "$conns" keep-alive | tail -1)
-  lean_cpu=$(client_and_broker "$lean" "$t0")
+  lean_cpu=$(per_exchange "$lean" "$t0" "load client" "$(json "$lean" client_cpu_s)")
   # A fresh TLS connection per exchange: wrk reconnects after every response when asked to close.
   # wrk keeps its TLS session across reconnects, so these handshakes are resumptions.
   t0=$(cpu_ticks "$broker_pid")
   fresh=$(TOKENS=$work/tokens-fresh.txt WRK_THREADS=$threads loaded wrk -t"$threads" -c"$conns" -d"${ex_secs}s" -H "Connection: close" -s "$here/exchange.lua" "https://127.0.0.1:$broker_port/" | tail -1)
-  fresh_cpu=$(per_exchange "$fresh" "$t0")
+  fresh_cpu=$(per_exchange "$fresh" "$t0" wrk "$(cat "$work/client-cpu")")
   # Full handshakes: a client that keeps no TLS sessions (it counts any resumed, to prove it) and,
   # like wrk, verifies no signatures. Its own key exchange still shares the 2 cores, so the CPU
   # each side spent is reported too: the broker's per exchange bounds what it could serve.
-  t0=$(cpu_ticks "$broker_pid"); start_full=$(date +%s.%N)
+  t0=$(cpu_ticks "$broker_pid")
   full=$("$exchange_load" "$broker_port" "$work/certs/server.pem" "$work/tokens-full.txt" "$ex_secs" "$conns" | tail -1)
-  full_cpu=$(client_and_broker "$full" "$t0")
+  full_cpu=$(per_exchange "$full" "$t0" "load client" "$(json "$full" client_cpu_s)")
   exhausted() { python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(" (tokens ran out: the rate is a lower bound)" if d["exchanges"] >= d["tokens"] - 1 or d["refused"] > 0 else "")' "$1"; }
   {
     echo

@@ -36,8 +36,37 @@ fn node_bin(name: &str) -> PathBuf {
     path
 }
 
+/// A port that nothing listens on now, for a server a test is about to start. It comes from
+/// below the kernel's ephemeral range, not from binding port 0: a port in that range can be taken
+/// by any outgoing connection's local end between this call and the server's bind (the suite
+/// makes many, in parallel, while Verdaccio and the issuer start), and the server then fails with
+/// "Address already in use". Each call in this process moves on to the next port, from a random
+/// start, so parallel tests do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral <= LOW + 1_000 {
+        return std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = ephemeral - LOW;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 4];
+        ring::rand::SystemRandom::new().fill(&mut b).unwrap();
+        let _ = NEXT.compare_exchange(u32::MAX, u32::from_le_bytes(b) % span, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {ephemeral}");
 }
 
 /// A child process, killed and reaped on drop.
