@@ -1,11 +1,9 @@
 //! A phantom is worth exactly its scope: its packages, its actions, its dist-tags, its lifetime
 //! and its number of writes. Everything outside is refused before the upstream sees it.
 
-mod support;
-
+use crate::support::*;
 use base64::Engine;
 use serde_json::{json, Value};
-use support::*;
 
 /// A publish body shaped as libnpmpublish sends it.
 fn publish_body(name: &str, body_name: &str, version: &str, tag: &str) -> String {

@@ -8,8 +8,10 @@
 #![allow(dead_code)]
 
 pub mod counting;
+pub mod framing;
 pub mod hostile;
 pub mod raw;
+pub mod recording;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -71,6 +73,12 @@ pub fn free_port() -> u16 {
 
 /// A child process, killed and reaped on drop.
 pub struct Proc(Child);
+
+impl Proc {
+    pub fn new(child: Child) -> Proc {
+        Proc(child)
+    }
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -256,7 +264,7 @@ impl Issuer {
 }
 
 /// The first line a child prints, waiting at most `limit`; the rest is drained in the background.
-fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Option<String> {
+pub fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(out).lines();
@@ -317,6 +325,11 @@ impl Broker {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.0.id())
     }
 
     pub fn restart(&mut self) {

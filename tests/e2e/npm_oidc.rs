@@ -2,10 +2,8 @@
 //! whose only configuration is the registry URL and a CA, publishes with a credential it never
 //! sees; identities that no grant admits change nothing upstream.
 
-mod support;
-
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 fn escaped(name: &str) -> String {
     name.replace('/', "%2f")

@@ -2,15 +2,13 @@
 //! Every case checks the status, that Verdaccio's storage is unchanged, and (at the end) that
 //! the canary credential reached neither the caller nor the broker's files.
 
-mod support;
-
+use crate::support::raw;
+use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::raw;
-use support::*;
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()

@@ -17,6 +17,8 @@ pub fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    // A peer that stops reading fails the write instead of hanging the test.
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     rustls::StreamOwned::new(conn, tcp)
 }
 

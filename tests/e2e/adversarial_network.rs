@@ -3,12 +3,10 @@
 //! an OIDC issuer whose keys are slow, huge or unavailable. Each gets a clear status, an audit
 //! line, and the real credential goes nowhere it should not.
 
-mod support;
-
+use crate::support::counting::Counting;
+use crate::support::hostile::Hostile;
+use crate::support::*;
 use serde_json::{json, Value};
-use support::counting::Counting;
-use support::hostile::Hostile;
-use support::*;
 
 const HOSTILE_POLICY: &str = r#"
 [[grant]]

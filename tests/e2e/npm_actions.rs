@@ -1,10 +1,8 @@
 //! The npm actions beyond publish, through `phantom login` and the real npm CLI: deprecate,
 //! unpublish of a version and of a package, and the body tricks each could hide.
 
-mod support;
-
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const POLICY: &str = r#"
 [[grant]]

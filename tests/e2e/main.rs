@@ -1,0 +1,16 @@
+//! The end-to-end suites, built as one test binary (one link instead of one per suite).
+//!
+//! Each module starts real processes on 127.0.0.1 (the broker binary, Verdaccio, a loopback
+//! OIDC issuer, the npm CLI, recording and hostile upstreams) and stops them when it is done.
+
+mod support;
+
+mod adversarial_callers;
+mod adversarial_network;
+mod cli;
+mod json_differential;
+mod npm_actions;
+mod npm_oidc;
+mod phantom_scope;
+mod secrets_debug;
+mod write_integrity;

@@ -1,0 +1,177 @@
+//! A recording upstream registry on loopback (hyper over TLS): for every request it records the
+//! head, exactly the body bytes it received as they arrive, and how the body ended. A write whose
+//! body ends cleanly (the last chunk of a chunked body, or as many bytes as its Content-Length)
+//! is answered 201: that is a write the upstream would act on. A body cut off by the broker is
+//! recorded as `Broken`, and nothing is answered.
+//!
+//! `GET /<name>` answers the packument the test stored with `set_packument`, so that deprecates
+//! and version removals can be compared with it.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a request's body ended, as the upstream saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// Still arriving.
+    Open,
+    /// Complete under its framing: the upstream has the whole request.
+    Complete,
+    /// The connection failed or closed mid-body: the upstream never had the whole request.
+    Broken(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+    pub end: End,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<String> {
+        let mut all = self.headers.get_all(name).iter();
+        let first = all.next().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        assert!(all.next().is_none(), "the upstream got `{name}` twice");
+        first
+    }
+}
+
+pub struct Recording {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    packuments: Arc<Mutex<HashMap<String, Bytes>>>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder().status(status).header("content-type", "application/json").body(Full::new(body.into())).unwrap()
+}
+
+impl Recording {
+    pub fn start(cert: &Path, key: &Path) -> Recording {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let tls = phantom_broker::net::server_config(cert, key).unwrap();
+        let mut tls = (*tls).clone();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let packuments: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
+        let (seen2, packuments2) = (seen.clone(), packuments.clone());
+        rt.spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let (acceptor, seen, packuments) = (acceptor.clone(), seen2.clone(), packuments2.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (seen, packuments) = (seen.clone(), packuments.clone());
+                        async move { Ok::<_, std::convert::Infallible>(record(req, &seen, &packuments).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+                });
+            }
+        });
+        Recording { port, seen, packuments, rt: Some(rt) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}/", self.port)
+    }
+
+    /// What `GET /<escaped>` (with or without `?write=true`) answers from now on.
+    pub fn set_packument(&self, escaped: &str, doc: &serde_json::Value) {
+        self.packuments.lock().unwrap().insert(format!("/{escaped}"), Bytes::from(doc.to_string()));
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Requests other than GETs: what could change the registry.
+    pub fn writes(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.method != "GET" && s.method != "HEAD").collect()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
+    /// Waits (at most 5 s) until no recorded body is still open: a cut connection takes a
+    /// moment to be noticed.
+    pub fn settle(&self) {
+        for _ in 0..100 {
+            if self.seen.lock().unwrap().iter().all(|s| s.end != End::Open) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("a request body at the recording upstream neither ended nor broke: {:?}", self.seen());
+    }
+}
+
+async fn record(
+    req: Request<Incoming>,
+    seen: &Mutex<Vec<Seen>>,
+    packuments: &Mutex<HashMap<String, Bytes>>,
+) -> Response<Full<Bytes>> {
+    let (parts, mut body) = req.into_parts();
+    let target = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+    let index = {
+        let mut all = seen.lock().unwrap();
+        all.push(Seen {
+            method: parts.method.to_string(),
+            target: target.clone(),
+            headers: parts.headers.clone(),
+            body: Vec::new(),
+            end: End::Open,
+        });
+        all.len() - 1
+    };
+    let end = loop {
+        match body.frame().await {
+            None => break End::Complete,
+            Some(Err(e)) => break End::Broken(e.to_string()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    seen.lock().unwrap()[index].body.extend_from_slice(&data);
+                }
+            }
+        }
+    };
+    let complete = end == End::Complete;
+    seen.lock().unwrap()[index].end = end;
+    if !complete {
+        return reply(400, "{}");
+    }
+    if parts.method == http::Method::GET {
+        let path = parts.uri.path();
+        return match packuments.lock().unwrap().get(path) {
+            Some(doc) => reply(200, doc.clone()),
+            None => reply(404, r#"{"error":"not found"}"#),
+        };
+    }
+    reply(201, r#"{"ok":true}"#)
+}
