@@ -234,14 +234,14 @@ fn audit(c: &mut Criterion) {
         .unwrap(),
     );
     let record = Record {
-        event: "request",
+        event: phantom_broker::audit::Event::Request,
         request_id: "a1b2c3d40000000001".into(),
         method: Some("GET".into()),
         path: Some("/@acme%2fweb".into()),
         identity: Some(identity),
         action: Some("read"),
         package: Some("@acme/web".into()),
-        decision: "allow",
+        decision: phantom_broker::audit::Decision::Allow,
         grant: Some("acme-release".into()),
         token_id: Some("0f1e2d3c4b5a69788796a5b4".into()),
         upstream: Some("registry".into()),

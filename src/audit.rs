@@ -49,10 +49,52 @@ const SUMMARY_KEYS: &[&str] = &[
     "workflow_ref",
 ];
 
+/// What a line is about.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    /// A registry request (forwarded or refused).
+    #[default]
+    Request,
+    /// An ID token exchanged for a phantom (or refused).
+    Exchange,
+    /// An admin API call.
+    Admin,
+}
+
+/// What the broker decided.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// Refused by the broker, for the caller's reasons.
+    #[default]
+    Deny,
+    /// Forwarded with a credential (or, for exchanges and admin calls, done).
+    Allow,
+    /// Forwarded without any credential.
+    Anonymous,
+    /// Written ahead of a write the broker is about to release: the write is on record before
+    /// the upstream can act on it. The request's own line follows.
+    Forwarding,
+    /// Failed for reasons not the caller's (upstream, state store, audit log, internal).
+    Error,
+}
+
+/// How a write's request to the upstream ended, when any of it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamRequest {
+    /// The broker released the whole request: the upstream could act on it.
+    Complete,
+    /// Part of the body went upstream, then the broker cut the request off: the upstream never
+    /// had the whole request (nor the body's closing byte).
+    Aborted,
+}
+
 /// One audit line, before it is chained.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Record {
-    pub event: &'static str,
+    pub event: Event,
     pub request_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<std::borrow::Cow<'static, str>>,
@@ -61,6 +103,8 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     /// Serialized once per identity (at the exchange) and shared by every line about it.
     pub identity: Option<Arc<RawValue>>,
+    /// The npm action, as far as it is known: before a body decides between two
+    /// (`publish|deprecate`, `unpublish|owner`), both.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -69,7 +113,7 @@ pub struct Record {
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dist_tags: Vec<String>,
-    pub decision: &'static str,
+    pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,6 +126,12 @@ pub struct Record {
     pub expires: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Arc<str>>,
+    /// For writes: whether the request reached the upstream whole, or was cut off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_request: Option<UpstreamRequest>,
+    /// For writes: the body bytes the broker handed to the upstream connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
     pub status: u16,
@@ -589,7 +639,7 @@ mod tests {
     }
 
     fn record(i: usize) -> Record {
-        Record { event: "request", request_id: format!("r{i}"), decision: "allow", status: 200, ..Record::default() }
+        Record { request_id: format!("r{i}"), decision: Decision::Allow, status: 200, ..Record::default() }
     }
 
     #[test]

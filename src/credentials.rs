@@ -1,7 +1,8 @@
 //! The real registry credentials, read once at start from a file or an environment variable.
 //!
 //! A credential is reachable only through `Credentials::for_authorized`, which takes proof that
-//! policy permitted the request: there is no path from an unchecked request to a real token.
+//! policy permitted the request and returns an `UpstreamAuth`, the only value the upstream
+//! client sends a credential from: there is no path from an unchecked request to a real token.
 
 use crate::config::{CredentialConfig, SecretSource};
 use crate::policy::{Authorized, Glob};
@@ -88,6 +89,20 @@ pub fn read_secret(source: &SecretSource) -> Result<Secret, String> {
     Ok(Secret::new(value.to_owned()))
 }
 
+/// How one upstream request authenticates: anonymously, or with the credential of the grant
+/// that authorized it. Only `Credentials::for_authorized` makes one that carries a credential.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UpstreamAuth<'a>(Option<&'a Credential>);
+
+impl UpstreamAuth<'_> {
+    /// No credential: `Authorization` is not sent upstream.
+    pub(crate) const ANONYMOUS: UpstreamAuth<'static> = UpstreamAuth(None);
+
+    pub(crate) fn credential(&self) -> Option<&Credential> {
+        self.0
+    }
+}
+
 #[derive(Default)]
 pub struct Credentials {
     by_name: HashMap<String, Arc<Credential>>,
@@ -112,9 +127,19 @@ impl Credentials {
         Ok(Credentials { by_name })
     }
 
-    /// The credential of the grant that authorized a request.
-    pub fn for_authorized<T>(&self, authorized: &Authorized<T>) -> Option<&Arc<Credential>> {
-        self.by_name.get(&authorized.grant().credential)
+    /// How a request that policy authorized authenticates to `upstream`: with its grant's
+    /// credential, which must belong to that upstream.
+    pub(crate) fn for_authorized<T>(
+        &self,
+        authorized: &Authorized<T>,
+        upstream: &str,
+    ) -> Result<UpstreamAuth<'_>, String> {
+        let grant = authorized.grant();
+        match self.by_name.get(&grant.credential) {
+            Some(c) if c.upstream == upstream => Ok(UpstreamAuth(Some(c))),
+            Some(_) => Err(format!("grant `{}`'s credential does not serve upstream `{upstream}`", grant.name)),
+            None => Err(format!("grant `{}` names an unknown credential", grant.name)),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {

@@ -1,5 +1,41 @@
+//! phantom-broker: a short-lived credential broker for npm publishing.
+//!
+//! The broker holds the real registry credentials. A caller (a CI job, an agent) proves who it
+//! is with an OIDC ID token and gets a *phantom*: minutes long, scoped to named packages and npm
+//! actions, worthless anywhere but here. The broker swaps the phantom for the real credential
+//! only inside the one upstream request it forwards, and audits everything.
+//!
+//! One invariant stands above the others: **the upstream acts on exactly what the broker
+//! checked.** Every write body passes one gate (`pipeline::gate`) that lets nothing decisive
+//! reach the upstream before the verdict, and the broker, not the caller, chooses the headers
+//! and the framing that tell the upstream how to read it.
+//!
+//! # Layout
+//!
+//! In the order a request meets the code:
+//!
+//! - `server`: transport. TLS listeners, worker threads, connections (HTTP/1.1 and HTTP/2),
+//!   graceful drain, and the admin face.
+//! - `pipeline`: one registry request, top to bottom: classify, authenticate, authorize,
+//!   pass the write gate, swap the credential, forward, relay, audit. Exchanges (ID token in,
+//!   phantom out) and every refusal's status and message live here too.
+//! - `npm`: the registry protocol as plain types: routes, package names, body checks, the
+//!   streaming publish scanner. No I/O.
+//! - `identity`: OIDC ID-token verification, issuers' keys.
+//! - `policy`: grants and their evaluation; `Authorized<T>` is the only way to a credential.
+//!   No I/O.
+//! - `phantom`: the phantom token format and the store of live phantoms.
+//! - `credentials`: the real tokens, reachable only with an `Authorized` request.
+//! - `upstream`: the registries behind the broker, its own connection pool, and the scrubbing
+//!   of every response that carried a credential.
+//! - `audit`: the hash-chained JSON-lines log.
+//! - `app`: the state every request shares, built once from `config`.
+//! - Around them: `config`, `net` (TLS and HTTP plumbing), `json` (strict parsing), `secret`,
+//!   `certs`, `login` and `admin_client` (the CLI's own commands), `units`.
 #![forbid(unsafe_code)]
+
 pub mod admin_client;
+pub(crate) mod app;
 pub mod audit;
 pub mod certs;
 pub mod config;
@@ -10,8 +46,9 @@ pub mod login;
 pub mod net;
 pub mod npm;
 pub mod phantom;
+pub mod pipeline;
 pub mod policy;
 pub mod secret;
 pub mod server;
-pub mod units;
-pub mod upstream;
+pub(crate) mod units;
+pub(crate) mod upstream;

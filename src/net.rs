@@ -169,18 +169,46 @@ pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: u
 }
 
 /// A request body fed from a channel, for bodies forwarded while they are still being read
-/// and checked. An `Err` sent into the channel aborts the request: the peer never sees a
-/// complete body.
+/// and checked. It never announces a length, so an HTTP/1.1 peer gets it chunked, and it ends
+/// only when its sender says so (`BodySender::finish`): a sender dropped for any other reason
+/// (a refusal, a failed read, a caller that went away) fails the body, and the peer never sees
+/// the request complete.
 pub struct ChannelBody {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, BoxError>>,
-    size: Option<u64>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    ended: bool,
 }
 
+enum Chunk {
+    Data(Bytes),
+    End,
+}
+
+/// Feeds a `ChannelBody`.
+pub struct BodySender {
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+}
+
+/// The body's reader (the upstream connection) is gone.
+#[derive(Debug)]
+pub struct ReaderGone;
+
 impl ChannelBody {
-    /// A body of `size` bytes (if known), and the sender that feeds it.
-    pub fn new(size: Option<u64>) -> (tokio::sync::mpsc::Sender<Result<Bytes, BoxError>>, ChannelBody) {
+    /// A body, and the sender that feeds it.
+    pub fn new() -> (BodySender, ChannelBody) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        (tx, ChannelBody { rx, size })
+        (BodySender { tx }, ChannelBody { rx, ended: false })
+    }
+}
+
+impl BodySender {
+    /// Sends the next bytes, waiting while the channel is full.
+    pub async fn send(&self, data: Bytes) -> Result<(), ReaderGone> {
+        self.tx.send(Chunk::Data(data)).await.map_err(|_| ReaderGone)
+    }
+
+    /// Ends the body: the request is complete.
+    pub async fn finish(self) -> Result<(), ReaderGone> {
+        self.tx.send(Chunk::End).await.map_err(|_| ReaderGone)
     }
 }
 
@@ -192,14 +220,21 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.rx.poll_recv(cx).map(|item| item.map(|r| r.map(http_body::Frame::data)))
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        self.rx.poll_recv(cx).map(|chunk| match chunk {
+            Some(Chunk::Data(data)) => Some(Ok(http_body::Frame::data(data))),
+            Some(Chunk::End) => {
+                self.ended = true;
+                None
+            }
+            None => Some(Err("the body was cut off before its end".into())),
+        })
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self.size {
-            Some(n) => http_body::SizeHint::with_exact(n),
-            None => http_body::SizeHint::default(),
-        }
+    fn is_end_stream(&self) -> bool {
+        self.ended
     }
 }
 
@@ -268,6 +303,36 @@ where
     }
 }
 
+/// What a request's `Authorization` header holds, read the one way every face of the broker
+/// reads it (registry, exchanges, admin): the scheme is case-insensitive (RFC 9110, 11.1), one
+/// or more spaces separate it from the token, and more than one header is an error.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Bearer<'a> {
+    /// No `Authorization` header.
+    Absent,
+    /// `Bearer <token>`.
+    Token(&'a str),
+    /// More than one `Authorization` header.
+    Repeated,
+    /// Another scheme, or no token: never forwarded.
+    NotBearer,
+}
+
+pub fn bearer(headers: &http::HeaderMap) -> Bearer<'_> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Bearer::Absent };
+    if values.next().is_some() {
+        return Bearer::Repeated;
+    }
+    let Ok(value) = value.to_str() else { return Bearer::NotBearer };
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Bearer::Token(token.trim())
+        }
+        _ => Bearer::NotBearer,
+    }
+}
+
 /// An error and its causes on one line (hyper's errors hide the interesting part in `source`).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -284,27 +349,64 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn bearer_tokens_are_read_one_way() {
+        let read = |values: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for v in values {
+                h.append(http::header::AUTHORIZATION, http::HeaderValue::from_str(v).unwrap());
+            }
+            match bearer(&h) {
+                Bearer::Token(t) => Ok(t.to_owned()),
+                other => Err(format!("{other:?}")),
+            }
+        };
+        for v in ["Bearer abc", "bearer abc", "BEARER abc", "Bearer   abc", "Bearer abc  "] {
+            assert_eq!(read(&[v]), Ok("abc".to_owned()), "{v}");
+        }
+        for v in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "Token abc", "abc"] {
+            assert_eq!(read(&[v]), Err("NotBearer".to_owned()), "{v}");
+        }
+        assert_eq!(read(&[]), Err("Absent".to_owned()));
+        assert_eq!(read(&["Bearer a", "Bearer a"]), Err("Repeated".to_owned()));
+    }
+
     #[tokio::test]
     async fn an_idle_timeout_counts_the_quiet_between_frames_not_the_whole_body() {
         // Ten frames 60 ms apart under a 500 ms timeout: the body takes longer than the
         // timeout, but no wait does, so it arrives whole.
-        let (tx, body) = ChannelBody::new(None);
+        let (tx, body) = ChannelBody::new();
         tokio::spawn(async move {
             for i in 0..10u8 {
                 tokio::time::sleep(Duration::from_millis(60)).await;
-                tx.send(Ok(Bytes::from(vec![i]))).await.unwrap();
+                tx.send(Bytes::from(vec![i])).await.unwrap();
             }
+            tx.finish().await.unwrap();
         });
         let got = IdleTimeout::new(body, Duration::from_millis(500)).collect().await.unwrap().to_bytes();
         assert_eq!(&got[..], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
 
         // A sender that goes quiet after one frame fails the body once the timeout has passed.
-        let (tx, body) = ChannelBody::new(None);
-        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        let (tx, body) = ChannelBody::new();
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
         let started = tokio::time::Instant::now();
         let err = IdleTimeout::new(body, Duration::from_millis(200)).collect().await.unwrap_err();
         assert!(err.is::<BodyTimeout>(), "{err}");
         assert!(started.elapsed() >= Duration::from_millis(200));
         drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_channel_body_ends_only_when_its_sender_finishes_it() {
+        let (tx, body) = ChannelBody::new();
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        tx.finish().await.unwrap();
+        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"ab");
+        // A sender dropped without finishing fails the body, after what it sent.
+        let (tx, mut body) = ChannelBody::new();
+        tx.send(Bytes::from_static(b"ab")).await.unwrap();
+        drop(tx);
+        assert_eq!(&body.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"ab");
+        assert!(body.frame().await.unwrap().is_err(), "a dropped sender ended the body cleanly");
     }
 }

@@ -45,6 +45,8 @@ pub enum BodyError {
     UnpublishChangesMore,
     #[error("an access change must be {{\"access\": \"public\"}} or {{\"access\": \"restricted\"}}")]
     BadAccessBody,
+    #[error("this request takes no body")]
+    UnexpectedBody,
 }
 
 impl BodyError {
@@ -242,12 +244,18 @@ pub fn check_unpublish_version(body: &[u8], upstream: &Map<String, Value>) -> Re
     if new_tags.keys().any(|t| !old_tags.contains_key(t)) {
         return Err(BodyError::UnpublishChangesMore);
     }
-    // npm drops these two; everything else must be as upstream has it.
-    let skip = ["versions", "dist-tags", "_attachments", "_revisions"];
-    let keys = doc.keys().chain(upstream.keys()).filter(|k| !skip.contains(&k.as_str()));
+    // Everything else must be as upstream has it, `_attachments` included: a removal that
+    // carried attachments would have the registry store them. npm leaves out `_attachments`
+    // and `_revisions` (and the registry may omit `time` from what it sends back); a key left
+    // out changes nothing, but one that is sent must be the upstream's.
+    const MAY_BE_LEFT_OUT: [&str; 3] = ["_attachments", "_revisions", "time"];
+    let keys = doc.keys().chain(upstream.keys()).filter(|k| !matches!(k.as_str(), "versions" | "dist-tags"));
     for k in keys {
-        let dropped_time = k == "time" && !doc.contains_key(k);
-        if !dropped_time && doc.get(k) != upstream.get(k) {
+        let same = match doc.get(k) {
+            Some(v) => upstream.get(k) == Some(v),
+            None => MAY_BE_LEFT_OUT.contains(&k.as_str()),
+        };
+        if !same {
             return Err(BodyError::UnpublishChangesMore);
         }
     }

@@ -184,13 +184,18 @@ fn version_removals_change_nothing_else() {
     let upstream = json!({"_id": "web", "name": "web", "_rev": "4-a", "maintainers": [{"name": "pub"}],
         "dist-tags": {"latest": "2.0.0", "next": "2.0.0", "old": "1.0.0"},
         "versions": {"1.0.0": {"v": 1}, "1.5.0": {"v": 15}, "2.0.0": {"v": 2}},
-        "time": {"1.0.0": "t1"}});
+        "time": {"1.0.0": "t1"}, "_attachments": {}, "_revisions": ["4-a"]});
     let upstream = upstream.as_object().unwrap();
     // What npm sends for `npm unpublish web@2.0.0`: latest moves to the highest remaining version.
     let good = json!({"_id": "web", "name": "web", "_rev": "4-a", "maintainers": [{"name": "pub"}],
         "dist-tags": {"latest": "1.5.0", "old": "1.0.0"},
         "versions": {"1.0.0": {"v": 1}, "1.5.0": {"v": 15}}, "time": {"1.0.0": "t1"}});
     assert_eq!(check_unpublish_version(good.to_string().as_bytes(), upstream), Ok(()));
+    // Keys npm leaves out may also be sent as the upstream has them.
+    let mut echoed = good.clone();
+    echoed["_attachments"] = json!({});
+    echoed["_revisions"] = json!(["4-a"]);
+    assert_eq!(check_unpublish_version(echoed.to_string().as_bytes(), upstream), Ok(()));
     type Edit = fn(&mut Value);
     let table: &[(&str, Edit)] = &[
         ("nothing removed", |b| b["versions"]["2.0.0"] = json!({"v": 2})),
@@ -203,6 +208,14 @@ fn version_removals_change_nothing_else() {
         ("a tag added", |b| b["dist-tags"]["evil"] = json!("1.0.0")),
         ("maintainers changed", |b| b["maintainers"] = json!([{"name": "eve"}])),
         ("a version added", |b| b["versions"]["9.9.9"] = json!({})),
+        ("an attachment added", |b| b["_attachments"] = json!({"web-9.9.9.tgz": {"data": "QUJD"}})),
+        ("an attachment of a kept version", |b| b["_attachments"] = json!({"web-1.0.0.tgz": {"data": "QUJD"}})),
+        ("revisions rewritten", |b| b["_revisions"] = json!(["9-z"])),
+        ("time rewritten", |b| b["time"] = json!({"1.0.0": "forged"})),
+        ("a maintainer list left out", |b| {
+            b.as_object_mut().unwrap().remove("maintainers");
+        }),
+        ("a new top-level key", |b| b["readme"] = json!("rewritten")),
     ];
     for (what, edit) in table {
         let mut body = good.clone();

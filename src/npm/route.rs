@@ -15,8 +15,10 @@ pub enum Route {
     /// The broker's own exchange: `POST /-/phantom/v1/exchange`.
     PhantomExchange,
     /// Endpoints that are never forwarded with a real credential (tokens, login, users, trust,
-    /// org and team administration, profile and 2FA).
-    Forbidden { what: &'static str },
+    /// org and team administration, profile and 2FA, stage review). `path` is the route's fixed
+    /// prefix, with `{name}` for the package when there is one: what follows in the request's
+    /// path (ids, user names, tokens) is the caller's text and is not kept.
+    Forbidden { what: &'static str, path: &'static str, package: Option<PackageName> },
     /// A registry operation to forward.
     Registry(NpmRequest),
 }
@@ -258,7 +260,7 @@ fn is_dot_segment(s: &str) -> bool {
 
 fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {
     let get = is_read_method(method);
-    let forbidden = |what| Ok(Route::Forbidden { what });
+    let forbidden = |what, path| Ok(Route::Forbidden { what, path, package: None });
     let simple = |op: Op, query_ok: bool| -> Result<Route, RouteError> {
         if !get {
             return Err(RouteError::MethodNotAllowed);
@@ -306,9 +308,10 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
                 query: None,
             }))
         }
-        ["npm", "v1", "tokens", ..] => forbidden("token management"),
-        ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings"),
-        ["v1", "login", ..] | ["v1", "done", ..] => forbidden("login"),
+        ["npm", "v1", "tokens", ..] => forbidden("token management", "/-/npm/v1/tokens"),
+        ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings", "/-/npm/v1/user"),
+        ["v1", "login", ..] => forbidden("login", "/-/v1/login"),
+        ["v1", "done", ..] => forbidden("login", "/-/v1/done"),
         ["user", who] if get && who.starts_with("org.couchdb.user:") => {
             let name = &who["org.couchdb.user:".len()..];
             let ok = !name.is_empty()
@@ -321,12 +324,13 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
             }
             simple(Op::UserLookup { name: name.to_owned() }, false)
         }
-        ["user", ..] => forbidden("user accounts"),
-        ["org", ..] => forbidden("org administration"),
-        ["team", ..] => forbidden("team administration"),
+        ["user", ..] => forbidden("user accounts", "/-/user"),
+        ["org", ..] => forbidden("org administration", "/-/org"),
+        ["team", ..] => forbidden("team administration", "/-/team"),
         ["package", name, "trust", ..] => {
-            parse_escaped_name(name)?;
-            forbidden("trusted-publisher configuration")
+            let (package, _) = parse_escaped_name(name)?;
+            let (what, path) = ("trusted-publisher configuration", "/-/package/{name}/trust");
+            Ok(Route::Forbidden { what, path, package: Some(package) })
         }
         ["package", name, rest @ ..] => {
             let (package, form) = parse_escaped_name(name)?;
@@ -352,7 +356,7 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
             package_request(method, package, Op::StagePublish, form, query)
         }
         // Approving or discarding a staged version is for humans with 2FA, never the broker.
-        ["stage", ..] => forbidden("staged-publish review"),
+        ["stage", ..] => forbidden("staged-publish review", "/-/stage"),
         _ => Err(RouteError::UnknownRoute),
     }
 }
@@ -476,9 +480,13 @@ impl NpmRequest {
         &self.op
     }
 
-    /// True when the body must be read and checked before anything is forwarded.
-    pub fn needs_body_check(&self) -> bool {
-        matches!(self.op, Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. })
+    /// Writes that carry a JSON body (checked before anything decisive is forwarded). Other
+    /// writes take no body at all.
+    pub fn takes_body(&self) -> bool {
+        matches!(
+            self.op,
+            Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. } | Op::AccessSet
+        )
     }
 
     pub fn is_read(&self) -> bool {
@@ -517,6 +525,16 @@ impl NpmRequest {
             _ => &[Read],
         };
         list.iter().copied().collect()
+    }
+
+    /// The action as far as the route tells it, for the audit log: the one action, or both
+    /// that the body will decide between.
+    pub fn action_label(&self) -> &'static str {
+        match self.op {
+            Op::PutPackument => "publish|deprecate",
+            Op::PutRevision { .. } => "unpublish|owner",
+            _ => self.candidate_actions().iter().next().map_or("read", ActionKind::as_str),
+        }
     }
 
     /// The path and query to send upstream, rebuilt from the classified parts.

@@ -41,6 +41,10 @@ pub struct Scanned {
 pub struct PublishScanner {
     skeleton: Vec<u8>,
     max_skeleton: usize,
+    /// Bytes fed so far.
+    offset: u64,
+    /// The offset of the byte that closed the top-level object or array, once one has.
+    closed_at: Option<u64>,
     stack: Vec<Frame>,
     in_string: bool,
     escaped: bool,
@@ -57,6 +61,8 @@ impl PublishScanner {
         PublishScanner {
             skeleton: Vec::with_capacity(4096),
             max_skeleton,
+            offset: 0,
+            closed_at: None,
             stack: Vec::new(),
             in_string: false,
             escaped: false,
@@ -68,6 +74,8 @@ impl PublishScanner {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), ScanError> {
+        let start = self.offset;
+        self.offset += chunk.len() as u64;
         let mut i = 0;
         while i < chunk.len() {
             if self.data {
@@ -146,7 +154,9 @@ impl PublishScanner {
                 }
                 b'}' | b']' => {
                     self.push(&[b])?;
-                    self.stack.pop();
+                    if self.stack.pop().is_some() && self.stack.is_empty() && self.closed_at.is_none() {
+                        self.closed_at = Some(start + i as u64 - 1);
+                    }
                     self.after_value();
                 }
                 b',' => {
@@ -161,6 +171,17 @@ impl PublishScanner {
         Ok(())
     }
 
+    /// The offset of the byte that closed the body's top-level object (or array), if one has:
+    /// a document that the upstream could parse ends there.
+    pub fn closed_at(&self) -> Option<u64> {
+        self.closed_at
+    }
+
+    /// Memory the skeleton holds (its capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.skeleton.capacity()
+    }
+
     pub fn finish(self) -> Result<Scanned, ScanError> {
         if self.in_string || !self.stack.is_empty() {
             return Err(ScanError::Malformed);
@@ -169,8 +190,14 @@ impl PublishScanner {
     }
 
     fn push(&mut self, bytes: &[u8]) -> Result<(), ScanError> {
-        if self.skeleton.len() + bytes.len() > self.max_skeleton {
+        let len = self.skeleton.len();
+        if len + bytes.len() > self.max_skeleton {
             return Err(ScanError::SkeletonTooLarge);
+        }
+        if len + bytes.len() > self.skeleton.capacity() {
+            // Growth by a quarter (not doubled): the capacity is what the memory budget is
+            // charged, so it stays close to what is held.
+            self.skeleton.reserve_exact(bytes.len().max(len / 4).max(4096));
         }
         self.skeleton.extend_from_slice(bytes);
         Ok(())
@@ -291,6 +318,23 @@ mod tests {
             assert_eq!(s.data_bytes, 0, "{body}");
             assert_eq!(s.skeleton, body.as_bytes());
         }
+    }
+
+    #[test]
+    fn the_top_level_close_is_found_at_any_chunking() {
+        let body = br#" {"a": "}", "b": [1, {"c": "\"}"}], "_attachments": {"a.tgz": {"data": "QUJD"}}} "#;
+        let at = body.len() as u64 - 2;
+        for chunk in 1..body.len() {
+            let mut s = PublishScanner::new(1 << 20);
+            for (i, c) in body.chunks(chunk).enumerate() {
+                s.feed(c).unwrap();
+                let seen = (i * chunk + c.len()) as u64;
+                assert_eq!(s.closed_at(), (seen > at).then_some(at), "chunk {chunk}");
+            }
+        }
+        let mut s = PublishScanner::new(1 << 20);
+        s.feed(b"\"a string\"").unwrap();
+        assert_eq!(s.closed_at(), None);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Phantom tokens: their format and the store of live ones.
 
+pub mod fingerprint;
 pub mod store;
 pub mod token;
 
+pub use fingerprint::Fingerprinter;
 pub use store::{
     Fingerprint, Listed, Lookup, MemoryStore, PhantomRecord, PhantomStore, Selector, StoreError, UseOutcome,
 };

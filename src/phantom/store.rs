@@ -106,6 +106,12 @@ pub trait PhantomStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
+    /// Whether a write may be opened at all: the phantom is live and has a use left, or its last
+    /// write failed upstream (sending it again is a retry, not a use). Asked before a write's
+    /// body is read, so that a spent phantom cannot hold a request open; the use itself is
+    /// spent atomically by `consume_use` once the body has been checked.
+    fn may_write(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Records whether the request with `fingerprint` succeeded upstream: after a success, sending
     /// it again is a new use, not a retry.
     fn settle(
@@ -194,6 +200,15 @@ impl PhantomStore for MemoryStore {
         e.used += 1;
         e.last = Some((fingerprint, false));
         Ok(UseOutcome::Counted { remaining: max.map(|m| m - e.used) })
+    }
+
+    async fn may_write(&self, digest: &TokenDigest, now: u64) -> Result<bool, StoreError> {
+        Ok(self.phantoms.get(digest).is_some_and(|e| {
+            let live = !e.revoked && now < e.record.expires_at;
+            let use_left = e.record.max_uses.is_none_or(|m| e.used < m);
+            let retry = matches!(e.last, Some((_, false)));
+            live && (use_left || retry)
+        }))
     }
 
     async fn settle(&self, digest: &TokenDigest, fingerprint: Fingerprint, succeeded: bool) -> Result<(), StoreError> {
@@ -286,6 +301,7 @@ mod tests {
             assert!(matches!(s.lookup(&d, 100).await.unwrap(), Lookup::Expired));
             assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
             let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
+            assert!(s.may_write(&d, 50).await.unwrap());
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
             // The upstream failed (npm retries on 5xx): the same request again is free.
             s.settle(&d, [1; 32], false).await.unwrap();
@@ -293,6 +309,10 @@ mod tests {
             // It succeeded: sending it again is a new use.
             s.settle(&d, [1; 32], true).await.unwrap();
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
+            // The last use is spent and pending: it may still be retried if it fails.
+            assert!(s.may_write(&d, 50).await.unwrap());
+            s.settle(&d, [1; 32], true).await.unwrap();
+            assert!(!s.may_write(&d, 50).await.unwrap(), "a spent phantom may open a write");
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
             // Only the last request is a retry, not any earlier one.
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Exhausted);
@@ -304,6 +324,7 @@ mod tests {
             assert!(s.list(50).await.unwrap().is_empty());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));
             assert_eq!(use_(1).await.unwrap(), UseOutcome::NotLive);
+            assert!(!s.may_write(&d, 50).await.unwrap());
             s.sweep(100 + EXPIRED_GRACE).await;
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Unknown));
         });

@@ -88,7 +88,7 @@ struct GrantFile {
 }
 
 /// Parses and validates one policy file. Errors name the grant and the key.
-pub fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Vec<Grant>, String> {
+pub(super) fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Vec<Grant>, String> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
     file.grant
         .into_iter()

@@ -59,6 +59,11 @@ impl<T> Authorized<T> {
     pub fn grant(&self) -> &Grant {
         &self.grant
     }
+    /// The permitted value, for an authorization that must be made again (a write's exact
+    /// action, once its body has been read).
+    pub fn into_inner(self) -> T {
+        self.inner
+    }
 }
 
 /// Why a request was denied. Shown in the audit log and by `policy explain`, never to callers.
@@ -252,22 +257,22 @@ impl Policy {
         Ok(Authorized { inner, grant: g.clone() })
     }
 
-    /// For a body that streams upstream while it is checked: before the first byte goes out,
-    /// the grant must still match, the package must be in scope, and one of `candidates` (the
-    /// actions the body may turn out to be) must be allowed. The exact action and its tags are
-    /// authorized with `authorize` before the body's last bytes are released.
+    /// For a write whose body has not been read yet (and may stream upstream while it is
+    /// checked): the grant must still match, the package must be in scope, and one of
+    /// `candidates` (the actions the body may turn out to be) must be allowed. The exact action
+    /// and its tags are authorized with `authorize` before anything decisive is released.
     pub fn authorize_provisional<T>(
         &self,
         identity: &Identity,
         grant: &str,
         scope: &Scope,
-        package: &PackageName,
+        package: Option<&PackageName>,
         candidates: ActionSet,
         inner: T,
     ) -> Result<Authorized<T>, Denial> {
         let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
         matches_identity(g, identity)?;
-        if !scope.packages.contains(package) || !g.covers_package(package) {
+        if package.is_some_and(|p| !scope.packages.contains(p) || !g.covers_package(p)) {
             return Err(Denial::PackageOutOfScope);
         }
         if scope.actions.intersect(g.actions).intersect(candidates).is_empty() {

@@ -240,16 +240,16 @@ fn provisional_authorization() {
     let scope = Scope { packages: vec![pkg("@acme/web")], actions: [ActionKind::Publish].into_iter().collect() };
     let put: ActionSet = [ActionKind::Publish, ActionKind::Deprecate].into_iter().collect();
     let unpublish: ActionSet = [ActionKind::Unpublish].into_iter().collect();
-    assert!(p.authorize_provisional(&id, "acme-web-release", &scope, &pkg("@acme/web"), put, ()).is_ok());
+    assert!(p.authorize_provisional(&id, "acme-web-release", &scope, Some(&pkg("@acme/web")), put, ()).is_ok());
     let other = pkg("@acme/web-ui");
     assert_eq!(
-        p.authorize_provisional(&id, "acme-web-release", &scope, &other, put, ()).err(),
+        p.authorize_provisional(&id, "acme-web-release", &scope, Some(&other), put, ()).err(),
         Some(Denial::PackageOutOfScope)
     );
     assert_eq!(
-        p.authorize_provisional(&id, "acme-web-release", &scope, &pkg("@acme/web"), unpublish, ()).err(),
+        p.authorize_provisional(&id, "acme-web-release", &scope, Some(&pkg("@acme/web")), unpublish, ()).err(),
         Some(Denial::ActionOutOfScope("unpublish"))
     );
     let moved = github(json!({"ref": "refs/heads/dev"}));
-    assert!(p.authorize_provisional(&moved, "acme-web-release", &scope, &pkg("@acme/web"), put, ()).is_err());
+    assert!(p.authorize_provisional(&moved, "acme-web-release", &scope, Some(&pkg("@acme/web")), put, ()).is_err());
 }

@@ -3,7 +3,7 @@
 //! action is audited.
 
 use super::App;
-use crate::audit::{self, rfc3339, Record};
+use crate::audit::{self, rfc3339, Decision, Event, Record};
 use crate::json::parse_object;
 use crate::net::{self, Body};
 use crate::phantom::{PhantomStore, Selector};
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
@@ -28,11 +28,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         _ => return reply(StatusCode::NOT_FOUND, json!({"message": "not found"})),
     }
     let mut rec = Record {
-        event: "admin",
+        event: Event::Admin,
         request_id: String::new(),
         method: Some(audit::method(req.method())),
         path: Some(path.clone()),
-        decision: "deny",
+        decision: Decision::Deny,
         ..Record::default()
     };
     let (status, body) = if !authorized(&app, &req) {
@@ -41,7 +41,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     } else {
         match route(&app, req, &mut rec).await {
             Ok(v) => {
-                rec.decision = "allow";
+                rec.decision = Decision::Allow;
                 (StatusCode::OK, v)
             }
             Err((status, msg)) => {
@@ -60,12 +60,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
     let Some(expected) = app.admin_token.as_ref() else { return false };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
+    let given = match net::bearer(req.headers()) {
+        net::Bearer::Token(token) => token,
+        _ => "",
+    };
     bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes()))
 }
 

@@ -7,8 +7,9 @@
 //! for the client's next bytes with no buffer of its own. Those bytes start a new hyper
 //! connection on the same stream.
 
-use super::{admin, handler, Shared};
+use super::{admin, Shared};
 use crate::net::Body;
+use crate::pipeline;
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -29,7 +30,7 @@ use tokio_rustls::server::TlsStream;
 
 /// How long an HTTP/1.1 connection idles before its HTTP state is released (it happens between
 /// one and two of these after the last response).
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(super) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a closing connection may take to send its TLS close_notify.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -39,13 +40,13 @@ type Tls = TlsStream<tokio::net::TcpStream>;
 /// A connection's part in a graceful stop: it watches `stop`, and the listener waits until
 /// every connection has dropped its `alive` handle.
 #[derive(Clone)]
-pub struct Drain {
+pub(super) struct Drain {
     stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 }
 
 impl Drain {
-    pub fn new(stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) -> Drain {
+    pub(super) fn new(stop: watch::Receiver<bool>, alive: mpsc::Sender<()>) -> Drain {
         Drain { stop, _alive: alive }
     }
 
@@ -87,7 +88,7 @@ impl Drop for InFlight {
 }
 
 /// A response body that tells the connection when it is done.
-pub struct Tracked {
+pub(super) struct Tracked {
     inner: Body,
     _in_flight: InFlight,
 }
@@ -112,7 +113,7 @@ impl http_body::Body for Tracked {
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
 
 /// TLS, then HTTP/1.1 or HTTP/2 by ALPN, on a task of the current runtime.
-pub fn spawn(
+pub(super) fn spawn(
     shared: &Arc<Shared>,
     tcp: tokio::net::TcpStream,
     permit: tokio::sync::OwnedSemaphorePermit,
@@ -146,7 +147,7 @@ pub fn spawn(
                     });
                 }
                 Box::pin(async move {
-                    Ok(handler::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
+                    Ok(pipeline::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
                 })
             })
         };

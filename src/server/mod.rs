@@ -1,151 +1,25 @@
-//! The registry-facing HTTPS listener and the state every request shares.
+//! Transport: the registry-facing TLS listener and its worker threads, connections, graceful
+//! drain, and the admin face. What a request does is the pipeline's business (`crate::pipeline`).
 
 mod admin;
 mod conn;
-mod exchange;
-mod handler;
-mod publish;
-mod refusal;
 
-pub use refusal::Refusal;
+pub use crate::app::App;
 
-use crate::audit::Audit;
-use crate::config::Config;
-use crate::credentials::{read_secret, Credentials};
-use crate::identity::Issuers;
 use crate::net;
-use crate::phantom::{MemoryStore, PhantomStore};
-use crate::policy::{Glob, Policy, PolicyContext};
-use crate::secret::Secret;
+use crate::phantom::PhantomStore;
 use crate::upstream::Upstreams;
 use conn::Drain;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use ring::rand::{SecureRandom, SystemRandom};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything a request needs, built once from the config.
-pub struct App {
-    pub config: Config,
-    policy: RwLock<Arc<Policy>>,
-    pub issuers: Issuers,
-    pub store: MemoryStore,
-    pub credentials: Credentials,
-    upstreams: Arc<Upstreams>,
-    pub audit: Audit,
-    pub rng: SystemRandom,
-    npm_audience: String,
-    /// Package patterns whose writes are frozen (incident response).
-    frozen: RwLock<Vec<Glob>>,
-    admin_token: Option<Secret>,
-    /// Permits, in KiB, for request bodies held in memory (`server.max_buffered_bytes`).
-    buffer_budget: Arc<tokio::sync::Semaphore>,
-    buffer_budget_kib: u32,
-    request_prefix: String,
-    requests: std::sync::atomic::AtomicU64,
-}
-
-impl App {
-    /// Loads policy, credentials and the audit log, and prepares the clients. Any error stops
-    /// the start with a message naming the file and the problem.
-    pub fn new(config: Config) -> Result<App, String> {
-        let issuers = config.issuer_names();
-        let credentials = config.credential_names();
-        let ctx = PolicyContext {
-            issuers: &issuers,
-            credentials: &credentials,
-            default_ttl: config.server.default_ttl,
-            max_ttl: config.server.max_ttl,
-        };
-        let policy = Policy::load_dir(&config.policy_dir, &ctx).map_err(|e| e.to_string())?;
-        let admin_token = match &config.admin {
-            Some(a) => Some(read_secret(&a.token).map_err(|e| format!("admin token: {e}"))?),
-            None => None,
-        };
-        let rng = SystemRandom::new();
-        let audit_key = match &config.audit.key {
-            Some(source) => read_secret(source).map_err(|e| format!("audit key: {e}"))?.expose().as_bytes().to_vec(),
-            None => {
-                let mut key = vec![0u8; 32];
-                rng.fill(&mut key).map_err(|_| "the system random source failed")?;
-                tracing::info!("token ids in the audit log use a per-process key; set [audit] key to keep them stable across restarts");
-                key
-            }
-        };
-        let buffer_budget_kib = u32::try_from(config.server.max_buffered_bytes / 1024).unwrap_or(u32::MAX >> 4);
-        let buffer_budget_kib = buffer_budget_kib.min(tokio::sync::Semaphore::MAX_PERMITS as u32);
-        let mut prefix = [0u8; 4];
-        rng.fill(&mut prefix).map_err(|_| "the system random source failed")?;
-        let app = App {
-            request_prefix: crate::audit::hex(&prefix),
-            requests: std::sync::atomic::AtomicU64::new(0),
-            buffer_budget: Arc::new(tokio::sync::Semaphore::new(buffer_budget_kib as usize)),
-            buffer_budget_kib,
-            npm_audience: config.server.npm_audience(),
-            issuers: Issuers::new(&config.issuers)?,
-            credentials: Credentials::load(&config.credentials)?,
-            upstreams: Arc::new(Upstreams::new(&config.upstreams, config.server.upstream_timeout)?),
-            audit: Audit::open(&config.audit.path, &audit_key).map_err(|e| e.to_string())?,
-            policy: RwLock::new(Arc::new(policy)),
-            store: MemoryStore::new(),
-            rng,
-            frozen: RwLock::new(Vec::new()),
-            admin_token,
-            config,
-        };
-        Ok(app)
-    }
-
-    /// The policy in force now.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// The upstream clients of the current worker thread (or the shared ones elsewhere).
-    pub fn upstreams(&self) -> Arc<Upstreams> {
-        WORKER_UPSTREAMS.with(|w| w.borrow().clone()).unwrap_or_else(|| self.upstreams.clone())
-    }
-
-    pub fn npm_audience(&self) -> &str {
-        &self.npm_audience
-    }
-
-    /// Re-reads the policy directory. On any error the policy in force is kept.
-    pub fn reload_policy(&self) -> Result<usize, String> {
-        let issuers = self.config.issuer_names();
-        let credentials = self.config.credential_names();
-        let ctx = PolicyContext {
-            issuers: &issuers,
-            credentials: &credentials,
-            default_ttl: self.config.server.default_ttl,
-            max_ttl: self.config.server.max_ttl,
-        };
-        let policy = Policy::load_dir(&self.config.policy_dir, &ctx).map_err(|e| e.to_string())?;
-        let n = policy.len();
-        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        Ok(n)
-    }
-
-    /// Whether writes to `package` are frozen.
-    pub fn is_frozen(&self, package: &crate::npm::PackageName) -> bool {
-        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().any(|g| g.matches(package.as_str()))
-    }
-
-    pub fn frozen_patterns(&self) -> Vec<String> {
-        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().map(|g| g.as_str().to_owned()).collect()
-    }
-
-    fn set_frozen(&self, update: impl FnOnce(&mut Vec<Glob>)) {
-        update(&mut self.frozen.write().unwrap_or_else(|p| p.into_inner()));
-    }
-}
 
 /// Binds a listening socket that other workers can bind too (`SO_REUSEPORT`: the kernel spreads
 /// connections across them). Only sockets of the same user can share the port.
@@ -155,12 +29,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
-}
-
-thread_local! {
-    /// A worker thread's own upstream clients: its pooled connections live on its own runtime,
-    /// so a request never wakes another thread.
-    static WORKER_UPSTREAMS: std::cell::RefCell<Option<Arc<Upstreams>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// What every worker shares.
@@ -275,7 +143,7 @@ pub async fn serve(
 async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let config = &shared.app.config;
     match Upstreams::new(&config.upstreams, config.server.upstream_timeout) {
-        Ok(u) => WORKER_UPSTREAMS.with(|w| *w.borrow_mut() = Some(Arc::new(u))),
+        Ok(u) => crate::app::set_worker_upstreams(u),
         Err(e) => tracing::error!(error = %e, "a worker uses the shared upstream clients"),
     }
     let listener = match TcpListener::from_std(listener) {

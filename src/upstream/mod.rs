@@ -2,7 +2,7 @@
 //! carries a real credential, and keeping that credential out of every response.
 
 use crate::config::UpstreamConfig;
-use crate::credentials::Credential;
+use crate::credentials::UpstreamAuth;
 use crate::net::{self, Body, BoxError};
 use crate::npm::PackageName;
 use bytes::{Bytes, BytesMut};
@@ -19,9 +19,9 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 mod pool;
-pub use pool::Pooled;
+pub(crate) use pool::Pooled;
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub name: std::sync::Arc<str>,
     /// The `Host` of every request.
     host: HeaderValue,
@@ -32,7 +32,7 @@ pub struct Upstream {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("the upstream did not answer in time")]
     Timeout,
     #[error("the upstream request failed: {0}")]
@@ -42,7 +42,7 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             UpstreamError::Timeout => 504,
             _ => 502,
@@ -52,14 +52,12 @@ impl UpstreamError {
 
 /// Request headers passed to the upstream (besides `npm-*` and `pacote-*`). Everything else,
 /// including `Cookie`, `Proxy-Authorization`, hop-by-hop and forwarding headers, is dropped.
+/// The headers that say how to read a body are the caller's `Content`'s business, and the
+/// framing (`Content-Length`, `Transfer-Encoding`) is always hyper's, from the body it is given.
 const PASSED_REQUEST_HEADERS: &[HeaderName] = &[
     header::ACCEPT,
     header::ACCEPT_LANGUAGE,
     header::CACHE_CONTROL,
-    // Bodies are forwarded as received (npm gzips its audit posts); body-checked writes are
-    // refused unless they are plain JSON.
-    header::CONTENT_ENCODING,
-    header::CONTENT_TYPE,
     header::IF_MATCH,
     header::IF_MODIFIED_SINCE,
     header::IF_NONE_MATCH,
@@ -81,8 +79,23 @@ static DROPPED_RESPONSE_HEADERS: [HeaderName; 10] = [
     header::ALT_SVC,
 ];
 
+/// How the upstream is told to read a request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Content {
+    /// No body: no content headers.
+    None,
+    /// A body the broker checked as JSON: `Content-Type: application/json` exactly, and nothing
+    /// of the caller's (charset, encoding) that could make the upstream read other text.
+    Json,
+    /// A read's body, relayed unchecked with the caller's `Content-Type` and `Content-Encoding`
+    /// (npm gzips its audit posts), and never with a credential.
+    AsSent,
+}
+
+static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
 impl Upstream {
-    pub fn new(cfg: &UpstreamConfig, timeout: Duration) -> Result<Upstream, String> {
+    pub(crate) fn new(cfg: &UpstreamConfig, timeout: Duration) -> Result<Upstream, String> {
         let tls = net::client_config(cfg.ca_file.as_deref()).map_err(|e| format!("upstream `{}`: {e}", cfg.name))?;
         if cfg.url.scheme_str() == Some("http") {
             tracing::warn!(upstream = %cfg.name, "plain http:// upstream (loopback only): the credential crosses it unencrypted");
@@ -98,22 +111,23 @@ impl Upstream {
         })
     }
 
-    /// Sends one request. `path` comes from the classifier; `credential`, if any, goes into
-    /// `Authorization` for this request only.
-    pub async fn send(
+    /// Sends one request. `path` comes from the classifier; `auth`'s credential, if any, goes
+    /// into `Authorization` for this request only.
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
         incoming: &HeaderMap,
+        content: Content,
         body: Body,
-        credential: Option<&Credential>,
+        auth: &UpstreamAuth<'_>,
     ) -> Result<Response<Pooled>, UpstreamError> {
         // A bodiless GET or HEAD may go again on a new connection if a kept one closed before
         // answering it (RFC 9110, 9.2.2): the upstream closing an idle connection just as the
         // request went out is not the caller's failure.
         let replayable = http_body::Body::is_end_stream(&body) && (method == Method::GET || method == Method::HEAD);
-        let req = self.request(method.clone(), path, incoming, body, credential)?;
-        let again = || self.request(method.clone(), path, incoming, net::empty(), credential).ok();
+        let req = self.request(method.clone(), path, incoming, content, body, auth)?;
+        let again = || self.request(method.clone(), path, incoming, content, net::empty(), auth).ok();
         let again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)> = if replayable { Some(&again) } else { None };
         match tokio::time::timeout(self.timeout, self.pool.send(req, again)).await {
             Err(_) => Err(UpstreamError::Timeout),
@@ -122,15 +136,16 @@ impl Upstream {
         }
     }
 
-    /// The request as the upstream gets it: origin-form, its own `Host`, the passed headers and
-    /// the credential.
+    /// The request as the upstream gets it: origin-form, its own `Host`, the passed headers,
+    /// the content headers and the credential.
     fn request(
         &self,
         method: Method,
         path: &str,
         incoming: &HeaderMap,
+        content: Content,
         body: Body,
-        credential: Option<&Credential>,
+        auth: &UpstreamAuth<'_>,
     ) -> Result<Request<Body>, UpstreamError> {
         let uri = if self.prefix.is_empty() {
             Uri::try_from(path)
@@ -148,7 +163,20 @@ impl Upstream {
                 headers.append(name.clone(), value.clone());
             }
         }
-        match credential {
+        match content {
+            Content::None => {}
+            Content::Json => {
+                headers.insert(header::CONTENT_TYPE, JSON.clone());
+            }
+            Content::AsSent => {
+                for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+                    for value in incoming.get_all(&name) {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        match auth.credential() {
             Some(c) => {
                 headers.insert(header::AUTHORIZATION, c.authorization().clone());
                 // Responses must be readable to be scrubbed of the credential.
@@ -164,15 +192,15 @@ impl Upstream {
     }
 
     /// GETs a document with the credential, for checks that compare against upstream state.
-    pub async fn fetch_json(
+    pub(crate) async fn fetch_json(
         &self,
         path: &str,
-        credential: &Credential,
+        auth: &UpstreamAuth<'_>,
         max: usize,
     ) -> Result<(u16, Bytes), UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let resp = self.send(Method::GET, path, &headers, net::empty(), Some(credential)).await?;
+        let resp = self.send(Method::GET, path, &headers, Content::None, net::empty(), auth).await?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), max)
             .collect()
@@ -185,9 +213,9 @@ impl Upstream {
 
 /// Makes a client-facing response from the upstream's. When the request carried a real
 /// credential, the credential is cut out of every header and every body byte.
-pub fn relay(
+pub(crate) fn relay(
     resp: Response<Pooled>,
-    credential: Option<&Credential>,
+    auth: &UpstreamAuth<'_>,
     idle: Duration,
 ) -> Result<Response<Body>, UpstreamError> {
     let (mut parts, body) = resp.into_parts();
@@ -207,7 +235,7 @@ pub fn relay(
     for name in connection_listed {
         parts.headers.remove(name);
     }
-    let Some(credential) = credential else {
+    let Some(credential) = auth.credential() else {
         return Ok(Response::from_parts(parts, body.boxed_unsync()));
     };
     let encoded =
@@ -233,7 +261,7 @@ pub fn relay(
 
 /// A body that overwrites every occurrence of a secret with `*`, across chunk boundaries.
 /// Lengths are kept, so `Content-Length` stays right.
-pub struct Scrub<B> {
+pub(crate) struct Scrub<B> {
     inner: B,
     secret: Arc<Zeroizing<Vec<u8>>>,
     /// Bytes held back because a secret could start in them and end in the next chunk.
@@ -242,7 +270,7 @@ pub struct Scrub<B> {
 }
 
 impl<B> Scrub<B> {
-    pub fn new(inner: B, secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub<B> {
+    pub(crate) fn new(inner: B, secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub<B> {
         Scrub { inner, secret, held: BytesMut::new(), done: false }
     }
 
@@ -313,14 +341,14 @@ where
 }
 
 /// The configured upstreams, routed by package scope.
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     list: Vec<Arc<Upstream>>,
     by_scope: HashMap<String, usize>,
     default: Option<usize>,
 }
 
 impl Upstreams {
-    pub fn new(configs: &[UpstreamConfig], timeout: Duration) -> Result<Upstreams, String> {
+    pub(crate) fn new(configs: &[UpstreamConfig], timeout: Duration) -> Result<Upstreams, String> {
         let mut u = Upstreams { list: Vec::new(), by_scope: HashMap::new(), default: None };
         for (i, cfg) in configs.iter().enumerate() {
             u.list.push(Arc::new(Upstream::new(cfg, timeout)?));
@@ -337,7 +365,7 @@ impl Upstreams {
     }
 
     /// The upstream that owns `package` (or, for package-less routes, the default one).
-    pub fn route(&self, package: Option<&PackageName>) -> Option<&Arc<Upstream>> {
+    pub(crate) fn route(&self, package: Option<&PackageName>) -> Option<&Arc<Upstream>> {
         let scoped = package.and_then(|p| p.scope()).and_then(|s| self.by_scope.get(s));
         scoped.or(self.default.as_ref()).map(|&i| &self.list[i])
     }

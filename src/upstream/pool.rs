@@ -32,7 +32,7 @@ const MAX_IDLE: usize = 64;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_FOR: Duration = Duration::from_secs(60);
 
-pub struct Pool {
+pub(super) struct Pool {
     host: String,
     port: u16,
     /// `None` for a plain `http://` upstream (loopback only).
@@ -50,7 +50,7 @@ struct Idle {
 type IdleList = Arc<Mutex<Vec<Idle>>>;
 
 impl Pool {
-    pub fn new(url: &http::Uri, tls: rustls::ClientConfig, connect_timeout: Duration) -> Result<Pool, String> {
+    pub(super) fn new(url: &http::Uri, tls: rustls::ClientConfig, connect_timeout: Duration) -> Result<Pool, String> {
         let authority = url.authority().ok_or("upstream URL without host")?;
         // An IPv6 literal is bracketed in a URL, and neither a socket address nor a server name.
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -78,7 +78,7 @@ impl Pool {
     /// the next connection. If the connection failed after the request went out but before any
     /// answer, the request is lost; `again`, given only for requests that may be repeated,
     /// builds it anew for one more try, on a new connection.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         mut req: Request<Body>,
         again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)>,
@@ -154,7 +154,7 @@ impl Pool {
 
 /// A response body that returns its connection to the pool once it has ended. A body dropped
 /// before its end closes the connection (hyper cannot reuse it mid-message).
-pub struct Pooled {
+pub(crate) struct Pooled {
     body: Incoming,
     back: Option<(SendRequest<Body>, IdleList)>,
 }

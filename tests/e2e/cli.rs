@@ -91,9 +91,9 @@ fn audit_verify_names_the_altered_line() {
     let audit = phantom_broker::audit::Audit::open(&path, b"key").unwrap();
     for i in 0..5 {
         let rec = phantom_broker::audit::Record {
-            event: "request",
+            event: phantom_broker::audit::Event::Request,
             request_id: format!("r{i}"),
-            decision: "allow",
+            decision: phantom_broker::audit::Decision::Allow,
             status: 201,
             ..Default::default()
         };

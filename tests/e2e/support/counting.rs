@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub struct Counting {
+pub(crate) struct Counting {
     pub port: u16,
     accepted: Arc<AtomicUsize>,
     close: Arc<tokio::sync::Notify>,
@@ -29,7 +29,7 @@ impl Drop for Counting {
 impl Counting {
     /// Serves TLS with `cert`/`key`: `…empty` answers 204 with no body, anything else 200 with a
     /// small JSON body.
-    pub fn start(cert: &Path, key: &Path) -> Counting {
+    pub(crate) fn start(cert: &Path, key: &Path) -> Counting {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let tls = phantom_broker::net::server_config(cert, key).unwrap();
         let mut tls = (*tls).clone();
@@ -70,12 +70,12 @@ impl Counting {
     }
 
     /// Connections accepted so far.
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection.
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         self.close.notify_waiters();
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How the end of an HTTP/2 request body is signalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum H2End {
+pub(crate) enum H2End {
     /// END_STREAM on the frame carrying the last bytes.
     OnLastData,
     /// Every byte in frames without END_STREAM, then one empty DATA frame with END_STREAM.
@@ -20,7 +20,7 @@ pub enum H2End {
 
 /// A way to frame a body.
 #[derive(Debug, Clone)]
-pub enum Framing {
+pub(crate) enum Framing {
     /// HTTP/1.1 with `content-length`, written to the socket in pieces of these sizes (cycled).
     Length(Vec<usize>),
     /// HTTP/1.1 `transfer-encoding: chunked`, chunks of these sizes (cycled; a 0 in the list
@@ -32,7 +32,7 @@ pub enum Framing {
 
 impl Framing {
     /// Every framing the write-integrity tests try: sizes 0, 1, odd and large.
-    pub fn all() -> Vec<Framing> {
+    pub(crate) fn all() -> Vec<Framing> {
         vec![
             Framing::Length(vec![usize::MAX]),
             Framing::Length(vec![1, 7, 4093]),
@@ -62,14 +62,14 @@ fn pieces(body: &[u8], sizes: &[usize]) -> Vec<Bytes> {
 
 /// What the broker answered.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub body: String,
 }
 
 /// Sends `method path` to the broker on 127.0.0.1:`port` with `headers` and `body` framed as
 /// `framing`, and returns the answer (status 0 if the broker closed without one).
-pub fn send(
+pub(crate) fn send(
     port: u16,
     ca: &Path,
     method: &str,

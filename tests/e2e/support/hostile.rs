@@ -13,15 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-pub struct Hostile {
+pub(crate) struct Hostile {
     pub port: u16,
     pub elsewhere_port: u16,
     /// Authorization headers the hostile upstream received.
     pub seen: Arc<Mutex<Vec<String>>>,
     /// Requests that reached the host it redirects to.
     pub elsewhere: Arc<Mutex<Vec<String>>>,
-    /// For `PUT /@hostile%2frecord`: (body bytes received, Content-Length announced).
-    pub bodies: Arc<Mutex<Vec<(usize, usize)>>>,
     rt: Option<tokio::runtime::Runtime>,
 }
 
@@ -41,7 +39,7 @@ fn text(status: u16, body: impl Into<Bytes>) -> Resp {
 
 impl Hostile {
     /// Serves TLS with `cert`/`key` (which may come from a CA the broker does not trust).
-    pub fn start(cert: &Path, key: &Path) -> Hostile {
+    pub(crate) fn start(cert: &Path, key: &Path) -> Hostile {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let tls = phantom_broker::net::server_config(cert, key).unwrap();
         let mut tls = (*tls).clone();
@@ -85,12 +83,10 @@ impl Hostile {
         });
 
         let seen2 = seen.clone();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let bodies2 = bodies.clone();
         rt.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, seen, bodies) = (acceptor.clone(), seen2.clone(), bodies2.clone());
+                let (acceptor, seen) = (acceptor.clone(), seen2.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else { return };
                     // Peek at the request line to pick the misbehaviour that needs the raw socket.
@@ -111,26 +107,7 @@ impl Hostile {
                     }
                     let line = head_text.lines().next().unwrap_or_default().to_owned();
                     let auth = seen.lock().unwrap().last().cloned().unwrap_or_default();
-                    let response: Vec<u8> = if line.starts_with("PUT ") && line.contains("/@hostile%2frecord") {
-                        let announced: usize = head_text
-                            .lines()
-                            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                            .and_then(|(_, v)| v.trim().parse().ok())
-                            .unwrap_or(usize::MAX);
-                        let mut got = 0usize;
-                        let mut buf = vec![0u8; 64 * 1024];
-                        while got < announced {
-                            match tls.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => got += n,
-                            }
-                        }
-                        bodies.lock().unwrap().push((got, announced));
-                        if got < announced {
-                            return;
-                        }
-                        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_vec()
-                    } else if line.contains("/@hostile%2fstall") {
+                    let response: Vec<u8> = if line.contains("/@hostile%2fstall") {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     } else if line.contains("/@hostile%2freset") {
@@ -159,6 +136,6 @@ impl Hostile {
                 });
             }
         });
-        Hostile { port, elsewhere_port, seen, elsewhere, bodies, rt: Some(rt) }
+        Hostile { port, elsewhere_port, seen, elsewhere, rt: Some(rt) }
     }
 }

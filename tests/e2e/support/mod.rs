@@ -7,11 +7,11 @@
 //! - The pinned npm 11 CLI, with its own userconfig and cache.
 #![allow(dead_code)]
 
-pub mod counting;
-pub mod framing;
-pub mod hostile;
-pub mod raw;
-pub mod recording;
+pub(crate) mod counting;
+pub(crate) mod framing;
+pub(crate) mod hostile;
+pub(crate) mod raw;
+pub(crate) mod recording;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -26,9 +26,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const PUBLISHER: &str = "publisher";
+pub(crate) const PUBLISHER: &str = "publisher";
 
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -44,7 +44,7 @@ fn node_bin(name: &str) -> PathBuf {
 /// makes many, in parallel, while Verdaccio and the issuer start), and the server then fails with
 /// "Address already in use". Each call in this process moves on to the next port, from a random
 /// start, so parallel tests do not pick the same one.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     const LOW: u32 = 10_000;
@@ -72,10 +72,10 @@ pub fn free_port() -> u16 {
 }
 
 /// A child process, killed and reaped on drop.
-pub struct Proc(Child);
+pub(crate) struct Proc(Child);
 
 impl Proc {
-    pub fn new(child: Child) -> Proc {
+    pub(crate) fn new(child: Child) -> Proc {
         Proc(child)
     }
 }
@@ -87,7 +87,7 @@ impl Drop for Proc {
     }
 }
 
-pub struct Certs {
+pub(crate) struct Certs {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -95,14 +95,14 @@ pub struct Certs {
 
 /// The broker's own `phantom certs dev` makes the CA and the server certificate for every
 /// TLS listener here (broker, Verdaccio, issuer).
-pub fn dev_certs(dir: &Path) -> Certs {
+pub(crate) fn dev_certs(dir: &Path) -> Certs {
     let out = Command::new(env!("CARGO_BIN_EXE_phantom")).args(["certs", "dev", "--out"]).arg(dir).output().unwrap();
     assert!(out.status.success(), "certs dev failed: {}", String::from_utf8_lossy(&out.stderr));
     Certs { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") }
 }
 
 /// Polls `check` every 50 ms for at most `limit`.
-pub fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
@@ -117,23 +117,23 @@ fn random_hex(n: usize) -> String {
     phantom_broker::audit::hex(&b)
 }
 
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Resp {
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
 /// An HTTPS client that trusts the dev CA and remembers every response it received.
-pub struct Http {
+pub(crate) struct Http {
     rt: tokio::runtime::Runtime,
     client: HttpsClient,
     pub seen: Mutex<Vec<u8>>,
@@ -149,7 +149,7 @@ impl Http {
         Http { rt, client, seen: Mutex::new(Vec::new()) }
     }
 
-    pub fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+    pub(crate) fn request(&self, method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
         let mut req = Request::builder().method(Method::from_bytes(method.as_bytes()).unwrap()).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -169,7 +169,7 @@ impl Http {
     }
 }
 
-pub struct Verdaccio {
+pub(crate) struct Verdaccio {
     _proc: Proc,
     pub url: String,
     pub storage: PathBuf,
@@ -231,14 +231,14 @@ impl Verdaccio {
     }
 }
 
-pub struct Issuer {
+pub(crate) struct Issuer {
     _proc: Proc,
     pub url: String,
     pub request_token: String,
 }
 
 impl Issuer {
-    pub fn start(dir: &Path, certs: &Certs) -> Issuer {
+    pub(crate) fn start(dir: &Path, certs: &Certs) -> Issuer {
         let mut child = Command::new("node")
             .arg(repo().join("tests/node/oidc-issuer.mjs"))
             .arg("--cert")
@@ -264,7 +264,7 @@ impl Issuer {
 }
 
 /// The first line a child prints, waiting at most `limit`; the rest is drained in the background.
-pub fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Option<String> {
+pub(crate) fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(out).lines();
@@ -276,7 +276,7 @@ pub fn first_line(out: impl std::io::Read + Send + 'static, limit: Duration) -> 
     rx.recv_timeout(limit).ok()
 }
 
-pub struct Broker {
+pub(crate) struct Broker {
     proc: Option<Proc>,
     wrapper: Vec<String>,
     log: String,
@@ -311,7 +311,7 @@ impl Broker {
     }
 
     /// Sends SIGTERM and waits (at most `limit`) for the broker to exit; returns how long it took.
-    pub fn terminate(&mut self, limit: Duration) -> Option<Duration> {
+    pub(crate) fn terminate(&mut self, limit: Duration) -> Option<Duration> {
         let proc = self.proc.as_mut()?;
         let started = std::time::Instant::now();
         let sent = Command::new("kill").arg("-TERM").arg(proc.0.id().to_string()).status();
@@ -328,11 +328,11 @@ impl Broker {
     }
 
     /// The broker's process id, while it runs.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.proc.as_ref().map(|p| p.0.id())
     }
 
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.proc = None;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
         let mut cmd = match self.wrapper.split_first() {
@@ -361,7 +361,7 @@ impl Broker {
         );
     }
 
-    pub fn audit_lines(&self) -> Vec<Value> {
+    pub(crate) fn audit_lines(&self) -> Vec<Value> {
         settle(&self.dir.join("audit/phantom.jsonl"));
         std::fs::read_to_string(self.dir.join("audit/phantom.jsonl"))
             .unwrap_or_default()
@@ -373,7 +373,7 @@ impl Broker {
 
 /// How to start a `World` beyond the defaults.
 #[derive(Default)]
-pub struct Options {
+pub(crate) struct Options {
     pub policy: String,
     /// Extra lines inside `[server]`.
     pub server: String,
@@ -391,7 +391,7 @@ pub struct Options {
 }
 
 /// The policy most tests use: it matches the issuer's default GitHub-shaped claims.
-pub const DEFAULT_POLICY: &str = r#"
+pub(crate) const DEFAULT_POLICY: &str = r#"
 [[grant]]
 name = "acme-release"
 issuer = "github"
@@ -408,7 +408,7 @@ ref = "refs/heads/main"
 job_workflow_ref = "acme/web/.github/workflows/release.yml@refs/heads/main"
 "#;
 
-pub struct World {
+pub(crate) struct World {
     pub dir: tempfile::TempDir,
     pub certs: Certs,
     pub http: Http,
@@ -419,11 +419,11 @@ pub struct World {
 }
 
 impl World {
-    pub fn start(policy: &str) -> World {
+    pub(crate) fn start(policy: &str) -> World {
         World::start_with(Options { policy: policy.to_owned(), ..Options::default() })
     }
 
-    pub fn start_with(mut opts: Options) -> World {
+    pub(crate) fn start_with(mut opts: Options) -> World {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let certs = match opts.certs.take() {
@@ -491,17 +491,17 @@ token = {{ file = "{admin_secret}" }}
         World { dir, certs, http, issuer, verdaccio, broker, npm_output: Mutex::new(Vec::new()) }
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }
 
-    pub fn npmrc(&self) -> PathBuf {
+    pub(crate) fn npmrc(&self) -> PathBuf {
         self.root().join("npmrc")
     }
 
     /// Runs the pinned npm CLI with a hermetic environment. With `oidc`, it runs as a GitHub
     /// Actions job whose ID token carries the issuer's default claims overridden by `oidc`.
-    pub fn npm(&self, cwd: &Path, args: &[&str], oidc: Option<&Value>) -> Output {
+    pub(crate) fn npm(&self, cwd: &Path, args: &[&str], oidc: Option<&Value>) -> Output {
         let mut cmd = Command::new(node_bin("npm"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
@@ -527,7 +527,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// A package directory ready for `npm publish`.
-    pub fn package(&self, name: &str, version: &str) -> PathBuf {
+    pub(crate) fn package(&self, name: &str, version: &str) -> PathBuf {
         let dir = self.root().join("pkgs").join(format!("{}-{version}", name.replace('/', "_")));
         std::fs::create_dir_all(&dir).unwrap();
         let manifest = json!({"name": name, "version": version, "description": "phantom-broker test package", "main": "index.js", "license": "MIT"});
@@ -537,7 +537,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// GitHub-shaped claims as the issuer mints them by default, for `aud`.
-    pub fn github_claims(&self, aud: &str) -> Value {
+    pub(crate) fn github_claims(&self, aud: &str) -> Value {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         json!({
             "iss": self.issuer.url, "aud": aud, "jti": random_hex(16),
@@ -551,12 +551,12 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// The audience npm asks for when its registry is the broker.
-    pub fn npm_audience(&self) -> String {
+    pub(crate) fn npm_audience(&self) -> String {
         "npm:127.0.0.1".into()
     }
 
     /// Signs exactly `claims` with the issuer's RSA key (or `key`), with extra `header` fields.
-    pub fn mint(&self, claims: &Value, key: &str, header: Value) -> String {
+    pub(crate) fn mint(&self, claims: &Value, key: &str, header: Value) -> String {
         let r = self.http.request(
             "POST",
             &format!("{}/mint", self.issuer.url),
@@ -568,7 +568,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// An ID token with the default claims for npm's audience, changed by `edit` (null deletes).
-    pub fn id_token(&self, edit: Value) -> String {
+    pub(crate) fn id_token(&self, edit: Value) -> String {
         let mut claims = self.github_claims(&self.npm_audience());
         for (k, v) in edit.as_object().unwrap() {
             if v.is_null() {
@@ -580,7 +580,7 @@ token = {{ file = "{admin_secret}" }}
         self.mint(&claims, "rsa", json!({}))
     }
 
-    pub fn broker(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
+    pub(crate) fn broker(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Resp {
         self.http.request(
             method,
             &format!("{}{}", self.broker.url, path.strip_prefix('/').unwrap_or(path)),
@@ -590,7 +590,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// The admin API, with the admin token.
-    pub fn admin(&self, method: &str, path: &str, body: Value) -> Resp {
+    pub(crate) fn admin(&self, method: &str, path: &str, body: Value) -> Resp {
         let auth = format!("Bearer {}", self.broker.admin_token);
         let url = format!("{}{}", self.broker.admin_url, path.trim_start_matches('/'));
         let body = if body.is_null() { String::new() } else { body.to_string() };
@@ -598,7 +598,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// The generic exchange.
-    pub fn exchange(&self, id_token: &str, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> Resp {
+    pub(crate) fn exchange(&self, id_token: &str, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> Resp {
         let mut body = json!({"packages": packages, "actions": actions});
         if let Some(t) = ttl {
             body["ttl_seconds"] = t.into();
@@ -612,14 +612,14 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// A phantom from the generic exchange, asserting it was granted.
-    pub fn phantom(&self, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> String {
+    pub(crate) fn phantom(&self, packages: &[&str], actions: &[&str], ttl: Option<u64>) -> String {
         let r = self.exchange(&self.id_token(json!({})), packages, actions, ttl);
         assert_eq!(r.status, 201, "exchange: {}", r.text());
         r.json()["token"].as_str().unwrap().to_owned()
     }
 
     /// Every file in Verdaccio's storage, with its content.
-    pub fn storage(&self) -> BTreeMap<PathBuf, Vec<u8>> {
+    pub(crate) fn storage(&self) -> BTreeMap<PathBuf, Vec<u8>> {
         fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();
@@ -636,7 +636,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// The packument as Verdaccio itself serves it (not through the broker).
-    pub fn upstream_packument(&self, escaped: &str) -> Resp {
+    pub(crate) fn upstream_packument(&self, escaped: &str) -> Resp {
         let r = self.http.request("GET", &format!("{}{escaped}", self.verdaccio.url), &[], "");
         self.http.seen.lock().unwrap().clear();
         r
@@ -644,7 +644,7 @@ token = {{ file = "{admin_secret}" }}
 
     /// The canary (the real credential) must appear in no file the broker wrote, no response
     /// a client of the broker received, no npm output and nothing npm cached or installed.
-    pub fn assert_canary_contained(&self) {
+    pub(crate) fn assert_canary_contained(&self) {
         self.assert_canary_contained_without_writes();
         // The token did reach Verdaccio: it accepted a write, which it only does when
         // authenticated (anonymous and wrong-token writes get 401).
@@ -657,7 +657,7 @@ token = {{ file = "{admin_secret}" }}
     }
 
     /// The containment half of `assert_canary_contained`, for runs that never write upstream.
-    pub fn assert_canary_contained_without_writes(&self) {
+    pub(crate) fn assert_canary_contained_without_writes(&self) {
         let canary = self.verdaccio.token.as_bytes();
         let contains = |hay: &[u8]| memchr::memmem::find(hay, canary).is_some();
         assert!(!contains(&self.http.seen.lock().unwrap()), "the canary reached a client response");
@@ -693,7 +693,7 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 /// Audit lines of ordinary requests are written by a writer thread just after the response:
 /// wait until the file stops growing (at most a second).
-pub fn settle(path: &Path) {
+pub(crate) fn settle(path: &Path) {
     let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let mut last = size();
     for _ in 0..20 {
@@ -706,10 +706,10 @@ pub fn settle(path: &Path) {
     }
 }
 
-pub fn ok(out: &Output) -> bool {
+pub(crate) fn ok(out: &Output) -> bool {
     out.status.success()
 }
 
-pub fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }

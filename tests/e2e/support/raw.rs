@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(crate) type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to 127.0.0.1:`port`, trusting `ca`, offering `alpn`.
-pub fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
+pub(crate) fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
     let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from("127.0.0.1").unwrap();
@@ -23,7 +23,7 @@ pub fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
 }
 
 #[derive(Debug)]
-pub struct RawResp {
+pub(crate) struct RawResp {
     pub status: Option<u16>,
     pub text: String,
     /// The server closed the connection (or reset it) within the wait.
@@ -31,7 +31,7 @@ pub struct RawResp {
 }
 
 /// Reads what the server sends within `wait`, until it closes the connection.
-pub fn read_all(tls: &mut Tls, wait: Duration) -> RawResp {
+pub(crate) fn read_all(tls: &mut Tls, wait: Duration) -> RawResp {
     let start = Instant::now();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
@@ -56,7 +56,7 @@ pub fn read_all(tls: &mut Tls, wait: Duration) -> RawResp {
 }
 
 /// Sends `request` as is on a fresh HTTP/1.1 connection and reads the answer.
-pub fn send(port: u16, ca: &Path, request: &[u8]) -> RawResp {
+pub(crate) fn send(port: u16, ca: &Path, request: &[u8]) -> RawResp {
     let mut tls = connect(port, ca, &[b"http/1.1"]);
     if tls.write_all(request).and_then(|()| tls.flush()).is_err() {
         return RawResp { status: None, text: String::new(), closed: true };
@@ -66,7 +66,7 @@ pub fn send(port: u16, ca: &Path, request: &[u8]) -> RawResp {
 
 /// Reads exactly one HTTP/1.1 response (Content-Length or chunked framing) within `wait`,
 /// leaving anything after it unread. `None` if the connection closed or nothing complete came.
-pub fn read_response(tls: &mut Tls, wait: Duration) -> Option<(u16, String)> {
+pub(crate) fn read_response(tls: &mut Tls, wait: Duration) -> Option<(u16, String)> {
     let start = Instant::now();
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 /// How a request's body ended, as the upstream saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
+pub(crate) enum End {
     /// Still arriving.
     Open,
     /// Complete under its framing: the upstream has the whole request.
@@ -30,7 +30,7 @@ pub enum End {
 }
 
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     pub method: String,
     /// Path and query.
     pub target: String,
@@ -40,7 +40,7 @@ pub struct Seen {
 }
 
 impl Seen {
-    pub fn header(&self, name: &str) -> Option<String> {
+    pub(crate) fn header(&self, name: &str) -> Option<String> {
         let mut all = self.headers.get_all(name).iter();
         let first = all.next().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         assert!(all.next().is_none(), "the upstream got `{name}` twice");
@@ -48,7 +48,7 @@ impl Seen {
     }
 }
 
-pub struct Recording {
+pub(crate) struct Recording {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     packuments: Arc<Mutex<HashMap<String, Bytes>>>,
@@ -68,7 +68,7 @@ fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 impl Recording {
-    pub fn start(cert: &Path, key: &Path) -> Recording {
+    pub(crate) fn start(cert: &Path, key: &Path) -> Recording {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let tls = phantom_broker::net::server_config(cert, key).unwrap();
         let mut tls = (*tls).clone();
@@ -96,32 +96,32 @@ impl Recording {
         Recording { port, seen, packuments, rt: Some(rt) }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("https://127.0.0.1:{}/", self.port)
     }
 
     /// What `GET /<escaped>` (with or without `?write=true`) answers from now on.
-    pub fn set_packument(&self, escaped: &str, doc: &serde_json::Value) {
+    pub(crate) fn set_packument(&self, escaped: &str, doc: &serde_json::Value) {
         self.packuments.lock().unwrap().insert(format!("/{escaped}"), Bytes::from(doc.to_string()));
     }
 
     /// Every request so far, in arrival order.
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Requests other than GETs: what could change the registry.
-    pub fn writes(&self) -> Vec<Seen> {
+    pub(crate) fn writes(&self) -> Vec<Seen> {
         self.seen().into_iter().filter(|s| s.method != "GET" && s.method != "HEAD").collect()
     }
 
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.seen.lock().unwrap().clear();
     }
 
     /// Waits (at most 5 s) until no recorded body is still open: a cut connection takes a
     /// moment to be noticed.
-    pub fn settle(&self) {
+    pub(crate) fn settle(&self) {
         for _ in 0..100 {
             if self.seen.lock().unwrap().iter().all(|s| s.end != End::Open) {
                 return;

@@ -4,8 +4,9 @@
 //! `publish`) and the broker's generic one (`POST /-/phantom/v1/exchange`, any packages and
 //! actions, intersected with what policy grants). Each ID token is exchanged at most once.
 
-use super::{App, Refusal};
-use crate::audit::{self, identity_summary, rfc3339, Record};
+use super::Refusal;
+use crate::app::App;
+use crate::audit::{self, identity_summary, rfc3339, Decision, Event, Record};
 use crate::identity::{Audience, Verified};
 use crate::json::parse_object;
 use crate::net::{self, Body};
@@ -22,13 +23,13 @@ use std::time::Duration;
 const MAX_EXCHANGE_BODY: usize = 64 * 1024;
 const MAX_PACKAGES: usize = 100;
 
-pub async fn npm_native(
+pub(super) async fn npm_native(
     app: &App,
     package: PackageName,
     req: Request<Incoming>,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
-    rec.event = "exchange";
+    rec.event = Event::Exchange;
     rec.path = Some(format!("/-/npm/v1/oidc/token/exchange/package/{}", package.escaped()));
     rec.action = Some(ActionKind::Publish.as_str());
     rec.package = Some(package.to_string());
@@ -74,8 +75,8 @@ struct ExchangeRequest {
     ttl_seconds: Option<u64>,
 }
 
-pub async fn generic(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
-    rec.event = "exchange";
+pub(super) async fn generic(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
+    rec.event = Event::Exchange;
     rec.path = Some("/-/phantom/v1/exchange".into());
     let id_token = bearer_id_token(&req)?;
     let asked = read_request(req, app.config.server.client_timeout).await?;
@@ -145,18 +146,10 @@ async fn read_request(req: Request<Incoming>, idle: Duration) -> Result<Asked, R
 
 /// The ID token from `Authorization: Bearer`.
 fn bearer_id_token(req: &Request<Incoming>) -> Result<IdToken, Refusal> {
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return Err(Refusal::Identity(crate::identity::IdentityError::Malformed));
-    };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or(Refusal::Identity(crate::identity::IdentityError::Malformed))?;
-    Ok(IdToken::new(token))
+    match net::bearer(req.headers()) {
+        net::Bearer::Token(token) => Ok(IdToken::new(token.to_owned())),
+        _ => Err(Refusal::Identity(crate::identity::IdentityError::Malformed)),
+    }
 }
 
 /// Verifies the ID token and records it as spent; a second exchange of it is refused.
@@ -210,7 +203,7 @@ async fn mint(
         max_uses: grant.max_uses,
     };
     app.store.insert(digest, record).await?;
-    rec.decision = "allow";
+    rec.decision = Decision::Allow;
     Ok(Minted { token, created, expires })
 }
 

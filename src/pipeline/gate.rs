@@ -1,0 +1,427 @@
+//! The write gate. Every write body passes through it, and it owns one guarantee: nothing
+//! decisive reaches the upstream before the broker's verdict.
+//!
+//! There are two ways through, chosen by the route:
+//!
+//! - **Whole** (dist-tags, version removals, owner and access changes, bodiless writes): the
+//!   body is read in full and checked; only then is the request sent, with a `Content-Length`
+//!   the broker counted itself.
+//! - **Streamed** (publishes, which can be 200 MB): the upstream request starts at once and the
+//!   body goes up as it arrives, chunked, so that the request is complete only when the broker
+//!   ends it. A scanner keeps the body's skeleton (everything but the tarball data) for the
+//!   checks. Bytes, not frames, are held back: always the last byte read, and from the byte that
+//!   closes the body's top-level JSON value to the end. After the verdict the held bytes and the
+//!   end of the request are released; on a refusal the request is aborted (its connection is
+//!   closed mid-body), so the upstream never has the whole request, nor a whole document.
+//!
+//! Only data counts: empty frames change nothing, and trailers are never forwarded. The caller's
+//! own framing (`Content-Length`, chunked, HTTP/2 frames) never reaches the upstream.
+//!
+//! Memory held for a write (a whole body; a skeleton, the held bytes and what is in flight to
+//! the upstream) is its share of `server.max_buffered_bytes`, taken as it grows. A write whose
+//! share cannot grow is refused with 503; reads never take a share.
+
+use super::Refusal;
+use crate::net::{self, Body, BodySender};
+use crate::npm::scan::{PublishScanner, ScanError, Scanned};
+use crate::npm::BodyError;
+use crate::phantom::{Fingerprint, Fingerprinter};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Which bytes of a streamed body may go upstream before the verdict. Pure: no I/O, so that it
+/// can be tested and fuzzed over every framing of a body.
+pub struct StreamGate {
+    scanner: PublishScanner,
+    /// Bytes read and not released yet, oldest first.
+    held: VecDeque<Bytes>,
+    held_len: usize,
+    read: u64,
+    released: u64,
+}
+
+impl StreamGate {
+    pub fn new(max_skeleton: usize) -> StreamGate {
+        StreamGate {
+            scanner: PublishScanner::new(max_skeleton),
+            held: VecDeque::new(),
+            held_len: 0,
+            read: 0,
+            released: 0,
+        }
+    }
+
+    /// Takes the next bytes of the body and appends to `out` those that may go upstream now.
+    pub fn push(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), ScanError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.scanner.feed(&data)?;
+        self.read += data.len() as u64;
+        self.held_len += data.len();
+        self.held.push_back(data);
+        // Up to (not including) the byte that closes the document, and never the last byte.
+        let until = self.scanner.closed_at().unwrap_or(u64::MAX).min(self.read - 1);
+        let mut n = until.saturating_sub(self.released) as usize;
+        while n > 0 {
+            let Some(front) = self.held.front_mut() else { break };
+            let piece = if front.len() <= n { self.held.pop_front().unwrap_or_default() } else { front.split_to(n) };
+            n -= piece.len();
+            self.held_len -= piece.len();
+            self.released += piece.len() as u64;
+            out.push(piece);
+        }
+        Ok(())
+    }
+
+    /// Bytes read so far.
+    pub fn read(&self) -> u64 {
+        self.read
+    }
+
+    /// Bytes released so far.
+    pub fn released(&self) -> u64 {
+        self.released
+    }
+
+    /// Memory the gate holds: the skeleton and the held bytes.
+    pub fn held_bytes(&self) -> usize {
+        self.scanner.held_bytes() + self.held_len
+    }
+
+    /// The end of the body: what the checks read, and the bytes still held, to be released
+    /// only after the verdict.
+    pub fn finish(self) -> Result<(Scanned, Vec<Bytes>), ScanError> {
+        let scanned = self.scanner.finish()?;
+        Ok((scanned, self.held.into()))
+    }
+}
+
+/// `server.max_buffered_bytes`, shared by every write in flight, counted in KiB.
+pub(crate) struct MemoryBudget {
+    permits: Arc<Semaphore>,
+}
+
+/// Shares grow in steps of this many KiB, so that a growing body does not ask at every read.
+const STEP_KIB: usize = 64;
+
+impl MemoryBudget {
+    pub(crate) fn new(bytes: u64) -> MemoryBudget {
+        let kib = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        MemoryBudget { permits: Arc::new(Semaphore::new(kib)) }
+    }
+
+    /// A new write's share, covering `bytes` to start with; `None` past the budget.
+    fn share(&self, bytes: usize) -> Option<Share> {
+        let mut share = Share { permits: self.permits.clone(), held: None, kib: 0 };
+        share.cover(bytes).then_some(share)
+    }
+}
+
+/// One write's part of the budget, given back when it is dropped.
+struct Share {
+    permits: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    kib: usize,
+}
+
+impl Share {
+    /// Grows the share to cover `bytes` (it never shrinks); false if the budget has no room.
+    fn cover(&mut self, bytes: usize) -> bool {
+        let need = bytes.div_ceil(1024);
+        if need <= self.kib {
+            return true;
+        }
+        let more = (need - self.kib).next_multiple_of(STEP_KIB);
+        let Ok(permit) = u32::try_from(more)
+            .map_err(drop)
+            .and_then(|n| self.permits.clone().try_acquire_many_owned(n).map_err(drop))
+        else {
+            return false;
+        };
+        match &mut self.held {
+            Some(held) => held.merge(permit),
+            None => self.held = Some(permit),
+        }
+        self.kib += more;
+        true
+    }
+}
+
+/// How a route's body goes through the gate.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Intake {
+    /// Read in full, at most `limit` bytes (0: the route takes no body), sent after the verdict.
+    Whole { limit: u64 },
+    /// Streamed upstream as it arrives, at most `limit` bytes, the skeleton at most `max_skeleton`.
+    Streamed { limit: u64, max_skeleton: usize },
+}
+
+/// Memory a streamed write has in flight besides its skeleton and held bytes: the caller's
+/// frames being read and the channel to the upstream connection (4 chunks of at most 64 KiB).
+const IN_FLIGHT: usize = 256 * 1024;
+
+/// Why reading or releasing a body stopped.
+pub(crate) enum Stop {
+    Refused(Refusal),
+    /// The upstream ended the request before the broker released it (it answered, or its
+    /// connection failed): its answer says why.
+    UpstreamGone,
+}
+
+impl From<Refusal> for Stop {
+    fn from(r: Refusal) -> Stop {
+        Stop::Refused(r)
+    }
+}
+
+/// What the checks read: the whole body, or a streamed body's skeleton.
+pub(crate) struct Checked {
+    pub(crate) bytes: Bytes,
+    pub(crate) fingerprint: Fingerprint,
+}
+
+enum Way {
+    Whole(Vec<u8>),
+    Streaming {
+        gate: StreamGate,
+        upstream: BodySender,
+    },
+    /// Read to its end, the verdict pending: the bytes held back.
+    Held {
+        tail: Vec<Bytes>,
+        upstream: BodySender,
+    },
+    /// A whole body, read and waiting for the verdict.
+    Read(Bytes),
+    Done,
+}
+
+/// A write body on its way through the gate.
+pub(crate) struct WriteBody {
+    way: Way,
+    /// The body streams: its upstream request started before the verdict.
+    streamed: bool,
+    limit: u64,
+    share: Share,
+    fingerprint: Option<Fingerprinter>,
+    /// Bytes handed to the upstream request so far.
+    sent: u64,
+    /// Bytes read from the caller.
+    read: u64,
+}
+
+/// How a write's request to the upstream goes, once the verdict allows it.
+pub(crate) enum Released {
+    /// Send it now: the whole checked body, with its length.
+    Whole(Body),
+    /// Its held bytes and its end went up the request that was already streaming.
+    Streamed,
+}
+
+impl WriteBody {
+    /// Opens a write body with its first share of the memory budget (503 past it). A streamed
+    /// body also gives the body of the upstream request it feeds, to be sent at once.
+    pub(crate) fn open(
+        budget: &MemoryBudget,
+        intake: Intake,
+        fingerprint: Fingerprinter,
+    ) -> Result<(WriteBody, Option<Body>), Refusal> {
+        let (first, limit) = match intake {
+            Intake::Whole { limit } => (usize::try_from(limit).unwrap_or(usize::MAX).min(STEP_KIB * 1024), limit),
+            Intake::Streamed { limit, .. } => (IN_FLIGHT, limit),
+        };
+        let share = budget.share(first).ok_or(Refusal::Busy)?;
+        let (way, upstream_body) = match intake {
+            Intake::Whole { .. } => (Way::Whole(Vec::new()), None),
+            Intake::Streamed { max_skeleton, .. } => {
+                let (tx, body) = net::ChannelBody::new();
+                (Way::Streaming { gate: StreamGate::new(max_skeleton), upstream: tx }, Some(body.boxed_unsync()))
+            }
+        };
+        let streamed = upstream_body.is_some();
+        let body = WriteBody { way, streamed, limit, share, fingerprint: Some(fingerprint), sent: 0, read: 0 };
+        Ok((body, upstream_body))
+    }
+
+    /// Reads the caller's body to its end through the gate, forwarding what a streamed body may
+    /// release. Returns what the checks read.
+    pub(crate) async fn read(&mut self, incoming: Incoming, idle: Duration) -> Result<Checked, Stop> {
+        let mut fingerprint = self.fingerprint.take().ok_or(Refusal::Internal("a body read twice".into()))?;
+        let mut body = net::IdleTimeout::new(incoming, idle);
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.is::<net::BodyTimeout>() {
+                    Refusal::ClientTimeout
+                } else {
+                    Refusal::ClientBody(net::error_chain(&*e))
+                }
+            })?;
+            // Trailers are never forwarded, and change nothing.
+            let Ok(data) = frame.into_data() else { continue };
+            if data.is_empty() {
+                continue;
+            }
+            self.read += data.len() as u64;
+            if self.read > self.limit {
+                return Err(
+                    if self.limit == 0 { Refusal::Body(BodyError::UnexpectedBody) } else { Refusal::TooLarge }.into()
+                );
+            }
+            fingerprint.update(&data);
+            match &mut self.way {
+                Way::Whole(buf) => {
+                    if buf.len() + data.len() > buf.capacity() {
+                        buf.reserve_exact(data.len().max(buf.len() / 4));
+                    }
+                    buf.extend_from_slice(&data);
+                    let held = buf.capacity();
+                    if !self.share.cover(held) {
+                        return Err(Refusal::Busy.into());
+                    }
+                }
+                Way::Streaming { gate, upstream } => {
+                    gate.push(data, &mut out).map_err(scan_refusal)?;
+                    if !self.share.cover(IN_FLIGHT + gate.held_bytes()) {
+                        return Err(Refusal::Busy.into());
+                    }
+                    for piece in out.drain(..) {
+                        self.sent += piece.len() as u64;
+                        upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
+                    }
+                }
+                Way::Held { .. } | Way::Read(_) | Way::Done => {
+                    return Err(Refusal::Internal("a body read twice".into()).into());
+                }
+            }
+        }
+        let checked = match std::mem::replace(&mut self.way, Way::Done) {
+            Way::Whole(buf) => {
+                let bytes = Bytes::from(buf);
+                self.way = Way::Read(bytes.clone());
+                bytes
+            }
+            Way::Streaming { gate, upstream } => {
+                let (scanned, tail) = gate.finish().map_err(scan_refusal)?;
+                self.way = Way::Held { tail, upstream };
+                Bytes::from(scanned.skeleton)
+            }
+            _ => return Err(Refusal::Internal("a body read twice".into()).into()),
+        };
+        Ok(Checked { bytes: checked, fingerprint: fingerprint.finish() })
+    }
+
+    /// The verdict allowed the write: a whole body is handed over to be sent; a streamed body's
+    /// held bytes and its end go upstream.
+    pub(crate) async fn release(&mut self) -> Result<Released, Stop> {
+        match std::mem::replace(&mut self.way, Way::Done) {
+            Way::Read(bytes) => {
+                self.sent = bytes.len() as u64;
+                Ok(Released::Whole(if bytes.is_empty() { net::empty() } else { net::full(bytes) }))
+            }
+            Way::Held { tail, upstream } => {
+                for piece in tail {
+                    self.sent += piece.len() as u64;
+                    upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
+                }
+                // Only now is the upstream request complete.
+                upstream.finish().await.map_err(|_| Stop::UpstreamGone)?;
+                Ok(Released::Streamed)
+            }
+            _ => Err(Refusal::Internal("a body released before it was read".into()).into()),
+        }
+    }
+
+    /// The write was refused: a streamed request is cut off mid-body, never completed. (So is
+    /// one whose `WriteBody` is dropped for any other reason: its sender goes with it.)
+    pub(crate) fn abort(&mut self) {
+        self.way = Way::Done;
+    }
+
+    /// Whether the upstream request started before the verdict (a streamed body).
+    pub(crate) fn streamed(&self) -> bool {
+        self.streamed
+    }
+
+    /// Body bytes handed to the upstream request so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+fn scan_refusal(e: ScanError) -> Refusal {
+    match e {
+        ScanError::SkeletonTooLarge => Refusal::TooLarge,
+        ScanError::BadTarballData | ScanError::Malformed => Refusal::Body(BodyError::InvalidJson),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a gate lets out before the verdict, holds for after it, and keeps for the checks.
+    struct Through {
+        before: Vec<u8>,
+        tail: Vec<u8>,
+        skeleton: Vec<u8>,
+    }
+
+    /// `body` through a gate, in frames of these sizes (cycled).
+    fn through(body: &[u8], frames: &[usize]) -> Result<Through, ScanError> {
+        let mut gate = StreamGate::new(1 << 20);
+        let (mut before, mut out) = (Vec::new(), Vec::new());
+        let mut rest = body;
+        for &size in frames.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = size.min(rest.len());
+            gate.push(Bytes::copy_from_slice(&rest[..n]), &mut out)?;
+            rest = &rest[n..];
+            before.extend(out.drain(..).flat_map(|b| b.to_vec()));
+        }
+        let (scanned, tail) = gate.finish()?;
+        Ok(Through { before, tail: tail.concat(), skeleton: scanned.skeleton })
+    }
+
+    #[test]
+    fn the_gate_holds_the_end_of_the_document_at_every_framing() {
+        let body = br#" {"_attachments": {"a.tgz": {"data": "QUJDREVG"}}, "b": "}", "c": [1, 2]}  "#;
+        let close = body.iter().rposition(|&b| b == b'}').unwrap();
+        let whole = through(body, &[body.len()]).unwrap();
+        for frames in [vec![1], vec![0, 1], vec![2, 0, 7], vec![13], vec![64], vec![close], vec![close + 1]] {
+            let Through { before, tail, skeleton } = through(body, &frames).unwrap();
+            assert_eq!(before.len(), close, "{frames:?}");
+            assert_eq!([before.as_slice(), tail.as_slice()].concat(), body, "{frames:?}");
+            assert_eq!((&before, &skeleton), (&whole.before, &whole.skeleton), "{frames:?}");
+        }
+        // Without a closing byte, the last byte is held.
+        let open = br#"{"a": "b""#;
+        let mut gate = StreamGate::new(1 << 20);
+        let mut out = Vec::new();
+        gate.push(Bytes::from_static(open), &mut out).unwrap();
+        assert_eq!(out.concat(), &open[..open.len() - 1]);
+        assert_eq!((gate.read(), gate.released()), (open.len() as u64, open.len() as u64 - 1));
+    }
+
+    #[test]
+    fn shares_grow_within_the_budget_and_come_back() {
+        let budget = MemoryBudget::new(1024 * 1024);
+        let mut a = budget.share(100 * 1024).unwrap();
+        assert!(a.cover(700 * 1024));
+        assert!(budget.share(400 * 1024).is_none(), "past the budget");
+        let b = budget.share(200 * 1024).unwrap();
+        assert!(!a.cover(900 * 1024), "a share grew past the budget");
+        drop(b);
+        assert!(a.cover(900 * 1024));
+        drop(a);
+        assert!(budget.share(1024 * 1024).is_some(), "a dropped share was not given back");
+    }
+}

@@ -1,0 +1,200 @@
+//! Every way a request can be refused: one status code and one fixed client message per kind.
+//! Details go to the audit log (`detail`), never to the response: `client_message` names every
+//! variant, so a new one cannot echo its text to the caller by default.
+
+use crate::audit::Decision;
+use crate::identity::IdentityError;
+use crate::net::{self, Body};
+use crate::npm::{BodyError, RouteError};
+use crate::phantom::{FormatError, StoreError};
+use crate::policy::Denial;
+use crate::upstream::UpstreamError;
+use http::{header, Response, StatusCode};
+use std::borrow::Cow;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("{0}")]
+    Route(#[from] RouteError),
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    #[error("{0} is never forwarded through the broker")]
+    Forbidden(&'static str),
+    #[error("this request needs a phantom token")]
+    NeedsPhantom,
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("the credential is not a phantom token")]
+    NotAPhantom,
+    #[error("{0}")]
+    BadPhantom(FormatError),
+    #[error("the phantom token is {0}")]
+    PhantomNotLive(&'static str),
+    #[error("policy denied: {0}")]
+    Denied(Denial),
+    #[error("the phantom token has no uses left")]
+    UsesExhausted,
+    #[error("writes to this package are frozen by an administrator")]
+    Frozen,
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("the ID token has already been exchanged")]
+    Replay,
+    #[error("no grant matches: {0}")]
+    NoGrant(Denial),
+    #[error("the body is larger than the limit")]
+    TooLarge,
+    #[error("the body's content type or encoding is not accepted here: {0}")]
+    UnsupportedMedia(&'static str),
+    #[error("no upstream serves this package")]
+    NoUpstream,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("the upstream registry failed the write with status {0}")]
+    UpstreamFailed(u16),
+    #[error("the upstream registry answered {0} to a write before the broker released it")]
+    UpstreamAnsweredEarly(u16),
+    #[error("the audit log cannot be written")]
+    AuditUnavailable,
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
+    #[error("the client sent its body too slowly")]
+    ClientTimeout,
+    #[error("the memory for write bodies (server.max_buffered_bytes) is in use")]
+    Busy,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Refusal {
+    pub(crate) fn status(&self) -> StatusCode {
+        let code = match self {
+            Refusal::Route(e) => e.status(),
+            Refusal::Body(e) => e.status(),
+            Refusal::Forbidden(_)
+            | Refusal::Denied(_)
+            | Refusal::NoGrant(_)
+            | Refusal::UsesExhausted
+            | Refusal::Frozen => 403,
+            Refusal::NeedsPhantom | Refusal::NotAPhantom | Refusal::BadPhantom(_) | Refusal::PhantomNotLive(_) => 401,
+            Refusal::Identity(e) => e.status(),
+            Refusal::Replay => 401,
+            Refusal::BadRequest(_) | Refusal::ClientBody(_) => 400,
+            Refusal::TooLarge => 413,
+            Refusal::ClientTimeout => 408,
+            Refusal::Busy => 503,
+            Refusal::UnsupportedMedia(_) => 415,
+            Refusal::NoUpstream => 404,
+            Refusal::Store(_) => 503,
+            Refusal::Upstream(e) => e.status(),
+            Refusal::UpstreamFailed(_) | Refusal::UpstreamAnsweredEarly(_) => 502,
+            Refusal::AuditUnavailable => 503,
+            Refusal::Internal(_) => 500,
+        };
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// How the audit log classifies it: the caller's doing, or a failure of the broker's side.
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            Refusal::Upstream(_)
+            | Refusal::UpstreamFailed(_)
+            | Refusal::UpstreamAnsweredEarly(_)
+            | Refusal::Store(_)
+            | Refusal::Internal(_)
+            | Refusal::AuditUnavailable => Decision::Error,
+            _ => Decision::Deny,
+        }
+    }
+
+    /// What the caller is told: fixed text that never echoes a token, a header's value or a
+    /// policy detail. Every variant is named here.
+    pub(crate) fn client_message(&self) -> Cow<'static, str> {
+        let fixed = match self {
+            // Route and body errors carry fixed texts (and, for names, which rule failed).
+            Refusal::Route(e) => return e.to_string().into(),
+            Refusal::Body(e) => return e.to_string().into(),
+            Refusal::Forbidden(_) => return self.to_string().into(),
+            Refusal::BadRequest(what) => what,
+            Refusal::BadPhantom(e) => return e.to_string().into(),
+            Refusal::PhantomNotLive(_) => return self.to_string().into(),
+            Refusal::NeedsPhantom => {
+                "this registry accepts writes only with a phantom token: exchange a CI OIDC ID token \
+                 with `phantom login` or POST /-/phantom/v1/exchange (npm >= 11.5.1 does this itself on publish)"
+            }
+            Refusal::NotAPhantom => {
+                "this registry accepts only phantom tokens (phm_...); other credentials are never forwarded"
+            }
+            Refusal::Denied(_) => "the phantom token does not allow this action on this package",
+            Refusal::UsesExhausted => "the phantom token has no uses left",
+            Refusal::Frozen => "writes to this package are frozen by an administrator",
+            Refusal::Identity(IdentityError::KeysUnavailable(_)) => {
+                "the issuer's signing keys are unavailable; try again later"
+            }
+            // Identity errors other than the keys' carry fixed texts.
+            Refusal::Identity(e) => return e.to_string().into(),
+            Refusal::Replay => "the ID token has already been exchanged",
+            Refusal::NoGrant(_) => "no grant in the broker's policy allows this identity to do that",
+            Refusal::TooLarge => "the body is larger than the limit",
+            Refusal::UnsupportedMedia(_) => {
+                "writes must be sent as `Content-Type: application/json` (optionally `; charset=utf-8`), \
+                 without a content-encoding"
+            }
+            Refusal::NoUpstream => "no upstream serves this package",
+            Refusal::Store(_) => "the broker's state store is unavailable",
+            Refusal::Upstream(UpstreamError::Timeout) => "the upstream registry did not answer in time",
+            Refusal::Upstream(_) => "the upstream registry could not be reached or answered badly",
+            Refusal::UpstreamFailed(_) => "the upstream registry failed the write",
+            Refusal::UpstreamAnsweredEarly(_) => "the upstream registry answered the write before it was complete",
+            Refusal::AuditUnavailable => "the broker's audit log cannot be written: writes are refused until it can",
+            Refusal::ClientBody(_) => "the request body could not be read",
+            Refusal::ClientTimeout => "the client sent its body too slowly",
+            Refusal::Busy => "the broker holds as many write bodies as its memory budget allows; try again shortly",
+            Refusal::Internal(_) => "internal error",
+        };
+        Cow::Borrowed(fixed)
+    }
+
+    /// The detail for the audit log.
+    pub(crate) fn detail(&self) -> String {
+        self.to_string()
+    }
+
+    pub(crate) fn response(&self) -> Response<Body> {
+        let msg = self.client_message();
+        // npm prints `error`; the contract names `message`: send both.
+        let body = serde_json::json!({ "error": msg, "message": msg }).to_string();
+        let mut resp = Response::builder()
+            .status(self.status())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CACHE_CONTROL, "no-store");
+        if matches!(self, Refusal::Busy) {
+            resp = resp.header(header::RETRY_AFTER, "1");
+        }
+        resp.body(net::full(body)).expect("a static response is valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_never_carry_details() {
+        let secret = "SECRET_DETAIL_4f1e";
+        for r in [
+            Refusal::ClientBody(secret.into()),
+            Refusal::Internal(secret.into()),
+            Refusal::Identity(IdentityError::KeysUnavailable(secret.into())),
+            Refusal::Upstream(UpstreamError::Failed(secret.into())),
+            Refusal::Store(StoreError::Unavailable(secret.into())),
+        ] {
+            assert!(!r.client_message().contains(secret), "{r:?}");
+            assert!(r.detail().contains(secret), "{r:?}");
+        }
+        assert_eq!(Refusal::Busy.response().headers()[header::RETRY_AFTER], "1");
+        assert_eq!(Refusal::UnsupportedMedia("charset utf-7").status(), 415);
+    }
+}
