@@ -8,6 +8,10 @@
 //! (`body::check_put_packument` and friends), which decide everything; the scanner never does.
 //! If the scanner misreads the structure (escaped keys, say), a data string merely stays in the
 //! skeleton, which is capped, so the worst case is a refusal, never a skipped check.
+//!
+//! It refuses early only what cannot be a publish body (anything but one JSON object: bytes
+//! before or after it, brackets that do not match), and it records where the object closes, so
+//! that the write gate can hold that byte back until the verdict.
 
 /// Deeper nesting than this is refused while scanning (the strict parser allows less anyway).
 const MAX_DEPTH: usize = 128;
@@ -127,6 +131,11 @@ impl PublishScanner {
                 continue;
             }
             match b {
+                // A publish body is one object: nothing but whitespace may come before or after.
+                b' ' | b'\t' | b'\n' | b'\r' if self.stack.is_empty() => self.push(&[b])?,
+                _ if self.stack.is_empty() && (self.closed_at.is_some() || b != b'{') => {
+                    return Err(ScanError::Malformed);
+                }
                 b'"' => {
                     self.push(&[b])?;
                     self.in_string = true;
@@ -153,8 +162,13 @@ impl PublishScanner {
                     });
                 }
                 b'}' | b']' => {
+                    // A close must match what is open (the strict parse would refuse it anyway).
+                    match (self.stack.pop(), b) {
+                        (Some(Frame::Object { .. }), b'}') | (Some(Frame::Array), b']') => {}
+                        _ => return Err(ScanError::Malformed),
+                    }
                     self.push(&[b])?;
-                    if self.stack.pop().is_some() && self.stack.is_empty() && self.closed_at.is_none() {
+                    if self.stack.is_empty() {
                         self.closed_at = Some(start + i as u64 - 1);
                     }
                     self.after_value();
@@ -332,9 +346,10 @@ mod tests {
                 assert_eq!(s.closed_at(), (seen > at).then_some(at), "chunk {chunk}");
             }
         }
-        let mut s = PublishScanner::new(1 << 20);
-        s.feed(b"\"a string\"").unwrap();
-        assert_eq!(s.closed_at(), None);
+        for not_an_object in [&b"\"a string\""[..], b" 12", b"[{}]", b"null"] {
+            let mut s = PublishScanner::new(1 << 20);
+            assert_eq!(s.feed(not_an_object), Err(ScanError::Malformed), "{not_an_object:?}");
+        }
     }
 
     #[test]
@@ -348,6 +363,10 @@ mod tests {
         assert_eq!(scan_in(escape, 4).unwrap_err(), ScanError::BadTarballData);
         let deep = "[".repeat(200);
         assert_eq!(scan_in(deep.as_bytes(), 16).unwrap_err(), ScanError::Malformed);
+        for unbalanced in [&b"}"[..], b"{]", b"{[}", b"{} {}", b"{}x", b"{}}"] {
+            assert_eq!(scan_in(unbalanced, 1).unwrap_err(), ScanError::Malformed, "{unbalanced:?}");
+        }
+        assert!(scan_in(b"{} \r\n\t", 1).is_ok());
         assert_eq!(scan_in(b"{\"a\": \"b", 3).unwrap_err(), ScanError::Malformed);
         let mut small = PublishScanner::new(10);
         assert_eq!(small.feed(br#"{"name": "web-too-long"}"#).unwrap_err(), ScanError::SkeletonTooLarge);
