@@ -284,20 +284,27 @@ pub fn check_access(body: &[u8]) -> Result<(), BodyError> {
 }
 
 /// Checks that a deprecate body equals the upstream packument except for the `deprecated`
-/// field of existing versions.
+/// field of existing versions. (Compared in place: neither document is copied.)
 pub fn check_deprecate(body: &Map<String, Value>, upstream: &Map<String, Value>) -> Result<(), BodyError> {
-    let strip = |doc: &Map<String, Value>| -> Map<String, Value> {
-        let mut doc = doc.clone();
-        if let Some(Value::Object(versions)) = doc.get_mut("versions") {
-            for manifest in versions.values_mut() {
-                if let Value::Object(m) = manifest {
-                    m.remove("deprecated");
-                }
-            }
+    let same_manifest = |a: &Value, b: &Value| match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            a.keys().chain(b.keys()).filter(|k| *k != "deprecated").all(|k| a.get(k) == b.get(k))
         }
-        doc
+        _ => a == b,
     };
-    if strip(body) == strip(upstream) {
+    let same_versions = |a: Option<&Value>, b: Option<&Value>| match (a, b) {
+        (Some(Value::Object(a)), Some(Value::Object(b))) => {
+            a.len() == b.len() && a.iter().all(|(v, m)| b.get(v).is_some_and(|n| same_manifest(m, n)))
+        }
+        _ => a == b,
+    };
+    let same = body.len() == upstream.len()
+        && body.iter().all(|(k, v)| match upstream.get(k) {
+            Some(u) if k == "versions" => same_versions(Some(v), Some(u)),
+            Some(u) => v == u,
+            None => false,
+        });
+    if same {
         Ok(())
     } else {
         Err(BodyError::DeprecateChangesMore)

@@ -154,10 +154,32 @@ fn deprecates() {
     let PutPackument::Deprecate(doc) = put("web", &sneaky).unwrap() else { panic!("not a deprecate") };
     assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Err(BodyError::DeprecateChangesMore));
 
-    let mut new_version = body;
-    new_version["versions"]["9.9.9"] = json!({"name": "web", "version": "9.9.9"});
-    let PutPackument::Deprecate(doc) = put("web", &new_version).unwrap() else { panic!("not a deprecate") };
-    assert_eq!(check_deprecate(&doc, upstream.as_object().unwrap()), Err(BodyError::DeprecateChangesMore));
+    type Edit = fn(&mut Value);
+    let changes_more: &[(&str, Edit)] = &[
+        ("a version added", |b| b["versions"]["9.9.9"] = json!({"name": "web", "version": "9.9.9"})),
+        ("a version removed", |b| {
+            b["versions"].as_object_mut().unwrap().remove("0.9.0");
+        }),
+        ("a manifest field changed", |b| b["versions"]["1.0.0"]["main"] = json!("evil.js")),
+        ("a manifest field removed", |b| {
+            b["versions"]["1.0.0"].as_object_mut().unwrap().remove("version");
+        }),
+        ("a top-level key added", |b| b["readme"] = json!("x")),
+        ("a top-level key removed", |b| {
+            b.as_object_mut().unwrap().remove("_rev");
+        }),
+        ("attachments added", |b| b["_attachments"] = json!({"web-9.9.9.tgz": {"data": "QUJD"}})),
+    ];
+    for (what, edit) in changes_more {
+        let mut changed = body.clone();
+        edit(&mut changed);
+        let Ok(PutPackument::Deprecate(doc)) = put("web", &changed) else { continue };
+        assert_eq!(
+            check_deprecate(&doc, upstream.as_object().unwrap()),
+            Err(BodyError::DeprecateChangesMore),
+            "{what}"
+        );
+    }
 }
 
 #[test]

@@ -88,6 +88,21 @@ pub struct Listed {
     pub uses_left: Option<u32>,
 }
 
+/// Whether a write could be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenWrite {
+    Opened,
+    /// No use left, and no failed write to resend.
+    NoUsesLeft,
+    /// As many writes already open as the phantom could still spend.
+    TooMany,
+    /// Expired, revoked or unknown.
+    NotLive,
+}
+
+/// Writes one phantom may have open at once, whatever its uses.
+pub const MAX_OPEN_WRITES: u32 = 16;
+
 /// A digest of one request's method, path and body: what makes two writes "the same".
 pub type Fingerprint = [u8; 32];
 
@@ -106,11 +121,16 @@ pub trait PhantomStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
-    /// Whether a write may be opened at all: the phantom is live and has a use left, or its last
-    /// write failed upstream (sending it again is a retry, not a use). Asked before a write's
-    /// body is read, so that a spent phantom cannot hold a request open; the use itself is
-    /// spent atomically by `consume_use` once the body has been checked.
-    fn may_write(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Opens a write, before its body is read: a phantom may have as many writes open at once as
+    /// it could still spend (its uses left, plus one to resend its last write if that failed
+    /// upstream), and never more than `MAX_OPEN_WRITES`. So a spent phantom cannot open a
+    /// request at all, and one phantom cannot hold many. The use itself is spent atomically by
+    /// `consume_use` once the body has been checked. Every `Opened` is closed with `close_write`.
+    fn open_write(&self, digest: &TokenDigest, now: u64) -> impl Future<Output = Result<OpenWrite, StoreError>> + Send;
+
+    /// Ends a write `open_write` opened. (Not async: it runs when a write ends however it ends,
+    /// cancelled included; a shared store applies it in the background.)
+    fn close_write(&self, digest: &TokenDigest);
 
     /// Records whether the request with `fingerprint` succeeded upstream: after a success, sending
     /// it again is a new use, not a retry.
@@ -147,6 +167,8 @@ struct Entry {
     /// The last write spent, and whether it succeeded upstream.
     last: Option<(Fingerprint, bool)>,
     revoked: bool,
+    /// Writes opened and not closed yet.
+    open: u32,
 }
 
 /// The single-replica store.
@@ -164,7 +186,7 @@ impl MemoryStore {
 
 impl PhantomStore for MemoryStore {
     async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
-        let entry = Entry { record: Arc::new(record), used: 0, last: None, revoked: false };
+        let entry = Entry { record: Arc::new(record), used: 0, last: None, revoked: false, open: 0 };
         self.phantoms.insert(digest, entry);
         Ok(())
     }
@@ -202,13 +224,32 @@ impl PhantomStore for MemoryStore {
         Ok(UseOutcome::Counted { remaining: max.map(|m| m - e.used) })
     }
 
-    async fn may_write(&self, digest: &TokenDigest, now: u64) -> Result<bool, StoreError> {
-        Ok(self.phantoms.get(digest).is_some_and(|e| {
-            let live = !e.revoked && now < e.record.expires_at;
-            let use_left = e.record.max_uses.is_none_or(|m| e.used < m);
-            let retry = matches!(e.last, Some((_, false)));
-            live && (use_left || retry)
-        }))
+    async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
+        let Some(mut e) = self.phantoms.get_mut(digest) else {
+            return Ok(OpenWrite::NotLive);
+        };
+        if e.revoked || now >= e.record.expires_at {
+            return Ok(OpenWrite::NotLive);
+        }
+        let resend = u32::from(matches!(e.last, Some((_, false))));
+        let allowance = match e.record.max_uses {
+            Some(max) => (max.saturating_sub(e.used) + resend).min(MAX_OPEN_WRITES),
+            None => MAX_OPEN_WRITES,
+        };
+        Ok(if allowance == 0 {
+            OpenWrite::NoUsesLeft
+        } else if e.open >= allowance {
+            OpenWrite::TooMany
+        } else {
+            e.open += 1;
+            OpenWrite::Opened
+        })
+    }
+
+    fn close_write(&self, digest: &TokenDigest) {
+        if let Some(mut e) = self.phantoms.get_mut(digest) {
+            e.open = e.open.saturating_sub(1);
+        }
     }
 
     async fn settle(&self, digest: &TokenDigest, fingerprint: Fingerprint, succeeded: bool) -> Result<(), StoreError> {
@@ -301,7 +342,12 @@ mod tests {
             assert!(matches!(s.lookup(&d, 100).await.unwrap(), Lookup::Expired));
             assert!(matches!(s.lookup(&TokenDigest([2; 32]), 50).await.unwrap(), Lookup::Unknown));
             let use_ = |fp: u8| s.consume_use(&d, [fp; 32], 50);
-            assert!(s.may_write(&d, 50).await.unwrap());
+            // Two uses: two writes may be open at once, not three.
+            let open = || s.open_write(&d, 50);
+            assert_eq!((open().await.unwrap(), open().await.unwrap()), (OpenWrite::Opened, OpenWrite::Opened));
+            assert_eq!(open().await.unwrap(), OpenWrite::TooMany);
+            s.close_write(&d);
+            s.close_write(&d);
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(1) });
             // The upstream failed (npm retries on 5xx): the same request again is free.
             s.settle(&d, [1; 32], false).await.unwrap();
@@ -309,10 +355,12 @@ mod tests {
             // It succeeded: sending it again is a new use.
             s.settle(&d, [1; 32], true).await.unwrap();
             assert_eq!(use_(1).await.unwrap(), UseOutcome::Counted { remaining: Some(0) });
-            // The last use is spent and pending: it may still be retried if it fails.
-            assert!(s.may_write(&d, 50).await.unwrap());
+            // The last use is spent and pending: it may still be resent if it fails, once at a time.
+            assert_eq!(open().await.unwrap(), OpenWrite::Opened);
+            assert_eq!(open().await.unwrap(), OpenWrite::TooMany);
+            s.close_write(&d);
             s.settle(&d, [1; 32], true).await.unwrap();
-            assert!(!s.may_write(&d, 50).await.unwrap(), "a spent phantom may open a write");
+            assert_eq!(open().await.unwrap(), OpenWrite::NoUsesLeft, "a spent phantom may open a write");
             assert_eq!(use_(3).await.unwrap(), UseOutcome::Exhausted);
             // Only the last request is a retry, not any earlier one.
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Exhausted);
@@ -324,9 +372,24 @@ mod tests {
             assert!(s.list(50).await.unwrap().is_empty());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));
             assert_eq!(use_(1).await.unwrap(), UseOutcome::NotLive);
-            assert!(!s.may_write(&d, 50).await.unwrap());
+            assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::NotLive);
             s.sweep(100 + EXPIRED_GRACE).await;
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Unknown));
+        });
+    }
+
+    #[test]
+    fn unlimited_phantoms_open_a_bounded_number_of_writes() {
+        block_on(async {
+            let s = MemoryStore::new();
+            let d = TokenDigest([3; 32]);
+            s.insert(d, record(100, None)).await.unwrap();
+            for _ in 0..MAX_OPEN_WRITES {
+                assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::Opened);
+            }
+            assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::TooMany);
+            s.close_write(&d);
+            assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::Opened);
         });
     }
 

@@ -79,16 +79,6 @@ impl StreamGate {
         Ok(())
     }
 
-    /// Bytes read so far.
-    pub fn read(&self) -> u64 {
-        self.read
-    }
-
-    /// Bytes released so far.
-    pub fn released(&self) -> u64 {
-        self.released
-    }
-
     /// Memory the gate holds: the skeleton and the held bytes.
     pub fn held_bytes(&self) -> usize {
         self.scanner.held_bytes() + self.held_len
@@ -131,6 +121,11 @@ struct Share {
 }
 
 impl Share {
+    /// Grows the share by `bytes` more; false if the budget has no room.
+    fn grow(&mut self, bytes: usize) -> bool {
+        self.cover((self.kib * 1024).saturating_add(bytes))
+    }
+
     /// Grows the share to cover `bytes` (it never shrinks); false if the budget has no room.
     fn cover(&mut self, bytes: usize) -> bool {
         let need = bytes.div_ceil(1024);
@@ -317,6 +312,16 @@ impl WriteBody {
         Ok(Checked { bytes: checked, fingerprint: fingerprint.finish() })
     }
 
+    /// Memory the write holds besides its body (the parsed checks, a packument fetched to compare
+    /// with), for as long as the write lasts.
+    pub(crate) fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
+        if self.share.grow(bytes) {
+            Ok(())
+        } else {
+            Err(Refusal::Busy)
+        }
+    }
+
     /// The verdict allowed the write: a whole body is handed over to be sent; a streamed body's
     /// held bytes and its end go upstream.
     pub(crate) async fn release(&mut self) -> Result<Released, Stop> {
@@ -408,7 +413,8 @@ mod tests {
         let mut out = Vec::new();
         gate.push(Bytes::from_static(open), &mut out).unwrap();
         assert_eq!(out.concat(), &open[..open.len() - 1]);
-        assert_eq!((gate.read(), gate.released()), (open.len() as u64, open.len() as u64 - 1));
+        gate.push(Bytes::new(), &mut out).unwrap();
+        assert_eq!(out.concat(), &open[..open.len() - 1], "an empty frame released something");
     }
 
     #[test]
@@ -419,8 +425,10 @@ mod tests {
         assert!(budget.share(400 * 1024).is_none(), "past the budget");
         let b = budget.share(200 * 1024).unwrap();
         assert!(!a.cover(900 * 1024), "a share grew past the budget");
+        assert!(!a.grow(200 * 1024), "a share grew past the budget");
         drop(b);
         assert!(a.cover(900 * 1024));
+        assert!(a.grow(64 * 1024));
         drop(a);
         assert!(budget.share(1024 * 1024).is_some(), "a dropped share was not given back");
     }

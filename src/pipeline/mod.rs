@@ -18,13 +18,29 @@ use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector
 use crate::policy::{Authorized, Requested};
 use crate::upstream::{self, Content};
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
 pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    // Anything but a read runs to its end in a task of its own: a caller that goes away mid-way
+    // (an HTTP/2 reset, a closed connection) cannot stop a write or an exchange between two of
+    // its steps, so each is settled and audited whatever the caller does.
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return match tokio::spawn(serve(app, req)).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::error!(error = %e, "a request's task failed");
+                Refusal::Internal("the request's task failed".into()).response()
+            }
+        };
+    }
+    serve(app, req).await
+}
+
+async fn serve(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = app.new_request_id();
     let mut rec =

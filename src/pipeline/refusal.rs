@@ -34,6 +34,8 @@ pub(crate) enum Refusal {
     Denied(Denial),
     #[error("the phantom token has no uses left")]
     UsesExhausted,
+    #[error("the phantom token already has as many writes open as it could still make")]
+    WritesInFlight,
     #[error("writes to this package are frozen by an administrator")]
     Frozen,
     #[error("{0}")]
@@ -83,6 +85,7 @@ impl Refusal {
             Refusal::Replay => 401,
             Refusal::BadRequest(_) | Refusal::ClientBody(_) => 400,
             Refusal::TooLarge => 413,
+            Refusal::WritesInFlight => 429,
             Refusal::ClientTimeout => 408,
             Refusal::Busy => 503,
             Refusal::UnsupportedMedia(_) => 415,
@@ -129,6 +132,9 @@ impl Refusal {
             }
             Refusal::Denied(_) => "the phantom token does not allow this action on this package",
             Refusal::UsesExhausted => "the phantom token has no uses left",
+            Refusal::WritesInFlight => {
+                "the phantom token already has as many writes open as it could still make; wait for them to end"
+            }
             Refusal::Frozen => "writes to this package are frozen by an administrator",
             Refusal::Identity(IdentityError::KeysUnavailable(_)) => {
                 "the issuer's signing keys are unavailable; try again later"

@@ -2,7 +2,8 @@
 //! dist-tag, version removal, unpublish, owner, access, and `whoami`, which needs a phantom but
 //! changes nothing):
 //!
-//! open (scope, freeze, a use left: before any byte of the body is read) -> the broker's own
+//! open (scope, freeze, a use left and the phantom's open writes: before any byte of the body is
+//! read) -> the broker's own
 //! content headers (415 otherwise) -> provisional authorization of the actions the route may be
 //! -> the body through the gate (`gate.rs`), a publish streaming upstream as it arrives -> the
 //! body's checks settle the exact action -> exact authorization -> comparison with the
@@ -14,11 +15,12 @@ use super::{Refusal, Session};
 use crate::app::App;
 use crate::audit::{self, Decision, Record, UpstreamRequest};
 use crate::credentials::UpstreamAuth;
+use crate::json;
 use crate::net::Body;
 use crate::npm::{body, ActionKind, NpmRequest, Op, PutPackument, PutRevision};
-use crate::phantom::{Fingerprint, Fingerprinter, PhantomStore, UseOutcome};
+use crate::phantom::{Fingerprint, Fingerprinter, MemoryStore, OpenWrite, PhantomStore, TokenDigest, UseOutcome};
 use crate::policy::{Authorized, Requested};
-use crate::upstream::{self, Content, Upstream};
+use crate::upstream::{self, Content, Pooled, Upstream, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Request, Response};
@@ -39,7 +41,7 @@ pub(super) async fn forward(
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     let session = session.ok_or(Refusal::NeedsPhantom)?;
-    open(app, &session, &npm).await?;
+    let _open = open(app, &session, &npm).await?;
     let (parts, incoming) = req.into_parts();
     let content = content(&parts.headers, &npm)?;
     let r = &session.record;
@@ -51,63 +53,37 @@ pub(super) async fn forward(
     let auth = app.credentials.for_authorized(&provisional, &upstream.name).map_err(Refusal::Internal)?;
     rec.grant = Some(provisional.grant().name.clone());
     let (method, path) = (provisional.get().method.clone(), provisional.get().upstream_path());
-    let (mut body, streamed) = WriteBody::open(&app.write_memory, intake(app, provisional.get(), &parts.headers)?, {
-        Fingerprinter::of(method.as_str(), &path)
-    })?;
+    let intake = intake(app, provisional.get(), &parts.headers)?;
+    let (mut body, stream) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
     // A streamed write's request starts now; the gate holds back its end until the verdict.
-    let early = streamed.map(|b| upstream.send(method.clone(), &path, &parts.headers, content, b, &auth));
-    let judge = async {
-        let verdict = judge(app, &session, provisional, &mut body, incoming, upstream, &auth, rec).await;
-        let released = match verdict {
-            Ok(verdict) => body.release().await.map(|r| (verdict, r)),
-            Err(stop) => Err(stop),
-        };
-        if released.is_err() {
-            body.abort();
+    let decided = decide(app, &session, provisional, &mut body, incoming, upstream, &auth, rec);
+    let (sent, decided) = match stream {
+        Some(stream) => {
+            let send = upstream.send(method, &path, &parts.headers, content, stream, &auth);
+            let (sent, decided) = tokio::join!(send, decided);
+            (Some(sent), decided)
         }
-        released
+        None => (None, decided.await),
     };
-    let (sent, judged) = match early {
-        Some(send) => {
-            let (sent, judged) = tokio::join!(send, judge);
-            (Some(sent), judged)
-        }
-        None => (None, judge.await),
+    let (verdict, released) = match decided {
+        Ok(decided) => decided,
+        Err(stop) => return stopped(app, stop, sent, &body, &auth, rec),
     };
-    rec.upstream_bytes = body.streamed().then_some(body.sent());
-    let (verdict, released) = match judged {
-        Ok(done) => done,
-        Err(stop) => {
-            if body.streamed() {
-                rec.upstream_request = Some(UpstreamRequest::Aborted);
-            }
-            return Err(match (stop, sent) {
-                (Stop::Refused(refusal), _) => refusal,
-                // The upstream answered (or failed) before the broker released the write: a
-                // refusal of its own is relayed; a success for an incomplete write is not.
-                (Stop::UpstreamGone, Some(Ok(resp))) if !resp.status().is_success() => {
-                    rec.upstream_status = Some(resp.status().as_u16());
-                    return Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?);
-                }
-                (Stop::UpstreamGone, Some(Ok(resp))) => Refusal::UpstreamAnsweredEarly(resp.status().as_u16()),
-                (Stop::UpstreamGone, Some(Err(e))) => Refusal::Upstream(e),
-                (Stop::UpstreamGone, None) => Refusal::Internal("a whole body's upstream went away".into()),
-            });
-        }
-    };
-    let sent = match (released, sent) {
-        (Released::Streamed, Some(sent)) => sent,
-        (Released::Whole(whole), _) => {
+    let sent = match (sent, released) {
+        (Some(sent), Released::Streamed) => sent,
+        (None, Released::Whole(whole)) => {
             let npm = verdict.request.get();
             upstream.send(npm.method.clone(), &npm.upstream_path(), &parts.headers, content, whole, &auth).await
         }
-        (Released::Streamed, None) => return Err(Refusal::Internal("a streamed write without its request".into())),
+        _ => return Err(Refusal::Internal("a write released otherwise than it was opened".into())),
     };
-    rec.upstream_request = Some(UpstreamRequest::Complete);
-    rec.upstream_bytes = Some(body.sent());
-    drop(body);
     if let Some(fingerprint) = verdict.spent {
+        // A write: on record as released whole (a whole body once the upstream took it).
+        if body.streamed() || sent.is_ok() {
+            rec.upstream_request = Some(UpstreamRequest::Complete);
+            rec.upstream_bytes = Some(body.sent());
+        }
         let ok = sent.as_ref().is_ok_and(|r| r.status().is_success());
         app.store.settle(&session.digest, fingerprint, ok).await?;
     }
@@ -119,9 +95,59 @@ pub(super) async fn forward(
     Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?)
 }
 
+/// A write that did not get through: refused by the broker, or ended by the upstream before
+/// the broker released it. The record says how much of it had gone upstream.
+fn stopped(
+    app: &App,
+    stop: Stop,
+    sent: Option<Result<Response<Pooled>, UpstreamError>>,
+    body: &WriteBody,
+    auth: &UpstreamAuth<'_>,
+    rec: &mut Record,
+) -> Result<Response<Body>, Refusal> {
+    if body.streamed() {
+        rec.upstream_request = Some(UpstreamRequest::Aborted);
+        rec.upstream_bytes = Some(body.sent());
+    }
+    if let Some(Ok(resp)) = &sent {
+        rec.upstream_status = Some(resp.status().as_u16());
+    }
+    match (stop, sent) {
+        (Stop::Refused(refusal), _) => Err(refusal),
+        // The upstream ended an unreleased write itself. Its refusal of the request is relayed;
+        // its failure is a 502, as after a release; anything else (a success for a request it
+        // never had whole) is not believed.
+        (Stop::UpstreamGone, Some(Ok(resp))) if resp.status().is_client_error() => {
+            rec.decision = Decision::Error;
+            rec.reason = Some("the upstream refused the write before the broker released it".into());
+            Ok(upstream::relay(resp, auth, app.config.server.upstream_timeout)?)
+        }
+        (Stop::UpstreamGone, Some(Ok(resp))) if resp.status().is_server_error() => {
+            Err(Refusal::UpstreamFailed(resp.status().as_u16()))
+        }
+        (Stop::UpstreamGone, Some(Ok(resp))) => Err(Refusal::UpstreamAnsweredEarly(resp.status().as_u16())),
+        (Stop::UpstreamGone, Some(Err(e))) => Err(Refusal::Upstream(e)),
+        // A whole body has no upstream request before its verdict.
+        (Stop::UpstreamGone, None) => Err(Refusal::Internal("a whole body's upstream went away".into())),
+    }
+}
+
+/// A write counted open at the store, until it ends, however it ends.
+struct OpenWriteGuard<'a> {
+    store: &'a MemoryStore,
+    digest: TokenDigest,
+}
+
+impl Drop for OpenWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.store.close_write(&self.digest);
+    }
+}
+
 /// Refuses, before any of the body is read, writes outside the phantom's packages and actions,
-/// writes to frozen packages, and writes from a phantom with no use left.
-async fn open(app: &App, session: &Session, npm: &NpmRequest) -> Result<(), Refusal> {
+/// writes to frozen packages, and writes beyond what the phantom could still spend (no use
+/// left, or as many writes open as it has uses).
+async fn open<'a>(app: &'a App, session: &Session, npm: &NpmRequest) -> Result<Option<OpenWriteGuard<'a>>, Refusal> {
     let scope = &session.record.scope;
     if let Some(p) = &npm.package {
         if !scope.packages.contains(p) {
@@ -135,11 +161,15 @@ async fn open(app: &App, session: &Session, npm: &NpmRequest) -> Result<(), Refu
     if scope.actions.intersect(candidates).is_empty() {
         return Err(Refusal::Denied(crate::policy::Denial::ActionOutOfScope(npm.action_label())));
     }
-    let writes = candidates.iter().any(ActionKind::is_write);
-    if writes && !app.store.may_write(&session.digest, audit::unix_now()).await? {
-        return Err(Refusal::UsesExhausted);
+    if !candidates.iter().any(ActionKind::is_write) {
+        return Ok(None);
     }
-    Ok(())
+    match app.store.open_write(&session.digest, audit::unix_now()).await? {
+        OpenWrite::Opened => Ok(Some(OpenWriteGuard { store: &app.store, digest: session.digest })),
+        OpenWrite::NoUsesLeft => Err(Refusal::UsesExhausted),
+        OpenWrite::TooMany => Err(Refusal::WritesInFlight),
+        OpenWrite::NotLive => Err(Refusal::PhantomNotLive("expired or revoked")),
+    }
 }
 
 /// The headers that tell the upstream how to read the body are the broker's: a body is sent as
@@ -223,7 +253,32 @@ struct Verdict {
     spent: Option<Fingerprint>,
 }
 
-/// Reads the body through the gate and decides. `Ok` means the write may be released.
+/// Reads the body through the gate and decides. An allowed write is released (a streamed one's
+/// held bytes and end go upstream; a whole one is handed back to be sent); a refused one is
+/// cut off.
+#[allow(clippy::too_many_arguments)]
+async fn decide(
+    app: &App,
+    session: &Session,
+    provisional: Authorized<NpmRequest>,
+    body: &mut WriteBody,
+    incoming: Incoming,
+    upstream: &Upstream,
+    auth: &UpstreamAuth<'_>,
+    rec: &mut Record,
+) -> Result<(Verdict, Released), Stop> {
+    let judged = match judge(app, session, provisional, body, incoming, upstream, auth, rec).await {
+        Ok(verdict) => body.release().await.map(|released| (verdict, released)),
+        Err(stop) => Err(stop),
+    };
+    if judged.is_err() {
+        body.abort();
+    }
+    judged
+}
+
+/// The verdict: the body's checks, the exact authorization, the comparison with upstream, a use
+/// spent and the write on record (write-ahead).
 #[allow(clippy::too_many_arguments)]
 async fn judge(
     app: &App,
@@ -238,6 +293,8 @@ async fn judge(
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
     let credential = provisional.grant().credential.clone();
     let npm = provisional.into_inner();
+    // The checks parse what they read: that memory is the write's too.
+    body.hold(json::parsed_size(&checked.bytes))?;
     let action = settle(&npm, &checked.bytes)?;
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
@@ -252,9 +309,13 @@ async fn judge(
         return Err(Refusal::Denied(crate::policy::Denial::GrantGone(r.grant.clone())).into());
     }
     if let Some(check) = &action.against_upstream {
-        Box::pin(compare_with_upstream(app, upstream, authorized.get(), check, &checked.bytes, auth)).await?;
+        Box::pin(compare_with_upstream(app, upstream, authorized.get(), check, &checked.bytes, auth, body)).await?;
     }
     let spent = if action.kind.is_write() {
+        // A freeze made while the body was arriving holds too.
+        if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
+            return Err(Refusal::Frozen.into());
+        }
         spend_use(app, session, checked.fingerprint).await?;
         // Write-ahead: a write is released only once it is on record.
         let intent = Record { decision: Decision::Forwarding, status: 0, ..rec.clone() };
@@ -325,15 +386,17 @@ async fn compare_with_upstream(
     check: &UpstreamCheck,
     checked: &Bytes,
     auth: &UpstreamAuth<'_>,
+    body: &mut WriteBody,
 ) -> Result<(), Refusal> {
     let package = npm.package.as_ref().ok_or(Refusal::Internal("a package write without a package".into()))?;
     let path = format!("/{}?write=true", package.escaped());
     let (status, current) = upstream.fetch_json(&path, auth, app.config.server.max_body_bytes as usize).await?;
     if status != 200 {
-        return Err(Refusal::Upstream(upstream::UpstreamError::Failed(format!("the packument answered {status}"))));
+        return Err(Refusal::Upstream(UpstreamError::Failed(format!("the packument answered {status}"))));
     }
-    let current = crate::json::parse_object(&current)
-        .map_err(|_| Refusal::Upstream(upstream::UpstreamError::Failed("the packument is not JSON".into())))?;
+    body.hold(current.len() + json::parsed_size(&current))?;
+    let current = json::parse_object(&current)
+        .map_err(|_| Refusal::Upstream(UpstreamError::Failed("the packument is not JSON".into())))?;
     match check {
         UpstreamCheck::Deprecate(doc) => body::check_deprecate(doc, &current)?,
         UpstreamCheck::UnpublishVersion => body::check_unpublish_version(checked, &current)?,

@@ -157,6 +157,20 @@ fn hostile_and_failing_upstreams() {
         assert!(r.text().contains("upstream registry"));
     }
 
+    // An upstream that refuses a streamed write from its head, before the body is through: its
+    // refusal reaches the caller, and the record has it.
+    let e = w.phantom(&["@hostile/early"], &["publish"], None);
+    let data = "QUJD".repeat(2 * 1024 * 1024);
+    let body = format!(
+        r#"{{"_attachments":{{"@hostile/early-1.0.0.tgz":{{"data":"{data}"}}}},"_id":"@hostile/early","name":"@hostile/early","dist-tags":{{"latest":"1.0.0"}},"versions":{{"1.0.0":{{"name":"@hostile/early","version":"1.0.0"}}}}}}"#
+    );
+    let auth = format!("Bearer {e}");
+    let r =
+        w.broker("PUT", "/@hostile%2fearly", &[("authorization", &auth), ("content-type", "application/json")], body);
+    assert_eq!((r.status, r.text().contains("too big")), (413, true), "{}", r.text());
+    let line = w.broker.audit_lines().into_iter().rev().find(|l| l["path"] == "/@hostile%2fearly").unwrap();
+    assert_eq!((line["status"].as_u64(), line["upstream_status"].as_u64()), (Some(413), Some(413)), "{line}");
+
     // Down, and an untrusted certificate: 502, and the credential never crossed.
     let d = w.phantom(&["@down/x"], &["publish"], None);
     assert_eq!(get(&w, "/@down%2fx", Some(&d)).status, 502);

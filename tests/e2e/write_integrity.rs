@@ -268,6 +268,27 @@ fn verdaccio_is_unchanged_by_refused_writes_in_any_framing() {
         assert_eq!(a.status, 403, "{f:?}: {}", a.body);
         assert!(a.body.contains("no uses left"), "{f:?}: {}", a.body);
     }
+    // A one-use phantom whose write failed upstream (409: the version exists) may resend it,
+    // one write at a time: a second write open at once is refused before its body.
+    let again = w.phantom(&["lim-a"], &["publish"], None);
+    let a = send(&w, "PUT", "/lim-a", &auth_headers(&again), &body, &Framing::Length(vec![usize::MAX]));
+    assert_eq!(a.status, 409, "{}", a.body);
+    let mut first = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    write!(first, "PUT /lim-a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {again}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{{").unwrap();
+    assert_eq!(
+        raw::read_response(&mut first, Duration::from_millis(500)).map(|(s, _)| s),
+        None,
+        "the resend was refused"
+    );
+    let mut second = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    write!(second, "PUT /lim-a HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {again}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n").unwrap();
+    assert_eq!(
+        raw::read_response(&mut second, Duration::from_secs(5)).map(|(s, _)| s),
+        Some(429),
+        "a spent phantom opened two writes"
+    );
+    drop((first, second));
+
     // The refusal comes before the body: a head alone is answered.
     let mut tls = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
     write!(
@@ -540,6 +561,39 @@ fn refusals_record_the_classification_and_what_reached_the_upstream() {
     let handed = line["upstream_bytes"].as_u64().unwrap_or(0);
     assert!(handed >= reached as u64 && handed < body.len() as u64, "{handed} bytes, {reached} reached: {line}");
     rec.clear();
+
+    // A caller that resets its HTTP/2 stream mid-body: the write is still audited, as cut off.
+    let body = publish("@rec/audit", "1.0.0", &["latest"], 256 * 1024, "");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let before = w.broker.audit_lines().len();
+    framing::h2_reset_midway(w.broker.port, &w.certs.ca, "/@rec%2faudit", &headers, &body[..200_000]);
+    rec.settle();
+    assert!(rec.writes().iter().all(|s| s.end != End::Complete), "a reset write completed upstream");
+    let mut reset_line = None;
+    for _ in 0..40 {
+        reset_line = w.broker.audit_lines()[before..].iter().find(|l| l["upstream_request"] == "aborted").cloned();
+        if reset_line.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let line = reset_line.expect("a write reset by its caller left no audit line");
+    assert_eq!((line["path"].as_str(), line["decision"].as_str()), (Some("/@rec%2faudit"), Some("deny")), "{line}");
+    rec.clear();
+
+    // A freeze made while a body is arriving stops that write too.
+    let mut slow = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    write!(slow, "PUT /@rec%2faudit HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).unwrap();
+    slow.write_all(&body[..body.len() / 2]).unwrap();
+    assert_eq!(w.admin("POST", "/admin/v1/freeze", json!({"packages": ["@rec/*"]})).status, 200);
+    slow.write_all(&body[body.len() / 2..]).unwrap();
+    assert_eq!(
+        raw::read_response(&mut slow, Duration::from_secs(5)).map(|(s, _)| s),
+        Some(403),
+        "a frozen write went on"
+    );
+    assert_not_delivered(&rec, &body, "a write frozen mid-body");
+    assert_eq!(w.admin("POST", "/admin/v1/thaw", json!({"packages": ["@rec/*"]})).status, 200);
 
     // Accepted: the record says the request was released whole.
     let body = publish("@rec/audit", "1.0.0", &["latest"], 64 * 1024, "");

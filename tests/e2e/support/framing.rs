@@ -88,6 +88,9 @@ pub(crate) fn send(
             head.push_str("\r\n");
             let mut pieces = pieces(body, sizes).into_iter();
             let mut ok = tls.write_all(head.as_bytes()).is_ok();
+            if let Some(early) = early_answer(&mut tls) {
+                return early;
+            }
             while let Some(piece) = pieces.next().filter(|_| ok) {
                 ok = tls.write_all(&piece).and_then(|()| tls.flush()).is_ok();
             }
@@ -100,8 +103,14 @@ pub(crate) fn send(
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
             head.push_str("\r\n");
+            if tls.write_all(head.as_bytes()).is_err() {
+                return raw_answer(&mut tls);
+            }
+            if let Some(early) = early_answer(&mut tls) {
+                return early;
+            }
             // The framing is in the bytes: they are written in a few large writes.
-            let mut stream = head.into_bytes();
+            let mut stream = Vec::new();
             let sizes: Vec<usize> = sizes.iter().copied().filter(|&s| s > 0).collect();
             for (i, piece) in pieces(body, &sizes).into_iter().enumerate() {
                 // A chunk extension on the first chunks (hyper caps their total size per body).
@@ -122,6 +131,15 @@ pub(crate) fn send(
         }
         Framing::H2 { sizes, end } => h2(port, ca, method, path, headers, body, sizes, *end),
     }
+}
+
+/// A broker that refuses a write from its head answers before the body: that answer is read
+/// now, as a client that waits briefly for one would, rather than after the body, when the
+/// broker may have closed the connection on the unread bytes (and a reset lost the answer).
+fn early_answer(tls: &mut super::raw::Tls) -> Option<Answer> {
+    let (status, text) = super::raw::read_response(tls, Duration::from_millis(60))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some(Answer { status, body })
 }
 
 fn raw_answer(tls: &mut super::raw::Tls) -> Answer {
@@ -220,4 +238,40 @@ async fn collect(
     .await;
     driver.abort();
     answer.ok().flatten().unwrap_or(Answer { status: 0, body: String::new() })
+}
+
+/// Sends `head_body` of a streamed write over HTTP/2 as frames of at most 16 KiB, then resets the
+/// stream (a caller that goes away mid-body). Returns once the reset is sent.
+pub(crate) fn h2_reset_midway(port: u16, ca: &Path, path: &str, headers: &[(&str, &str)], head_body: &[u8]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (client, conn) = h2::client::handshake(tls).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let mut req = http::Request::builder().method("PUT").uri(format!("https://127.0.0.1{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let (_response, mut stream) = client.send_request(req.body(()).unwrap(), false).unwrap();
+        for frame in head_body.chunks(16_384) {
+            stream.reserve_capacity(frame.len());
+            while stream.capacity() < frame.len() {
+                if !matches!(std::future::poll_fn(|cx| stream.poll_capacity(cx)).await, Some(Ok(_))) {
+                    break;
+                }
+            }
+            stream.send_data(Bytes::copy_from_slice(frame), false).unwrap();
+        }
+        // Let the frames go out and the broker forward them, then go away.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        driver.abort();
+    });
 }

@@ -126,12 +126,23 @@ impl Hostile {
                         .into_bytes()
                     } else if line.contains("/@hostile%2fgzip") {
                         b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\n\x1f\x8b\x08\x00".to_vec()
+                    } else if line.starts_with("PUT ") && line.contains("/@hostile%2fearly") {
+                        // Refuses a write from its head, without reading the body.
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 19\r\n\r\n{\"error\":\"too big\"}".to_vec()
                     } else if line.starts_with("PUT ") && line.contains("/@hostile%2ffail") {
                         b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}".to_vec()
                     } else {
                         b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".to_vec()
                     };
                     let _ = tls.write_all(&response).await;
+                    let _ = tls.flush().await;
+                    if line.contains("/@hostile%2fearly") {
+                        // Lingers, reading what the client still sends, as a registry would, so
+                        // that the answer is not lost to a reset.
+                        let mut sink = vec![0u8; 64 * 1024];
+                        let linger = async { while tls.read(&mut sink).await.is_ok_and(|n| n > 0) {} };
+                        let _ = tokio::time::timeout(Duration::from_secs(2), linger).await;
+                    }
                     let _ = tls.shutdown().await;
                 });
             }

@@ -119,16 +119,25 @@ impl Recording {
         self.seen.lock().unwrap().clear();
     }
 
-    /// Waits (at most 5 s) until no recorded body is still open: a cut connection takes a
-    /// moment to be noticed.
+    /// Waits (at most 5 s) until no recorded body is still open and no new request has come
+    /// for 200 ms: a cut connection takes a moment to be noticed, and a request the broker
+    /// aborted may still be on its way.
     pub(crate) fn settle(&self) {
+        let mut last = usize::MAX;
+        let mut quiet = 0;
         for _ in 0..100 {
-            if self.seen.lock().unwrap().iter().all(|s| s.end != End::Open) {
+            let (count, open) = {
+                let seen = self.seen.lock().unwrap();
+                (seen.len(), seen.iter().any(|s| s.end == End::Open))
+            };
+            quiet = if !open && count == last { quiet + 1 } else { 0 };
+            if quiet >= 4 {
                 return;
             }
+            last = count;
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("a request body at the recording upstream neither ended nor broke: {:?}", self.seen());
+        panic!("the recording upstream did not settle: {:?}", self.seen());
     }
 }
 
