@@ -2,13 +2,12 @@
 //! dist-tag, version removal, unpublish, owner, access, and `whoami`, which needs a phantom but
 //! changes nothing):
 //!
-//! open (scope, freeze, a use left and the phantom's open writes: before any byte of the body is
-//! read) -> the broker's own
-//! content headers (415 otherwise) -> provisional authorization of the actions the route may be
-//! -> the body through the gate (`gate.rs`), a publish streaming upstream as it arrives -> the
-//! body's checks settle the exact action -> exact authorization -> comparison with the
-//! upstream's packument (deprecates, version removals) -> a use spent -> the write on record
-//! (write-ahead) -> release, or abort -> relay, scrubbed.
+//! open (scope, freeze, a use left, the phantom's open writes: before any byte of the body is
+//! read) -> the broker's own content headers (415 otherwise) -> provisional authorization of the
+//! actions the route may be -> the body through the gate (`gate.rs`), a publish streaming
+//! upstream as it arrives -> the body's checks settle the exact action -> exact authorization ->
+//! comparison with the upstream's packument (deprecates, version removals) -> a use spent -> the
+//! write on record (write-ahead) -> release, or abort -> relay, scrubbed.
 
 use super::gate::{Intake, Released, Stop, WriteBody};
 use super::{Refusal, Session};
@@ -41,6 +40,7 @@ pub(super) async fn forward(
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     let session = session.ok_or(Refusal::NeedsPhantom)?;
+    // Counted among the phantom's open writes until this one ends.
     let _open = open(app, &session, &npm).await?;
     let (parts, incoming) = req.into_parts();
     let content = content(&parts.headers, &npm)?;
@@ -56,9 +56,9 @@ pub(super) async fn forward(
     let intake = intake(app, provisional.get(), &parts.headers)?;
     let (mut body, stream) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
-    // A streamed write's request starts now; the gate holds back its end until the verdict.
     let decided = decide(app, &session, provisional, &mut body, incoming, upstream, &auth, rec);
     let (sent, decided) = match stream {
+        // A streamed write's request starts now; the gate holds back its end until the verdict.
         Some(stream) => {
             let send = upstream.send(method, &path, &parts.headers, content, stream, &auth);
             let (sent, decided) = tokio::join!(send, decided);

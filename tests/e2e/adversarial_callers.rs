@@ -457,14 +457,7 @@ fn hostile_connections() {
 fn h2_rapid_reset(port: u16, ca: &std::path::Path, n: usize) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-        let driver = tokio::spawn(conn);
+        let (mut client, driver) = crate::support::framing::h2_connect(port, ca).await;
         let mut sent = 0;
         for _ in 0..n {
             let req = http::Request::get("https://127.0.0.1/-/ping").body(()).unwrap();

@@ -165,14 +165,7 @@ fn h2(
 ) -> Answer {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (client, conn) = h2::client::handshake(tls).await.unwrap();
-        let driver = tokio::spawn(conn);
+        let (client, driver) = h2_connect(port, ca).await;
         let mut client = client.ready().await.unwrap();
         let mut req = http::Request::builder().method(method).uri(format!("https://127.0.0.1{path}"));
         for (k, v) in headers {
@@ -245,14 +238,7 @@ async fn collect(
 pub(crate) fn h2_reset_midway(port: u16, ca: &Path, path: &str, headers: &[(&str, &str)], head_body: &[u8]) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        let (client, conn) = h2::client::handshake(tls).await.unwrap();
-        let driver = tokio::spawn(conn);
+        let (client, driver) = h2_connect(port, ca).await;
         let mut client = client.ready().await.unwrap();
         let mut req = http::Request::builder().method("PUT").uri(format!("https://127.0.0.1{path}"));
         for (k, v) in headers {
@@ -274,4 +260,19 @@ pub(crate) fn h2_reset_midway(port: u16, ca: &Path, path: &str, headers: &[(&str
         tokio::time::sleep(Duration::from_millis(100)).await;
         driver.abort();
     });
+}
+
+/// An HTTP/2 connection over TLS to the broker on 127.0.0.1:`port`, and the task driving it.
+pub(crate) async fn h2_connect(
+    port: u16,
+    ca: &Path,
+) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    (client, tokio::spawn(conn))
 }
