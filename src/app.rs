@@ -6,9 +6,10 @@ use crate::audit::Audit;
 use crate::config::Config;
 use crate::credentials::{read_secret, Credentials};
 use crate::identity::Issuers;
+use crate::notify::Notifier;
 use crate::phantom::MemoryStore;
 use crate::pipeline::gate::MemoryBudget;
-use crate::policy::{Glob, Policy, PolicyContext};
+use crate::policy::{Glob, Policy};
 use crate::secret::Secret;
 use crate::upstream::Upstreams;
 use ring::rand::{SecureRandom, SystemRandom};
@@ -30,6 +31,8 @@ pub struct App {
     pub(crate) admin_token: Option<Secret>,
     /// Memory for write bodies held at once (`server.max_buffered_bytes`).
     pub(crate) write_memory: MemoryBudget,
+    /// Webhooks told of staged versions.
+    pub(crate) notifier: Notifier,
     request_prefix: String,
     requests: std::sync::atomic::AtomicU64,
 }
@@ -44,15 +47,7 @@ impl App {
     /// Loads policy, credentials and the audit log, and prepares the clients. Any error stops
     /// the start with a message naming the file and the problem.
     pub fn new(config: Config) -> Result<App, String> {
-        let issuers = config.issuer_names();
-        let credentials = config.credential_names();
-        let ctx = PolicyContext {
-            issuers: &issuers,
-            credentials: &credentials,
-            default_ttl: config.server.default_ttl,
-            max_ttl: config.server.max_ttl,
-        };
-        let policy = Policy::load_dir(&config.policy_dir, &ctx).map_err(|e| e.to_string())?;
+        let policy = config.load_policy().map_err(|e| e.to_string())?;
         let admin_token = match &config.admin {
             Some(a) => Some(read_secret(&a.token).map_err(|e| format!("admin token: {e}"))?),
             None => None,
@@ -73,6 +68,7 @@ impl App {
             request_prefix: crate::audit::hex(&prefix),
             requests: std::sync::atomic::AtomicU64::new(0),
             write_memory: MemoryBudget::new(config.server.max_buffered_bytes),
+            notifier: Notifier::new(&config.notify)?,
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,
             credentials: Credentials::load(&config.credentials)?,
@@ -104,15 +100,7 @@ impl App {
 
     /// Re-reads the policy directory. On any error the policy in force is kept.
     pub fn reload_policy(&self) -> Result<usize, String> {
-        let issuers = self.config.issuer_names();
-        let credentials = self.config.credential_names();
-        let ctx = PolicyContext {
-            issuers: &issuers,
-            credentials: &credentials,
-            default_ttl: self.config.server.default_ttl,
-            max_ttl: self.config.server.max_ttl,
-        };
-        let policy = Policy::load_dir(&self.config.policy_dir, &ctx).map_err(|e| e.to_string())?;
+        let policy = self.config.load_policy().map_err(|e| e.to_string())?;
         let n = policy.len();
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         Ok(n)
@@ -125,6 +113,16 @@ impl App {
 
     pub fn frozen_patterns(&self) -> Vec<String> {
         self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().map(|g| g.as_str().to_owned()).collect()
+    }
+
+    /// Freezes writes to exactly this package (a burst past a grant's rate).
+    pub(crate) fn freeze(&self, package: &crate::npm::PackageName) {
+        let Ok(glob) = Glob::new(package.as_str()) else { return };
+        self.set_frozen(|frozen| {
+            if !frozen.contains(&glob) {
+                frozen.push(glob);
+            }
+        });
     }
 
     pub(crate) fn set_frozen(&self, update: impl FnOnce(&mut Vec<Glob>)) {

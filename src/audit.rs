@@ -60,6 +60,8 @@ pub enum Event {
     Exchange,
     /// An admin API call.
     Admin,
+    /// A notification of a staged version, delivered or given up.
+    Notify,
 }
 
 /// What the broker decided.
@@ -113,6 +115,13 @@ pub struct Record {
     pub version: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dist_tags: Vec<String>,
+    /// The version went upstream as a staged publish: it is live only once a maintainer
+    /// approves it there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub staged: bool,
+    /// The upstream's id of the staged version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_id: Option<String>,
     pub decision: Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

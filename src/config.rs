@@ -50,6 +50,20 @@ pub struct Config {
     pub audit: AuditConfig,
     pub policy_dir: PathBuf,
     pub admin: Option<AdminConfig>,
+    /// `[notify.NAME]`: where staged versions are announced.
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// A webhook told about each staged version of the grants that name it.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub name: String,
+    /// https:// (http:// only on loopback).
+    pub webhook: Uri,
+    /// The HMAC-SHA256 key of the `X-Phantom-Signature` header, if any.
+    pub secret: Option<SecretSource>,
+    /// Extra trust anchors for the webhook's TLS, added to the system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The admin listener: health, metrics, phantom listing and revocation, freeze, policy reload.
@@ -80,6 +94,9 @@ pub struct ServerConfig {
     pub max_buffered_bytes: u64,
     /// Worker threads serving the registry listener (default: one per CPU).
     pub workers: usize,
+    /// A write refused for passing its grant's `rate` also freezes the package, until an admin
+    /// thaws it.
+    pub freeze_on_burst: bool,
 }
 
 impl ServerConfig {
@@ -159,6 +176,16 @@ struct RawConfig {
     #[serde(default)]
     policy: RawPolicy,
     admin: Option<RawAdmin>,
+    #[serde(default)]
+    notify: BTreeMap<String, RawNotify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    webhook: String,
+    secret: Option<SecretSource>,
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -183,6 +210,7 @@ struct RawServer {
     max_connections: Option<usize>,
     max_buffered_bytes: Option<u64>,
     workers: Option<usize>,
+    freeze_on_burst: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -272,6 +300,22 @@ impl Config {
     pub fn credential_names(&self) -> Vec<&str> {
         self.credentials.iter().map(|c| c.name.as_str()).collect()
     }
+
+    /// Loads the policy directory against what this config defines (issuers, credentials,
+    /// notification targets, lifetimes).
+    pub fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+        let issuers = self.issuer_names();
+        let credentials = self.credential_names();
+        let notify: Vec<&str> = self.notify.iter().map(|n| n.name.as_str()).collect();
+        let ctx = crate::policy::PolicyContext {
+            issuers: &issuers,
+            credentials: &credentials,
+            notify: &notify,
+            default_ttl: self.server.default_ttl,
+            max_ttl: self.server.max_ttl,
+        };
+        crate::policy::Policy::load_dir(&self.policy_dir, &ctx)
+    }
 }
 
 fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> {
@@ -315,6 +359,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         max_connections: s.max_connections.unwrap_or(20_000),
         max_buffered_bytes: s.max_buffered_bytes.unwrap_or(1024 * 1024 * 1024),
         workers: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        freeze_on_burst: s.freeze_on_burst.unwrap_or(false),
     };
     if server.workers == 0 || server.workers > 256 {
         return Err("`server.workers` must be between 1 and 256".into());
@@ -428,7 +473,18 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         }
     };
 
+    let mut notify = Vec::new();
+    for (name, n) in raw.notify {
+        let webhook = checked_url(&n.webhook).map_err(|e| format!("`notify.{name}.webhook`: {e}"))?;
+        let secret = n.secret.map(|k| match k {
+            SecretSource::File(p) => SecretSource::File(rel(&p)),
+            env => env,
+        });
+        notify.push(NotifyConfig { name, webhook, secret, ca_file: n.ca_file.as_deref().map(rel) });
+    }
+
     Ok(Config {
+        notify,
         admin,
         path: path.to_owned(),
         server,

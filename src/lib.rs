@@ -28,7 +28,7 @@
 //! - `credentials`: the real tokens, reachable only with an `Authorized` request.
 //! - `upstream`: the registries behind the broker, its own connection pool, and the scrubbing
 //!   of every response that carried a credential.
-//! - `audit`: the hash-chained JSON-lines log.
+//! - `audit`: the hash-chained JSON-lines log; `notify`: webhooks told of staged versions.
 //! - `app`: the state every request shares, built once from `config`.
 //! - Around them: `config`, `net` (TLS and HTTP plumbing), `json` (strict parsing), `secret`,
 //!   `certs`, `login` and `admin_client` (the CLI's own commands), `units`.
@@ -44,6 +44,7 @@ pub mod identity;
 pub mod json;
 pub mod login;
 pub mod net;
+pub(crate) mod notify;
 pub mod npm;
 pub mod phantom;
 pub mod pipeline;

@@ -279,18 +279,32 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// How an allowed action goes: a publish staged for approval, a rate, notifications.
+fn how(grant: Option<&policy::Grant>, action: phantom_broker::npm::ActionKind) -> String {
+    let Some(g) = grant else { return String::new() };
+    let mut notes = Vec::new();
+    if action == phantom_broker::npm::ActionKind::Publish && g.publish == policy::PublishMode::Stage {
+        notes.push(
+            "staged: `npm publish` goes upstream as `npm stage publish`, live once a maintainer approves it".to_owned(),
+        );
+    }
+    if let Some(rate) = g.rate {
+        notes.push(format!("at most {} writes per identity and package every {}s", rate.max, rate.window.as_secs()));
+    }
+    if !g.notify.is_empty() {
+        notes.push(format!("staged versions notify {}", g.notify.join(", ")));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    }
+}
+
 fn policy_command(command: PolicyCommand) -> Result<()> {
     let load = |path: &PathBuf| -> Result<(Config, policy::Policy)> {
         let config = Config::load(path)?;
-        let issuers = config.issuer_names();
-        let credentials = config.credential_names();
-        let ctx = policy::PolicyContext {
-            issuers: &issuers,
-            credentials: &credentials,
-            default_ttl: config.server.default_ttl,
-            max_ttl: config.server.max_ttl,
-        };
-        let policy = policy::Policy::load_dir(&config.policy_dir, &ctx)?;
+        let policy = config.load_policy()?;
         Ok((config, policy))
     };
     match command {
@@ -319,7 +333,7 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                 match verdict {
                     Ok(()) => {
                         allowed = true;
-                        println!("allow  {grant}");
+                        println!("allow  {grant}{}", how(policy.grant(&grant), action));
                     }
                     Err(why) => println!("deny   {grant}: {why}"),
                 }

@@ -74,6 +74,17 @@ pub enum Op {
         rev: String,
     },
     StagePublish,
+    /// `GET /-/stage?package=<name>`: the staged versions of a package (or, without `package`,
+    /// of every package the credential may see).
+    StageList,
+    /// `GET /-/stage/<id>`: one staged version. Its package is not in the path.
+    StageView {
+        id: String,
+    },
+    /// `GET /-/stage/<id>/tarball`: the tarball of one staged version.
+    StageTarball {
+        id: String,
+    },
     DistTagSet {
         tag: String,
     },
@@ -355,10 +366,80 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
             let (package, form) = parse_escaped_name(name)?;
             package_request(method, package, Op::StagePublish, form, query)
         }
+        ["stage"] if get => stage_list(method, query),
+        ["stage", id] if get => stage_item(method, id, query, |id| Op::StageView { id }),
+        ["stage", id, "tarball"] if get => stage_item(method, id, query, |id| Op::StageTarball { id }),
         // Approving or discarding a staged version is for humans with 2FA, never the broker.
         ["stage", ..] => forbidden("staged-publish review", "/-/stage"),
         _ => Err(RouteError::UnknownRoute),
     }
+}
+
+/// `GET /-/stage?package=<name>&page=N&perPage=N`, as npm's `stage list` sends it. The query
+/// is parsed and rebuilt: only these three parameters, a valid package name, numbers.
+fn stage_list(method: &Method, query: Option<&str>) -> Result<Route, RouteError> {
+    let (mut package, mut page, mut per_page) = (None, None, None);
+    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or(RouteError::UnexpectedQuery)?;
+        let number = || value.parse::<u32>().map_err(|_| RouteError::UnexpectedQuery);
+        let slot = match key {
+            "package" => &mut package,
+            "page" => &mut page,
+            "perPage" => &mut per_page,
+            _ => return Err(RouteError::UnexpectedQuery),
+        };
+        if slot.is_some() {
+            return Err(RouteError::UnexpectedQuery);
+        }
+        *slot = Some(match key {
+            "package" => value.to_owned(),
+            _ => number()?.to_string(),
+        });
+    }
+    let package = match package {
+        // URLSearchParams writes `@` and `/` escaped; no other escape belongs in a name.
+        Some(v) => {
+            let name = v.replace("%40", "@").replace("%2F", "/").replace("%2f", "/");
+            if name.contains('%') {
+                return Err(RouteError::BadEncoding);
+            }
+            Some(PackageName::parse(&name)?)
+        }
+        None => None,
+    };
+    let mut rebuilt: Vec<String> = Vec::new();
+    if let Some(p) = &package {
+        rebuilt.push(format!("package={}", p.as_str().replace('@', "%40").replace('/', "%2F")));
+    }
+    if let Some(n) = page {
+        rebuilt.push(format!("page={n}"));
+    }
+    if let Some(n) = per_page {
+        rebuilt.push(format!("perPage={n}"));
+    }
+    let query = (!rebuilt.is_empty()).then(|| rebuilt.join("&"));
+    Ok(Route::Registry(NpmRequest {
+        method: method.clone(),
+        package,
+        op: Op::StageList,
+        form: NameForm::Escaped,
+        query,
+    }))
+}
+
+/// `GET /-/stage/<id>` and its tarball: the id is a UUID, as npm checks before it asks.
+fn stage_item(method: &Method, id: &str, query: Option<&str>, op: fn(String) -> Op) -> Result<Route, RouteError> {
+    if query.is_some() {
+        return Err(RouteError::UnexpectedQuery);
+    }
+    let groups: Vec<&str> = id.split('-').collect();
+    let uuid =
+        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !uuid {
+        return Err(RouteError::BadPath);
+    }
+    let op = op(id.to_ascii_lowercase());
+    Ok(Route::Registry(NpmRequest { method: method.clone(), package: None, op, form: NameForm::Escaped, query: None }))
 }
 
 fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) -> Result<NpmRequest, RouteError> {
@@ -502,6 +583,9 @@ impl NpmRequest {
                 | Op::DistTagsList
                 | Op::Visibility
                 | Op::Collaborators
+                | Op::StageList
+                | Op::StageView { .. }
+                | Op::StageTarball { .. }
         )
     }
 
@@ -525,6 +609,17 @@ impl NpmRequest {
             _ => &[Read],
         };
         list.iter().copied().collect()
+    }
+
+    /// A publish (`PUT /<name>`) as a staged publish of the same package
+    /// (`POST /-/stage/package/<name>`), for grants that stage their publishes.
+    pub fn as_staged(&self) -> Option<NpmRequest> {
+        (self.op == Op::PutPackument).then(|| NpmRequest {
+            method: Method::POST,
+            op: Op::StagePublish,
+            form: NameForm::Escaped,
+            ..self.clone()
+        })
     }
 
     /// The action as far as the route tells it, for the audit log: the one action, or both
@@ -563,6 +658,9 @@ impl NpmRequest {
             Op::Collaborators => format!("/-/package/{name}/collaborators"),
             Op::AccessSet => format!("/-/package/{name}/access"),
             Op::StagePublish => format!("/-/stage/package/{name}"),
+            Op::StageList => "/-/stage".to_owned(),
+            Op::StageView { id } => format!("/-/stage/{id}"),
+            Op::StageTarball { id } => format!("/-/stage/{id}/tarball"),
         };
         if let Some(q) = &self.query {
             path.push('?');

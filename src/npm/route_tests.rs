@@ -248,3 +248,30 @@ fn dot_segments_raw_or_encoded() {
         assert_eq!(reference(segment), want, "{segment:?}");
     }
 }
+
+#[test]
+fn staged_versions_are_reads_and_their_review_is_never_forwarded() {
+    use Want::Reg;
+    let id = "4c00c615-1e36-4201-a75c-47b46b8fd83f";
+    check("GET", "/-/stage", Reg("StageList", None, "/-/stage"));
+    check(
+        "GET",
+        "/-/stage?page=0&perPage=100&package=%40acme%2Fweb",
+        Reg("StageList", Some("@acme/web"), "/-/stage?package=%40acme%2Fweb&page=0&perPage=100"),
+    );
+    check("GET", "/-/stage?package=web", Reg("StageList", Some("web"), "/-/stage?package=web"));
+    const VIEW: &str = "/-/stage/4c00c615-1e36-4201-a75c-47b46b8fd83f";
+    const TARBALL: &str = "/-/stage/4c00c615-1e36-4201-a75c-47b46b8fd83f/tarball";
+    check("GET", VIEW, Reg("StageView", None, VIEW));
+    check("GET", TARBALL, Reg("StageTarball", None, TARBALL));
+    check("GET", "/-/stage?package=%40acme%2Fweb&package=web", Want::Err(RouteError::UnexpectedQuery));
+    check("GET", "/-/stage?evil=1", Want::Err(RouteError::UnexpectedQuery));
+    check("GET", "/-/stage?page=-1", Want::Err(RouteError::UnexpectedQuery));
+    check("GET", "/-/stage?package=%2e%2e", Want::Err(RouteError::BadEncoding));
+    check("GET", "/-/stage/not-a-uuid", Want::Err(RouteError::BadPath));
+    check("GET", &format!("/-/stage/{id}?x=1"), Want::Err(RouteError::UnexpectedQuery));
+    // Approval and rejection are a maintainer's, with 2FA: never through the broker.
+    check("POST", &format!("/-/stage/{id}/approve"), Want::Forbidden);
+    check("DELETE", &format!("/-/stage/{id}"), Want::Forbidden);
+    check("POST", "/-/stage", Want::Forbidden);
+}

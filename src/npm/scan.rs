@@ -191,6 +191,12 @@ impl PublishScanner {
         self.closed_at
     }
 
+    /// Tarball data bytes seen so far (the string being read included): a body with any is
+    /// shaped as a publish.
+    pub fn tarball_bytes(&self) -> u64 {
+        self.data_bytes + if self.data { self.data_in_this_string } else { 0 }
+    }
+
     /// Memory the skeleton holds (its capacity).
     pub fn held_bytes(&self) -> usize {
         self.skeleton.capacity()

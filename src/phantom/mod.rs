@@ -6,6 +6,7 @@ pub mod token;
 
 pub use fingerprint::Fingerprinter;
 pub use store::{
-    Fingerprint, Listed, Lookup, MemoryStore, OpenWrite, PhantomRecord, PhantomStore, Selector, StoreError, UseOutcome,
+    Fingerprint, Listed, Lookup, MemoryStore, OpenWrite, PhantomRecord, PhantomStore, RateOutcome, Selector,
+    StoreError, UseOutcome,
 };
 pub use token::{FormatError, PhantomToken, TokenDigest};

@@ -5,7 +5,7 @@
 //! hold across replicas. Every operation that decides a use is one atomic step in the store.
 
 use super::token::TokenDigest;
-use crate::policy::{Identity, Scope};
+use crate::policy::{Identity, Rate, Scope};
 use dashmap::DashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -155,8 +155,29 @@ pub trait PhantomStore: Send + Sync + 'static {
         now: u64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// The `rate` of a grant, per key (an identity and a package): with `take`, counts one write
+    /// if the sliding window has room for it, atomically; without, only looks. `now_ms` in
+    /// milliseconds.
+    fn rate(
+        &self,
+        key: &str,
+        rate: Rate,
+        now_ms: u64,
+        take: bool,
+    ) -> impl Future<Output = Result<RateOutcome, StoreError>> + Send;
+
     /// Drops what has expired.
     fn sweep(&self, now: u64) -> impl Future<Output = ()> + Send;
+}
+
+/// Whether a write fits its grant's `rate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateOutcome {
+    Allowed,
+    /// The window is full; it has room again after this long.
+    Limited {
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Seconds an expired phantom is remembered, so its holder hears "expired", not "unknown".
@@ -176,6 +197,8 @@ struct Entry {
 pub struct MemoryStore {
     phantoms: DashMap<TokenDigest, Entry>,
     spent_id_tokens: DashMap<[u8; 32], u64>,
+    /// Per rate key: the window, and the times (ms) of the writes counted in it, oldest first.
+    rates: DashMap<String, (std::time::Duration, std::collections::VecDeque<u64>)>,
 }
 
 impl MemoryStore {
@@ -301,9 +324,33 @@ impl PhantomStore for MemoryStore {
         })
     }
 
+    async fn rate(&self, key: &str, rate: Rate, now_ms: u64, take: bool) -> Result<RateOutcome, StoreError> {
+        let window = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX);
+        let mut entry = self.rates.entry(key.to_owned()).or_insert_with(|| (rate.window, Default::default()));
+        let (kept_for, times) = &mut *entry;
+        *kept_for = (*kept_for).max(rate.window);
+        while times.front().is_some_and(|&t| t.saturating_add(window) <= now_ms) {
+            times.pop_front();
+        }
+        if times.len() >= rate.max as usize {
+            let oldest = times.front().copied().unwrap_or(now_ms);
+            let ms = oldest.saturating_add(window).saturating_sub(now_ms);
+            return Ok(RateOutcome::Limited { retry_after: std::time::Duration::from_millis(ms.max(1)) });
+        }
+        if take {
+            times.push_back(now_ms);
+        }
+        Ok(RateOutcome::Allowed)
+    }
+
     async fn sweep(&self, now: u64) {
         self.phantoms.retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
         self.spent_id_tokens.retain(|_, until| now < *until);
+        let now_ms = now.saturating_mul(1000);
+        self.rates.retain(|_, (window, times)| {
+            let window = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            times.back().is_some_and(|&t| t.saturating_add(window) > now_ms)
+        });
     }
 }
 
@@ -390,6 +437,27 @@ mod tests {
             assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::TooMany);
             s.close_write(&d);
             assert_eq!(s.open_write(&d, 50).await.unwrap(), OpenWrite::Opened);
+        });
+    }
+
+    #[test]
+    fn rates_slide() {
+        block_on(async {
+            let s = MemoryStore::new();
+            let rate = Rate { max: 2, window: std::time::Duration::from_secs(10) };
+            let take = |ms| s.rate("k", rate, ms, true);
+            assert_eq!(s.rate("k", rate, 0, false).await.unwrap(), RateOutcome::Allowed);
+            assert_eq!(take(1_000).await.unwrap(), RateOutcome::Allowed);
+            assert_eq!(take(2_000).await.unwrap(), RateOutcome::Allowed);
+            let limited = RateOutcome::Limited { retry_after: std::time::Duration::from_millis(8_000) };
+            assert_eq!(take(3_000).await.unwrap(), limited);
+            assert_eq!(s.rate("k", rate, 3_000, false).await.unwrap(), limited, "a look is not a write");
+            assert_eq!(s.rate("other", rate, 3_000, true).await.unwrap(), RateOutcome::Allowed);
+            // The first write leaves the window at 11 s.
+            assert_eq!(take(11_000).await.unwrap(), RateOutcome::Allowed);
+            assert!(matches!(take(11_500).await.unwrap(), RateOutcome::Limited { .. }));
+            s.sweep(30).await;
+            assert!(s.rates.is_empty(), "a lapsed window was kept");
         });
     }
 

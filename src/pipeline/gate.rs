@@ -14,6 +14,11 @@
 //!   end of the request are released; on a refusal the request is aborted (its connection is
 //!   closed mid-body), so the upstream never has the whole request, nor a whole document.
 //!
+//! A third way serves grants that stage their publishes: **on publish**, a `PUT /<name>` is read
+//! as a streamed body, but its upstream request starts only once the body shows it is a publish
+//! (its tarball data begins), as a staged publish; a body that ends before that (a deprecate)
+//! is sent whole, as itself.
+//!
 //! Only data counts: empty frames change nothing, and trailers are never forwarded. The caller's
 //! own framing (`Content-Length`, chunked, HTTP/2 frames) never reaches the upstream.
 //!
@@ -82,6 +87,11 @@ impl StreamGate {
     /// Memory the gate holds: the skeleton and the held bytes.
     pub fn held_bytes(&self) -> usize {
         self.scanner.held_bytes() + self.held_len
+    }
+
+    /// Whether the body has shown tarball data (it is shaped as a publish).
+    pub fn has_tarball_data(&self) -> bool {
+        self.scanner.tarball_bytes() > 0
     }
 
     /// The end of the body: what the checks read, and the bytes still held, to be released
@@ -155,6 +165,19 @@ pub(crate) enum Intake {
     Whole { limit: u64 },
     /// Streamed upstream as it arrives, at most `limit` bytes, the skeleton at most `max_skeleton`.
     Streamed { limit: u64, max_skeleton: usize },
+    /// Streamed once it shows tarball data; sent whole if it never does.
+    OnPublish { limit: u64, max_skeleton: usize },
+}
+
+/// When a write's upstream request starts.
+pub(crate) enum UpstreamStart {
+    /// After the verdict, with the whole body.
+    AfterVerdict,
+    /// Now: its body streams from the gate.
+    Now(Body),
+    /// When the body shows it is a publish, streaming from the gate from then on; if it never
+    /// does (the sender is dropped), after the verdict, with the whole body.
+    OnPublish(tokio::sync::oneshot::Receiver<Body>),
 }
 
 /// Memory a streamed write has in flight besides its skeleton and held bytes: the caller's
@@ -192,6 +215,13 @@ enum Way {
         tail: Vec<Bytes>,
         upstream: BodySender,
     },
+    /// Not yet sent: the released bytes wait in `pending` until the body shows tarball data.
+    Deferred {
+        gate: StreamGate,
+        pending: Vec<Bytes>,
+        pending_len: usize,
+        start: tokio::sync::oneshot::Sender<Body>,
+    },
     /// A whole body, read and waiting for the verdict.
     Read(Bytes),
     Done,
@@ -226,22 +256,27 @@ impl WriteBody {
         budget: &MemoryBudget,
         intake: Intake,
         fingerprint: Fingerprinter,
-    ) -> Result<(WriteBody, Option<Body>), Refusal> {
+    ) -> Result<(WriteBody, UpstreamStart), Refusal> {
         let (first, limit) = match intake {
             Intake::Whole { limit } => (usize::try_from(limit).unwrap_or(usize::MAX).min(STEP_KIB * 1024), limit),
-            Intake::Streamed { limit, .. } => (IN_FLIGHT, limit),
+            Intake::Streamed { limit, .. } | Intake::OnPublish { limit, .. } => (IN_FLIGHT, limit),
         };
         let share = budget.share(first).ok_or(Refusal::Busy)?;
-        let (way, upstream_body) = match intake {
-            Intake::Whole { .. } => (Way::Whole(Vec::new()), None),
+        let (way, start) = match intake {
+            Intake::Whole { .. } => (Way::Whole(Vec::new()), UpstreamStart::AfterVerdict),
             Intake::Streamed { max_skeleton, .. } => {
                 let (tx, body) = net::ChannelBody::new();
-                (Way::Streaming { gate: StreamGate::new(max_skeleton), upstream: tx }, Some(body.boxed_unsync()))
+                let gate = StreamGate::new(max_skeleton);
+                (Way::Streaming { gate, upstream: tx }, UpstreamStart::Now(body.boxed_unsync()))
+            }
+            Intake::OnPublish { max_skeleton, .. } => {
+                let (start, later) = tokio::sync::oneshot::channel();
+                let gate = StreamGate::new(max_skeleton);
+                (Way::Deferred { gate, pending: Vec::new(), pending_len: 0, start }, UpstreamStart::OnPublish(later))
             }
         };
-        let streamed = upstream_body.is_some();
-        let body = WriteBody { way, streamed, limit, share, fingerprint: Some(fingerprint), sent: 0, read: 0 };
-        Ok((body, upstream_body))
+        let body = WriteBody { way, streamed: false, limit, share, fingerprint: Some(fingerprint), sent: 0, read: 0 };
+        Ok((body, start))
     }
 
     /// Reads the caller's body to its end through the gate, forwarding what a streamed body may
@@ -282,6 +317,7 @@ impl WriteBody {
                     }
                 }
                 Way::Streaming { gate, upstream } => {
+                    self.streamed = true;
                     gate.push(data, &mut out).map_err(scan_refusal)?;
                     if !self.share.cover(IN_FLIGHT + gate.held_bytes()) {
                         return Err(Refusal::Busy.into());
@@ -289,6 +325,17 @@ impl WriteBody {
                     for piece in out.drain(..) {
                         self.sent += piece.len() as u64;
                         upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
+                    }
+                }
+                Way::Deferred { gate, pending, pending_len, .. } => {
+                    gate.push(data, &mut out).map_err(scan_refusal)?;
+                    *pending_len += out.iter().map(Bytes::len).sum::<usize>();
+                    pending.append(&mut out);
+                    if !self.share.cover(IN_FLIGHT + gate.held_bytes() + *pending_len) {
+                        return Err(Refusal::Busy.into());
+                    }
+                    if gate.has_tarball_data() {
+                        self.start_upstream().await?;
                     }
                 }
                 Way::Held { .. } | Way::Read(_) | Way::Done => {
@@ -307,6 +354,13 @@ impl WriteBody {
                 self.way = Way::Held { tail, upstream };
                 Bytes::from(scanned.skeleton)
             }
+            // It never showed tarball data: it is whole, and goes upstream as itself.
+            Way::Deferred { gate, pending, .. } => {
+                let (_, tail) = gate.finish().map_err(scan_refusal)?;
+                let whole = Bytes::from([pending, tail].concat().concat());
+                self.way = Way::Read(whole.clone());
+                whole
+            }
             _ => return Err(Refusal::Internal("a body read twice".into()).into()),
         };
         Ok(Checked { bytes: checked, fingerprint: fingerprint.finish() })
@@ -320,6 +374,22 @@ impl WriteBody {
         } else {
             Err(Refusal::Busy)
         }
+    }
+
+    /// Starts a deferred body's upstream request: what waited goes first, the rest streams.
+    async fn start_upstream(&mut self) -> Result<(), Stop> {
+        let Way::Deferred { gate, pending, start, .. } = std::mem::replace(&mut self.way, Way::Done) else {
+            return Ok(());
+        };
+        let (upstream, body) = net::ChannelBody::new();
+        start.send(body.boxed_unsync()).map_err(|_| Stop::UpstreamGone)?;
+        self.streamed = true;
+        for piece in pending {
+            self.sent += piece.len() as u64;
+            upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
+        }
+        self.way = Way::Streaming { gate, upstream };
+        Ok(())
     }
 
     /// The verdict allowed the write: a whole body is handed over to be sent; a streamed body's

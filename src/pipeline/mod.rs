@@ -5,6 +5,7 @@
 mod exchange;
 pub mod gate;
 mod refusal;
+mod staged;
 mod write;
 
 pub(crate) use refusal::Refusal;
@@ -13,7 +14,7 @@ use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
 use crate::credentials::UpstreamAuth;
 use crate::net::{self, Bearer, Body, BoxError};
-use crate::npm::{self, NpmRequest, Route};
+use crate::npm::{self, NpmRequest, Op, Route};
 use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest};
 use crate::policy::{Authorized, Requested};
 use crate::upstream::{self, Content};
@@ -147,6 +148,9 @@ async fn forward(
         // Writes' own steps are boxed, so that a read's future, allocated for every request,
         // holds none of their state.
         return Box::pin(write::forward(app, npm, session, upstream, req, rec)).await;
+    }
+    if let Op::StageView { .. } | Op::StageTarball { .. } = npm.op() {
+        return Box::pin(staged::read(app, npm, session, upstream, req.headers(), rec)).await;
     }
 
     let permit = authorize_read(app, session.as_ref(), npm);

@@ -38,6 +38,12 @@ pub(crate) enum Refusal {
     WritesInFlight,
     #[error("writes to this package are frozen by an administrator")]
     Frozen,
+    #[error("past the grant's rate for this identity and package (again in {retry_after:?}){}", if *.frozen { "; the package is now frozen" } else { "" })]
+    RateLimited { retry_after: std::time::Duration, frozen: bool },
+    #[error("the upstream registry accepts only staged publishes with this grant's credential (E_STAGE_REQUIRED)")]
+    StageRequired,
+    #[error("no such staged version")]
+    NoStagedVersion,
     #[error("{0}")]
     Identity(#[from] IdentityError),
     #[error("the ID token has already been exchanged")]
@@ -79,7 +85,10 @@ impl Refusal {
             | Refusal::Denied(_)
             | Refusal::NoGrant(_)
             | Refusal::UsesExhausted
-            | Refusal::Frozen => 403,
+            | Refusal::Frozen
+            | Refusal::StageRequired => 403,
+            Refusal::RateLimited { .. } => 429,
+            Refusal::NoStagedVersion => 404,
             Refusal::NeedsPhantom | Refusal::NotAPhantom | Refusal::BadPhantom(_) | Refusal::PhantomNotLive(_) => 401,
             Refusal::Identity(e) => e.status(),
             Refusal::Replay => 401,
@@ -136,6 +145,19 @@ impl Refusal {
                 "the phantom token already has as many writes open as it could still make; wait for them to end"
             }
             Refusal::Frozen => "writes to this package are frozen by an administrator",
+            Refusal::RateLimited { frozen: false, .. } => {
+                "this identity has made as many writes to this package as its grant's rate allows; try again later"
+            }
+            Refusal::RateLimited { frozen: true, .. } => {
+                "this identity has made as many writes to this package as its grant's rate allows, and the package is \
+                 now frozen until an administrator thaws it"
+            }
+            Refusal::StageRequired => {
+                "the upstream registry accepts only staged publishes with this credential: an administrator sets \
+                 `publish = \"stage\"` on the broker's grant, and a maintainer then approves each version with \
+                 `npm stage approve <id>`"
+            }
+            Refusal::NoStagedVersion => "no such staged version",
             Refusal::Identity(IdentityError::KeysUnavailable(_)) => {
                 "the issuer's signing keys are unavailable; try again later"
             }
@@ -176,8 +198,13 @@ impl Refusal {
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::CACHE_CONTROL, "no-store");
-        if matches!(self, Refusal::Busy) {
-            resp = resp.header(header::RETRY_AFTER, "1");
+        match self {
+            Refusal::Busy => resp = resp.header(header::RETRY_AFTER, "1"),
+            Refusal::RateLimited { retry_after, .. } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                resp = resp.header(header::RETRY_AFTER, secs.max(1));
+            }
+            _ => {}
         }
         resp.body(net::full(body)).expect("a static response is valid")
     }

@@ -9,19 +9,22 @@
 //! comparison with the upstream's packument (deprecates, version removals) -> a use spent -> the
 //! write on record (write-ahead) -> release, or abort -> relay, scrubbed.
 
-use super::gate::{Intake, Released, Stop, WriteBody};
+use super::gate::{Intake, Released, Stop, UpstreamStart, WriteBody};
 use super::{Refusal, Session};
 use crate::app::App;
 use crate::audit::{self, Decision, Record, UpstreamRequest};
 use crate::credentials::UpstreamAuth;
 use crate::json;
 use crate::net::Body;
-use crate::npm::{body, ActionKind, NpmRequest, Op, PutPackument, PutRevision};
-use crate::phantom::{Fingerprint, Fingerprinter, MemoryStore, OpenWrite, PhantomStore, TokenDigest, UseOutcome};
-use crate::policy::{Authorized, Requested};
+use crate::notify::Staged;
+use crate::npm::{body, ActionKind, NpmRequest, Op, PackageName, PutPackument, PutRevision};
+use crate::phantom::{
+    Fingerprint, Fingerprinter, MemoryStore, OpenWrite, PhantomStore, RateOutcome, TokenDigest, UseOutcome,
+};
+use crate::policy::{Authorized, PublishMode, Rate, Requested};
 use crate::upstream::{self, Content, Pooled, Upstream, UpstreamError};
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::sync::Arc;
@@ -51,24 +54,50 @@ pub(super) async fn forward(
         .authorize_provisional(&r.identity, &r.grant, &r.scope, package.as_ref(), candidates, npm)
         .map_err(Refusal::Denied)?;
     let auth = app.credentials.for_authorized(&provisional, &upstream.name).map_err(Refusal::Internal)?;
-    rec.grant = Some(provisional.grant().name.clone());
+    let grant = provisional.grant();
+    rec.grant = Some(grant.name.clone());
+    if let (Some(rate), Some(p)) = (grant.rate, &package) {
+        // A caller past its rate is refused before anything is read.
+        within_rate(app, &session, p, rate, false).await?;
+    }
+    // A grant that stages its publishes sends an `npm publish` as `npm stage publish`.
+    let staging = (grant.publish == PublishMode::Stage).then(|| provisional.get().as_staged()).flatten();
     let (method, path) = (provisional.get().method.clone(), provisional.get().upstream_path());
-    let intake = intake(app, provisional.get(), &parts.headers)?;
-    let (mut body, stream) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
+    let intake = intake(app, provisional.get(), staging.is_some(), &parts.headers)?;
+    let (mut body, start) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
     let decided = decide(app, &session, provisional, &mut body, incoming, upstream, &auth, rec);
-    let (sent, decided) = match stream {
+    let (sent, decided) = match start {
         // A streamed write's request starts now; the gate holds back its end until the verdict.
-        Some(stream) => {
+        UpstreamStart::Now(stream) => {
             let send = upstream.send(method, &path, &parts.headers, content, stream, &auth);
             let (sent, decided) = tokio::join!(send, decided);
             (Some(sent), decided)
         }
-        None => (None, decided.await),
+        // A publish to stage starts when its body shows it is one.
+        UpstreamStart::OnPublish(later) => {
+            let staged = staging.as_ref().ok_or(Refusal::Internal("a deferred write that is not staged".into()))?;
+            let send = async {
+                let stream = later.await.ok()?;
+                Some(
+                    upstream
+                        .send(staged.method.clone(), &staged.upstream_path(), &parts.headers, content, stream, &auth)
+                        .await,
+                )
+            };
+            tokio::join!(send, decided)
+        }
+        UpstreamStart::AfterVerdict => (None, decided.await),
     };
     let (verdict, released) = match decided {
         Ok(decided) => decided,
         Err(stop) => return stopped(app, stop, sent, &body, &auth, rec),
+    };
+    // Whether it went upstream as a staged publish.
+    let staged = match verdict.request.get().op() {
+        Op::StagePublish => true,
+        Op::PutPackument => staging.is_some() && body.streamed(),
+        _ => false,
     };
     let sent = match (sent, released) {
         (Some(sent), Released::Streamed) => sent,
@@ -88,11 +117,101 @@ pub(super) async fn forward(
         app.store.settle(&session.digest, fingerprint, ok).await?;
     }
     let resp = sent?;
-    rec.upstream_status = Some(resp.status().as_u16());
-    if resp.status().is_server_error() {
-        return Err(Refusal::UpstreamFailed(resp.status().as_u16()));
+    let status = resp.status();
+    rec.upstream_status = Some(status.as_u16());
+    if status.is_server_error() {
+        return Err(Refusal::UpstreamFailed(status.as_u16()));
     }
-    Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?)
+    let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
+    if staged && status.is_success() {
+        return staged_reply(app, resp, &verdict, rec).await;
+    }
+    if verdict.request.get().op() == &Op::PutPackument && status.is_client_error() {
+        return direct_publish_refused(resp).await;
+    }
+    Ok(resp)
+}
+
+/// Largest answer the broker reads before relaying it (a staged version's id, a refusal).
+const MAX_READ_ANSWER: usize = 1024 * 1024;
+
+/// A version went upstream staged: the record and the notifications say which, and the caller
+/// gets the registry's answer with an `npm-notice` (npm prints it) naming the stage id and how
+/// a maintainer approves it.
+async fn staged_reply(
+    app: &App,
+    resp: Response<Body>,
+    verdict: &Verdict,
+    rec: &mut Record,
+) -> Result<Response<Body>, Refusal> {
+    let (mut parts, bytes) = upstream::read_relayed(resp, MAX_READ_ANSWER).await?;
+    let id =
+        json::parse_object(&bytes).ok().and_then(|doc| doc.get("stageId").and_then(|v| v.as_str()).map(str::to_owned));
+    // The id is the registry's text: it is recorded and shown only if it looks like one.
+    let id =
+        id.filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let Some(id) = id else {
+        return Err(Refusal::Upstream(UpstreamError::Failed(
+            "the registry staged the version without a stage id".into(),
+        )));
+    };
+    rec.staged = true;
+    rec.stage_id = Some(id.clone());
+    let (package, version) = (rec.package.clone().unwrap_or_default(), rec.version.clone().unwrap_or_default());
+    let notice = format!(
+        "{package}@{version} is staged, not published (stage id {id}): it goes live when a maintainer runs `npm stage approve {id}`"
+    );
+    if let Ok(v) = HeaderValue::from_str(&notice) {
+        parts.headers.append("npm-notice", v);
+    }
+    let grant = verdict.request.grant();
+    if !grant.notify.is_empty() {
+        let staged = Staged {
+            package,
+            version,
+            stage_id: id,
+            identity: rec.identity.clone(),
+            grant: grant.name.clone(),
+            request_id: rec.request_id.clone(),
+        };
+        app.notifier.staged(&grant.notify, &staged, &app.audit);
+    }
+    Ok(Response::from_parts(parts, crate::net::full(bytes)))
+}
+
+/// A direct publish the registry refused: one that only stage-only tokens could make there
+/// (`E_STAGE_REQUIRED`, as the public npm registry answers since January 2027) gets a refusal
+/// that says what to change; any other is relayed as it came.
+async fn direct_publish_refused(resp: Response<Body>) -> Result<Response<Body>, Refusal> {
+    let (parts, bytes) = upstream::read_relayed(resp, MAX_READ_ANSWER).await?;
+    if memchr::memmem::find(&bytes, b"E_STAGE_REQUIRED").is_some() {
+        return Err(Refusal::StageRequired);
+    }
+    Ok(Response::from_parts(parts, crate::net::full(bytes)))
+}
+
+/// Whether one more write by this caller to `package` fits its grant's `rate`; with `take`, it
+/// is counted. Past the rate: 429, and with `server.freeze_on_burst` the package is frozen.
+async fn within_rate(
+    app: &App,
+    session: &Session,
+    package: &PackageName,
+    rate: Rate,
+    take: bool,
+) -> Result<(), Refusal> {
+    let identity = &session.record.identity;
+    let key = format!("{}\0{}\0{package}", identity.issuer, identity.claim("sub").unwrap_or_default());
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    match app.store.rate(&key, rate, u64::try_from(now_ms).unwrap_or(u64::MAX), take).await? {
+        RateOutcome::Allowed => Ok(()),
+        RateOutcome::Limited { retry_after } => {
+            let frozen = app.config.server.freeze_on_burst;
+            if frozen {
+                app.freeze(package);
+            }
+            Err(Refusal::RateLimited { retry_after, frozen })
+        }
+    }
 }
 
 /// A write that did not get through: refused by the broker, or ended by the upstream before
@@ -207,19 +326,21 @@ fn content(headers: &HeaderMap, npm: &NpmRequest) -> Result<Content, Refusal> {
 
 /// How the route's body goes through the gate. A declared length past the limit is refused
 /// before anything is read.
-fn intake(app: &App, npm: &NpmRequest, headers: &HeaderMap) -> Result<Intake, Refusal> {
+fn intake(app: &App, npm: &NpmRequest, staging: bool, headers: &HeaderMap) -> Result<Intake, Refusal> {
     let max = app.config.server.max_body_bytes;
+    let max_skeleton = MAX_SKELETON.min(max) as usize;
     let intake = match npm.op() {
-        Op::PutPackument | Op::StagePublish => {
-            Intake::Streamed { limit: max, max_skeleton: MAX_SKELETON.min(max) as usize }
-        }
+        // A `PUT /<name>` may be a publish (to stage) or a deprecate (to send as it is): the body
+        // tells which before its request starts.
+        Op::PutPackument if staging => Intake::OnPublish { limit: max, max_skeleton },
+        Op::PutPackument | Op::StagePublish => Intake::Streamed { limit: max, max_skeleton },
         // A version removal sends the whole packument back.
         Op::PutRevision { .. } => Intake::Whole { limit: max },
         _ if npm.takes_body() => Intake::Whole { limit: SMALL_BODY },
         _ => Intake::Whole { limit: 0 },
     };
     let limit = match intake {
-        Intake::Whole { limit } | Intake::Streamed { limit, .. } => limit,
+        Intake::Whole { limit } | Intake::Streamed { limit, .. } | Intake::OnPublish { limit, .. } => limit,
     };
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -315,6 +436,9 @@ async fn judge(
         // A freeze made while the body was arriving holds too.
         if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
             return Err(Refusal::Frozen.into());
+        }
+        if let (Some(rate), Some(p)) = (authorized.grant().rate, &package) {
+            within_rate(app, session, p, rate, true).await?;
         }
         spend_use(app, session, checked.fingerprint).await?;
         // Write-ahead: a write is released only once it is on record.

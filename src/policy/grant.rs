@@ -26,7 +26,59 @@ pub struct Grant {
     pub max_uses: Option<u32>,
     /// Every claim must match (AND).
     pub claims: Vec<(String, ClaimMatcher)>,
+    /// How an `npm publish` under this grant reaches the registry.
+    pub publish: PublishMode,
+    /// At most this many writes per (caller identity, package) in a sliding window.
+    pub rate: Option<Rate>,
+    /// `[notify.NAME]` targets told about each version staged under this grant.
+    pub notify: Vec<String>,
     pub file: PathBuf,
+}
+
+/// How a publish under a grant goes upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PublishMode {
+    /// As sent: `PUT /<name>`.
+    #[default]
+    Direct,
+    /// Staged (`POST /-/stage/package/<name>`): it goes live when a maintainer approves it
+    /// with 2FA upstream. An `npm publish` is staged as if it were `npm stage publish`.
+    Stage,
+}
+
+impl PublishMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishMode::Direct => "direct",
+            PublishMode::Stage => "stage",
+        }
+    }
+}
+
+/// `rate = "N/window"`: at most `max` writes in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub max: u32,
+    pub window: Duration,
+}
+
+impl Rate {
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || format!("`{s}` is not a rate like \"5/1h\" (writes per window)");
+        let (max, window) = s.split_once('/').ok_or_else(bad)?;
+        let max: u32 = max.trim().parse().map_err(|_| bad())?;
+        let window = parse_duration(window.trim()).map_err(|_| bad())?;
+        if max == 0 || window.is_zero() || window > Duration::from_secs(31 * 24 * 3600) {
+            return Err(format!("`{s}`: the count must be at least 1 and the window between 1s and 31d"));
+        }
+        Ok(Rate { max, window })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}s", self.max, self.window.as_secs())
+    }
 }
 
 /// How a claim value matches: exactly, any of a list, or an explicit glob. No regex.
@@ -61,6 +113,8 @@ impl Grant {
 pub struct PolicyContext<'a> {
     pub issuers: &'a [&'a str],
     pub credentials: &'a [&'a str],
+    /// `[notify.NAME]` targets.
+    pub notify: &'a [&'a str],
     pub default_ttl: Duration,
     pub max_ttl: Duration,
 }
@@ -83,6 +137,10 @@ struct GrantFile {
     credential: String,
     ttl: Option<String>,
     max_uses: Option<u32>,
+    publish: Option<String>,
+    rate: Option<String>,
+    #[serde(default)]
+    notify: Vec<String>,
     #[serde(default)]
     claims: BTreeMap<String, ClaimMatcher>,
 }
@@ -160,6 +218,23 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
     if g.max_uses == Some(0) {
         return Err("`max_uses` must be at least 1".into());
     }
+    let publish = match g.publish.as_deref() {
+        None | Some("direct") => PublishMode::Direct,
+        Some("stage") => PublishMode::Stage,
+        Some(other) => return Err(format!("`publish`: `{other}` must be \"direct\" or \"stage\"")),
+    };
+    if publish == PublishMode::Stage && !actions.contains(ActionKind::Publish) {
+        return Err("`publish = \"stage\"` applies to the publish action, which `actions` does not list".into());
+    }
+    let rate = g.rate.as_deref().map(Rate::parse).transpose().map_err(|e| format!("`rate`: {e}"))?;
+    for n in &g.notify {
+        if !ctx.notify.contains(&n.as_str()) {
+            return Err(format!(
+                "`notify`: `{n}` is not a configured `[notify.NAME]` (configured: {})",
+                ctx.notify.join(", ")
+            ));
+        }
+    }
     if g.claims.is_empty() {
         return Err("`claims` may not be empty: a grant without claims admits every identity the issuer signs \
              (on a public CI, every repository)"
@@ -175,6 +250,9 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
         ttl: ttl.min(ctx.max_ttl),
         max_uses: g.max_uses,
         claims: g.claims.into_iter().collect(),
+        publish,
+        rate,
+        notify: g.notify,
         file: path.to_owned(),
     })
 }

@@ -8,7 +8,7 @@ mod glob;
 mod grant;
 
 pub use glob::Glob;
-pub use grant::{ClaimMatcher, Grant, PolicyContext};
+pub use grant::{ClaimMatcher, Grant, PolicyContext, PublishMode, Rate};
 
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use serde_json::{Map, Value};
@@ -165,6 +165,11 @@ impl Policy {
         self.grants.is_empty()
     }
 
+    /// The grant of this name, if the policy in force has one.
+    pub fn grant(&self, name: &str) -> Option<&Grant> {
+        self.by_name.get(name).map(|&i| &*self.grants[i])
+    }
+
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
         self.grants.iter().map(|g| &**g)
     }
@@ -254,6 +259,16 @@ impl Policy {
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
             return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
         }
+        Ok(Authorized { inner, grant: g.clone() })
+    }
+
+    /// For a read whose package only the upstream knows (a staged version, asked for by its
+    /// id): the grant must still exist and match the identity, which lets the broker look the
+    /// item up with the grant's credential. Nothing is relayed before `authorize` allowed the
+    /// package the item turns out to belong to.
+    pub fn authorize_lookup<T>(&self, identity: &Identity, grant: &str, inner: T) -> Result<Authorized<T>, Denial> {
+        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
+        matches_identity(g, identity)?;
         Ok(Authorized { inner, grant: g.clone() })
     }
 

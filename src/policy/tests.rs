@@ -6,6 +6,7 @@ use std::time::Duration;
 const CTX: PolicyContext<'static> = PolicyContext {
     issuers: &["github", "gitlab"],
     credentials: &["acme-publish", "other"],
+    notify: &["releases"],
     default_ttl: Duration::from_secs(600),
     max_ttl: Duration::from_secs(3600),
 };
@@ -185,6 +186,12 @@ credential = "acme-publish"
         ("ttl = \"10 minutes\"\n[grant.claims]\nsub = \"x\"", "`ttl`"),
         ("max_uses = 0\n[grant.claims]\nsub = \"x\"", "`max_uses`"),
         ("dist_tags = [\"latest\"]\n[grant.claims]\nsub = \"x\"", ""),
+        ("publish = \"stage\"\nrate = \"5/1h\"\nnotify = [\"releases\"]\n[grant.claims]\nsub = \"x\"", ""),
+        ("publish = \"staged\"\n[grant.claims]\nsub = \"x\"", "`publish`: `staged`"),
+        ("rate = \"5 per hour\"\n[grant.claims]\nsub = \"x\"", "`rate`"),
+        ("rate = \"0/1h\"\n[grant.claims]\nsub = \"x\"", "`rate`"),
+        ("rate = \"5/0s\"\n[grant.claims]\nsub = \"x\"", "`rate`"),
+        ("notify = [\"pager\"]\n[grant.claims]\nsub = \"x\"", "not a configured `[notify.NAME]`"),
     ];
     for (extra, want) in table {
         let text = format!("[[grant]]\n{base}{extra}\n");
@@ -202,6 +209,11 @@ credential = "acme-publish"
         ("[\"@acme/web\"]", "[\"@Acme/web\"]", "upper case"),
         ("[\"@acme/web\"]", "[\"@acme/a/b\"]", "not a package name"),
         ("[\"@acme/web\"]", "[]", "`packages` may not be empty"),
+        (
+            "actions = [\"publish\"]",
+            "actions = [\"stage-publish\"]\npublish = \"stage\"",
+            "applies to the publish action",
+        ),
     ];
     for (from, to, want) in swaps {
         let text = format!("[[grant]]\n{}[grant.claims]\nsub = \"x\"\n", base.replace(from, to));
@@ -252,4 +264,14 @@ fn provisional_authorization() {
     );
     let moved = github(json!({"ref": "refs/heads/dev"}));
     assert!(p.authorize_provisional(&moved, "acme-web-release", &scope, Some(&pkg("@acme/web")), put, ()).is_err());
+}
+
+#[test]
+fn rates_and_publish_modes_parse() {
+    let text = "[[grant]]\nname = \"g\"\nissuer = \"github\"\npackages = [\"@acme/web\"]\nactions = [\"publish\"]\n\
+                credential = \"acme-publish\"\npublish = \"stage\"\nrate = \"5/1h\"\n[grant.claims]\nsub = \"x\"\n";
+    let g = &grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap()[0];
+    assert_eq!(g.publish, crate::policy::PublishMode::Stage);
+    assert_eq!(g.rate, Some(crate::policy::Rate { max: 5, window: Duration::from_secs(3600) }));
+    assert_eq!(crate::policy::Rate::parse("84/6m").unwrap().window, Duration::from_secs(360));
 }

@@ -76,6 +76,7 @@ pub async fn serve(
     });
 
     app.issuers.prefetch();
+    let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -131,6 +132,7 @@ pub async fn serve(
     drop(admin);
     let _ = stop.send(true);
     sweeper.abort();
+    notifications.abort();
     let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
     drop(alive);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;

@@ -259,6 +259,46 @@ pub(crate) fn relay(
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
+/// A relayed (so already scrubbed) response, read whole, at most `max` bytes: for the answers the
+/// broker reads before the caller does (a staged version's id, a registry's refusal).
+pub(crate) async fn read_relayed(
+    resp: Response<Body>,
+    max: usize,
+) -> Result<(http::response::Parts, Bytes), UpstreamError> {
+    let (mut parts, mut body) = resp.into_parts();
+    let mut bytes = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| UpstreamError::Failed(format!("reading the answer: {}", net::error_chain(&*e))))?;
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > max {
+                return Err(UpstreamError::Failed(format!("the answer is larger than {max} bytes")));
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    let bytes = bytes.freeze();
+    // The caller gets these bytes whole: their length is counted again when they are sent.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((parts, bytes))
+}
+
+/// `bytes` fetched with `auth`'s credential, with every occurrence of it overwritten.
+pub(crate) fn scrubbed(bytes: Bytes, auth: &UpstreamAuth<'_>) -> Bytes {
+    let Some(credential) = auth.credential() else { return bytes };
+    let secret = credential.scrub_pattern();
+    if memmem::find(&bytes, &secret[..]).is_none() {
+        return bytes;
+    }
+    let mut out = BytesMut::from(&bytes[..]);
+    let mut from = 0;
+    while let Some(i) = memmem::find(&out[from..], &secret[..]) {
+        out[from + i..from + i + secret.len()].fill(b'*');
+        from += i + secret.len();
+    }
+    out.freeze()
+}
+
 /// A body that overwrites every occurrence of a secret with `*`, across chunk boundaries.
 /// Lengths are kept, so `Content-Length` stays right.
 pub(crate) struct Scrub<B> {

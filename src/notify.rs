@@ -1,0 +1,230 @@
+//! Notifications of staged versions: one JSON POST per staged version to each `[notify.NAME]`
+//! webhook its grant names, so that a maintainer hears that a version waits for approval.
+//!
+//! A notification never fails or delays the publish that caused it: it is queued without
+//! waiting (a full queue drops it, on record) and delivered by a task of its own, with retries
+//! and backoff. Every outcome is audited. The body is signed with HMAC-SHA256 when the target
+//! has a `secret` (`X-Phantom-Signature: sha256=<hex>`), and carries a `text` line, so a Slack
+//! incoming webhook shows it as is.
+
+use crate::app::App;
+use crate::audit::{Audit, Decision, Event, Record};
+use crate::config::NotifyConfig;
+use crate::credentials::read_secret;
+use crate::net::{self, HttpsClient};
+use crate::secret::Secret;
+use http::{header, Request, Uri};
+use ring::hmac;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Notifications waiting for delivery; more are dropped (and audited).
+const QUEUE: usize = 256;
+/// Deliveries in flight at once, retries included.
+const IN_FLIGHT: usize = 16;
+/// Attempts per delivery, and the wait before the second one (doubled for each next one).
+const ATTEMPTS: u32 = 5;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A version staged upstream, as the notification tells it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Staged {
+    pub(crate) package: String,
+    pub(crate) version: String,
+    pub(crate) stage_id: String,
+    /// The caller's identity as audit lines show it (claims, never a token).
+    pub(crate) identity: Option<Arc<RawValue>>,
+    pub(crate) grant: Arc<str>,
+    pub(crate) request_id: String,
+}
+
+struct Target {
+    name: Arc<str>,
+    webhook: Uri,
+    /// The HMAC key of the signature header.
+    key: Option<hmac::Key>,
+    client: HttpsClient,
+}
+
+struct Delivery {
+    target: Arc<Target>,
+    staged: Staged,
+}
+
+pub(crate) struct Notifier {
+    targets: HashMap<String, Arc<Target>>,
+    queue: mpsc::Sender<Delivery>,
+    /// Taken by `run`.
+    waiting: Mutex<Option<mpsc::Receiver<Delivery>>>,
+}
+
+impl Notifier {
+    /// Reads each target's secret and prepares its client (system roots plus its `ca_file`).
+    pub(crate) fn new(configs: &[NotifyConfig]) -> Result<Notifier, String> {
+        let mut targets = HashMap::new();
+        for c in configs {
+            let secret: Option<Secret> = match &c.secret {
+                Some(source) => Some(read_secret(source).map_err(|e| format!("notify `{}` secret: {e}", c.name))?),
+                None => None,
+            };
+            let tls = net::client_config(c.ca_file.as_deref()).map_err(|e| format!("notify `{}`: {e}", c.name))?;
+            let target = Target {
+                name: c.name.as_str().into(),
+                webhook: c.webhook.clone(),
+                key: secret.map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes())),
+                client: net::https_client(tls, Duration::from_secs(5)),
+            };
+            targets.insert(c.name.clone(), Arc::new(target));
+        }
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        Ok(Notifier { targets, queue, waiting: Mutex::new(Some(waiting)) })
+    }
+
+    /// Queues a staged version for each of `targets`, without waiting. A notification that does
+    /// not fit in the queue is dropped, and that is on record.
+    pub(crate) fn staged(&self, targets: &[String], staged: &Staged, audit: &Audit) {
+        for name in targets {
+            let Some(target) = self.targets.get(name) else { continue };
+            let delivery = Delivery { target: target.clone(), staged: staged.clone() };
+            if self.queue.try_send(delivery).is_err() {
+                audit.write_queued(Arc::new(outcome(
+                    target,
+                    staged,
+                    Decision::Error,
+                    "dropped: the notification queue is full".into(),
+                )));
+            }
+        }
+    }
+}
+
+/// Delivers queued notifications until the queue closes, on the runtime it runs on (the
+/// admin face's, never a request's).
+pub(crate) async fn deliver_queued(app: Arc<App>) {
+    let Some(mut waiting) = app.notifier.waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(delivery) = waiting.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let line = deliver(&delivery).await;
+            app.audit.write_queued(Arc::new(line));
+            drop(slot);
+        });
+    }
+}
+
+/// The notification's body.
+#[derive(Serialize)]
+struct Body<'a> {
+    event: &'static str,
+    #[serde(flatten)]
+    staged: &'a Staged,
+    approve_hint: String,
+    /// One line for chat webhooks (Slack shows `text`).
+    text: String,
+}
+
+fn body(staged: &Staged) -> Vec<u8> {
+    let approve_hint = format!("a maintainer approves it with `npm stage approve {}` (2FA)", staged.stage_id);
+    let text = format!(
+        "{}@{} is staged (id {}, grant `{}`): {approve_hint}",
+        staged.package, staged.version, staged.stage_id, staged.grant
+    );
+    // Strings and a raw JSON value always serialise.
+    serde_json::to_vec(&Body { event: "staged", staged, approve_hint, text }).unwrap_or_default()
+}
+
+/// `sha256=<hex>` of the body under the target's key.
+pub(crate) fn signature(key: &hmac::Key, body: &[u8]) -> String {
+    format!("sha256={}", crate::audit::hex(hmac::sign(key, body).as_ref()))
+}
+
+/// Tries a delivery up to `ATTEMPTS` times, backing off between tries; returns its audit line.
+async fn deliver(d: &Delivery) -> Record {
+    let body = body(&d.staged);
+    let mut wait = FIRST_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let mut req = Request::post(d.target.webhook.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::USER_AGENT, concat!("phantom-broker/", env!("CARGO_PKG_VERSION")));
+        if let Some(key) = &d.target.key {
+            req = req.header("x-phantom-signature", signature(key, &body));
+        }
+        let Ok(req) = req.body(net::full(body.clone())) else {
+            return outcome(&d.target, &d.staged, Decision::Error, "the request could not be built".into());
+        };
+        match net::fetch(&d.target.client, req, ATTEMPT_TIMEOUT, 64 * 1024).await {
+            Ok((parts, _)) if parts.status.is_success() => {
+                let why = format!("delivered to `{}` ({}) on attempt {attempt}", d.target.name, parts.status.as_u16());
+                return outcome(&d.target, &d.staged, Decision::Allow, why);
+            }
+            // A refusal other than "later" will not change by asking again.
+            Ok((parts, _)) if parts.status.is_client_error() && parts.status.as_u16() != 429 => {
+                let why = format!("`{}` refused the notification ({})", d.target.name, parts.status.as_u16());
+                return outcome(&d.target, &d.staged, Decision::Error, why);
+            }
+            Ok((parts, _)) => last = format!("answered {}", parts.status.as_u16()),
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+    }
+    let why = format!("gave up on `{}` after {ATTEMPTS} attempts: {last}", d.target.name);
+    outcome(&d.target, &d.staged, Decision::Error, why)
+}
+
+/// The audit line of a notification. The webhook's URL is not recorded (chat webhooks carry
+/// their secret in it): the target's name is.
+fn outcome(target: &Target, staged: &Staged, decision: Decision, reason: String) -> Record {
+    Record {
+        event: Event::Notify,
+        request_id: staged.request_id.clone(),
+        identity: staged.identity.clone(),
+        package: Some(staged.package.clone()),
+        version: Some(staged.version.clone()),
+        staged: true,
+        stage_id: Some(staged.stage_id.clone()),
+        grant: Some(staged.grant.clone()),
+        upstream: Some(target.name.clone()),
+        decision,
+        reason: Some(reason),
+        ..Record::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_say_what_to_approve_and_signatures_are_hmac_sha256() {
+        let staged = Staged {
+            package: "@acme/web".into(),
+            version: "1.2.3".into(),
+            stage_id: "4c00c615-1e36-4201-a75c-47b46b8fd83f".into(),
+            identity: Some(RawValue::from_string(r#"{"sub":"repo:acme/web"}"#.into()).unwrap().into()),
+            grant: "release".into(),
+            request_id: "r1".into(),
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&body(&staged)).unwrap();
+        assert_eq!(doc["package"], "@acme/web");
+        assert_eq!(doc["identity"]["sub"], "repo:acme/web");
+        assert!(doc["approve_hint"].as_str().unwrap().contains("npm stage approve 4c00c615"));
+        assert!(doc["text"].as_str().unwrap().starts_with("@acme/web@1.2.3 is staged"));
+        // RFC 4231, test case 2.
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
+        assert_eq!(
+            signature(&key, b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
