@@ -36,7 +36,8 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Staged {
     pub(crate) package: String,
     pub(crate) version: String,
-    pub(crate) stage_id: String,
+    /// The registry's id of the staged version (if it gave a usable one).
+    pub(crate) stage_id: Option<String>,
     /// The caller's identity as audit lines show it (claims, never a token).
     pub(crate) identity: Option<Arc<RawValue>>,
     pub(crate) grant: Arc<str>,
@@ -131,11 +132,13 @@ struct Body<'a> {
 }
 
 fn body(staged: &Staged) -> Vec<u8> {
-    let approve_hint = format!("a maintainer approves it with `npm stage approve {}` (2FA)", staged.stage_id);
-    let text = format!(
-        "{}@{} is staged (id {}, grant `{}`): {approve_hint}",
-        staged.package, staged.version, staged.stage_id, staged.grant
-    );
+    let approve_hint = match &staged.stage_id {
+        Some(id) => format!("a maintainer approves it with `npm stage approve {id}` (2FA)"),
+        None => format!("a maintainer finds it with `npm stage list {}` and approves it (2FA)", staged.package),
+    };
+    let id = staged.stage_id.as_deref().unwrap_or("unknown");
+    let text =
+        format!("{}@{} is staged (id {id}, grant `{}`): {approve_hint}", staged.package, staged.version, staged.grant);
     // Strings and a raw JSON value always serialise.
     serde_json::to_vec(&Body { event: "staged", staged, approve_hint, text }).unwrap_or_default()
 }
@@ -192,7 +195,7 @@ fn outcome(target: &Target, staged: &Staged, decision: Decision, reason: String)
         package: Some(staged.package.clone()),
         version: Some(staged.version.clone()),
         staged: true,
-        stage_id: Some(staged.stage_id.clone()),
+        stage_id: staged.stage_id.clone(),
         grant: Some(staged.grant.clone()),
         upstream: Some(target.name.clone()),
         decision,
@@ -210,7 +213,7 @@ mod tests {
         let staged = Staged {
             package: "@acme/web".into(),
             version: "1.2.3".into(),
-            stage_id: "4c00c615-1e36-4201-a75c-47b46b8fd83f".into(),
+            stage_id: Some("4c00c615-1e36-4201-a75c-47b46b8fd83f".into()),
             identity: Some(RawValue::from_string(r#"{"sub":"repo:acme/web"}"#.into()).unwrap().into()),
             grant: "release".into(),
             request_id: "r1".into(),

