@@ -59,10 +59,14 @@ struct Delivery {
 
 pub(crate) struct Notifier {
     targets: HashMap<String, Arc<Target>>,
-    queue: mpsc::Sender<Delivery>,
-    /// Taken by `run`.
+    /// Taken by `close`, at shutdown.
+    queue: Mutex<Option<mpsc::Sender<Delivery>>>,
+    /// Taken by `deliver_queued`.
     waiting: Mutex<Option<mpsc::Receiver<Delivery>>>,
 }
+
+/// How long deliveries still under way at shutdown may take to end.
+const DRAIN: Duration = Duration::from_secs(5);
 
 impl Notifier {
     /// Reads each target's secret and prepares its client (system roots plus its `ca_file`).
@@ -83,40 +87,66 @@ impl Notifier {
             targets.insert(c.name.clone(), Arc::new(target));
         }
         let (queue, waiting) = mpsc::channel(QUEUE);
-        Ok(Notifier { targets, queue, waiting: Mutex::new(Some(waiting)) })
+        Ok(Notifier { targets, queue: Mutex::new(Some(queue)), waiting: Mutex::new(Some(waiting)) })
     }
 
     /// Queues a staged version for each of `targets`, without waiting. A notification that does
     /// not fit in the queue is dropped, and that is on record.
     pub(crate) fn staged(&self, targets: &[String], staged: &Staged, audit: &Audit) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         for name in targets {
             let Some(target) = self.targets.get(name) else { continue };
             let delivery = Delivery { target: target.clone(), staged: staged.clone() };
-            if self.queue.try_send(delivery).is_err() {
-                audit.write_queued(Arc::new(outcome(
-                    target,
-                    staged,
-                    Decision::Error,
-                    "dropped: the notification queue is full".into(),
-                )));
+            let queued = queue.as_ref().is_some_and(|q| q.try_send(delivery).is_ok());
+            if !queued {
+                let why = "dropped: the notification queue is full (or the broker is stopping)";
+                audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why.into())));
             }
         }
     }
+
+    /// Takes no more notifications: `deliver_queued` delivers what is queued, then ends.
+    pub(crate) fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
 }
 
-/// Delivers queued notifications until the queue closes, on the runtime it runs on (the
-/// admin face's, never a request's).
+/// Delivers queued notifications, on the runtime it runs on (the admin face's, never a
+/// request's). After `Notifier::close` it delivers what is queued, waits `DRAIN` for deliveries
+/// under way, and puts each one it abandons on record.
 pub(crate) async fn deliver_queued(app: Arc<App>) {
     let Some(mut waiting) = app.notifier.waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
-    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut running = tokio::task::JoinSet::new();
+    let mut under_way: HashMap<tokio::task::Id, (Arc<Target>, Staged)> = HashMap::new();
     while let Some(delivery) = waiting.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let app = app.clone();
-        tokio::spawn(async move {
+        while running.len() >= IN_FLIGHT {
+            if let Some(Ok((id, ()))) = running.join_next_with_id().await {
+                under_way.remove(&id);
+            }
+        }
+        let (target, staged) = (delivery.target.clone(), delivery.staged.clone());
+        let audit_app = app.clone();
+        let handle = running.spawn(async move {
             let line = deliver(&delivery).await;
-            app.audit.write_queued(Arc::new(line));
-            drop(slot);
+            audit_app.audit.write_queued(Arc::new(line));
         });
+        under_way.insert(handle.id(), (target, staged));
+        while let Some(Ok((id, ()))) = running.try_join_next_with_id() {
+            under_way.remove(&id);
+        }
+    }
+    let _ = tokio::time::timeout(DRAIN, async {
+        while let Some(ended) = running.join_next_with_id().await {
+            if let Ok((id, ())) = ended {
+                under_way.remove(&id);
+            }
+        }
+    })
+    .await;
+    running.abort_all();
+    for (target, staged) in under_way.values() {
+        let why = "abandoned: the broker stopped while the delivery was under way".to_owned();
+        app.audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why)));
     }
 }
 
@@ -124,6 +154,9 @@ pub(crate) async fn deliver_queued(app: Arc<App>) {
 #[derive(Serialize)]
 struct Body<'a> {
     event: &'static str,
+    /// When it was first sent (unix seconds): inside the signature, so a receiver can refuse an
+    /// old notification sent again.
+    sent_at: u64,
     #[serde(flatten)]
     staged: &'a Staged,
     approve_hint: String,
@@ -140,7 +173,8 @@ fn body(staged: &Staged) -> Vec<u8> {
     let text =
         format!("{}@{} is staged (id {id}, grant `{}`): {approve_hint}", staged.package, staged.version, staged.grant);
     // Strings and a raw JSON value always serialise.
-    serde_json::to_vec(&Body { event: "staged", staged, approve_hint, text }).unwrap_or_default()
+    let sent_at = crate::audit::unix_now();
+    serde_json::to_vec(&Body { event: "staged", sent_at, staged, approve_hint, text }).unwrap_or_default()
 }
 
 /// `sha256=<hex>` of the body under the target's key.
@@ -168,8 +202,12 @@ async fn deliver(d: &Delivery) -> Record {
                 let why = format!("delivered to `{}` ({}) on attempt {attempt}", d.target.name, parts.status.as_u16());
                 return outcome(&d.target, &d.staged, Decision::Allow, why);
             }
-            // A refusal other than "later" will not change by asking again.
-            Ok((parts, _)) if parts.status.is_client_error() && parts.status.as_u16() != 429 => {
+            // A refusal other than "later" will not change by asking again; nor is a redirect
+            // followed.
+            Ok((parts, _))
+                if (parts.status.is_client_error() && parts.status.as_u16() != 429)
+                    || parts.status.is_redirection() =>
+            {
                 let why = format!("`{}` refused the notification ({})", d.target.name, parts.status.as_u16());
                 return outcome(&d.target, &d.staged, Decision::Error, why);
             }

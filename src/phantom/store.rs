@@ -166,6 +166,10 @@ pub trait PhantomStore: Send + Sync + 'static {
         take: bool,
     ) -> impl Future<Output = Result<RateOutcome, StoreError>> + Send;
 
+    /// Gives back a write counted by `rate` at `at_ms` that did not go through (refused after it
+    /// was counted, or failed upstream: its resend is the same write, not another).
+    fn rate_give_back(&self, key: &str, at_ms: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Drops what has expired.
     fn sweep(&self, now: u64) -> impl Future<Output = ()> + Send;
 }
@@ -343,6 +347,15 @@ impl PhantomStore for MemoryStore {
         Ok(RateOutcome::Allowed)
     }
 
+    async fn rate_give_back(&self, key: &str, at_ms: u64) -> Result<(), StoreError> {
+        if let Some(mut entry) = self.rates.get_mut(key) {
+            if let Some(i) = entry.1.iter().rposition(|&t| t == at_ms) {
+                entry.1.remove(i);
+            }
+        }
+        Ok(())
+    }
+
     async fn sweep(&self, now: u64) {
         self.phantoms.retain(|_, e| now < e.record.expires_at.saturating_add(EXPIRED_GRACE));
         self.spent_id_tokens.retain(|_, until| now < *until);
@@ -453,6 +466,12 @@ mod tests {
             assert_eq!(take(3_000).await.unwrap(), limited);
             assert_eq!(s.rate("k", rate, 3_000, false).await.unwrap(), limited, "a look is not a write");
             assert_eq!(s.rate("other", rate, 3_000, true).await.unwrap(), RateOutcome::Allowed);
+            // A write that did not go through is given back: the window has room again.
+            s.rate_give_back("k", 2_000).await.unwrap();
+            assert_eq!(take(3_500).await.unwrap(), RateOutcome::Allowed);
+            s.rate_give_back("k", 3_500).await.unwrap();
+            s.rate_give_back("k", 3_500).await.unwrap();
+            assert_eq!(take(2_000).await.unwrap(), RateOutcome::Allowed);
             // The first write leaves the window at 11 s.
             assert_eq!(take(11_000).await.unwrap(), RateOutcome::Allowed);
             assert!(matches!(take(11_500).await.unwrap(), RateOutcome::Limited { .. }));

@@ -232,6 +232,8 @@ pub(crate) struct WriteBody {
     way: Way,
     /// The body streams: its upstream request started before the verdict.
     streamed: bool,
+    /// It streams because it showed tarball data (`Intake::OnPublish`).
+    started_on_publish: bool,
     limit: u64,
     share: Share,
     fingerprint: Option<Fingerprinter>,
@@ -275,7 +277,16 @@ impl WriteBody {
                 (Way::Deferred { gate, pending: Vec::new(), pending_len: 0, start }, UpstreamStart::OnPublish(later))
             }
         };
-        let body = WriteBody { way, streamed: false, limit, share, fingerprint: Some(fingerprint), sent: 0, read: 0 };
+        let body = WriteBody {
+            way,
+            streamed: false,
+            started_on_publish: false,
+            limit,
+            share,
+            fingerprint: Some(fingerprint),
+            sent: 0,
+            read: 0,
+        };
         Ok((body, start))
     }
 
@@ -354,9 +365,14 @@ impl WriteBody {
                 self.way = Way::Held { tail, upstream };
                 Bytes::from(scanned.skeleton)
             }
-            // It never showed tarball data: it is whole, and goes upstream as itself.
-            Way::Deferred { gate, pending, .. } => {
+            // It never showed tarball data: it is whole, sent after the verdict.
+            Way::Deferred { gate, pending, pending_len, .. } => {
                 let (_, tail) = gate.finish().map_err(scan_refusal)?;
+                // Gathered into one piece for the checks: that copy is the write's memory too.
+                let len = pending_len + tail.iter().map(Bytes::len).sum::<usize>();
+                if !self.share.grow(len) {
+                    return Err(Refusal::Busy.into());
+                }
                 let whole = Bytes::from([pending, tail].concat().concat());
                 self.way = Way::Read(whole.clone());
                 whole
@@ -384,6 +400,7 @@ impl WriteBody {
         let (upstream, body) = net::ChannelBody::new();
         start.send(body.boxed_unsync()).map_err(|_| Stop::UpstreamGone)?;
         self.streamed = true;
+        self.started_on_publish = true;
         for piece in pending {
             self.sent += piece.len() as u64;
             upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
@@ -417,6 +434,11 @@ impl WriteBody {
     /// one whose `WriteBody` is dropped for any other reason: its sender goes with it.)
     pub(crate) fn abort(&mut self) {
         self.way = Way::Done;
+    }
+
+    /// Whether it streams because it showed tarball data (`Intake::OnPublish`).
+    pub(crate) fn started_on_publish(&self) -> bool {
+        self.started_on_publish
     }
 
     /// Whether the upstream request started before the verdict (a streamed body).

@@ -29,6 +29,9 @@ pub(super) async fn read(
         Op::StageTarball { id } => (id.clone(), true),
         _ => return Err(Refusal::Internal("not a staged item".into())),
     };
+    if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
+        return Err(Refusal::AuditUnavailable);
+    }
     let Some(session) = session else {
         // Without a phantom, as any read: anonymously (the registry decides).
         rec.decision = Decision::Anonymous;
@@ -71,7 +74,12 @@ pub(super) async fn read(
         return Err(Refusal::NoStagedVersion);
     }
     let requested = Requested { package: Some(&package), action: ActionKind::Read, tags: &[] };
-    let authorized = policy.authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(Refusal::Denied)?;
+    // Outside the caller's packages it is "no such staged version", as for an unknown id: the
+    // answer does not tell that the id exists.
+    let authorized = policy.authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(|denial| {
+        rec.reason = Some(format!("the staged version's package: {denial}"));
+        Refusal::NoStagedVersion
+    })?;
     rec.grant = Some(authorized.grant().name.clone());
     rec.decision = Decision::Allow;
     if !tarball {

@@ -63,6 +63,8 @@ pub(super) async fn forward(
     // A grant that stages its publishes sends an `npm publish` as `npm stage publish`.
     let staging = (grant.publish == PublishMode::Stage).then(|| provisional.get().as_staged()).flatten();
     let (method, path) = (provisional.get().method.clone(), provisional.get().upstream_path());
+    // A direct publish the registry refuses may need explaining (`E_STAGE_REQUIRED`).
+    let direct_publish = staging.is_none() && provisional.get().op() == &Op::PutPackument;
     let intake = intake(app, provisional.get(), staging.is_some(), &parts.headers)?;
     let (mut body, start) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
@@ -91,18 +93,21 @@ pub(super) async fn forward(
     };
     let (verdict, released) = match decided {
         Ok(decided) => decided,
-        Err(stop) => return stopped(app, stop, sent, &body, &auth, rec),
+        Err(stop) => return stopped(app, direct_publish, stop, sent, &body, &auth, rec).await,
     };
     // Whether it went upstream as a staged publish.
+    // A publish under a stage grant goes to the stage route, whatever its body looked like to
+    // the scanner: the action its checks settled decides.
+    let staged_whole = staging.as_ref().filter(|_| verdict.action == ActionKind::Publish);
     let staged = match verdict.request.get().op() {
         Op::StagePublish => true,
-        Op::PutPackument => staging.is_some() && body.streamed(),
+        Op::PutPackument => body.streamed() && staging.is_some() || staged_whole.is_some(),
         _ => false,
     };
     let sent = match (sent, released) {
         (Some(sent), Released::Streamed) => sent,
         (None, Released::Whole(whole)) => {
-            let npm = verdict.request.get();
+            let npm = staged_whole.unwrap_or(verdict.request.get());
             upstream.send(npm.method.clone(), &npm.upstream_path(), &parts.headers, content, whole, &auth).await
         }
         _ => return Err(Refusal::Internal("a write released otherwise than it was opened".into())),
@@ -115,6 +120,9 @@ pub(super) async fn forward(
         }
         let ok = sent.as_ref().is_ok_and(|r| r.status().is_success());
         app.store.settle(&session.digest, fingerprint, ok).await?;
+        if !ok {
+            give_back(app, verdict.rate_slot.as_ref()).await;
+        }
     }
     let resp = sent?;
     let status = resp.status();
@@ -126,7 +134,7 @@ pub(super) async fn forward(
     if staged && status.is_success() {
         return staged_reply(app, resp, &verdict, rec).await;
     }
-    if verdict.request.get().op() == &Op::PutPackument && status.is_client_error() {
+    if verdict.action == ActionKind::Publish && !staged && status.is_client_error() {
         return direct_publish_refused(resp).await;
     }
     Ok(resp)
@@ -144,13 +152,24 @@ async fn staged_reply(
     verdict: &Verdict,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
-    let (mut parts, bytes) = upstream::read_relayed(resp, MAX_READ_ANSWER).await?;
+    // The registry took it: it is staged, whatever happens to its answer now.
+    rec.staged = true;
+    let status = resp.status();
+    let (mut parts, bytes) = match upstream::read_relayed(resp, MAX_READ_ANSWER).await {
+        Ok(read) => read,
+        Err(e) => {
+            rec.reason = Some(format!("the registry's answer to the staged publish was unreadable: {e}"));
+            let (mut parts, _) = Response::new(()).into_parts();
+            parts.status = status;
+            parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            (parts, bytes::Bytes::from_static(b"{}"))
+        }
+    };
     let id =
         json::parse_object(&bytes).ok().and_then(|doc| doc.get("stageId").and_then(|v| v.as_str()).map(str::to_owned));
     // The id is the registry's text: it is recorded and shown only if it looks like one.
     let id =
         id.filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
-    rec.staged = true;
     rec.stage_id = id.clone();
     let (package, version) = (rec.package.clone().unwrap_or_default(), rec.version.clone().unwrap_or_default());
     let notice = match &id {
@@ -185,7 +204,13 @@ async fn staged_reply(
 /// that says what to change; any other is relayed as it came.
 async fn direct_publish_refused(resp: Response<Body>) -> Result<Response<Body>, Refusal> {
     let (parts, bytes) = upstream::read_relayed(resp, MAX_READ_ANSWER).await?;
-    if memchr::memmem::find(&bytes, b"E_STAGE_REQUIRED").is_some() {
+    // The code, where a registry puts one: `code`, or within its `error` or `message`.
+    let stage_required = json::parse_object(&bytes).is_ok_and(|doc| {
+        ["code", "error", "message"]
+            .iter()
+            .any(|k| doc.get(*k).and_then(|v| v.as_str()).is_some_and(|v| v.contains("E_STAGE_REQUIRED")))
+    });
+    if stage_required {
         return Err(Refusal::StageRequired);
     }
     Ok(Response::from_parts(parts, crate::net::full(bytes)))
@@ -199,12 +224,13 @@ async fn within_rate(
     package: &PackageName,
     rate: Rate,
     take: bool,
-) -> Result<(), Refusal> {
+) -> Result<Option<RateSlot>, Refusal> {
     let identity = &session.record.identity;
     let key = format!("{}\0{}\0{package}", identity.issuer, identity.claim("sub").unwrap_or_default());
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
-    match app.store.rate(&key, rate, u64::try_from(now_ms).unwrap_or(u64::MAX), take).await? {
-        RateOutcome::Allowed => Ok(()),
+    let at_ms = u64::try_from(now_ms).unwrap_or(u64::MAX);
+    match app.store.rate(&key, rate, at_ms, take).await? {
+        RateOutcome::Allowed => Ok(take.then_some(RateSlot { key, at_ms })),
         RateOutcome::Limited { retry_after } => {
             let frozen = app.config.server.freeze_on_burst;
             if frozen {
@@ -215,10 +241,24 @@ async fn within_rate(
     }
 }
 
+/// A write counted against its grant's `rate`.
+struct RateSlot {
+    key: String,
+    at_ms: u64,
+}
+
+/// Gives back the rate slot of a write that did not go through (its resend is not another).
+async fn give_back(app: &App, slot: Option<&RateSlot>) {
+    if let Some(slot) = slot {
+        let _ = app.store.rate_give_back(&slot.key, slot.at_ms).await;
+    }
+}
+
 /// A write that did not get through: refused by the broker, or ended by the upstream before
 /// the broker released it. The record says how much of it had gone upstream.
-fn stopped(
+async fn stopped(
     app: &App,
+    direct_publish: bool,
     stop: Stop,
     sent: Option<Result<Response<Pooled>, UpstreamError>>,
     body: &WriteBody,
@@ -240,7 +280,11 @@ fn stopped(
         (Stop::UpstreamGone, Some(Ok(resp))) if resp.status().is_client_error() => {
             rec.decision = Decision::Error;
             rec.reason = Some("the upstream refused the write before the broker released it".into());
-            Ok(upstream::relay(resp, auth, app.config.server.upstream_timeout)?)
+            let resp = upstream::relay(resp, auth, app.config.server.upstream_timeout)?;
+            if direct_publish {
+                return direct_publish_refused(resp).await;
+            }
+            Ok(resp)
         }
         (Stop::UpstreamGone, Some(Ok(resp))) if resp.status().is_server_error() => {
             Err(Refusal::UpstreamFailed(resp.status().as_u16()))
@@ -371,8 +415,12 @@ enum UpstreamCheck {
 struct Verdict {
     /// The request, exactly authorized.
     request: Authorized<NpmRequest>,
+    /// What its body made it.
+    action: ActionKind,
     /// The use spent, to settle once the upstream answered.
     spent: Option<Fingerprint>,
+    /// Its place in the grant's rate, given back if it does not go through.
+    rate_slot: Option<RateSlot>,
 }
 
 /// Reads the body through the gate and decides. An allowed write is released (a streamed one's
@@ -390,7 +438,13 @@ async fn decide(
     rec: &mut Record,
 ) -> Result<(Verdict, Released), Stop> {
     let judged = match judge(app, session, provisional, body, incoming, upstream, auth, rec).await {
-        Ok(verdict) => body.release().await.map(|released| (verdict, released)),
+        Ok(verdict) => match body.release().await {
+            Ok(released) => Ok((verdict, released)),
+            Err(stop) => {
+                give_back(app, verdict.rate_slot.as_ref()).await;
+                Err(stop)
+            }
+        },
         Err(stop) => Err(stop),
     };
     if judged.is_err() {
@@ -413,11 +467,15 @@ async fn judge(
     rec: &mut Record,
 ) -> Result<Verdict, Stop> {
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
-    let credential = provisional.grant().credential.clone();
+    let (credential, publish) = (provisional.grant().credential.clone(), provisional.grant().publish);
     let npm = provisional.into_inner();
     // The checks parse what they read: that memory is the write's too.
     body.hold(json::parsed_size(&checked.bytes))?;
     let action = settle(&npm, &checked.bytes)?;
+    if body.started_on_publish() && action.kind != ActionKind::Publish {
+        // Its request went to the stage route: only a publish belongs there.
+        return Err(Refusal::Internal(format!("a body staged as a publish settled as {}", action.kind.as_str())).into());
+    }
     rec.action = Some(action.kind.as_str());
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
@@ -426,31 +484,37 @@ async fn judge(
     let requested = Requested { package: package.as_ref(), action: action.kind, tags: &action.tags };
     let authorized =
         app.policy().authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(Refusal::Denied)?;
-    if authorized.grant().credential != credential {
-        // The policy was reloaded mid-write: the request already carries the old credential.
+    if authorized.grant().credential != credential || authorized.grant().publish != publish {
+        // The policy was reloaded mid-write: the request already carries the old credential,
+        // or went to the route the old grant chose.
         return Err(Refusal::Denied(crate::policy::Denial::GrantGone(r.grant.clone())).into());
     }
     if let Some(check) = &action.against_upstream {
         Box::pin(compare_with_upstream(app, upstream, authorized.get(), check, &checked.bytes, auth, body)).await?;
     }
-    let spent = if action.kind.is_write() {
+    let (mut spent, mut rate_slot) = (None, None);
+    if action.kind.is_write() {
         // A freeze made while the body was arriving holds too.
         if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
             return Err(Refusal::Frozen.into());
         }
         if let (Some(rate), Some(p)) = (authorized.grant().rate, &package) {
-            within_rate(app, session, p, rate, true).await?;
+            rate_slot = within_rate(app, session, p, rate, true).await?;
         }
-        spend_use(app, session, checked.fingerprint).await?;
-        // Write-ahead: a write is released only once it is on record.
-        let intent = Record { decision: Decision::Forwarding, status: 0, ..rec.clone() };
-        app.audit.write_confirmed(Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)?;
-        Some(checked.fingerprint)
-    } else {
-        None
-    };
+        let recorded = async {
+            spend_use(app, session, checked.fingerprint).await?;
+            // Write-ahead: a write is released only once it is on record.
+            let intent = Record { decision: Decision::Forwarding, status: 0, ..rec.clone() };
+            app.audit.write_confirmed(Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)
+        };
+        if let Err(refusal) = recorded.await {
+            give_back(app, rate_slot.as_ref()).await;
+            return Err(refusal.into());
+        }
+        spent = Some(checked.fingerprint);
+    }
     rec.decision = Decision::Allow;
-    Ok(Verdict { request: authorized, spent })
+    Ok(Verdict { request: authorized, action: action.kind, spent, rate_slot })
 }
 
 /// What a write does, from its route and its checked body (or a publish's skeleton).

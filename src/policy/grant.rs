@@ -46,15 +46,6 @@ pub enum PublishMode {
     Stage,
 }
 
-impl PublishMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PublishMode::Direct => "direct",
-            PublishMode::Stage => "stage",
-        }
-    }
-}
-
 /// `rate = "N/window"`: at most `max` writes in any `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -72,12 +63,6 @@ impl Rate {
             return Err(format!("`{s}`: the count must be at least 1 and the window between 1s and 31d"));
         }
         Ok(Rate { max, window })
-    }
-}
-
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}s", self.max, self.window.as_secs())
     }
 }
 

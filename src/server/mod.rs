@@ -132,10 +132,14 @@ pub async fn serve(
     drop(admin);
     let _ = stop.send(true);
     sweeper.abort();
-    notifications.abort();
     let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
     drop(alive);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
+    // Writes are over: notifications still queued or under way get their chance, then stop.
+    app.notifier.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, notifications).await.is_err() {
+        tracing::warn!("notifications still under way after the drain timeout");
+    }
     // Everything queued for the audit log is written before the process ends.
     app.audit.close();
     Ok(())

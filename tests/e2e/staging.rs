@@ -46,8 +46,18 @@ repository_id = "123456789"
 [[grant]]
 name = "strict"
 issuer = "github"
-packages = ["@strict/*"]
+packages = ["@strict/pkg"]
 actions = ["publish"]
+credential = "strict"
+[grant.claims]
+repository_id = "123456789"
+
+[[grant]]
+name = "once-an-hour"
+issuer = "github"
+packages = ["@strict/again"]
+actions = ["publish"]
+rate = "1/1h"
 credential = "strict"
 [grant.claims]
 repository_id = "123456789"
@@ -210,10 +220,18 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     let tarball = w.broker("GET", &format!("/-/stage/{id}/tarball"), &[("authorization", &auth)], "");
     assert_eq!(tarball.status, 200);
     assert!(tarball.body.starts_with(&[0x1f, 0x8b]), "not a tarball");
-    // ... but not of another package's phantom.
+    // ... but not of another package's phantom, which cannot even tell the id exists.
     let other = format!("Bearer {}", w.phantom(&["sx-other"], &["publish"], None));
     let r = w.broker("GET", &format!("/-/stage/{id}"), &[("authorization", &other)], "");
-    assert_eq!(r.status, 403, "{}", r.text());
+    let unknown = w.broker("GET", "/-/stage/00000000-0000-0000-0000-000000000000", &[("authorization", &other)], "");
+    assert_eq!(
+        (r.status, r.text()),
+        (unknown.status, unknown.text()),
+        "the answer tells a foreign id from an unknown one"
+    );
+    assert_eq!(r.status, 404);
+    let r = w.broker("GET", &format!("/-/stage/{id}/tarball"), &[("authorization", &other)], "");
+    assert_eq!(r.status, 404, "{}", r.text());
 
     // Only a maintainer approves, upstream: never through the broker.
     let r = w.broker("POST", &format!("/-/stage/{id}/approve"), &[("authorization", &auth)], "");
@@ -234,6 +252,16 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     let id = line["stage_id"].as_str().unwrap();
     assert!(text(&out).contains(&format!("staged with id {id}")), "{}", text(&out));
     assert_eq!(staged_upstream(&w, "st-cli").len(), 1);
+
+    // A publish whose keys are escaped (the streaming scanner does not see its tarball data) is
+    // staged all the same: the route follows what the checks settled, not the scanner's view.
+    let auth = format!("Bearer {}", w.phantom(&["st-esc"], &["publish"], None));
+    let body = r#"{"_id":"st-esc","name":"st-esc","dist-tags":{"latest":"1.0.0"},"versions":{"1.0.0":{"name":"st-esc","version":"1.0.0"}},"_attachments":{"st-esc-1.0.0\u002etgz":{"content_type":"application/octet-stream","d\u0061ta":"H4sIAAAAAAAAAw==","length":10}}}"#;
+    let r = w.broker("PUT", "/st-esc", &[("authorization", &auth), ("content-type", "application/json")], body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(w.upstream_packument("st-esc").status, 404, "an escaped publish went live without approval");
+    assert_eq!(staged_upstream(&w, "st-esc").len(), 1, "the escaped publish was not staged");
+    assert_eq!(publish_line(&w, "st-esc")["staged"], true);
 
     // On a stage grant, a deprecate is not a publish: it goes upstream as itself.
     let dir = w.package("sx-app", "1.0.0");
@@ -313,6 +341,25 @@ fn rates_contain_a_burst_and_stage_only_registries_are_explained() {
     assert!(r.text().contains(r#"publish = \"stage\""#), "{}", r.text());
     let line = publish_line(&w, "@strict/pkg");
     assert!(line["reason"].as_str().unwrap().contains("E_STAGE_REQUIRED"), "{line}");
+    // A write that failed upstream and is sent again is the same write, not a second one.
+    let again_auth = format!("Bearer {}", w.phantom(&["@strict/again"], &["publish"], None));
+    let again_body = |version: &str| {
+        json!({
+            "_id": "@strict/again", "name": "@strict/again", "dist-tags": {"latest": version},
+            "versions": {version: {"name": "@strict/again", "version": version}},
+            "_attachments": {format!("@strict/again-{version}.tgz"): {"data": "H4sIAAAAAAAAAw==", "length": 10}}
+        })
+        .to_string()
+    };
+    rec.answer("/@strict%2fagain", 503, "{}");
+    let headers = [("authorization", again_auth.as_str()), ("content-type", "application/json")];
+    assert_eq!(w.broker("PUT", "/@strict%2fagain", &headers, again_body("1.0.0")).status, 502);
+    let again = w.broker("PUT", "/@strict%2fagain", &headers, again_body("1.0.0"));
+    assert_eq!(again.status, 201, "the resend of a failed write was counted twice: {}", again.text());
+    let r = w.broker("PUT", "/@strict%2fagain", &headers, again_body("1.0.1"));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(w.admin("POST", "/admin/v1/thaw", json!({"packages": ["@strict/again"]})).status, 200);
+
     // Another refusal by that registry is relayed as it came.
     rec.answer("/@strict%2fpkg", 403, r#"{"error":"you are not a maintainer"}"#);
     let r = w.broker(
