@@ -95,13 +95,13 @@ pub(super) async fn forward(
         Ok(decided) => decided,
         Err(stop) => return stopped(app, direct_publish, stop, sent, &body, &auth, rec).await,
     };
-    // Whether it went upstream as a staged publish.
-    // A publish under a stage grant goes to the stage route, whatever its body looked like to
-    // the scanner: the action its checks settled decides.
+    // Whether it goes upstream as a staged publish. A publish under a stage grant goes to the
+    // stage route whatever its body looked like to the scanner: the action its checks settled
+    // decides.
     let staged_whole = staging.as_ref().filter(|_| verdict.action == ActionKind::Publish);
     let staged = match verdict.request.get().op() {
         Op::StagePublish => true,
-        Op::PutPackument => body.streamed() && staging.is_some() || staged_whole.is_some(),
+        Op::PutPackument => (body.streamed() && staging.is_some()) || staged_whole.is_some(),
         _ => false,
     };
     let sent = match (sent, released) {
