@@ -68,7 +68,8 @@ pub(super) async fn forward(
     let intake = intake(app, provisional.get(), staging.is_some(), &parts.headers)?;
     let (mut body, start) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
-    let decided = decide(app, &session, provisional, &mut body, incoming, upstream, &auth, rec);
+    let ctx = Ctx { app, session: &session, upstream, auth: &auth };
+    let decided = decide(&ctx, provisional, &mut body, incoming, rec);
     let (sent, decided) = match start {
         // A streamed write's request starts now; the gate holds back its end until the verdict.
         UpstreamStart::Now(stream) => {
@@ -423,21 +424,26 @@ struct Verdict {
     rate_slot: Option<RateSlot>,
 }
 
+/// What every step of a write's verdict works with.
+struct Ctx<'a> {
+    app: &'a App,
+    session: &'a Session,
+    upstream: &'a Upstream,
+    auth: &'a UpstreamAuth<'a>,
+}
+
 /// Reads the body through the gate and decides. An allowed write is released (a streamed one's
 /// held bytes and end go upstream; a whole one is handed back to be sent); a refused one is
 /// cut off.
-#[allow(clippy::too_many_arguments)]
 async fn decide(
-    app: &App,
-    session: &Session,
+    ctx: &Ctx<'_>,
     provisional: Authorized<NpmRequest>,
     body: &mut WriteBody,
     incoming: Incoming,
-    upstream: &Upstream,
-    auth: &UpstreamAuth<'_>,
     rec: &mut Record,
 ) -> Result<(Verdict, Released), Stop> {
-    let judged = match judge(app, session, provisional, body, incoming, upstream, auth, rec).await {
+    let app = ctx.app;
+    let judged = match judge(ctx, provisional, body, incoming, rec).await {
         Ok(verdict) => match body.release().await {
             Ok(released) => Ok((verdict, released)),
             Err(stop) => {
@@ -455,17 +461,14 @@ async fn decide(
 
 /// The verdict: the body's checks, the exact authorization, the comparison with upstream, a use
 /// spent and the write on record (write-ahead).
-#[allow(clippy::too_many_arguments)]
 async fn judge(
-    app: &App,
-    session: &Session,
+    ctx: &Ctx<'_>,
     provisional: Authorized<NpmRequest>,
     body: &mut WriteBody,
     incoming: Incoming,
-    upstream: &Upstream,
-    auth: &UpstreamAuth<'_>,
     rec: &mut Record,
 ) -> Result<Verdict, Stop> {
+    let Ctx { app, session, upstream, auth } = *ctx;
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
     let (credential, publish) = (provisional.grant().credential.clone(), provisional.grant().publish);
     let npm = provisional.into_inner();

@@ -30,11 +30,7 @@ impl Counting {
     /// Serves TLS with `cert`/`key`: `…empty` answers 204 with no body, anything else 200 with a
     /// small JSON body.
     pub(crate) fn start(cert: &Path, key: &Path) -> Counting {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let tls = phantom_broker::net::server_config(cert, key).unwrap();
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (rt, acceptor) = super::tls_server(cert, key);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -40,11 +40,7 @@ fn text(status: u16, body: impl Into<Bytes>) -> Resp {
 impl Hostile {
     /// Serves TLS with `cert`/`key` (which may come from a CA the broker does not trust).
     pub(crate) fn start(cert: &Path, key: &Path) -> Hostile {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let tls = phantom_broker::net::server_config(cert, key).unwrap();
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (rt, acceptor) = super::tls_server(cert, key);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let elsewhere = Arc::new(Mutex::new(Vec::new()));
         let (listener, other) = rt.block_on(async {

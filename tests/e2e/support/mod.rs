@@ -71,6 +71,15 @@ pub(crate) fn free_port() -> u16 {
     panic!("no free port below {ephemeral}");
 }
 
+/// A runtime of its own and an HTTP/1.1 TLS acceptor with `cert`/`key`, for the in-process
+/// upstreams the tests run (recording, hostile, counting).
+pub(crate) fn tls_server(cert: &Path, key: &Path) -> (tokio::runtime::Runtime, tokio_rustls::TlsAcceptor) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let mut tls = (*phantom_broker::net::server_config(cert, key).unwrap()).clone();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (rt, tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)))
+}
+
 /// A child process, killed and reaped on drop.
 pub(crate) struct Proc(Child);
 

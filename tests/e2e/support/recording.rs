@@ -74,11 +74,7 @@ fn reply(status: u16, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 impl Recording {
     pub(crate) fn start(cert: &Path, key: &Path) -> Recording {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let tls = phantom_broker::net::server_config(cert, key).unwrap();
-        let mut tls = (*tls).clone();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (rt, acceptor) = super::tls_server(cert, key);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
