@@ -35,6 +35,8 @@ pub struct App {
     pub(crate) notifier: Notifier,
     request_prefix: String,
     requests: std::sync::atomic::AtomicU64,
+    /// `public_url` with a trailing `/`: what packuments' tarball URLs are rebased onto.
+    pub(crate) public_base: bytes::Bytes,
 }
 
 /// Sets the upstream clients of the current worker thread: its pooled connections live on its
@@ -66,6 +68,7 @@ impl App {
         rng.fill(&mut prefix).map_err(|_| "the system random source failed")?;
         let app = App {
             request_prefix: crate::audit::hex(&prefix),
+            public_base: crate::upstream::base_url(&config.server.public_url).into(),
             requests: std::sync::atomic::AtomicU64::new(0),
             write_memory: MemoryBudget::new(config.server.max_buffered_bytes),
             notifier: Notifier::new(&config.notify)?,

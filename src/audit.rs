@@ -123,6 +123,9 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage_id: Option<String>,
     pub decision: Decision,
+    /// `"proxy"` for a request that came through the forward proxy (absent on the registry face).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -52,6 +52,17 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// `[notify.NAME]`: where staged versions are announced.
     pub notify: Vec<NotifyConfig>,
+    /// `[proxy]`: the forward-proxy listener for agents behind `HTTPS_PROXY`.
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// The forward-proxy listener: plain TCP, `CONNECT` to the configured upstreams' hosts only.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// The CA that signs a leaf certificate for each upstream host (agents trust it).
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
 }
 
 /// A webhook told about each staged version of the grants that name it.
@@ -178,6 +189,15 @@ struct RawConfig {
     admin: Option<RawAdmin>,
     #[serde(default)]
     notify: BTreeMap<String, RawNotify>,
+    proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    listen: Option<String>,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -483,7 +503,24 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         notify.push(NotifyConfig { name, webhook, secret, ca_file: n.ca_file.as_deref().map(rel) });
     }
 
+    let proxy = match raw.proxy {
+        None => None,
+        Some(p) => {
+            let text = p.listen.as_deref().unwrap_or("127.0.0.1:3128");
+            let listen = text
+                .parse()
+                .map_err(|_| format!("`proxy.listen`: `{text}` is not an address like \"127.0.0.1:3128\""))?;
+            if !upstreams.iter().any(|u| u.url.scheme_str() == Some("https")) {
+                return Err(
+                    "`[proxy]` needs at least one https:// upstream: it tunnels only to upstreams' hosts".into()
+                );
+            }
+            Some(ProxyConfig { listen, ca_cert: rel(&p.ca_cert), ca_key: rel(&p.ca_key) })
+        }
+    };
+
     Ok(Config {
+        proxy,
         notify,
         admin,
         path: path.to_owned(),

@@ -15,7 +15,9 @@
 //! In the order a request meets the code:
 //!
 //! - `server`: transport. TLS listeners, worker threads, connections (HTTP/1.1 and HTTP/2),
-//!   graceful drain, and the admin face.
+//!   graceful drain, the admin face, and the forward proxy's `CONNECT` tunnels.
+//! - `proxy`: which `CONNECT` targets open a tunnel, the leaf certificates the tunnels are
+//!   served with, and what a request inside a tunnel must name (`Host`, upstream).
 //! - `pipeline`: one registry request, top to bottom: classify, authenticate, authorize,
 //!   pass the write gate, swap the credential, forward, relay, audit. Exchanges (ID token in,
 //!   phantom out) and every refusal's status and message live here too.
@@ -49,6 +51,7 @@ pub mod npm;
 pub mod phantom;
 pub mod pipeline;
 pub mod policy;
+pub(crate) mod proxy;
 pub mod secret;
 pub mod server;
 pub(crate) mod units;

@@ -1,5 +1,7 @@
 //! `phantom login`: trade the CI job's OIDC ID token for a phantom and put it in `.npmrc`
-//! under the broker's host key, so npm, pnpm and yarn use it unchanged.
+//! under the broker's host key, so npm, pnpm and yarn use it unchanged. With `--proxy`, the
+//! phantom goes under the upstream registry's own host key instead, for an agent that keeps its
+//! registry URL and reaches it through the broker's forward proxy.
 
 use crate::net::{self, HttpsClient};
 use crate::secret::{IdToken, Secret};
@@ -20,6 +22,17 @@ pub struct LoginArgs {
     pub id_token_file: Option<PathBuf>,
     pub audience: Option<String>,
     pub ca_file: Option<PathBuf>,
+    pub via_proxy: Option<ViaProxy>,
+}
+
+/// An agent behind the broker's forward proxy.
+pub struct ViaProxy {
+    /// The proxy's URL (`http://host:3128`).
+    pub proxy: String,
+    /// The upstream registry URL the agent uses.
+    pub registry: String,
+    /// The CA the proxy's leaf certificates chain to.
+    pub ca: Option<PathBuf>,
 }
 
 pub async fn login(args: LoginArgs) -> Result<String, String> {
@@ -63,7 +76,10 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
     let token =
         Secret::new(answer.get("token").and_then(Value::as_str).ok_or("the broker's answer has no token")?.to_owned());
     let npmrc = args.npmrc.clone().unwrap_or_else(default_npmrc);
-    let key = format!("//{authority}{base_path}:_authToken");
+    let key = match &args.via_proxy {
+        None => format!("//{authority}{base_path}:_authToken"),
+        Some(via) => format!("{}:_authToken", nerf_dart(&via.registry, "--registry")?),
+    };
     write_npmrc(&npmrc, &key, &token)?;
     let list = |k: &str| {
         answer
@@ -72,14 +88,35 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
             .unwrap_or_default()
     };
-    Ok(format!(
+    let mut summary = format!(
         "phantom login: a phantom for {} ({}) until {} is in {} under {}",
         list("packages"),
         list("actions"),
         answer.get("expires").and_then(Value::as_str).unwrap_or("?"),
         npmrc.display(),
         &key[..key.len() - ":_authToken".len()],
-    ))
+    );
+    if let Some(via) = &args.via_proxy {
+        summary.push_str("\nthrough the broker's forward proxy, the agent's .npmrc also needs:");
+        summary.push_str(&format!("\n  registry={}", via.registry));
+        summary.push_str(&format!("\n  https-proxy={}", via.proxy));
+        match &via.ca {
+            Some(ca) => summary.push_str(&format!("\n  cafile={}", ca.display())),
+            None => summary.push_str("\n  cafile=<the broker proxy's CA certificate>"),
+        }
+    }
+    Ok(summary)
+}
+
+/// The `//host[:port]/path/` key npm files a registry's token under.
+fn nerf_dart(url: &str, what: &str) -> Result<String, String> {
+    let uri: Uri = url.parse().map_err(|_| format!("{what}: `{url}` is not a URL"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err(format!("{what}: `{url}` must be an https:// URL (the proxy tunnels TLS only)"));
+    }
+    let authority = uri.authority().ok_or_else(|| format!("{what}: `{url}` has no host"))?;
+    let authority = authority.as_str().strip_suffix(":443").unwrap_or(authority.as_str());
+    Ok(format!("//{}{}/", authority.to_ascii_lowercase(), uri.path().trim_end_matches('/')))
 }
 
 /// The ID token: from a file, from `NPM_ID_TOKEN`, or from GitHub Actions' token endpoint.
@@ -157,6 +194,14 @@ fn write_npmrc(path: &Path, key: &str, token: &Secret) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_keys_are_npms_nerf_darts() {
+        assert_eq!(nerf_dart("https://Registry.Test/", "r").unwrap(), "//registry.test/");
+        assert_eq!(nerf_dart("https://registry.test:443/npm/", "r").unwrap(), "//registry.test/npm/");
+        assert_eq!(nerf_dart("https://localhost:4873", "r").unwrap(), "//localhost:4873/");
+        assert!(nerf_dart("http://localhost:4873/", "r").unwrap_err().contains("https://"));
+    }
 
     #[test]
     fn npmrc_keeps_other_lines_and_replaces_the_key() {

@@ -85,6 +85,17 @@ enum Command {
         /// Extra CA certificates to trust for the broker and the CI token endpoint.
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// For an agent behind the broker's forward proxy: the proxy's URL, e.g.
+        /// http://npm-broker.example.com:3128. The phantom is written under --registry's host,
+        /// and the lines the agent's .npmrc needs are printed.
+        #[arg(long, requires = "registry")]
+        proxy: Option<String>,
+        /// With --proxy: the upstream registry URL the agent keeps using (a configured upstream).
+        #[arg(long, requires = "proxy")]
+        registry: Option<String>,
+        /// With --proxy: the CA the proxy's certificates chain to, for the printed `cafile` line.
+        #[arg(long, requires = "proxy")]
+        proxy_ca: Option<PathBuf>,
     },
 }
 
@@ -223,9 +234,34 @@ fn run() -> Result<()> {
             println!("frozen: {}", answer["frozen"]);
             Ok(())
         }
-        Command::Login { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file } => {
-            let args =
-                login::LoginArgs { broker, packages, actions, ttl_seconds, npmrc, id_token_file, audience, ca_file };
+        Command::Login {
+            broker,
+            packages,
+            actions,
+            ttl_seconds,
+            npmrc,
+            id_token_file,
+            audience,
+            ca_file,
+            proxy,
+            registry,
+            proxy_ca,
+        } => {
+            let via_proxy = match (proxy, registry) {
+                (Some(proxy), Some(registry)) => Some(login::ViaProxy { proxy, registry, ca: proxy_ca }),
+                _ => None,
+            };
+            let args = login::LoginArgs {
+                broker,
+                packages,
+                actions,
+                ttl_seconds,
+                npmrc,
+                id_token_file,
+                audience,
+                ca_file,
+                via_proxy,
+            };
             let summary = rt.block_on(login::login(args)).map_err(anyhow::Error::msg)?;
             println!("{summary}");
             Ok(())
@@ -258,9 +294,16 @@ async fn serve(config: PathBuf) -> Result<()> {
     if let Some(admin) = &admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listener");
     }
-    println!("phantom: listening on https://{addr}/");
+    let proxy = match &app.config.proxy {
+        Some(p) => Some(server::bind(p.listen).with_context(|| format!("cannot listen on {}", p.listen))?),
+        None => None,
+    };
+    match &proxy {
+        Some(p) => println!("phantom: listening on https://{addr}/ (forward proxy on http://{})", p.local_addr()?),
+        None => println!("phantom: listening on https://{addr}/"),
+    }
     tracing::info!(%addr, grants = app.policy().len(), "listening");
-    server::serve(app, listener, admin, shutdown_signal()).await.map_err(anyhow::Error::msg)
+    server::serve(app, listener, proxy, admin, shutdown_signal()).await.map_err(anyhow::Error::msg)
 }
 
 async fn shutdown_signal() {

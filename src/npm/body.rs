@@ -37,8 +37,10 @@ pub enum BodyError {
     UnrecognizedRevision,
     #[error("a deprecate may change only `deprecated` fields of existing versions")]
     DeprecateChangesMore,
-    #[error("a publish body may hold only _id, name, description, dist-tags, versions, access and _attachments")]
-    UnexpectedPublishKey,
+    #[error("a publish body may not carry `{0}` (it may hold _id, name, description, readme, dist-tags, versions, access and _attachments)")]
+    UnexpectedPublishKey(String),
+    #[error("`readme` in a publish body must be a string")]
+    BadReadme,
     #[error("a publish may not deprecate, star or rewrite the package (`deprecated`, `users`, `_rev`)")]
     PublishRewrites,
     #[error("a version removal may only remove versions (and the dist-tags that named them)")]
@@ -124,18 +126,29 @@ fn check_names(package: &PackageName, doc: &Map<String, Value>) -> Result<(), Bo
     Ok(())
 }
 
-/// What libnpmpublish sends at the top level of a publish. Anything else could make a registry
-/// treat the PUT as something other than a publish (Verdaccio, for one, routes a body with
-/// `_rev`, `users` or a `deprecated` version to its change-package path, which replaces versions).
-const PUBLISH_KEYS: &[&str] = &["_id", "name", "description", "dist-tags", "versions", "access", "_attachments"];
+/// What clients send at the top level of a publish: libnpmpublish's keys (npm, pnpm), and the
+/// `readme` that yarn 1 and yarn 4 add (a registry shows it as the package's readme, as it
+/// would the new version's own). Anything else could make a registry treat the PUT as something
+/// other than a publish (Verdaccio, for one, routes a body with `_rev`, `users` or a
+/// `deprecated` version to its change-package path, which replaces versions).
+const PUBLISH_KEYS: &[&str] =
+    &["_id", "name", "description", "readme", "dist-tags", "versions", "access", "_attachments"];
+
+/// A caller's key, fit to quote in an error: at most 64 characters, no control characters.
+fn quoted_key(key: &str) -> String {
+    key.chars().take(64).map(|c| if c.is_control() || c == '`' { '?' } else { c }).collect()
+}
 
 fn check_publish_doc(package: &PackageName, doc: &Map<String, Value>) -> Result<PublishManifest, BodyError> {
     check_names(package, doc)?;
     if doc.keys().any(|k| matches!(k.as_str(), "_rev" | "users" | "time" | "maintainers")) {
         return Err(BodyError::PublishRewrites);
     }
-    if !doc.keys().all(|k| PUBLISH_KEYS.contains(&k.as_str())) {
-        return Err(BodyError::UnexpectedPublishKey);
+    if let Some(k) = doc.keys().find(|k| !PUBLISH_KEYS.contains(&k.as_str())) {
+        return Err(BodyError::UnexpectedPublishKey(quoted_key(k)));
+    }
+    if doc.get("readme").is_some_and(|r| !r.is_string()) {
+        return Err(BodyError::BadReadme);
     }
     let versions = doc.get("versions").and_then(Value::as_object).ok_or(BodyError::VersionCount)?;
     let mut it = versions.iter();

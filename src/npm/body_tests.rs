@@ -191,7 +191,13 @@ fn publish_bodies_cannot_rewrite_the_package() {
         ("users (stars)", |b| b["users"] = json!({"bob": true}), BodyError::PublishRewrites),
         ("maintainers", |b| b["maintainers"] = json!([{"name": "eve"}]), BodyError::PublishRewrites),
         ("time", |b| b["time"] = json!({}), BodyError::PublishRewrites),
-        ("an unknown key", |b| b["readme"] = json!("x"), BodyError::UnexpectedPublishKey),
+        (
+            "an unknown key",
+            |b| b["readmeFilename"] = json!("x"),
+            BodyError::UnexpectedPublishKey("readmeFilename".into()),
+        ),
+        ("an unknown key, quoted safely", |b| b["a\nb`c"] = json!(1), BodyError::UnexpectedPublishKey("a?b?c".into())),
+        ("a readme that is not a string", |b| b["readme"] = json!({"a": 1}), BodyError::BadReadme),
     ];
     for (what, edit, want) in table {
         let mut body = publish_body("web", "1.0.0");
@@ -199,6 +205,11 @@ fn publish_bodies_cannot_rewrite_the_package() {
         assert_eq!(put("web", &body), Err(want.clone()), "{what}");
         assert_eq!(check_stage_publish(&name("web"), body.to_string().as_bytes()), Err(want.clone()), "stage: {what}");
     }
+    // yarn 1 and yarn 4 send the readme at the top level.
+    let mut body = publish_body("web", "1.0.0");
+    body["readme"] = json!("# web\n");
+    assert!(put("web", &body).is_ok());
+    assert!(check_stage_publish(&name("web"), body.to_string().as_bytes()).is_ok());
 }
 
 #[test]

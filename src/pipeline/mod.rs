@@ -17,6 +17,7 @@ use crate::net::{self, Bearer, Body, BoxError};
 use crate::npm::{self, NpmRequest, Op, Route};
 use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest};
 use crate::policy::{Authorized, Requested};
+use crate::proxy::Tunnel;
 use crate::upstream::{self, Content};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -25,12 +26,21 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+/// Which face of the broker a request came in on.
+#[derive(Debug, Clone)]
+pub(crate) enum Face {
+    /// The registry face: the client's registry URL is the broker's `public_url`.
+    Registry,
+    /// Inside a forward-proxy tunnel to an upstream's own host (`HTTPS_PROXY`).
+    Proxy(Arc<Tunnel>),
+}
+
+pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Body> {
     // Anything but a read runs to its end in a task of its own: a caller that goes away mid-way
     // (an HTTP/2 reset, a closed connection) cannot stop a write or an exchange between two of
     // its steps, so each is settled and audited whatever the caller does.
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return match tokio::spawn(serve(app, req)).await {
+        return match tokio::spawn(serve(app, req, face)).await {
             Ok(response) => response,
             Err(e) => {
                 tracing::error!(error = %e, "a request's task failed");
@@ -38,17 +48,21 @@ pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Bo
             }
         };
     }
-    serve(app, req).await
+    serve(app, req, face).await
 }
 
-async fn serve(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Body> {
     let started = Instant::now();
     let request_id = app.new_request_id();
-    let mut rec =
-        Record { request_id: request_id.clone(), method: Some(audit::method(req.method())), ..Record::default() };
+    let mut rec = Record {
+        request_id: request_id.clone(),
+        method: Some(audit::method(req.method())),
+        via: matches!(face, Face::Proxy(_)).then_some("proxy"),
+        ..Record::default()
+    };
     // The connection boxes this future (`server/conn.rs`), so the pipeline lives on the heap
     // only while a request is in flight.
-    let (mut response, forwarded) = match process(&app, req, &mut rec).await {
+    let (mut response, forwarded) = match process(&app, req, &face, &mut rec).await {
         Ok(resp) => (resp, true),
         Err(refusal) => {
             rec.decision = refusal.decision();
@@ -103,11 +117,19 @@ fn watch_body(resp: Response<Body>, app: &Arc<App>, rec: Arc<Record>) -> Respons
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
+async fn process(app: &App, req: Request<Incoming>, face: &Face, rec: &mut Record) -> Result<Response<Body>, Refusal> {
     refuse_misplaced_phantoms(&req)?;
+    let (route, upstream) = match face {
+        Face::Registry => (npm::classify(req.method(), req.uri().path(), req.uri().query())?, None),
+        Face::Proxy(tunnel) => {
+            let (upstream, path) = tunneled(tunnel, &req)?;
+            (npm::classify(req.method(), path, req.uri().query())?, Some(upstream.clone()))
+        }
+    };
     // Exchanges are boxed: they are rare next to registry requests, and their state (an ID
     // token's verification) would otherwise enlarge every request's future.
-    match npm::classify(req.method(), req.uri().path(), req.uri().query())? {
+    match route {
+        Route::NpmOidcExchange { .. } | Route::PhantomExchange if upstream.is_some() => Err(Refusal::NotThroughProxy),
         Route::NpmOidcExchange { package } => Box::pin(exchange::npm_native(app, package, req, rec)).await,
         Route::PhantomExchange => Box::pin(exchange::generic(app, req, rec)).await,
         Route::Forbidden { what, path, package } => {
@@ -118,10 +140,37 @@ async fn process(app: &App, req: Request<Incoming>, rec: &mut Record) -> Result<
                 None => path.to_owned(),
             });
             rec.package = package.map(|p| p.to_string());
-            Err(Refusal::Forbidden(what))
+            Err(match path {
+                "/-/v1/login" | "/-/v1/done" | "/-/user" => Refusal::Login,
+                _ => Refusal::Forbidden(what),
+            })
         }
-        Route::Registry(npm) => forward(app, npm, req, rec).await,
+        Route::Registry(npm) => forward(app, npm, req, upstream, rec).await,
     }
+}
+
+/// A request inside a tunnel must name the tunnel's host in every `Host` (and HTTP/2
+/// `:authority`) it carries, and its path must lie under one of that host's upstreams. Returns
+/// that upstream's name and the path below its prefix.
+fn tunneled<'r>(tunnel: &'r Tunnel, req: &'r Request<Incoming>) -> Result<(&'r Arc<str>, &'r str), Refusal> {
+    let hosts = req.headers().get_all(header::HOST);
+    let mut named = 0;
+    for value in hosts {
+        if !value.to_str().is_ok_and(|v| tunnel.is_host(v)) {
+            return Err(Refusal::Misdirected);
+        }
+        named += 1;
+    }
+    if let Some(authority) = req.uri().authority() {
+        if !tunnel.is_host(authority.as_str()) {
+            return Err(Refusal::Misdirected);
+        }
+        named += 1;
+    }
+    if named == 0 {
+        return Err(Refusal::Misdirected);
+    }
+    tunnel.upstream_for(req.uri().path()).ok_or(Refusal::NoUpstream)
 }
 
 /// A caller that presented a live phantom.
@@ -130,10 +179,13 @@ pub(crate) struct Session {
     pub(crate) record: Arc<PhantomRecord>,
 }
 
+/// Forwards a registry request to `tunneled` (the upstream a proxy tunnel goes to) or, on the
+/// registry face, to the upstream that owns its package.
 async fn forward(
     app: &App,
     npm: NpmRequest,
     req: Request<Incoming>,
+    tunneled: Option<Arc<str>>,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     let path = npm.upstream_path();
@@ -142,7 +194,11 @@ async fn forward(
     rec.action = Some(npm.action_label());
     let session = authenticate(app, req.headers(), rec).await?;
     let upstreams = app.upstreams();
-    let upstream = upstreams.route(npm.package.as_ref()).ok_or(Refusal::NoUpstream)?;
+    let upstream = match &tunneled {
+        None => upstreams.route(npm.package.as_ref()),
+        Some(name) => upstreams.named(name),
+    };
+    let upstream = upstream.ok_or(Refusal::NoUpstream)?;
     rec.upstream = Some(upstream.name.clone());
     if !npm.is_read() {
         // Writes' own steps are boxed, so that a read's future, allocated for every request,
@@ -166,7 +222,15 @@ async fn forward(
     if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
         return Err(Refusal::AuditUnavailable);
     }
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // On the registry face, packuments' tarball URLs are rewritten to come back through the
+    // broker; the rewrite reads the body, so it is asked for unencoded.
+    let rebase = tunneled.is_none()
+        && npm.method == Method::GET
+        && matches!(npm.op(), Op::Packument | Op::VersionManifest { .. });
+    if rebase {
+        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
     let body = if http_body::Body::is_end_stream(&incoming) {
         // A read without a body (nearly all) needs no timer and no box.
         net::empty()
@@ -177,7 +241,8 @@ async fn forward(
     };
     let resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
     rec.upstream_status = Some(resp.status().as_u16());
-    Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?)
+    let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
+    Ok(if rebase { upstream.rebase_tarballs(resp, &app.public_base) } else { resp })
 }
 
 /// Looks up the phantom in `Authorization`, if any. Anything else there is refused: other

@@ -72,9 +72,20 @@ pub(crate) enum Refusal {
     ClientTimeout,
     #[error("the memory for write bodies (server.max_buffered_bytes) is in use")]
     Busy,
+    #[error("login and user accounts are never forwarded through the broker")]
+    Login,
+    #[error("the request's Host does not name the host the proxy tunnel was opened to")]
+    Misdirected,
+    #[error("token exchanges are not offered through the proxy")]
+    NotThroughProxy,
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// What `npm login` and `npm adduser` are told: there is nothing to log in to.
+const LOGIN_HELP: &str = "this registry has no accounts to log in to: get a short-lived token for this job with \
+    `phantom login --broker <this registry's URL> --packages ... --actions ...`, which writes it into .npmrc \
+    (npm >= 11.5.1 publishing from CI with an OIDC ID token needs no login at all)";
 
 impl Refusal {
     pub(crate) fn status(&self) -> StatusCode {
@@ -103,6 +114,9 @@ impl Refusal {
             Refusal::Upstream(e) => e.status(),
             Refusal::UpstreamFailed(_) | Refusal::UpstreamAnsweredEarly(_) => 502,
             Refusal::AuditUnavailable => 503,
+            Refusal::Misdirected => 421,
+            Refusal::Login => 403,
+            Refusal::NotThroughProxy => 403,
             Refusal::Internal(_) => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -180,6 +194,12 @@ impl Refusal {
             Refusal::ClientBody(_) => "the request body could not be read",
             Refusal::ClientTimeout => "the client sent its body too slowly",
             Refusal::Busy => "the broker holds as many write bodies as its memory budget allows; try again shortly",
+            Refusal::Login => LOGIN_HELP,
+            Refusal::Misdirected => "the Host header must name the host the proxy tunnel was opened to",
+            Refusal::NotThroughProxy => {
+                "phantoms are not exchanged through the proxy: run `phantom login --proxy` against the broker's \
+                 registry URL, which writes the phantom for this registry host into .npmrc"
+            }
             Refusal::Internal(_) => "internal error",
         };
         Cow::Borrowed(fixed)
@@ -200,6 +220,8 @@ impl Refusal {
             .header(header::CACHE_CONTROL, "no-store");
         match self {
             Refusal::Busy => resp = resp.header(header::RETRY_AFTER, "1"),
+            // npm prints an `npm-notice` header as a notice line, even on a failed login.
+            Refusal::Login => resp = resp.header("npm-notice", format!("phantom: {LOGIN_HELP}")),
             Refusal::RateLimited { retry_after, .. } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 resp = resp.header(header::RETRY_AFTER, secs.max(1));

@@ -112,24 +112,41 @@ impl http_body::Body for Tracked {
 
 type ServiceFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
 
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listener {
+    Registry,
+    Admin,
+    /// The forward proxy: a `CONNECT` head first, then TLS inside the tunnel.
+    Proxy,
+}
+
 /// TLS, then HTTP/1.1 or HTTP/2 by ALPN, on a task of the current runtime.
 pub(super) fn spawn(
     shared: &Arc<Shared>,
     tcp: tokio::net::TcpStream,
     permit: tokio::sync::OwnedSemaphorePermit,
     drain: Drain,
-    is_admin: bool,
+    listener: Listener,
 ) {
     let _ = tcp.set_nodelay(true);
     let shared = shared.clone();
     tokio::spawn(async move {
         let _permit = permit;
         let timeout = shared.app.config.server.client_timeout;
-        // The handshake's state and the stream are boxed, so the task itself stays small.
-        let tls = match Box::pin(tokio::time::timeout(timeout, shared.acceptor.accept(tcp))).await {
-            Ok(Ok(stream)) => Box::new(stream),
-            _ => return,
+        let (tls, face) = if listener == Listener::Proxy {
+            match Box::pin(super::tunnel::open(&shared, tcp)).await {
+                Some((tunnel, tls)) => (tls, pipeline::Face::Proxy(tunnel)),
+                None => return,
+            }
+        } else {
+            // The handshake's state and the stream are boxed, so the task itself stays small.
+            match Box::pin(tokio::time::timeout(timeout, shared.acceptor.accept(tcp))).await {
+                Ok(Ok(stream)) => (Box::new(stream), pipeline::Face::Registry),
+                _ => return,
+            }
         };
+        let is_admin = listener == Listener::Admin;
         let activity = Arc::new(Activity::default());
         let service = {
             let (app, activity) = (shared.app.clone(), activity.clone());
@@ -146,8 +163,9 @@ pub(super) fn spawn(
                         Ok(admin::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
                     });
                 }
+                let face = face.clone();
                 Box::pin(async move {
-                    Ok(pipeline::handle(app, req).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
+                    Ok(pipeline::handle(app, req, face).await.map(|inner| Tracked { inner, _in_flight: in_flight }))
                 })
             })
         };

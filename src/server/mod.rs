@@ -3,13 +3,14 @@
 
 mod admin;
 mod conn;
+mod tunnel;
 
 pub use crate::app::App;
 
 use crate::net;
 use crate::phantom::PhantomStore;
 use crate::upstream::Upstreams;
-use conn::Drain;
+use conn::{Drain, Listener};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ struct Shared {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     connections: Arc<tokio::sync::Semaphore>,
+    /// The forward proxy's tunnels, when `[proxy]` is configured.
+    tunnels: Option<Arc<crate::proxy::Tunnels>>,
 }
 
 /// Serves until `shutdown` resolves, then drains open connections for a bounded time.
@@ -48,6 +51,7 @@ struct Shared {
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
+    proxy: Option<std::net::TcpListener>,
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
@@ -73,6 +77,10 @@ pub async fn serve(
         http1,
         http2,
         connections: Arc::new(tokio::sync::Semaphore::new(app.config.server.max_connections)),
+        tunnels: match &app.config.proxy {
+            Some(p) => Some(Arc::new(crate::proxy::Tunnels::new(&app.config, p)?)),
+            None => None,
+        },
     });
 
     app.issuers.prefetch();
@@ -90,12 +98,21 @@ pub async fn serve(
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut first = Some(listener);
+    let proxy_addr = match &proxy {
+        Some(p) => Some(p.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let (mut first, mut first_proxy) = (Some(listener), proxy);
     let mut workers = Vec::new();
     for i in 0..app.config.server.workers {
         let listener = match first.take() {
             Some(l) => l,
             None => bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        };
+        let proxy = match (first_proxy.take(), proxy_addr) {
+            (Some(l), _) => Some(l),
+            (None, Some(a)) => Some(bind(a).map_err(|e| format!("cannot listen on {a}: {e}"))?),
+            (None, None) => None,
         };
         let (shared, stopped) = (shared.clone(), stopped.clone());
         let worker = std::thread::Builder::new()
@@ -103,7 +120,7 @@ pub async fn serve(
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
                 match rt {
-                    Ok(rt) => rt.block_on(worker(shared, listener, stopped)),
+                    Ok(rt) => rt.block_on(worker(shared, listener, proxy, stopped)),
                     Err(e) => tracing::error!(error = %e, "cannot start a worker runtime"),
                 }
             })
@@ -117,7 +134,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let tcp = tokio::select! {
-            accepted = accept_admin(admin.as_ref()) => match accepted {
+            accepted = accept_on(admin.as_ref()) => match accepted {
                 Ok((tcp, _)) => tcp,
                 Err(e) => {
                     accept_failed(e).await;
@@ -127,7 +144,7 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let Ok(permit) = admin_connections.clone().try_acquire_owned() else { continue };
-        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), true);
+        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), Listener::Admin);
     }
     drop(admin);
     let _ = stop.send(true);
@@ -145,16 +162,22 @@ pub async fn serve(
     Ok(())
 }
 
-/// One worker: accepts on its own socket until told to stop, then drains its connections.
-async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stopped: tokio::sync::watch::Receiver<bool>) {
+/// One worker: accepts on its own sockets (the registry face's, and the proxy's when there is
+/// one) until told to stop, then drains its connections.
+async fn worker(
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    proxy: Option<std::net::TcpListener>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let config = &shared.app.config;
     match Upstreams::new(&config.upstreams, config.server.upstream_timeout) {
         Ok(u) => crate::app::set_worker_upstreams(u),
         Err(e) => tracing::error!(error = %e, "a worker uses the shared upstream clients"),
     }
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
+    let (listener, proxy) = match (TcpListener::from_std(listener), proxy.map(TcpListener::from_std).transpose()) {
+        (Ok(l), Ok(p)) => (l, p),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "a worker cannot listen");
             return;
         }
@@ -162,32 +185,35 @@ async fn worker(shared: Arc<Shared>, listener: std::net::TcpListener, mut stoppe
     // Every connection holds a sender; the receiver sees the channel close when the last ends.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
-        let tcp = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
+        let (accepted, kind) = tokio::select! {
+            accepted = listener.accept() => (accepted, Listener::Registry),
+            accepted = accept_on(proxy.as_ref()) => (accepted, Listener::Proxy),
             _ = stopped.changed() => break,
         };
-        // Connections beyond the limit are closed at once.
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                accept_failed(e).await;
+                continue;
+            }
+        };
+        // Connections beyond the limit (both faces together) are closed at once.
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
             tracing::debug!("connection limit reached: closing a new connection");
             continue;
         };
-        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), false);
+        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), kind);
     }
     drop(listener);
+    drop(proxy);
     drop(alive);
     if tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await.is_err() {
         tracing::warn!("connections still open after the drain timeout");
     }
 }
 
-async fn accept_admin(admin: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match admin {
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
         Some(l) => l.accept().await,
         None => std::future::pending().await,
     }

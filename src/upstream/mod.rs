@@ -19,6 +19,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 mod pool;
+mod rebase;
 pub(crate) use pool::Pooled;
 
 pub(crate) struct Upstream {
@@ -27,6 +28,9 @@ pub(crate) struct Upstream {
     host: HeaderValue,
     /// The URL's path prefix, without a trailing `/` (often empty).
     prefix: String,
+    /// `scheme://host[:port]<prefix>/`, as the upstream writes it at the start of its tarball
+    /// URLs (host in lower case, no default port).
+    tarball_base: Bytes,
     pool: pool::Pool,
     timeout: Duration,
 }
@@ -105,6 +109,7 @@ impl Upstream {
             host: HeaderValue::from_str(cfg.url.authority().ok_or("upstream URL without host")?.as_str())
                 .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
             prefix: cfg.url.path().trim_end_matches('/').to_owned(),
+            tarball_base: base_url(&cfg.url).into(),
             pool: pool::Pool::new(&cfg.url, tls, Duration::from_secs(10))
                 .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
             timeout,
@@ -191,6 +196,23 @@ impl Upstream {
         Ok(req)
     }
 
+    /// A relayed packument or manifest whose tarball URLs that name this upstream name `to`
+    /// instead (`rebase.rs`). Anything but a readable 200 is returned as it is.
+    pub(crate) fn rebase_tarballs(&self, resp: Response<Body>, to: &Bytes) -> Response<Body> {
+        let encoded = resp
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if resp.status() != http::StatusCode::OK || encoded {
+            return resp;
+        }
+        let (mut parts, body) = resp.into_parts();
+        // The length changes: the body goes out chunked (HTTP/1.1) or framed (HTTP/2).
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let body = rebase::Rebase::new(body, self.tarball_base.clone(), to.clone());
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+
     /// GETs a document with the credential, for checks that compare against upstream state.
     pub(crate) async fn fetch_json(
         &self,
@@ -209,6 +231,18 @@ impl Upstream {
             .to_bytes();
         Ok((status, body))
     }
+}
+
+/// `scheme://host[:port]<path>/` of a URL, host in lower case, without the scheme's default
+/// port: how a registry writes its own base URL.
+pub(crate) fn base_url(url: &Uri) -> String {
+    let scheme = url.scheme_str().unwrap_or("https");
+    let host = url.host().unwrap_or_default().to_ascii_lowercase();
+    let port = match (scheme, url.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => String::new(),
+        (_, Some(p)) => format!(":{p}"),
+    };
+    format!("{scheme}://{host}{port}{}/", url.path().trim_end_matches('/'))
 }
 
 /// Makes a client-facing response from the upstream's. When the request carried a real
@@ -402,6 +436,11 @@ impl Upstreams {
             }
         }
         Ok(u)
+    }
+
+    /// The upstream called `name`.
+    pub(crate) fn named(&self, name: &str) -> Option<&Arc<Upstream>> {
+        self.list.iter().find(|u| &*u.name == name)
     }
 
     /// The upstream that owns `package` (or, for package-less routes, the default one).
