@@ -8,6 +8,8 @@ mod support;
 mod adversarial_callers;
 mod adversarial_network;
 mod cli;
+mod clients;
+mod forward_proxy;
 mod json_differential;
 mod npm_actions;
 mod npm_oidc;

@@ -189,8 +189,7 @@ pub(crate) struct Verdaccio {
 }
 
 impl Verdaccio {
-    fn start(dir: &Path, certs: &Certs, public_url: &str, http: &Http, nine: bool) -> Verdaccio {
-        let port = free_port();
+    fn start(dir: &Path, port: u16, certs: &Certs, public_url: Option<&str>, http: &Http, nine: bool) -> Verdaccio {
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         // Verdaccio 6 signs its tokens with the secret in this file; a fresh one per run makes
@@ -220,11 +219,11 @@ impl Verdaccio {
         } else {
             Command::new(node_bin("verdaccio"))
         };
+        command.arg("--config").arg(&config_path).env_remove("VERDACCIO_PUBLIC_URL");
+        if let Some(url) = public_url {
+            command.env("VERDACCIO_PUBLIC_URL", url);
+        }
         let child = command
-            .arg("--config")
-            .arg(&config_path)
-            // Tarball URLs in packuments point at the broker, as a registry behind a proxy is set up.
-            .env("VERDACCIO_PUBLIC_URL", public_url)
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()
@@ -417,6 +416,32 @@ pub(crate) struct Options {
     pub log: Option<String>,
     /// Verdaccio 9 (staged publishing) instead of 6.
     pub verdaccio9: bool,
+    /// The base URL Verdaccio writes into packuments' tarball URLs.
+    pub public_url: PublicUrl,
+    /// A forward-proxy listener (`[proxy]`), with a CA of its own; the upstream is then named
+    /// `localhost` (npm's proxy agent checks a bare IP's certificate against that name).
+    pub proxy: bool,
+}
+
+/// What `VERDACCIO_PUBLIC_URL` is set to.
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum PublicUrl {
+    /// The broker's URL, as a registry behind a reverse proxy is set up.
+    #[default]
+    Broker,
+    /// The registry's own URL: tarball URLs name the upstream whatever the request's Host.
+    Own,
+    /// Not set: Verdaccio builds tarball URLs from the request's Host (the upstream's).
+    Unset,
+}
+
+/// The forward proxy of a `World` started with `Options::proxy`.
+pub(crate) struct ProxyFace {
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub port: u16,
+    /// The CA the proxy's leaf certificates chain to (not the one Verdaccio's certificate does).
+    pub ca: PathBuf,
 }
 
 /// The policy most tests use: it matches the issuer's default GitHub-shaped claims.
@@ -444,6 +469,9 @@ pub(crate) struct World {
     pub issuer: Issuer,
     pub verdaccio: Verdaccio,
     pub broker: Broker,
+    pub proxy: Option<ProxyFace>,
+    /// The upstream's URL as the broker is configured with it.
+    pub upstream_url: String,
     npm_output: Mutex<Vec<u8>>,
 }
 
@@ -465,7 +493,30 @@ impl World {
         let admin_token = random_hex(16);
         let broker_url = format!("https://127.0.0.1:{broker_port}/");
         let issuer = Issuer::start(&root.join("issuer"), &certs);
-        let verdaccio = Verdaccio::start(&root.join("verdaccio"), &certs, &broker_url, &http, opts.verdaccio9);
+        let verdaccio_port = free_port();
+        let upstream_host = if opts.proxy { "localhost" } else { "127.0.0.1" };
+        let upstream_url = format!("https://{upstream_host}:{verdaccio_port}/");
+        let public_url = match opts.public_url {
+            PublicUrl::Broker => Some(broker_url.as_str()),
+            PublicUrl::Own => Some(upstream_url.as_str()),
+            PublicUrl::Unset => None,
+        };
+        let verdaccio =
+            Verdaccio::start(&root.join("verdaccio"), verdaccio_port, &certs, public_url, &http, opts.verdaccio9);
+        let proxy = opts.proxy.then(|| {
+            let ca = dev_certs(&root.join("proxy-ca"));
+            ProxyFace { port: free_port(), url: String::new(), ca: ca.ca }
+        });
+        let proxy = proxy.map(|p| ProxyFace { url: format!("http://127.0.0.1:{}", p.port), ..p });
+        let proxy_config = match &proxy {
+            Some(p) => format!(
+                "[proxy]\nlisten = \"127.0.0.1:{}\"\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+                p.port,
+                p.ca.display(),
+                p.ca.with_file_name("ca-key.pem").display()
+            ),
+            None => String::new(),
+        };
         let secrets = root.join("secrets");
         std::fs::create_dir_all(&secrets).unwrap();
         std::fs::write(secrets.join("npm-token"), format!("{}\n", verdaccio.token)).unwrap();
@@ -503,12 +554,13 @@ path = "{audit_path}"
 listen = "127.0.0.1:{admin_port}"
 token = {{ file = "{admin_secret}" }}
 
+{proxy_config}
 {extra}
 "#,
             cert = certs.cert.display(),
             key = certs.key.display(),
             ca = certs.ca.display(),
-            upstream = verdaccio.url,
+            upstream = upstream_url,
             issuer = issuer.url,
             secret = secrets.join("npm-token").display(),
             admin_secret = secrets.join("admin-token").display(),
@@ -523,7 +575,7 @@ token = {{ file = "{admin_secret}" }}
         let broker = Broker::start(&root.join("broker"), broker_port, admin_port, admin_token, &config, &opts);
         std::fs::create_dir_all(root.join("home")).unwrap();
         std::fs::write(root.join("npmrc"), format!("registry={broker_url}\ncafile={}\n", certs.ca.display())).unwrap();
-        World { dir, certs, http, issuer, verdaccio, broker, npm_output: Mutex::new(Vec::new()) }
+        World { dir, certs, http, issuer, verdaccio, broker, proxy, upstream_url, npm_output: Mutex::new(Vec::new()) }
     }
 
     pub(crate) fn root(&self) -> &Path {
@@ -559,6 +611,13 @@ token = {{ file = "{admin_secret}" }}
         seen.extend_from_slice(&out.stdout);
         seen.extend_from_slice(&out.stderr);
         out
+    }
+
+    /// Keeps a client's output for the canary check.
+    pub(crate) fn record_output(&self, out: &Output) {
+        let mut seen = self.npm_output.lock().unwrap();
+        seen.extend_from_slice(&out.stdout);
+        seen.extend_from_slice(&out.stderr);
     }
 
     /// A package directory ready for `npm publish`.
@@ -717,10 +776,9 @@ token = {{ file = "{admin_secret}" }}
         assert!(!contains(&self.http.seen.lock().unwrap()), "the canary reached a client response");
         assert!(!contains(&self.npm_output.lock().unwrap()), "the canary reached npm's output");
         let mut files = Vec::new();
-        for d in
-            [self.broker.dir.clone(), self.root().join("npm-cache"), self.root().join("home"), self.root().join("pkgs")]
-        {
-            collect_files(&d, &mut files);
+        let dirs = ["npm-cache", "home", "pkgs", "clients"].map(|d| self.root().join(d));
+        for d in dirs.iter().chain([&self.broker.dir]) {
+            collect_files(d, &mut files);
         }
         files.push(self.npmrc());
         assert!(files.iter().any(|f| f.ends_with("phantom.jsonl")), "no audit log was written");

@@ -1,0 +1,143 @@
+//! The forward proxy against callers no client library would be: CONNECT to hosts and ports
+//! that are not upstreams, plain-HTTP forwarding, bytes before the tunnel, a TLS server name or
+//! a Host that is not the CONNECT host, and the token exchanges asked for inside a tunnel.
+//! Every refusal is audited with `"via": "proxy"`; the tunnel's certificate chains to the
+//! proxy's CA (not to the CA of Verdaccio's own certificate), for the upstream's name.
+
+use crate::support::raw::{read_all, RawResp, Tls};
+use crate::support::{Options, World};
+use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Sends `bytes` to the proxy and returns what it answers before closing (or within 3 s).
+fn proxy_exchange(port: u16, bytes: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    tcp.write_all(bytes).unwrap();
+    let (start, mut got, mut buf) = (Instant::now(), Vec::new(), [0u8; 4096]);
+    while start.elapsed() < Duration::from_secs(3) {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A tunnel to `authority` with TLS inside it for `sni`, trusting only `ca` (and the system's
+/// roots). `Err` with why, if the proxy or the handshake refused.
+fn tunnel(port: u16, authority: &str, sni: &str, ca: &std::path::Path) -> Result<Tls, String> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tcp.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return Err(format!("the proxy closed: {}", String::from_utf8_lossy(&head))),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head);
+    }
+    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let conn = rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).map_err(|e| format!("TLS: {e}"))?;
+    }
+    tls.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    Ok(tls)
+}
+
+fn request(tls: &mut Tls, head: &str) -> RawResp {
+    tls.write_all(head.as_bytes()).unwrap();
+    read_all(tls, Duration::from_secs(5))
+}
+
+#[test]
+fn the_proxy_tunnels_only_to_upstream_hosts_and_checks_every_name() {
+    let w = World::start_with(Options { proxy: true, ..Options::default() });
+    let proxy = w.proxy.as_ref().unwrap();
+    let upstream = w.upstream_url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let upstream_port = upstream.rsplit_once(':').unwrap().1;
+    assert!(upstream.starts_with("localhost:"), "{upstream}");
+
+    // CONNECT to anything but the upstream's host and port, and anything but CONNECT: 403.
+    for (what, head) in [
+        ("the upstream's port on another name", format!("CONNECT 127.0.0.1:{upstream_port} HTTP/1.1\r\n\r\n")),
+        ("another port", "CONNECT localhost:1 HTTP/1.1\r\n\r\n".to_owned()),
+        ("another host", "CONNECT registry.invalid:443 HTTP/1.1\r\n\r\n".to_owned()),
+        (
+            "plain-HTTP forwarding",
+            format!("GET http://{upstream}/-/ping HTTP/1.1\r\nHost: {upstream}\r\n\r\n"),
+        ),
+    ] {
+        let answer = proxy_exchange(proxy.port, head.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 403"), "{what}: {answer}");
+    }
+    // Malformed targets and bytes sent before the tunnel exists: 400.
+    for (what, bytes) in [
+        ("a target without a port", "CONNECT localhost HTTP/1.1\r\n\r\n".to_owned()),
+        ("TLS before the 200", format!("CONNECT {upstream} HTTP/1.1\r\n\r\n\x16\x03\x01")),
+    ] {
+        let answer = proxy_exchange(proxy.port, bytes.as_bytes());
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+    }
+
+    // The tunnel's certificate is the proxy's, for the upstream's name: a client that trusts
+    // only the proxy's CA completes the handshake for `localhost`...
+    let mut tls = tunnel(proxy.port, &upstream, "localhost", &proxy.ca).expect("a tunnel to the upstream");
+    let ok = request(&mut tls, &format!("GET /-/ping HTTP/1.1\r\nHost: {upstream}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(ok.status, Some(200), "{}", ok.text);
+    // ...and one that trusts only the CA of Verdaccio's own certificate does not: nothing is
+    // tunnelled blindly.
+    let blind = tunnel(proxy.port, &upstream, "localhost", &w.certs.ca);
+    assert!(blind.as_ref().err().is_some_and(|e| e.starts_with("TLS")), "{:?}", blind.err());
+    // A server name other than the CONNECT host gets no certificate at all.
+    let other = tunnel(proxy.port, &upstream, "other.test", &proxy.ca);
+    assert!(other.as_ref().err().is_some_and(|e| e.starts_with("TLS")), "{:?}", other.err());
+
+    // Inside the tunnel, Host must name the CONNECT host.
+    for host in [format!("other.test:{upstream_port}"), "localhost:1".to_owned(), "localhost".to_owned()] {
+        let mut tls = tunnel(proxy.port, &upstream, "localhost", &proxy.ca).unwrap();
+        let r = request(&mut tls, &format!("GET /-/ping HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"));
+        assert_eq!(r.status, Some(421), "Host {host}: {}", r.text);
+    }
+    // The exchanges are the registry face's: not offered inside a tunnel.
+    for path in ["/-/phantom/v1/exchange", "/-/npm/v1/oidc/token/exchange/package/pb-web"] {
+        let mut tls = tunnel(proxy.port, &upstream, "localhost", &proxy.ca).unwrap();
+        let id_token = w.id_token(serde_json::json!({}));
+        let r = request(
+            &mut tls,
+            &format!(
+                "POST {path} HTTP/1.1\r\nHost: {upstream}\r\nAuthorization: Bearer {id_token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+            ),
+        );
+        assert_eq!(r.status, Some(403), "{path}: {}", r.text);
+        assert!(r.text.contains("phantom login --proxy"), "{path}: {}", r.text);
+    }
+
+    let audit = w.broker.audit_lines();
+    let refused_connects: Vec<_> = audit.iter().filter(|l| l["method"] == "CONNECT").collect();
+    assert!(refused_connects.len() >= 7, "{refused_connects:?}");
+    for l in &refused_connects {
+        assert_eq!(l["via"], "proxy");
+        assert_eq!(l["decision"], "deny");
+        assert!(l["reason"].is_string());
+    }
+    assert!(refused_connects.iter().any(|l| l["status"] == 421), "the SNI refusal is audited");
+    let misdirected = audit.iter().filter(|l| l["status"] == 421 && l["method"] == "GET").count();
+    assert_eq!(misdirected, 3);
+    assert!(audit.iter().all(|l| l["via"] == "proxy"), "every line of this run came through the proxy");
+    w.assert_canary_contained_without_writes();
+}
