@@ -141,3 +141,68 @@ fn the_proxy_tunnels_only_to_upstream_hosts_and_checks_every_name() {
     assert!(audit.iter().all(|l| l["via"] == "proxy"), "every line of this run came through the proxy");
     w.assert_canary_contained_without_writes();
 }
+
+/// `phantom login --proxy` files the phantom under the upstream's own host and prints the
+/// lines an agent's .npmrc needs; with them, the unmodified npm CLI publishes through the proxy.
+#[test]
+fn phantom_login_for_an_agent_behind_the_proxy() {
+    let policy = crate::support::DEFAULT_POLICY.to_owned();
+    let w = World::start_with(Options { policy, proxy: true, ..Options::default() });
+    let proxy = w.proxy.as_ref().unwrap();
+    let npmrc = w.root().join("agent-npmrc");
+    let token_file = w.root().join("id-token");
+    std::fs::write(&token_file, w.id_token(serde_json::json!({}))).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["login", "--broker", &w.broker.url, "--packages", "pb-agent", "--actions", "publish"])
+        .args(["--proxy", &proxy.url, "--registry", &w.upstream_url])
+        .arg("--proxy-ca")
+        .arg(&proxy.ca)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .arg("--npmrc")
+        .arg(&npmrc)
+        .arg("--id-token-file")
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    let printed = crate::support::text(&out);
+    assert!(out.status.success(), "{printed}");
+    w.record_output(&out);
+    let key = format!("//{}:_authToken=phm_", w.upstream_url.trim_start_matches("https://"));
+    let written = std::fs::read_to_string(&npmrc).unwrap();
+    assert!(written.contains(&key), "{written}");
+    assert!(!printed.contains("phm_"), "the phantom is printed: {printed}");
+    // The printed lines, as an agent's setup would copy them.
+    let lines: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix("  ")).collect();
+    assert_eq!(lines.len(), 3, "{printed}");
+    assert!(lines.contains(&format!("https-proxy={}", proxy.url).as_str()), "{printed}");
+    std::fs::write(&npmrc, format!("{written}{}\n", lines.join("\n"))).unwrap();
+
+    let pkg = w.package("pb-agent", "1.0.0");
+    let out = w.npm_with(&npmrc, &pkg, &["publish"]);
+    assert!(out.status.success(), "{}", crate::support::text(&out));
+    assert_eq!(w.upstream_packument("pb-agent").status, 200);
+    let audit = w.broker.audit_lines();
+    let publish = audit.iter().find(|l| l["action"] == "publish" && l["decision"] == "allow");
+    assert_eq!(publish.expect("the publish is audited")["via"], "proxy");
+    w.assert_canary_contained();
+}
+
+/// `npm login` against the broker is told, in a notice npm prints, how to get a phantom.
+#[test]
+fn npm_login_is_told_to_use_phantom_login() {
+    let w = World::start(crate::support::DEFAULT_POLICY);
+    let dir = w.root().join("login");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = w.npm(&dir, &["login"], None);
+    let printed = crate::support::text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(printed.contains("npm notice phantom: this registry has no accounts"), "{printed}");
+    assert!(printed.contains("phantom login --broker"), "{printed}");
+    let r = w.broker("PUT", "/-/user/org.couchdb.user:eve", &[("content-type", "application/json")], "{}");
+    assert_eq!(r.status, 403);
+    assert!(r.headers["npm-notice"].to_str().unwrap().starts_with("phantom: "));
+    let audit = w.broker.audit_lines();
+    assert!(audit.iter().any(|l| l["path"] == "/-/v1/login" && l["decision"] == "deny"), "{audit:?}");
+    assert!(audit.iter().any(|l| l["path"] == "/-/user" && l["status"] == 403), "{audit:?}");
+}

@@ -589,11 +589,20 @@ token = {{ file = "{admin_secret}" }}
     /// Runs the pinned npm CLI with a hermetic environment. With `oidc`, it runs as a GitHub
     /// Actions job whose ID token carries the issuer's default claims overridden by `oidc`.
     pub(crate) fn npm(&self, cwd: &Path, args: &[&str], oidc: Option<&Value>) -> Output {
+        self.npm_in(&self.npmrc(), cwd, args, oidc)
+    }
+
+    /// The pinned npm CLI with `npmrc` as its userconfig.
+    pub(crate) fn npm_with(&self, npmrc: &Path, cwd: &Path, args: &[&str]) -> Output {
+        self.npm_in(npmrc, cwd, args, None)
+    }
+
+    fn npm_in(&self, npmrc: &Path, cwd: &Path, args: &[&str], oidc: Option<&Value>) -> Output {
         let mut cmd = Command::new(node_bin("npm"));
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap())
             .env("HOME", self.root().join("home"))
-            .env("NPM_CONFIG_USERCONFIG", self.npmrc())
+            .env("NPM_CONFIG_USERCONFIG", npmrc)
             .env("NPM_CONFIG_CACHE", self.root().join("npm-cache"))
             .env("NPM_CONFIG_UPDATE_NOTIFIER", "false")
             .env("NPM_CONFIG_FUND", "false")
