@@ -134,8 +134,9 @@ say() { echo "$*" | tee -a "$report" >&2; }
 ca=$work/certs/ca.pem
 cat "$work/certs/server.pem" "$work/certs/server-key.pem" > "$work/certs/haproxy.pem"
 mkdir -p "$work/www" "$work/logs"
-cp "$here/packument.json" "$work/www/pb-bench"
 origin_port=$(free_port); nginx_port=$(free_port); haproxy_port=$(free_port)
+# Its tarball URL names the origin, as a registry writes it: the broker rewrites it onto itself.
+sed "s|https://127.0.0.1/|https://127.0.0.1:$origin_port/|g" "$here/packument.json" > "$work/www/pb-bench"
 token=static-$RANDOM$RANDOM
 
 # The origin: nginx serving the packument over TLS, two workers.
