@@ -161,8 +161,11 @@ impl Setup<'_> {
 
     fn install(&self, client: Client, spec: &str, token: Option<&str>) -> (Output, PathBuf) {
         let dir = self.project(client, if token.is_some() { "app-with-token" } else { "app" });
-        std::fs::write(dir.join("package.json"), json!({"name": "app", "version": "1.0.0", "private": true}).to_string())
-            .unwrap();
+        std::fs::write(
+            dir.join("package.json"),
+            json!({"name": "app", "version": "1.0.0", "private": true}).to_string(),
+        )
+        .unwrap();
         self.configure(client, &dir, token);
         let out = match client {
             Client::Npm10 | Client::Npm11 => self.run(client, &dir, &["install", spec, "--no-audit", "--no-fund"]),
@@ -176,9 +179,11 @@ impl Setup<'_> {
         match client {
             Client::Npm10 | Client::Npm11 | Client::Bun => self.run(client, dir, &["publish"]),
             Client::Pnpm9 | Client::Pnpm10 => self.run(client, dir, &["publish", "--no-git-checks"]),
-            Client::Yarn1 => {
-                self.run(client, dir, &["publish", "--non-interactive", "--new-version", "1.0.0", "--no-git-tag-version"])
-            }
+            Client::Yarn1 => self.run(
+                client,
+                dir,
+                &["publish", "--non-interactive", "--new-version", "1.0.0", "--no-git-tag-version"],
+            ),
             Client::Yarn4 => {
                 // Berry publishes a workspace of a project: the project needs its lockfile.
                 let out = self.run(client, dir, &["install"]);
@@ -253,7 +258,8 @@ fn matrix(face: Face) {
         Face::Proxy => assert!(via_proxy > 0 && audit.iter().all(|l| l["via"] == "proxy" || l["event"] == "exchange")),
     }
     // Every client's tarball download came back through the broker.
-    let tarballs = audit.iter().filter(|l| l["action"] == "read" && l["path"] == "/pb-base/-/pb-base-1.0.0.tgz").count();
+    let tarballs =
+        audit.iter().filter(|l| l["action"] == "read" && l["path"] == "/pb-base/-/pb-base-1.0.0.tgz").count();
     assert!(tarballs >= 1, "no tarball was fetched through the broker");
     w.assert_canary_contained();
 }

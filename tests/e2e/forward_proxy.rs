@@ -76,10 +76,7 @@ fn the_proxy_tunnels_only_to_upstream_hosts_and_checks_every_name() {
         ("the upstream's port on another name", format!("CONNECT 127.0.0.1:{upstream_port} HTTP/1.1\r\n\r\n")),
         ("another port", "CONNECT localhost:1 HTTP/1.1\r\n\r\n".to_owned()),
         ("another host", "CONNECT registry.invalid:443 HTTP/1.1\r\n\r\n".to_owned()),
-        (
-            "plain-HTTP forwarding",
-            format!("GET http://{upstream}/-/ping HTTP/1.1\r\nHost: {upstream}\r\n\r\n"),
-        ),
+        ("plain-HTTP forwarding", format!("GET http://{upstream}/-/ping HTTP/1.1\r\nHost: {upstream}\r\n\r\n")),
     ] {
         let answer = proxy_exchange(proxy.port, head.as_bytes());
         assert!(answer.starts_with("HTTP/1.1 403"), "{what}: {answer}");
@@ -205,4 +202,98 @@ fn npm_login_is_told_to_use_phantom_login() {
     let audit = w.broker.audit_lines();
     assert!(audit.iter().any(|l| l["path"] == "/-/v1/login" && l["decision"] == "deny"), "{audit:?}");
     assert!(audit.iter().any(|l| l["path"] == "/-/user" && l["status"] == 403), "{audit:?}");
+}
+
+/// Through the proxy, a recording upstream (behind TLS, named `localhost`) sees the real
+/// credential on a write and on a read with a phantom, no credential on an anonymous read, and
+/// never the phantom; what it got is exactly the body that was sent.
+#[test]
+fn the_upstream_behind_the_proxy_sees_the_credential_only_with_a_phantom() {
+    use crate::support::recording::{End, Recording};
+    let dir = tempfile::tempdir().unwrap();
+    let certs = crate::support::dev_certs(&dir.path().join("certs"));
+    let rec = Recording::start(&certs.cert, &certs.key);
+    let canary = format!("recording-canary-{}", crate::support::free_port());
+    let secret = dir.path().join("recording-token");
+    std::fs::write(&secret, &canary).unwrap();
+    let extra = format!(
+        "[upstream.recording]\nurl = \"https://localhost:{}/\"\nscopes = [\"@rec\"]\nca_file = \"{{ca}}\"\n\n\
+         [credential.recording]\nupstream = \"recording\"\nsource = {{ file = \"{}\" }}\n",
+        rec.port,
+        secret.display()
+    );
+    let policy = r#"
+[[grant]]
+name = "rec"
+issuer = "github"
+packages = ["@rec/*"]
+actions = ["publish"]
+credential = "recording"
+[grant.claims]
+repository_id = "123456789"
+"#;
+    let w = World::start_with(Options {
+        policy: policy.into(),
+        extra,
+        certs: Some(certs),
+        proxy: true,
+        ..Options::default()
+    });
+    let proxy = w.proxy.as_ref().unwrap();
+    let authority = format!("localhost:{}", rec.port);
+    let phantom = w.phantom(&["@rec/tool"], &["publish"], None);
+    let open = || tunnel(proxy.port, &authority, "localhost", &proxy.ca).unwrap();
+
+    let r =
+        request(&mut open(), &format!("GET /@rec%2fother HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"));
+    assert!(r.status.is_some(), "{}", r.text);
+    let r = request(
+        &mut open(),
+        &format!(
+            "GET /@rec%2ftool HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {phantom}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(r.status.is_some(), "{}", r.text);
+    let tgz = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b"tarball");
+    let body = serde_json::json!({"_id": "@rec/tool", "name": "@rec/tool", "dist-tags": {"latest": "1.0.0"},
+        "versions": {"1.0.0": {"name": "@rec/tool", "version": "1.0.0", "_id": "@rec/tool@1.0.0"}},
+        "_attachments": {"@rec/tool-1.0.0.tgz": {"content_type": "application/octet-stream", "data": tgz, "length": 7}}})
+    .to_string();
+    let r = request(
+        &mut open(),
+        &format!(
+            "PUT /@rec%2ftool HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {phantom}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, Some(201), "{}", r.text);
+    rec.settle();
+    let seen = rec.seen();
+    let by = |method: &str, target: &str| {
+        seen.iter()
+            .find(|s| s.method == method && s.target == target)
+            .unwrap_or_else(|| panic!("{method} {target}: {seen:?}"))
+    };
+    let bearer = Some(format!("Bearer {canary}"));
+    assert_eq!(by("GET", "/@rec%2fother").header("authorization"), None, "an anonymous read carried a credential");
+    assert_eq!(by("GET", "/@rec%2ftool").header("authorization"), bearer);
+    let put = by("PUT", "/@rec%2ftool");
+    assert_eq!(put.header("authorization"), bearer);
+    assert_eq!(put.end, End::Complete);
+    assert_eq!(put.body, body.as_bytes(), "the upstream got other bytes than were sent");
+    for s in &seen {
+        for (name, value) in &s.headers {
+            assert!(!value.as_bytes().windows(4).any(|w| w == b"phm_"), "a phantom reached the upstream in {name}");
+        }
+    }
+    let audit = w.broker.audit_lines();
+    let publish = audit.iter().find(|l| l["action"] == "publish" && l["decision"] == "allow").expect("audited");
+    assert_eq!(publish["via"], "proxy");
+    assert_eq!(publish["upstream"], "recording");
+    let text = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
+    assert!(!text.contains(&canary) && !text.contains(&phantom), "a secret is in the audit log");
+    let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
+    assert!(!log.contains(&canary) && !log.contains(&phantom), "a secret is in the broker's log");
+    std::mem::forget(dir);
 }

@@ -223,11 +223,7 @@ impl Verdaccio {
         if let Some(url) = public_url {
             command.env("VERDACCIO_PUBLIC_URL", url);
         }
-        let child = command
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+        let child = command.stdout(Stdio::from(log.try_clone().unwrap())).stderr(Stdio::from(log)).spawn().unwrap();
         let proc = Proc(child);
         let url = format!("https://127.0.0.1:{port}/");
         wait_until("verdaccio", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
