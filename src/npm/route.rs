@@ -632,6 +632,12 @@ impl NpmRequest {
         }
     }
 
+    /// A packument read with `?write=true`: npm reads it to send it back changed (deprecate,
+    /// unpublish).
+    pub fn reads_for_write(&self) -> bool {
+        self.query.as_deref() == Some("write=true")
+    }
+
     /// The path and query to send upstream, rebuilt from the classified parts.
     pub fn upstream_path(&self) -> String {
         let name = match (&self.package, self.form) {

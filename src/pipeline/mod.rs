@@ -224,8 +224,11 @@ async fn forward(
     }
     let (mut parts, incoming) = req.into_parts();
     // On the registry face, packuments' tarball URLs are rewritten to come back through the
-    // broker; the rewrite reads the body, so it is asked for unencoded.
+    // broker; the rewrite reads the body, so it is asked for unencoded. Not when npm reads a
+    // packument to send it back changed (`?write=true`: deprecate, unpublish): what it sends
+    // back must be the upstream's own document.
     let rebase = tunneled.is_none()
+        && !npm.reads_for_write()
         && npm.method == Method::GET
         && matches!(npm.op(), Op::Packument | Op::VersionManifest { .. });
     if rebase {

@@ -279,9 +279,11 @@ fn every_client_through_the_forward_proxy() {
 /// credential to it), and an install with a phantom gets its tarball through the broker, with
 /// the credential, on both faces.
 fn private_registry(public_url: PublicUrl) {
-    let policy = POLICY.replace("[\"pb-*\"]", "[\"priv-*\"]");
+    let policy = POLICY
+        .replace("[\"pb-*\"]", "[\"priv-*\"]")
+        .replace("\"dist-tag\"]", "\"dist-tag\", \"deprecate\", \"unpublish\"]");
     let w = World::start_with(Options { policy, public_url, proxy: true, ..Options::default() });
-    let token = w.phantom(&["priv-lib"], &["publish"], None);
+    let token = w.phantom(&["priv-lib"], &["publish", "deprecate", "unpublish"], None);
     let registry = Setup::new(&w, Face::Registry);
     let dir = registry.package(Client::Npm11, "priv-lib", &token);
     let out = registry.publish(Client::Npm11, &dir);
@@ -303,6 +305,26 @@ fn private_registry(public_url: PublicUrl) {
         };
         assert!(lock.contains(&resolved), "{face:?}: the lockfile does not resolve to {resolved}: {lock}");
     }
+    // npm reads the packument `?write=true` and sends it back changed: those reads are the
+    // upstream's own document, so a deprecate and a version removal still match it.
+    let out = registry.run(Client::Npm11, &dir, &["deprecate", "priv-lib@1.0.0", "use priv-lib 2"]);
+    assert!(out.status.success(), "deprecate: {}", text(&out));
+    let dir2 = registry.package(Client::Npm11, "priv-lib", &token);
+    let manifest = std::fs::read_to_string(dir2.join("package.json")).unwrap().replace("1.0.0", "2.0.0");
+    std::fs::write(dir2.join("package.json"), manifest).unwrap();
+    let out = registry.publish(Client::Npm11, &dir2);
+    assert!(out.status.success(), "publish 2.0.0: {}", text(&out));
+    let out = registry.run(Client::Npm11, &dir, &["unpublish", "priv-lib@1.0.0"]);
+    assert!(out.status.success(), "unpublish: {}", text(&out));
+    let versions = w.http.request(
+        "GET",
+        &format!("{}priv-lib", w.verdaccio.url),
+        &[("authorization", &format!("Bearer {}", w.verdaccio.token))],
+        "",
+    );
+    w.http.seen.lock().unwrap().clear();
+    let doc = versions.json();
+    assert!(doc["versions"]["1.0.0"].is_null() && doc["versions"]["2.0.0"].is_object(), "{}", versions.text());
     let audit = w.broker.audit_lines();
     let tarballs: Vec<_> = audit
         .iter()
