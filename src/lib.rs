@@ -56,3 +56,7 @@ pub mod secret;
 pub mod server;
 pub(crate) mod units;
 pub(crate) mod upstream;
+
+/// For the fuzz targets (`fuzz/`): the tarball-URL rewrite over a body in chunks.
+#[doc(hidden)]
+pub use upstream::rebase_chunks;

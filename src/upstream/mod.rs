@@ -21,6 +21,7 @@ use zeroize::Zeroizing;
 mod pool;
 mod rebase;
 pub(crate) use pool::Pooled;
+pub use rebase::rebase_chunks;
 
 pub(crate) struct Upstream {
     pub name: std::sync::Arc<str>,

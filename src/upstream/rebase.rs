@@ -133,6 +133,17 @@ impl<B> Rebase<B> {
     }
 }
 
+/// `chunks`, as a relayed body in those chunks, through the rewrite: for the fuzz target.
+pub fn rebase_chunks(chunks: &[&[u8]], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut r = Rebase::new((), Bytes::copy_from_slice(from), Bytes::copy_from_slice(to));
+    let mut out = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        out.extend_from_slice(&r.push(c, i + 1 == chunks.len()));
+    }
+    out.extend_from_slice(&r.push(&[], true));
+    out
+}
+
 impl<B> http_body::Body for Rebase<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
