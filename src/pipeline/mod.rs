@@ -245,7 +245,10 @@ async fn forward(
     let resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
     rec.upstream_status = Some(resp.status().as_u16());
     let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
-    Ok(if rebase { upstream.rebase_tarballs(resp, &app.public_base) } else { resp })
+    if rebase {
+        return Ok(upstream.rebase_tarballs(resp, &app.public_base).await?);
+    }
+    Ok(resp)
 }
 
 /// Looks up the phantom in `Authorization`, if any. Anything else there is refused: other

@@ -198,20 +198,37 @@ impl Upstream {
     }
 
     /// A relayed packument or manifest whose tarball URLs that name this upstream name `to`
-    /// instead (`rebase.rs`). Anything but a readable 200 is returned as it is.
-    pub(crate) fn rebase_tarballs(&self, resp: Response<Body>, to: &Bytes) -> Response<Body> {
+    /// instead (`rebase.rs`). Anything but a readable 200 is returned as it is. A body of a
+    /// known length up to [`WHOLE_REBASE`] (most packuments) is read whole and sent with its new
+    /// length; a longer one, or one of unknown length, streams (chunked on HTTP/1.1).
+    pub(crate) async fn rebase_tarballs(
+        &self,
+        resp: Response<Body>,
+        to: &Bytes,
+    ) -> Result<Response<Body>, UpstreamError> {
         let encoded = resp
             .headers()
             .get(header::CONTENT_ENCODING)
             .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
         if resp.status() != http::StatusCode::OK || encoded {
-            return resp;
+            return Ok(resp);
         }
         let (mut parts, body) = resp.into_parts();
-        // The length changes: the body goes out chunked (HTTP/1.1) or framed (HTTP/2).
+        let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if length.is_some_and(|n| n <= WHOLE_REBASE) {
+            // The upstream's framing holds it to the length it announced.
+            let whole = body
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::Failed(format!("reading the packument: {}", net::error_chain(&*e))))?
+                .to_bytes();
+            let out = rebase::rebase_whole(whole, &self.tarball_base, to);
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            return Ok(Response::from_parts(parts, net::full(out)));
+        }
         parts.headers.remove(header::CONTENT_LENGTH);
         let body = rebase::Rebase::new(body, self.tarball_base.clone(), to.clone());
-        Response::from_parts(parts, body.boxed_unsync())
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
     /// GETs a document with the credential, for checks that compare against upstream state.
@@ -233,6 +250,10 @@ impl Upstream {
         Ok((status, body))
     }
 }
+
+/// Packuments up to this long are rewritten whole (with their new length), longer ones as they
+/// stream.
+const WHOLE_REBASE: usize = 256 * 1024;
 
 /// `scheme://host[:port]<path>/` of a URL, host in lower case, without the scheme's default
 /// port: how a registry writes its own base URL.

@@ -11,7 +11,7 @@
 //! configured public URL ignores them.
 
 use crate::net::BoxError;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use memchr::memmem;
 use std::pin::Pin;
@@ -90,21 +90,23 @@ impl<B> Rebase<B> {
         }
     }
 
-    /// Rewrites what can be decided of `held` + `chunk` and returns it.
-    fn push(&mut self, chunk: &[u8], last: bool) -> Bytes {
-        self.held.extend_from_slice(chunk);
-        let buf = std::mem::take(&mut self.held);
-        let mut out = BytesMut::with_capacity(buf.len() + 64);
-        let (mut copied, mut search) = (0, 0);
-        let mut keep = None;
+    /// Rewrites what can be decided of `held` + `chunk` and returns it. A chunk with nothing to
+    /// rewrite, and nothing held before it, goes out as it came, without a copy.
+    fn push(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        let buf = if self.held.is_empty() {
+            chunk
+        } else {
+            self.held.extend_from_slice(&chunk);
+            self.held.split().freeze()
+        };
+        let mut values = Vec::new();
+        let (mut search, mut keep) = (0, None);
         while let Some(found) = key_finder().find(&buf[search..]) {
             let i = search + found;
             match self.value_at(&buf, i) {
                 At::Rewrite(start) => {
-                    out.extend_from_slice(&buf[copied..start]);
-                    out.extend_from_slice(&self.to);
-                    copied = start + self.from.len();
-                    search = copied;
+                    values.push(start);
+                    search = start + self.from.len();
                 }
                 At::No => search = i + 1,
                 At::NeedMore if last => search = i + 1,
@@ -119,18 +121,36 @@ impl<B> Rebase<B> {
             None if last => buf.len(),
             // A key may begin in the last bytes: hold from the last quote that could start it.
             None => {
-                let tail = buf.len().saturating_sub(KEY.len() - 1).max(search).max(copied);
+                let tail = buf.len().saturating_sub(KEY.len() - 1).max(search);
                 memchr::memrchr(b'"', &buf[tail..]).map_or(buf.len(), |q| tail + q)
             }
         };
-        out.extend_from_slice(&buf[copied..end]);
-        let mut rest = buf;
-        rest.advance(end);
-        self.held = rest;
+        if end < buf.len() {
+            self.held.extend_from_slice(&buf[end..]);
+        }
+        let out = if values.is_empty() {
+            buf.slice(..end)
+        } else {
+            let grown = values.len() * self.to.len().saturating_sub(self.from.len());
+            let mut out = BytesMut::with_capacity(end + grown);
+            let mut copied = 0;
+            for start in values {
+                out.extend_from_slice(&buf[copied..start]);
+                out.extend_from_slice(&self.to);
+                copied = start + self.from.len();
+            }
+            out.extend_from_slice(&buf[copied..end]);
+            out.freeze()
+        };
         let trailing = out.iter().rev().take_while(|&&b| b == b'\\').count();
         self.backslashes = if trailing == out.len() { self.backslashes + trailing } else { trailing };
-        out.freeze()
+        out
     }
+}
+
+/// A whole body, rewritten (itself, without a copy, when nothing in it names the upstream).
+pub(crate) fn rebase_whole(body: Bytes, from: &Bytes, to: &Bytes) -> Bytes {
+    Rebase::new((), from.clone(), to.clone()).push(body, true)
 }
 
 /// `chunks`, as a relayed body in those chunks, through the rewrite: for the fuzz target.
@@ -138,9 +158,9 @@ pub fn rebase_chunks(chunks: &[&[u8]], from: &[u8], to: &[u8]) -> Vec<u8> {
     let mut r = Rebase::new((), Bytes::copy_from_slice(from), Bytes::copy_from_slice(to));
     let mut out = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
-        out.extend_from_slice(&r.push(c, i + 1 == chunks.len()));
+        out.extend_from_slice(&r.push(Bytes::copy_from_slice(c), i + 1 == chunks.len()));
     }
-    out.extend_from_slice(&r.push(&[], true));
+    out.extend_from_slice(&r.push(Bytes::new(), true));
     out
 }
 
@@ -164,7 +184,7 @@ where
                     // Trailers are dropped, as the scrubber drops them.
                     let Ok(data) = frame.into_data() else { continue };
                     let last = self.inner.is_end_stream();
-                    let out = self.push(&data, last);
+                    let out = self.push(data, last);
                     if last {
                         self.done = true;
                     }
@@ -174,7 +194,7 @@ where
                 }
                 Poll::Ready(None) => {
                     self.done = true;
-                    let out = self.push(&[], true);
+                    let out = self.push(Bytes::new(), true);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(out))));
                     }

@@ -135,10 +135,14 @@ fn hostile_and_failing_upstreams() {
     assert_eq!(get(&w, "/@hostile%2fstall", Some(&p)).status, 504);
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 
-    // A reset in the middle of the body: the client sees the body end early, and the audit says so.
+    // A reset in the middle of a packument (read whole, to rewrite its tarball URLs): a clear 502.
+    let r = get(&w, "/@hostile%2freset", Some(&p));
+    assert_eq!(r.status, 502, "{}", r.text());
+    // A reset in the middle of a streamed body (a tarball): the client sees the body end early,
+    // and the audit says so.
     let mut tls = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
     use std::io::Write;
-    let req = format!("GET /@hostile%2freset HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {p}\r\n\r\n");
+    let req = format!("GET /@hostile/reset/-/reset-1.0.0.tgz HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {p}\r\n\r\n");
     tls.write_all(req.as_bytes()).unwrap();
     let raw = raw::read_all(&mut tls, std::time::Duration::from_secs(5));
     assert_eq!(raw.status, Some(200));
@@ -200,10 +204,12 @@ fn hostile_and_failing_upstreams() {
         reason("/@untrusted%2fx")
     );
     assert!(
-        reason("/@hostile%2freset").iter().any(|r| r.contains("error") && r.contains("body")),
+        reason("/@hostile%2freset").iter().any(|r| r.starts_with("502 error") && r.contains("packument")),
         "{:?}",
         reason("/@hostile%2freset")
     );
+    let tarball = "/@hostile/reset/-/reset-1.0.0.tgz";
+    assert!(reason(tarball).iter().any(|r| r.contains("error") && r.contains("body")), "{:?}", reason(tarball));
     settle(&w.broker.dir.join("audit/phantom.jsonl"));
     let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();

@@ -345,3 +345,55 @@ fn a_private_registry_without_its_public_url() {
 fn a_private_registry_with_its_public_url() {
     private_registry(PublicUrl::Own);
 }
+
+/// Packuments of every size come back with their tarball URLs on the broker: a small one
+/// rewritten whole (with its new length), one past 256 KiB as it streams (no length), and
+/// nothing but the tarball values changes.
+#[test]
+fn packuments_large_and_small_have_their_tarballs_rebased() {
+    use crate::support::recording::Recording;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = crate::support::dev_certs(&dir.path().join("certs"));
+    let rec = Recording::start(&certs.cert, &certs.key);
+    let secret = dir.path().join("recording-token");
+    std::fs::write(&secret, format!("recording-canary-{}", crate::support::free_port())).unwrap();
+    let extra = format!(
+        "[upstream.recording]\nurl = \"{}\"\nscopes = [\"@rec\"]\nca_file = \"{{ca}}\"\n\n\
+         [credential.recording]\nupstream = \"recording\"\nsource = {{ file = \"{}\" }}\n",
+        rec.url(),
+        secret.display()
+    );
+    let w = World::start_with(Options { policy: POLICY.into(), extra, certs: Some(certs), ..Options::default() });
+    let packument = |versions: usize| {
+        let mut v = serde_json::Map::new();
+        for i in 0..versions {
+            let ver = format!("1.0.{i}");
+            v.insert(
+                ver.clone(),
+                json!({"name": "@rec/lib", "version": ver,
+                "dist": {"tarball": format!("{}@rec/lib/-/lib-{ver}.tgz", rec.url()), "shasum": "0"}}),
+            );
+        }
+        json!({"_id": "@rec/lib", "name": "@rec/lib", "versions": v,
+            "readme": format!("download \"tarball\": \"{}x.tgz\" by hand", rec.url())})
+    };
+    for (versions, streamed) in [(3, false), (3000, true)] {
+        let doc = packument(versions);
+        rec.set_packument("@rec%2flib", &doc);
+        let r = w.broker("GET", "/@rec%2flib", &[], "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.headers.get("content-length").is_none(), streamed, "{versions} versions: {:?}", r.headers);
+        if !streamed {
+            assert_eq!(r.headers["content-length"].to_str().unwrap(), r.body.len().to_string());
+        }
+        let mut want = doc.clone();
+        for (ver, m) in want["versions"].as_object_mut().unwrap() {
+            m["dist"]["tarball"] = json!(format!("{}@rec/lib/-/lib-{ver}.tgz", w.broker.url));
+        }
+        assert_eq!(r.json(), want, "{versions} versions: only the tarball values change");
+    }
+    // Read to be sent back (`?write=true`), the upstream's own document.
+    let r = w.broker("GET", "/@rec%2flib?write=true", &[], "");
+    assert_eq!(r.json(), packument(3000));
+    std::mem::forget(dir);
+}

@@ -106,7 +106,7 @@ impl Hostile {
                     let response: Vec<u8> = if line.contains("/@hostile%2fstall") {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
-                    } else if line.contains("/@hostile%2freset") {
+                    } else if line.contains("/@hostile%2freset") || line.contains("/@hostile/reset/-/") {
                         let _ = tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"partial\":").await;
                         let _ = tls.flush().await;
                         tokio::time::sleep(Duration::from_millis(100)).await;
