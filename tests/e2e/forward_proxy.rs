@@ -137,6 +137,16 @@ fn the_proxy_tunnels_only_to_upstream_hosts_and_checks_every_name() {
     assert_eq!(misdirected, 3);
     assert!(audit.iter().all(|l| l["via"] == "proxy"), "every line of this run came through the proxy");
     w.assert_canary_contained_without_writes();
+
+    // A tunnel kept alive and idle does not hold up a graceful stop: it is closed at once.
+    let mut kept = tunnel(proxy.port, &upstream, "localhost", &proxy.ca).unwrap();
+    kept.write_all(format!("GET /-/ping HTTP/1.1\r\nHost: {upstream}\r\n\r\n").as_bytes()).unwrap();
+    let r = read_all(&mut kept, Duration::from_secs(1));
+    assert_eq!((r.status, r.closed), (Some(200), false), "{}", r.text);
+    let mut w = w;
+    let took = w.broker.terminate(Duration::from_secs(10)).expect("the broker stops");
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert!(read_all(&mut kept, Duration::from_secs(2)).closed, "the tunnel was left open");
 }
 
 /// `phantom login --proxy` files the phantom under the upstream's own host and prints the
