@@ -10,6 +10,10 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::own_cpu_seconds;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -141,13 +145,4 @@ fn main() {
         shared.errors.load(Ordering::Relaxed),
         own_cpu_seconds(),
     );
-}
-
-/// This process's CPU time (user and system) so far, from /proc (clock ticks of 1/100 s).
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-    ticks / 100.0
 }

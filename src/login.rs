@@ -13,26 +13,43 @@ use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+#[derive(clap::Args)]
 pub struct LoginArgs {
+    /// The broker's registry URL, e.g. https://npm-broker.example.com/
+    #[arg(long)]
     pub broker: String,
+    /// Packages to ask for (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
     pub packages: Vec<String>,
+    /// Actions to ask for: publish, dist-tag, deprecate, unpublish, ... (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',', required = true)]
     pub actions: Vec<String>,
+    /// Ask for a shorter lifetime than the grant's.
+    #[arg(long)]
     pub ttl_seconds: Option<u64>,
+    /// The .npmrc to write (default: $NPM_CONFIG_USERCONFIG, else ~/.npmrc).
+    #[arg(long)]
     pub npmrc: Option<PathBuf>,
+    /// Read the ID token from this file instead of the CI environment.
+    #[arg(long)]
     pub id_token_file: Option<PathBuf>,
+    /// The audience to request from the CI (default npm:<broker host>).
+    #[arg(long)]
     pub audience: Option<String>,
+    /// Extra CA certificates to trust for the broker and the CI token endpoint.
+    #[arg(long)]
     pub ca_file: Option<PathBuf>,
-    pub via_proxy: Option<ViaProxy>,
-}
-
-/// An agent behind the broker's forward proxy.
-pub struct ViaProxy {
-    /// The proxy's URL (`http://host:3128`).
-    pub proxy: String,
-    /// The upstream registry URL the agent uses.
-    pub registry: String,
-    /// The CA the proxy's leaf certificates chain to.
-    pub ca: Option<PathBuf>,
+    /// For an agent behind the broker's forward proxy: the proxy's URL, e.g.
+    /// http://npm-broker.example.com:3128. The phantom is written under --registry's host,
+    /// and the lines the agent's .npmrc needs are printed.
+    #[arg(long, requires = "registry")]
+    pub proxy: Option<String>,
+    /// With --proxy: the upstream registry URL the agent keeps using (a configured upstream).
+    #[arg(long, requires = "proxy")]
+    pub registry: Option<String>,
+    /// With --proxy: the CA the proxy's certificates chain to, for the printed `cafile` line.
+    #[arg(long, requires = "proxy")]
+    pub proxy_ca: Option<PathBuf>,
 }
 
 pub async fn login(args: LoginArgs) -> Result<String, String> {
@@ -76,9 +93,9 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
     let token =
         Secret::new(answer.get("token").and_then(Value::as_str).ok_or("the broker's answer has no token")?.to_owned());
     let npmrc = args.npmrc.clone().unwrap_or_else(default_npmrc);
-    let key = match &args.via_proxy {
+    let key = match &args.registry {
         None => format!("//{authority}{base_path}:_authToken"),
-        Some(via) => format!("{}:_authToken", nerf_dart(&via.registry, "--registry")?),
+        Some(registry) => format!("{}:_authToken", nerf_dart(registry, "--registry")?),
     };
     write_npmrc(&npmrc, &key, &token)?;
     let list = |k: &str| {
@@ -96,11 +113,11 @@ pub async fn login(args: LoginArgs) -> Result<String, String> {
         npmrc.display(),
         &key[..key.len() - ":_authToken".len()],
     );
-    if let Some(via) = &args.via_proxy {
+    if let (Some(proxy), Some(registry)) = (&args.proxy, &args.registry) {
         summary.push_str("\nthrough the broker's forward proxy, the agent's .npmrc also needs:");
-        summary.push_str(&format!("\n  registry={}", via.registry));
-        summary.push_str(&format!("\n  https-proxy={}", via.proxy));
-        match &via.ca {
+        summary.push_str(&format!("\n  registry={registry}"));
+        summary.push_str(&format!("\n  https-proxy={proxy}"));
+        match &args.proxy_ca {
             Some(ca) => summary.push_str(&format!("\n  cafile={}", ca.display())),
             None => summary.push_str("\n  cafile=<the broker proxy's CA certificate>"),
         }

@@ -60,43 +60,7 @@ enum Command {
         admin: AdminArgs,
     },
     /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
-    Login {
-        /// The broker's registry URL, e.g. https://npm-broker.example.com/
-        #[arg(long)]
-        broker: String,
-        /// Packages to ask for (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        packages: Vec<String>,
-        /// Actions to ask for: publish, dist-tag, deprecate, unpublish, ... (comma-separated or repeated).
-        #[arg(long, value_delimiter = ',', required = true)]
-        actions: Vec<String>,
-        /// Ask for a shorter lifetime than the grant's.
-        #[arg(long)]
-        ttl_seconds: Option<u64>,
-        /// The .npmrc to write (default: $NPM_CONFIG_USERCONFIG, else ~/.npmrc).
-        #[arg(long)]
-        npmrc: Option<PathBuf>,
-        /// Read the ID token from this file instead of the CI environment.
-        #[arg(long)]
-        id_token_file: Option<PathBuf>,
-        /// The audience to request from the CI (default npm:<broker host>).
-        #[arg(long)]
-        audience: Option<String>,
-        /// Extra CA certificates to trust for the broker and the CI token endpoint.
-        #[arg(long)]
-        ca_file: Option<PathBuf>,
-        /// For an agent behind the broker's forward proxy: the proxy's URL, e.g.
-        /// http://npm-broker.example.com:3128. The phantom is written under --registry's host,
-        /// and the lines the agent's .npmrc needs are printed.
-        #[arg(long, requires = "registry")]
-        proxy: Option<String>,
-        /// With --proxy: the upstream registry URL the agent keeps using (a configured upstream).
-        #[arg(long, requires = "proxy")]
-        registry: Option<String>,
-        /// With --proxy: the CA the proxy's certificates chain to, for the printed `cafile` line.
-        #[arg(long, requires = "proxy")]
-        proxy_ca: Option<PathBuf>,
-    },
+    Login(login::LoginArgs),
 }
 
 #[derive(clap::Args)]
@@ -234,34 +198,7 @@ fn run() -> Result<()> {
             println!("frozen: {}", answer["frozen"]);
             Ok(())
         }
-        Command::Login {
-            broker,
-            packages,
-            actions,
-            ttl_seconds,
-            npmrc,
-            id_token_file,
-            audience,
-            ca_file,
-            proxy,
-            registry,
-            proxy_ca,
-        } => {
-            let via_proxy = match (proxy, registry) {
-                (Some(proxy), Some(registry)) => Some(login::ViaProxy { proxy, registry, ca: proxy_ca }),
-                _ => None,
-            };
-            let args = login::LoginArgs {
-                broker,
-                packages,
-                actions,
-                ttl_seconds,
-                npmrc,
-                id_token_file,
-                audience,
-                ca_file,
-                via_proxy,
-            };
+        Command::Login(args) => {
             let summary = rt.block_on(login::login(args)).map_err(anyhow::Error::msg)?;
             println!("{summary}");
             Ok(())

@@ -227,7 +227,7 @@ impl Upstream {
             return Ok(Response::from_parts(parts, net::full(out)));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
-        let body = rebase::Rebase::new(body, self.tarball_base.clone(), to.clone());
+        let body = Filtered::new(body, rebase::Rebase::new(self.tarball_base.clone(), to.clone()));
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
@@ -311,7 +311,7 @@ pub(crate) fn relay(
             parts.headers.remove(name);
         }
     }
-    let body = Scrub::new(body, pattern.clone());
+    let body = Filtered::new(body, Scrub::new(pattern.clone()));
     Ok(Response::from_parts(parts, body.boxed_unsync()))
 }
 
@@ -355,23 +355,94 @@ pub(crate) fn scrubbed(bytes: Bytes, auth: &UpstreamAuth<'_>) -> Bytes {
     out.freeze()
 }
 
-/// A body that overwrites every occurrence of a secret with `*`, across chunk boundaries.
-/// Lengths are kept, so `Content-Length` stays right.
-pub(crate) struct Scrub<B> {
+/// What a relayed body's bytes pass through on their way to the caller: it may hold bytes back
+/// from one chunk to the next (`last`: nothing follows).
+pub(crate) trait ChunkFilter {
+    fn push(&mut self, chunk: Bytes, last: bool) -> Bytes;
+    /// Whether what comes out is as long as what went in (the body's size hint then stays).
+    const KEEPS_LENGTH: bool;
+}
+
+/// A body through a [`ChunkFilter`]. Trailers are dropped: they could carry a secret, and npm
+/// does not use them.
+pub(crate) struct Filtered<B, F> {
     inner: B,
-    secret: Arc<Zeroizing<Vec<u8>>>,
-    /// Bytes held back because a secret could start in them and end in the next chunk.
-    held: BytesMut,
+    filter: F,
     done: bool,
 }
 
-impl<B> Scrub<B> {
-    pub(crate) fn new(inner: B, secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub<B> {
-        Scrub { inner, secret, held: BytesMut::new(), done: false }
+impl<B, F> Filtered<B, F> {
+    pub(crate) fn new(inner: B, filter: F) -> Filtered<B, F> {
+        Filtered { inner, filter, done: false }
+    }
+}
+
+impl<B, F> http_body::Body for Filtered<B, F>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+    F: ChunkFilter + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let out = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    let last = self.inner.is_end_stream();
+                    self.done = last;
+                    self.filter.push(data, last)
+                }
+                Poll::Ready(None) => {
+                    self.done = true;
+                    self.filter.push(Bytes::new(), true)
+                }
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
     }
 
-    /// Scrubs a chunk and returns what can be released. Most chunks neither contain the
-    /// secret nor end with a possible start of it: those pass through without a copy.
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if F::KEEPS_LENGTH {
+            self.inner.size_hint()
+        } else {
+            http_body::SizeHint::default()
+        }
+    }
+}
+
+/// Overwrites every occurrence of a secret with `*`, across chunk boundaries. Lengths are kept,
+/// so `Content-Length` stays right.
+pub(crate) struct Scrub {
+    secret: Arc<Zeroizing<Vec<u8>>>,
+    /// Bytes held back because a secret could start in them and end in the next chunk.
+    held: BytesMut,
+}
+
+impl Scrub {
+    pub(crate) fn new(secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub {
+        Scrub { secret, held: BytesMut::new() }
+    }
+}
+
+impl ChunkFilter for Scrub {
+    const KEEPS_LENGTH: bool = true;
+
+    /// Most chunks neither contain the secret nor end with a possible start of it: those pass
+    /// through without a copy.
     fn push(&mut self, chunk: Bytes, last: bool) -> Bytes {
         let n = self.secret.len();
         if self.held.is_empty() && memmem::find(&chunk, &self.secret[..]).is_none() {
@@ -389,50 +460,6 @@ impl<B> Scrub<B> {
         let keep = if last { 0 } else { (n - 1).min(self.held.len()) };
         let release = self.held.len() - keep;
         self.held.split_to(release).freeze()
-    }
-}
-
-impl<B> http_body::Body for Scrub<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        let last = self.inner.is_end_stream();
-                        let out = self.push(data, last);
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(out))));
-                        }
-                    }
-                    // Trailers are dropped: they could carry the secret, and npm does not use them.
-                    Err(_) => continue,
-                },
-                Poll::Ready(None) => {
-                    self.done = true;
-                    let rest = self.held.split().freeze();
-                    if !rest.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    return Poll::Ready(None);
-                }
-            }
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -501,7 +528,7 @@ mod tests {
 
     async fn scrub_with(chunks: &[&str], secret: &str, knows_end: bool) -> String {
         let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect(), knows_end);
-        let scrub = Scrub::new(body, Arc::new(Zeroizing::new(secret.as_bytes().to_vec())));
+        let scrub = Filtered::new(body, Scrub::new(Arc::new(Zeroizing::new(secret.as_bytes().to_vec()))));
         let bytes = scrub.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

@@ -10,13 +10,10 @@
 //! (`X-Forwarded-Host`) are not used: registries honour them unevenly, and one with a
 //! configured public URL ignores them.
 
-use crate::net::BoxError;
+use super::ChunkFilter;
 use bytes::{Bytes, BytesMut};
-use http_body::Frame;
 use memchr::memmem;
-use std::pin::Pin;
 use std::sync::OnceLock;
-use std::task::{Context, Poll};
 
 const KEY: &[u8] = b"\"tarball\"";
 /// Whitespace allowed on either side of the `:`; a registry's JSON has at most a few bytes.
@@ -27,16 +24,14 @@ fn key_finder() -> &'static memmem::Finder<'static> {
     FINDER.get_or_init(|| memmem::Finder::new(KEY))
 }
 
-/// A body whose `"tarball": "<from>..."` values become `"tarball": "<to>..."`.
-pub(crate) struct Rebase<B> {
-    inner: B,
+/// Makes a body's `"tarball": "<from>..."` values `"tarball": "<to>..."` (a [`ChunkFilter`]).
+pub(crate) struct Rebase {
     from: Bytes,
     to: Bytes,
     /// Bytes held back: a key or value prefix may continue in the next chunk.
     held: BytesMut,
     /// Backslashes that ended the released output (they could escape a quote in the next chunk).
     backslashes: usize,
-    done: bool,
 }
 
 enum At {
@@ -47,9 +42,9 @@ enum At {
     NeedMore,
 }
 
-impl<B> Rebase<B> {
-    pub(crate) fn new(inner: B, from: Bytes, to: Bytes) -> Rebase<B> {
-        Rebase { inner, from, to, held: BytesMut::new(), backslashes: 0, done: false }
+impl Rebase {
+    pub(crate) fn new(from: Bytes, to: Bytes) -> Rebase {
+        Rebase { from, to, held: BytesMut::new(), backslashes: 0 }
     }
 
     /// What follows a `"tarball"` found at `i` of `buf`.
@@ -89,6 +84,10 @@ impl<B> Rebase<B> {
             At::Rewrite(start)
         }
     }
+}
+
+impl ChunkFilter for Rebase {
+    const KEEPS_LENGTH: bool = false;
 
     /// Rewrites what can be decided of `held` + `chunk` and returns it. A chunk with nothing to
     /// rewrite, and nothing held before it, goes out as it came, without a copy.
@@ -150,12 +149,12 @@ impl<B> Rebase<B> {
 
 /// A whole body, rewritten (itself, without a copy, when nothing in it names the upstream).
 pub(crate) fn rebase_whole(body: Bytes, from: &Bytes, to: &Bytes) -> Bytes {
-    Rebase::new((), from.clone(), to.clone()).push(body, true)
+    Rebase::new(from.clone(), to.clone()).push(body, true)
 }
 
 /// `chunks`, as a relayed body in those chunks, through the rewrite: for the fuzz target.
 pub fn rebase_chunks(chunks: &[&[u8]], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut r = Rebase::new((), Bytes::copy_from_slice(from), Bytes::copy_from_slice(to));
+    let mut r = Rebase::new(Bytes::copy_from_slice(from), Bytes::copy_from_slice(to));
     let mut out = Vec::new();
     for (i, c) in chunks.iter().enumerate() {
         out.extend_from_slice(&r.push(Bytes::copy_from_slice(c), i + 1 == chunks.len()));
@@ -164,52 +163,15 @@ pub fn rebase_chunks(chunks: &[&[u8]], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-impl<B> http_body::Body for Rebase<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers are dropped, as the scrubber drops them.
-                    let Ok(data) = frame.into_data() else { continue };
-                    let last = self.inner.is_end_stream();
-                    let out = self.push(data, last);
-                    if last {
-                        self.done = true;
-                    }
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                }
-                Poll::Ready(None) => {
-                    self.done = true;
-                    let out = self.push(Bytes::new(), true);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(out))));
-                    }
-                    return Poll::Ready(None);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::BoxError;
+    use http_body::Frame;
     use http_body_util::BodyExt;
     use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
 
     struct Chunks(VecDeque<Bytes>);
 
@@ -232,7 +194,8 @@ mod tests {
             last = c;
         }
         chunks.push_back(Bytes::copy_from_slice(&doc.as_bytes()[last..]));
-        let body = Rebase::new(Chunks(chunks), Bytes::from_static(FROM.as_bytes()), Bytes::from_static(TO.as_bytes()));
+        let rebase = Rebase::new(Bytes::from_static(FROM.as_bytes()), Bytes::from_static(TO.as_bytes()));
+        let body = crate::upstream::Filtered::new(Chunks(chunks), rebase);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         String::from_utf8(rt.block_on(body.collect()).unwrap().to_bytes().to_vec()).unwrap()
     }
