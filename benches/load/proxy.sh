@@ -42,12 +42,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 400); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2; return 1
-}
-json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# shellcheck source=benches/load/common.sh
+. "$here/common.sh"
 median() { python3 -c 'import statistics,sys; print(f"{statistics.median(map(float, sys.argv[1:])):.2f}")' "$@"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -58,21 +54,9 @@ ca=$work/certs/ca.pem
 "$phantom" certs dev --out "$work/proxy-ca" >/dev/null   # the forward proxy's own CA
 mkdir -p "$work/logs"
 
-# Verdaccio over TLS, as `localhost` (npm's proxy agent checks a bare IP's certificate against
-# that name), reads open to all.
-vport=$(free_port)
-mkdir -p "$work/verdaccio/storage"
-rand() { head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-echo "{\"list\":[],\"secret\":\"$(rand)\"}" > "$work/verdaccio/storage/.verdaccio-db.json"
-sed -e "s|{{STORAGE}}|$work/verdaccio/storage|; s|{{HTPASSWD}}|$work/verdaccio/htpasswd|; s|{{LISTEN}}|https://127.0.0.1:$vport|" \
-    -e "s|{{CERT}}|$work/certs/server.pem|; s|{{KEY}}|$work/certs/server-key.pem|; s|{{SECRET}}|$(rand)|" \
-    "$repo/tests/node/verdaccio.yaml.template" > "$work/verdaccio/config.yaml"
-env -u VERDACCIO_PUBLIC_URL "$repo/tests/node/node_modules/.bin/verdaccio" --config "$work/verdaccio/config.yaml" > "$work/logs/verdaccio.log" 2>&1 & pids+=($!)
-wait_port "$vport"
-for _ in $(seq 1 100); do curl -sf --cacert "$ca" "https://localhost:$vport/-/ping" >/dev/null && break; sleep 0.1; done
-vtoken=$(curl -s --cacert "$ca" -X PUT -u bench:benchpw -H 'content-type: application/json' \
-  -d '{"_id":"org.couchdb.user:bench","name":"bench","password":"benchpw","type":"user","roles":[],"date":"2026-01-01T00:00:00Z"}' \
-  "https://localhost:$vport/-/user/org.couchdb.user:bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+# Verdaccio over TLS, reached as `localhost` (npm's proxy agent checks a bare IP's certificate
+# against that name), reads open to all.
+start_verdaccio
 echo "$vtoken" > "$work/verdaccio-token"
 
 seed_start=$SECONDS
@@ -132,50 +116,12 @@ request_token=$(json "$issuer_line" request_token)
 
 # start_broker NAME UPSTREAM_URL CREDENTIAL_FILE: sets broker_pid, broker_port, proxy_port.
 start_broker() {
-  local name=$1 upstream=$2 secret=$3
-  broker_port=$(free_port); proxy_port=$(free_port)
-  mkdir -p "$work/$name/policies"
-  cat > "$work/$name/policies/bench.toml" <<EOF
-[[grant]]
-name = "bench"
-issuer = "ci"
-packages = ["pb-*"]
-actions = ["publish"]
-credential = "upstream"
-ttl = "1h"
-[grant.claims]
-repository_id = "123456789"
-EOF
-  cat > "$work/$name/phantom.toml" <<EOF
-[server]
-listen = "127.0.0.1:$broker_port"
-public_url = "https://127.0.0.1:$broker_port/"
-tls_cert = "$work/certs/server.pem"
-tls_key = "$work/certs/server-key.pem"
-max_ttl = "1h"
-
-[proxy]
-listen = "127.0.0.1:$proxy_port"
-ca_cert = "$work/proxy-ca/ca.pem"
-ca_key = "$work/proxy-ca/ca-key.pem"
-
-[upstream.main]
-url = "$upstream"
-scopes = ["*"]
-ca_file = "$ca"
-
-[issuer.ci]
-issuer = "$issuer_url"
-algorithms = ["RS256", "ES256"]
-ca_file = "$ca"
-
-[credential.upstream]
-upstream = "main"
-source = { file = "$secret" }
-
-[audit]
-path = "$work/$name/audit.jsonl"
-EOF
+  local name=$1
+  proxy_port=$(free_port)
+  broker_config "$1" "$2" "$3" "" "[proxy]
+listen = \"127.0.0.1:$proxy_port\"
+ca_cert = \"$work/proxy-ca/ca.pem\"
+ca_key = \"$work/proxy-ca/ca-key.pem\""
   PHANTOM_LOG=warn "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
   broker_pid=$!
   pids+=($broker_pid)
@@ -183,7 +129,7 @@ EOF
 }
 start_broker ci "https://localhost:$vport/" "$work/verdaccio-token"
 ci_port=$broker_port; ci_proxy=$proxy_port
-echo "static-$(rand)" > "$work/origin-token"
+echo "static-$(rand_hex)" > "$work/origin-token"
 start_broker get "https://localhost:$oport/" "$work/origin-token"
 get_pid=$broker_pid; get_port=$broker_port; get_proxy=$proxy_port
 wait_port "$oport"; wait_port "$nport"

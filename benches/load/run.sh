@@ -112,16 +112,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 400); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "nothing listens on port $1" >&2
-  return 1
-}
-json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+# shellcheck source=benches/load/common.sh
+. "$here/common.sh"
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { local t=0; for p in $1; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
@@ -237,46 +229,8 @@ id_token() { curl -s --cacert "$ca" -H "Authorization: Bearer $request_token" "$
 
 # start_broker NAME UPSTREAM_URL CREDENTIAL_FILE [EXTRA_SERVER_LINES]: sets broker_pid, broker_port.
 start_broker() {
-  local name=$1 upstream=$2 secret=$3 extra=${4:-}
-  broker_port=$(free_port)
-  mkdir -p "$work/$name/policies"
-  cat > "$work/$name/policies/bench.toml" <<EOF
-[[grant]]
-name = "bench"
-issuer = "ci"
-packages = ["pb-*", "@bench/*"]
-actions = ["publish"]
-credential = "upstream"
-ttl = "1h"
-[grant.claims]
-repository_id = "123456789"
-EOF
-  cat > "$work/$name/phantom.toml" <<EOF
-[server]
-listen = "127.0.0.1:$broker_port"
-public_url = "https://127.0.0.1:$broker_port/"
-tls_cert = "$work/certs/server.pem"
-tls_key = "$work/certs/server-key.pem"
-max_ttl = "1h"
-$extra
-
-[upstream.main]
-url = "$upstream"
-scopes = ["*"]
-ca_file = "$ca"
-
-[issuer.ci]
-issuer = "$issuer_url"
-algorithms = ["RS256", "ES256"]
-ca_file = "$ca"
-
-[credential.upstream]
-upstream = "main"
-source = { file = "$secret" }
-
-[audit]
-path = "$work/$name/audit.jsonl"
-EOF
+  local name=$1
+  broker_config "$@"
   PHANTOM_LOG=warn counted "$name" "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
   broker_pid=$!
   pids+=($broker_pid)
@@ -589,18 +543,7 @@ fi
 
 # --- 3. a 200 MB publish, streamed ------------------------------------------------------------
 if part publish; then
-  vport=$(free_port)
-  mkdir -p "$work/verdaccio/storage"
-  echo "{\"list\":[],\"secret\":\"$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')\"}" > "$work/verdaccio/storage/.verdaccio-db.json"
-  sed -e "s|{{STORAGE}}|$work/verdaccio/storage|; s|{{HTPASSWD}}|$work/verdaccio/htpasswd|; s|{{LISTEN}}|https://127.0.0.1:$vport|" \
-      -e "s|{{CERT}}|$work/certs/server.pem|; s|{{KEY}}|$work/certs/server-key.pem|; s|{{SECRET}}|$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')|" \
-      -e "s|^max_body_size: .*|max_body_size: 1024mb|" "$repo/tests/node/verdaccio.yaml.template" > "$work/verdaccio/config.yaml"
-  "$repo/tests/node/node_modules/.bin/verdaccio" --config "$work/verdaccio/config.yaml" > "$work/logs/verdaccio.log" 2>&1 & pids+=($!); vpid=$!
-  wait_port "$vport"
-  for _ in $(seq 1 100); do curl -sf --cacert "$ca" "https://127.0.0.1:$vport/-/ping" >/dev/null && break; sleep 0.1; done
-  vtoken=$(curl -s --cacert "$ca" -X PUT -u bench:benchpw -H 'content-type: application/json' \
-    -d '{"_id":"org.couchdb.user:bench","name":"bench","password":"benchpw","type":"user","roles":[],"date":"2026-01-01T00:00:00Z"}' \
-    "https://127.0.0.1:$vport/-/user/org.couchdb.user:bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  start_verdaccio 1024mb
   echo "$vtoken" > "$work/verdaccio-token"
   start_broker publish "https://127.0.0.1:$vport/" "$work/verdaccio-token" "max_body_bytes = $(( (publish_mb * 4 / 3 + 16) * 1024 * 1024 ))"
   pub_pid=$broker_pid; pub_port=$broker_port
