@@ -9,8 +9,18 @@ use std::sync::Arc;
 #[derive(Parser)]
 #[command(name = "phantom", version, about = "A short-lived credential broker for npm publishing")]
 struct Cli {
+    /// Log lines on stderr: `text` for a person, `json` (one object per line) for a log shipper.
+    /// Default: text on a terminal, json otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -143,11 +153,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into()))
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
@@ -203,6 +210,19 @@ fn run() -> Result<()> {
             println!("{summary}");
             Ok(())
         }
+    }
+}
+
+/// Log lines go to stderr, filtered by `PHANTOM_LOG` (default `info`): human text on a terminal,
+/// JSON lines (timestamp, level, target, fields) when stderr is a file, a pipe or a journal.
+fn init_logging(format: Option<LogFormat>) {
+    use std::io::IsTerminal;
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() { LogFormat::Text } else { LogFormat::Json });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
     }
 }
 

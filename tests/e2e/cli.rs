@@ -135,3 +135,33 @@ fn certs_dev_writes_a_ca_and_a_server_certificate() {
     let again = phantom(&["certs", "dev", "--out", "c"], dir.path());
     assert!(!again.status.success() && all(&again).contains("--force"));
 }
+
+/// Logs a shipper can read: with stderr not a terminal (a file here), every line the broker
+/// writes is one JSON object with a timestamp, a level, a target and its fields, and no secret;
+/// `--log-format text` gives a person's lines instead.
+#[test]
+fn logs_are_json_lines_off_a_terminal() {
+    use crate::support::{World, DEFAULT_POLICY};
+    let mut w = World::start(DEFAULT_POLICY);
+    w.login("pb-logs", "publish");
+    let pkg = w.package("pb-logs", "1.0.0");
+    assert!(w.npm(&pkg, &["publish"], None).status.success());
+    w.broker.terminate(std::time::Duration::from_secs(10)).expect("the broker stops");
+    let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    assert!(lines.len() > 3, "{log}");
+    for l in &lines {
+        assert!(l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string(), "{l}");
+    }
+    // Fields are fields, not text inside the message.
+    assert!(lines.iter().any(|l| l["message"] == "listening" && l["grants"].is_number()), "{log}");
+    assert!(lines.iter().any(|l| l["message"] == "shutting down"), "{log}");
+    assert!(!log.contains(&w.verdaccio.token) && !log.contains("phm_"), "a secret is in the log");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = phantom(&["--log-format", "text", "certs", "dev", "--out", "x"], dir.path());
+    assert!(out.status.success(), "{}", all(&out));
+    let out = phantom(&["--log-format", "yaml", "certs", "dev"], dir.path());
+    assert!(!out.status.success() && all(&out).contains("possible values: text, json"), "{}", all(&out));
+}
