@@ -21,6 +21,16 @@ fn the_shipped_example_config_and_policy_are_valid() {
     let out = phantom(&["policy", "check", "--config", "phantom.toml"], repo());
     assert!(out.status.success(), "{}", all(&out));
     assert!(all(&out).contains("2 grants, all valid"));
+    // The container's config (deploy/), with the same policies mounted beside it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("deploy/phantom.toml"), dir.path().join("phantom.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    for f in std::fs::read_dir(repo().join("policies")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.path().join("policies").join(f.file_name().unwrap())).unwrap();
+    }
+    let out = phantom(&["policy", "check", "--config", "phantom.toml"], dir.path());
+    assert!(out.status.success() && all(&out).contains("2 grants, all valid"), "{}", all(&out));
 }
 
 #[test]
