@@ -154,3 +154,55 @@ fn identities_without_a_grant_change_nothing_upstream() {
         assert!(memchr::memmem::find(&log, token.as_bytes()).is_none(), "an ID token reached the log");
     }
 }
+
+/// The composite GitHub Action (action.yml, deploy/action/login.sh) run as GitHub runs its step:
+/// with the job's token endpoint in the environment it writes the registry and a phantom into
+/// the job's .npmrc, and the unmodified npm CLI publishes with them; without `id-token: write`
+/// it stops with an error annotation.
+#[test]
+fn the_github_action_logs_the_job_in() {
+    use base64::Engine;
+    let w = World::start(crate::support::DEFAULT_POLICY);
+    let npmrc = w.root().join("job-npmrc");
+    let step = |with_token: bool| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(crate::support::repo().join("deploy/action/login.sh"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap())
+            .env("HOME", w.root().join("home"))
+            .env("GITHUB_ACTIONS", "true")
+            .env("PHANTOM_BIN", env!("CARGO_BIN_EXE_phantom"))
+            .env("PHANTOM_BROKER", &w.broker.url)
+            .env("PHANTOM_PACKAGES", "pb-action")
+            .env("PHANTOM_ACTIONS", "publish")
+            .env("PHANTOM_NPMRC", &npmrc)
+            .env("PHANTOM_CA_FILE", &w.certs.ca)
+            .env("PHANTOM_SET_REGISTRY", "true");
+        if with_token {
+            let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{}");
+            cmd.env("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{}/token?claims={claims}", w.issuer.url))
+                .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", &w.issuer.request_token);
+        }
+        let out = cmd.output().unwrap();
+        w.record_output(&out);
+        out
+    };
+    let out = step(false);
+    assert!(
+        !out.status.success() && text(&out).contains("::error::") && text(&out).contains("id-token: write"),
+        "{}",
+        text(&out)
+    );
+    let out = step(true);
+    assert!(out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(&npmrc).unwrap();
+    assert!(written.starts_with(&format!("registry={}\n", w.broker.url)), "{written}");
+    assert!(written.contains(":_authToken=phm_") && !text(&out).contains("phm_"), "{written}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&npmrc).unwrap().permissions().mode() & 0o077, 0, "the .npmrc is readable by others");
+    let pkg = w.package("pb-action", "1.0.0");
+    let out = w.npm_with(&npmrc, &pkg, &["publish"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(w.upstream_packument("pb-action").status, 200);
+    w.assert_canary_contained();
+}
