@@ -10,9 +10,9 @@
 
 #![forbid(unsafe_code)]
 
-#[path = "support/cpu.rs"]
-mod cpu;
-use cpu::own_cpu_seconds;
+#[path = "support/load.rs"]
+mod load;
+use load::{gather, own_cpu_seconds, percentile};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -124,18 +124,9 @@ fn main() {
     });
     let started = Instant::now();
     let n: usize = connections.parse().expect("connections");
-    let mut lat: Vec<u32> = rt.block_on(async {
-        let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(worker(shared.clone()))).collect();
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap_or_default());
-        }
-        all
-    });
+    let lat = gather(&rt, n, || worker(shared.clone()));
     let elapsed = started.elapsed().as_secs_f64();
-    lat.sort_unstable();
-    let pct =
-        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| percentile(&lat, p);
     let ok = shared.ok.load(Ordering::Relaxed);
     println!(
         "{{\"requests\":{ok},\"seconds\":{elapsed:.3},\"per_second\":{:.1},\"p50\":{},\"p99\":{},\"errors\":{},\"client_cpu_s\":{:.2}}}",

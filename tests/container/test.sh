@@ -86,22 +86,14 @@ say "built in $((SECONDS - start))s: $(podman image inspect --format '{{.Size}}'
 
 # A Verdaccio on the host, and the broker in the container in front of it (host network: the
 # container reaches 127.0.0.1).
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
-target/release/phantom certs dev --out "$work/etc/certs" >/dev/null 2>&1 || cargo run --release --quiet -- certs dev --out "$work/etc/certs" >/dev/null
-ca=$work/etc/certs/ca.pem
-vport=$(free_port); bport=$(free_port)
-mkdir -p "$work/verdaccio/storage" "$work/etc/policies" "$work/secrets"
-echo "{\"list\":[],\"secret\":\"$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')\"}" > "$work/verdaccio/storage/.verdaccio-db.json"
-sed -e "s|{{STORAGE}}|$work/verdaccio/storage|; s|{{HTPASSWD}}|$work/verdaccio/htpasswd|; s|{{LISTEN}}|https://127.0.0.1:$vport|" \
-    -e "s|{{CERT}}|$work/etc/certs/server.pem|; s|{{KEY}}|$work/etc/certs/server-key.pem|; s|{{SECRET}}|$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n')|" \
-    tests/node/verdaccio.yaml.template > "$work/verdaccio/config.yaml"
-env -u VERDACCIO_PUBLIC_URL tests/node/node_modules/.bin/verdaccio --config "$work/verdaccio/config.yaml" >"$work/verdaccio.log" 2>&1 & pids+=($!)
-wait_port "$vport"
-for _ in $(seq 1 100); do curl -sf --cacert "$ca" "https://127.0.0.1:$vport/-/ping" >/dev/null && break; sleep 0.1; done
-token=$(curl -s --cacert "$ca" -X PUT -u ci:cipw -H 'content-type: application/json' \
-  -d '{"_id":"org.couchdb.user:ci","name":"ci","password":"cipw","type":"user","roles":[],"date":"2026-01-01T00:00:00Z"}' \
-  "https://127.0.0.1:$vport/-/user/org.couchdb.user:ci" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+# shellcheck source=benches/load/common.sh
+. benches/load/common.sh
+mkdir -p "$work/logs" "$work/etc/policies" "$work/etc/certs" "$work/secrets"
+target/release/phantom certs dev --out "$work/certs" >/dev/null 2>&1 || cargo run --release --quiet -- certs dev --out "$work/certs" >/dev/null
+ca=$work/certs/ca.pem
+start_verdaccio
+bport=$(free_port)
+token=$vtoken
 printf '%s\n' "$token" > "$work/secrets/npm-token"
 # A package in Verdaccio, published directly.
 tgz=$(printf 'not really a tarball' | base64); sha=$(printf 'not really a tarball' | sha1sum | cut -d' ' -f1)
@@ -135,10 +127,10 @@ path = "/var/lib/phantom/audit/phantom.jsonl"
 [policy]
 dir = "policies"
 EOF
-chmod -R a+rX "$work/etc" "$work/secrets"
+chmod -R a+rX "$work/etc" "$work/certs" "$work/secrets"
 podman volume rm -f phantom-test-audit >/dev/null 2>&1 || true
 podman run -d --init --network=host --name "$name" --read-only --cap-drop=ALL \
-  -v "$work/etc:/etc/phantom:ro" -v "$work/secrets:/run/secrets:ro" -v phantom-test-audit:/var/lib/phantom/audit \
+  -v "$work/etc:/etc/phantom:ro" -v "$work/certs:/etc/phantom/certs:ro" -v "$work/secrets:/run/secrets:ro" -v phantom-test-audit:/var/lib/phantom/audit \
   "$image" >/dev/null
 wait_port "$bport" || { podman logs "$name" >&2; say "the broker in the container did not listen"; exit 1; }
 
