@@ -34,6 +34,8 @@
 //! - `app`: the state every request shares, built once from `config`.
 //! - Around them: `config`, `net` (TLS and HTTP plumbing), `json` (strict parsing), `secret`,
 //!   `certs`, `login` and `admin_client` (the CLI's own commands), `units`.
+//! - `demo`: `phantom demo`, the whole job on one machine (a local registry, a loopback
+//!   identity provider that only the demo starts, the broker, npm publishing through it).
 #![forbid(unsafe_code)]
 
 pub mod admin_client;
@@ -42,6 +44,7 @@ pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod identity;
 pub mod json;
 pub mod login;

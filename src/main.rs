@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use phantom_broker::{admin_client, audit, certs, config::Config, login, policy, server};
+use phantom_broker::{admin_client, audit, certs, config::Config, demo, login, policy, server};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -71,6 +71,9 @@ enum Command {
     },
     /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
     Login(login::LoginArgs),
+    /// The whole job on this machine: a local registry, a loopback identity provider and the
+    /// broker; npm publishes through it with no token. Stays up until Ctrl-C.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -154,7 +157,12 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // The demo's terminal tells its own story; the broker's log lines go to a file in its run folder.
+    let log_file = match &cli.command {
+        Command::Demo(args) => Some(demo::start_run(args).map_err(anyhow::Error::msg)?),
+        _ => None,
+    };
+    init_logging(cli.log_format, log_file);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
@@ -210,16 +218,24 @@ fn run() -> Result<()> {
             println!("{summary}");
             Ok(())
         }
+        Command::Demo(args) => rt.block_on(demo::run(args, shutdown_signal())).map_err(anyhow::Error::msg),
     }
 }
 
-/// Log lines go to stderr, filtered by `PHANTOM_LOG` (default `info`): human text on a terminal,
-/// JSON lines (timestamp, level, target, fields) when stderr is a file, a pipe or a journal.
-fn init_logging(format: Option<LogFormat>) {
+/// Log lines go to stderr (or `file`), filtered by `PHANTOM_LOG` (default `info`): human text on
+/// a terminal, JSON lines (timestamp, level, target, fields) when stderr is a file, a pipe or a
+/// journal.
+fn init_logging(format: Option<LogFormat>, file: Option<std::fs::File>) {
     use std::io::IsTerminal;
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() { LogFormat::Text } else { LogFormat::Json });
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let terminal = file.is_none() && std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal { LogFormat::Text } else { LogFormat::Json });
     let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let writer = match file {
+        Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
+        None => BoxMakeWriter::new(std::io::stderr),
+    };
+    let builder = tracing_subscriber::fmt().with_writer(writer).with_ansi(terminal).with_env_filter(filter);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),

@@ -149,7 +149,7 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    fn new(ca: &Path) -> Http {
+    pub(crate) fn new(ca: &Path) -> Http {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let client = {
             let _guard = rt.enter();
