@@ -1,16 +1,17 @@
-//! The state every request shares, built once from the config: policy, issuers, the phantom
-//! store, credentials, upstream clients, the audit log, incident freezes and the memory budget
-//! for write bodies.
+//! The state every request shares, built once from the config: policy, issuers, the state
+//! store (phantoms, uses, revocations, freezes, rates), credentials, upstream clients, the audit
+//! log, the metrics and the memory budget for write bodies.
 
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::credentials::{read_secret, Credentials};
 use crate::identity::Issuers;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::phantom::MemoryStore;
 use crate::pipeline::gate::MemoryBudget;
-use crate::policy::{Glob, Policy};
+use crate::policy::Policy;
 use crate::secret::Secret;
+use crate::state::Store;
 use crate::upstream::Upstreams;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::{Arc, RwLock};
@@ -20,14 +21,13 @@ pub struct App {
     pub config: Config,
     policy: RwLock<Arc<Policy>>,
     pub issuers: Issuers,
-    pub store: MemoryStore,
+    pub store: Store,
+    pub metrics: Metrics,
     pub credentials: Credentials,
     upstreams: Arc<Upstreams>,
     pub audit: Audit,
     pub rng: SystemRandom,
     npm_audience: String,
-    /// Package patterns whose writes are frozen (incident response).
-    frozen: RwLock<Vec<Glob>>,
     pub(crate) admin_token: Option<Secret>,
     /// Memory for write bodies held at once (`server.max_buffered_bytes`).
     pub(crate) write_memory: MemoryBudget,
@@ -60,13 +60,19 @@ impl App {
             None => {
                 let mut key = vec![0u8; 32];
                 rng.fill(&mut key).map_err(|_| "the system random source failed")?;
-                tracing::info!("token ids in the audit log use a per-process key; set [audit] key to keep them stable across restarts");
+                if matches!(config.state, crate::config::StateConfig::Redis(_)) {
+                    tracing::warn!("token ids in the audit log use a per-process key: set [audit] key (the same on every replica) so that replicas name a phantom alike");
+                } else {
+                    tracing::info!("token ids in the audit log use a per-process key; set [audit] key to keep them stable across restarts");
+                }
                 key
             }
         };
         let mut prefix = [0u8; 4];
         rng.fill(&mut prefix).map_err(|_| "the system random source failed")?;
+        let metrics = Metrics::new(&config);
         let app = App {
+            store: Store::new(&config.state)?,
             request_prefix: crate::audit::hex(&prefix),
             public_base: crate::upstream::base_url(&config.server.public_url).into(),
             requests: std::sync::atomic::AtomicU64::new(0),
@@ -75,12 +81,11 @@ impl App {
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,
             credentials: Credentials::load(&config.credentials)?,
-            upstreams: Arc::new(Upstreams::new(&config.upstreams, config.server.upstream_timeout)?),
+            upstreams: Arc::new(Upstreams::new(&config.upstreams, config.server.upstream_timeout, &metrics)?),
+            metrics,
             audit: Audit::open(&config.audit.path, &audit_key).map_err(|e| e.to_string())?,
             policy: RwLock::new(Arc::new(policy)),
-            store: MemoryStore::new(),
             rng,
-            frozen: RwLock::new(Vec::new()),
             admin_token,
             config,
         };
@@ -111,25 +116,13 @@ impl App {
 
     /// Whether writes to `package` are frozen.
     pub fn is_frozen(&self, package: &crate::npm::PackageName) -> bool {
-        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().any(|g| g.matches(package.as_str()))
-    }
-
-    pub fn frozen_patterns(&self) -> Vec<String> {
-        self.frozen.read().unwrap_or_else(|p| p.into_inner()).iter().map(|g| g.as_str().to_owned()).collect()
+        self.store.is_frozen(package)
     }
 
     /// Freezes writes to exactly this package (a burst past a grant's rate).
-    pub(crate) fn freeze(&self, package: &crate::npm::PackageName) {
-        let Ok(glob) = Glob::new(package.as_str()) else { return };
-        self.set_frozen(|frozen| {
-            if !frozen.contains(&glob) {
-                frozen.push(glob);
-            }
-        });
-    }
-
-    pub(crate) fn set_frozen(&self, update: impl FnOnce(&mut Vec<Glob>)) {
-        update(&mut self.frozen.write().unwrap_or_else(|p| p.into_inner()));
+    pub(crate) async fn freeze(&self, package: &crate::npm::PackageName) -> Result<(), crate::phantom::StoreError> {
+        let Ok(glob) = crate::policy::Glob::new(package.as_str()) else { return Ok(()) };
+        self.store.set_frozen(&[glob], true).await
     }
 }
 

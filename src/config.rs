@@ -54,6 +54,35 @@ pub struct Config {
     pub notify: Vec<NotifyConfig>,
     /// `[proxy]`: the forward-proxy listener for agents behind `HTTPS_PROXY`.
     pub proxy: Option<ProxyConfig>,
+    /// `[state]`: where phantoms, uses, spent ID tokens, revocations, freezes and rates live.
+    pub state: StateConfig,
+}
+
+/// `[state] backend`: one process's memory, or a Redis server every replica shares.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    Memory,
+    Redis(RedisConfig),
+}
+
+/// A Redis (or Valkey) server. Its password comes from a file or a variable, never from the
+/// URL: the URL is printed in messages, a secret never is.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` (loopback only) or `rediss://host:port/db` (TLS, through rustls).
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub tls: bool,
+    /// Extra trust anchors for `rediss://`, added to the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<SecretSource>,
+    /// Every key the broker writes starts with this (default `phantom:`).
+    pub key_prefix: String,
+    /// The longest any one call to Redis may take (default 1s).
+    pub timeout: Duration,
 }
 
 /// The forward-proxy listener: plain TCP, `CONNECT` to the configured upstreams' hosts only.
@@ -145,7 +174,31 @@ pub struct CredentialConfig {
     pub upstream: String,
     pub source: SecretSource,
     pub packages: Vec<Glob>,
-    pub expires: Option<String>,
+    /// `A` (high-download publish) to `D` (personal): how much harm the token could do.
+    pub class: Option<char>,
+    /// What the real token can do upstream.
+    pub publish: Capability,
+    /// Unix seconds (midnight UTC of the day given).
+    pub created: Option<u64>,
+    pub expires: Option<u64>,
+}
+
+/// What a real token may do upstream (`publish = ...` on a credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Direct,
+    StageOnly,
+    ReadOnly,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Direct => "direct",
+            Capability::StageOnly => "stage-only",
+            Capability::ReadOnly => "read-only",
+        }
+    }
 }
 
 /// By hand: the credential's name, upstream and where its secret lives; never the secret.
@@ -156,6 +209,9 @@ impl std::fmt::Debug for CredentialConfig {
             .field("upstream", &self.upstream)
             .field("source", &self.source)
             .field("packages", &self.packages.iter().map(Glob::as_str).collect::<Vec<_>>())
+            .field("class", &self.class)
+            .field("publish", &self.publish)
+            .field("created", &self.created)
             .field("expires", &self.expires)
             .finish()
     }
@@ -260,13 +316,21 @@ struct RawCredential {
     source: SecretSource,
     #[serde(default)]
     packages: Vec<String>,
-    expires: Option<String>,
+    class: Option<String>,
+    publish: Option<String>,
+    created: Option<toml::Value>,
+    expires: Option<toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawState {
     backend: Option<String>,
+    key_prefix: Option<String>,
+    timeout: Option<String>,
+    ca_file: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<SecretSource>,
 }
 
 #[derive(Deserialize)]
@@ -468,15 +532,43 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
             SecretSource::File(p) => SecretSource::File(rel(&p)),
             env => env,
         };
-        credentials.push(CredentialConfig { name, upstream: c.upstream, source, packages, expires: c.expires });
+        let class = match c.class.as_deref() {
+            None => None,
+            Some(k @ ("A" | "B" | "C" | "D")) => k.chars().next(),
+            Some(other) => {
+                return Err(format!("`credential.{name}.class`: `{other}` is not one of \"A\", \"B\", \"C\", \"D\""))
+            }
+        };
+        let publish = match c.publish.as_deref() {
+            None | Some("direct") => Capability::Direct,
+            Some("stage-only") => Capability::StageOnly,
+            Some("read-only") => Capability::ReadOnly,
+            Some(other) => {
+                return Err(format!(
+                    "`credential.{name}.publish`: `{other}` is not one of \"direct\", \"stage-only\", \"read-only\""
+                ))
+            }
+        };
+        let created = c.created.map(|d| day(&format!("credential.{name}.created"), d)).transpose()?;
+        let expires = c.expires.map(|d| day(&format!("credential.{name}.expires"), d)).transpose()?;
+        if let (Some(c), Some(e)) = (created, expires) {
+            if e <= c {
+                return Err(format!("`credential.{name}.expires` is not after its `created`"));
+            }
+        }
+        credentials.push(CredentialConfig {
+            name,
+            upstream: c.upstream,
+            source,
+            packages,
+            class,
+            publish,
+            created,
+            expires,
+        });
     }
 
-    match raw.state.backend.as_deref() {
-        None | Some("memory") => {}
-        Some(other) => {
-            return Err(format!("`state.backend`: `{other}` is not supported by this build (expected \"memory\")"))
-        }
-    }
+    let state = state_config(raw.state, &rel)?;
 
     let admin = match raw.admin {
         None => None,
@@ -520,6 +612,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
     };
 
     Ok(Config {
+        state,
         proxy,
         notify,
         admin,
@@ -538,6 +631,93 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         },
         policy_dir: rel(raw.policy.dir.as_deref().unwrap_or(Path::new("policies"))),
     })
+}
+
+/// A day (`"2027-01-31"`, or the TOML date 2027-01-31) as the unix time of its midnight, UTC.
+fn day(key: &str, v: toml::Value) -> Result<u64, String> {
+    let bad = || format!("`{key}`: give a date like \"2027-01-31\", not `{v}`");
+    let text = match &v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Datetime(d) if d.time.is_none() && d.offset.is_none() => d.to_string(),
+        _ => return Err(bad()),
+    };
+    let parts: Vec<&str> = text.split('-').collect();
+    let [y, m, d] = parts.as_slice() else { return Err(bad()) };
+    let (Ok(y), Ok(m), Ok(d)) = (y.parse::<i32>(), m.parse::<u8>(), d.parse::<u8>()) else { return Err(bad()) };
+    let date = time::Month::try_from(m)
+        .and_then(|m| time::Date::from_calendar_date(y, m, d))
+        .map_err(|e| format!("`{key}`: {text}: {e}"))?;
+    u64::try_from(date.midnight().assume_utc().unix_timestamp()).map_err(|_| format!("`{key}`: {text} is before 1970"))
+}
+
+fn state_config(raw: RawState, rel: &dyn Fn(&Path) -> PathBuf) -> Result<StateConfig, String> {
+    let url = match raw.backend.as_deref() {
+        None | Some("memory") => {
+            let redis_only = raw.key_prefix.is_some()
+                || raw.timeout.is_some()
+                || raw.ca_file.is_some()
+                || raw.username.is_some()
+                || raw.password.is_some();
+            if redis_only {
+                return Err(
+                    "`state`: key_prefix, timeout, ca_file, username and password are for a redis backend".into()
+                );
+            }
+            return Ok(StateConfig::Memory);
+        }
+        Some(url) => url,
+    };
+    let bad = |why: &str| format!("`state.backend`: `{url}` {why}");
+    let uri: Uri = url.parse().map_err(|_| bad("is not \"memory\" or a redis:// or rediss:// URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("rediss") => true,
+        Some("redis") => false,
+        _ => return Err(bad("is not \"memory\" or a redis:// or rediss:// URL")),
+    };
+    let authority = uri.authority().ok_or_else(|| bad("names no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(bad("carries credentials: put the password in `state.password = { file = ... }`"));
+    }
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+    if !tls && !is_loopback(&host) {
+        return Err(bad("is plain redis:// to another host: use rediss:// (TLS)"));
+    }
+    let db = match uri.path().trim_matches('/') {
+        "" => 0,
+        n => {
+            n.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| bad("has a path that is not a database number"))?
+        }
+    };
+    if uri.query().is_some() {
+        return Err(bad("has a query: give its options as [state] keys"));
+    }
+    let timeout = match &raw.timeout {
+        Some(t) => parse_duration(t).map_err(|e| format!("`state.timeout`: {e}"))?,
+        None => Duration::from_secs(1),
+    };
+    if timeout.is_zero() || timeout > Duration::from_secs(30) {
+        return Err("`state.timeout` must be more than 0s and at most 30s".into());
+    }
+    let key_prefix = raw.key_prefix.unwrap_or_else(|| "phantom:".into());
+    if key_prefix.is_empty() || key_prefix.len() > 64 || key_prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("`state.key_prefix` must be 1 to 64 characters without spaces".into());
+    }
+    Ok(StateConfig::Redis(RedisConfig {
+        url: url.to_owned(),
+        port: authority.port_u16().unwrap_or(6379),
+        host,
+        db,
+        tls,
+        ca_file: raw.ca_file.as_deref().map(rel),
+        username: raw.username,
+        password: raw.password.map(|k| match k {
+            SecretSource::File(p) => SecretSource::File(rel(&p)),
+            env => env,
+        }),
+        key_prefix,
+        timeout,
+    }))
 }
 
 /// An https URL, or an http URL on a loopback host. Returns it without a trailing `/`.
@@ -622,6 +802,31 @@ path = "audit/phantom.jsonl"
         assert_eq!(c.issuers[0].leeway, Duration::from_secs(30));
         assert_eq!(c.credentials[0].source, SecretSource::File("/run/secrets/acme-npm-token".into()));
         assert_eq!(c.credentials[1].source, SecretSource::Env("NPM_TOKEN".into()));
+        assert!(matches!(c.state, StateConfig::Memory));
+        assert_eq!((c.credentials[0].expires, c.credentials[0].publish), (Some(1_801_353_600), Capability::Direct));
+
+        let shared = GOOD.replace(
+            "backend = \"memory\"",
+            "backend = \"rediss://cache.example.com:6380/2\"\nca_file = \"certs/redis-ca.pem\"\npassword = { file = \"redis-pw\" }",
+        );
+        let c = Config::parse(Path::new("/etc/phantom/phantom.toml"), &shared).unwrap();
+        let StateConfig::Redis(r) = &c.state else { panic!("not a redis backend") };
+        assert_eq!((r.host.as_str(), r.port, r.db, r.tls), ("cache.example.com", 6380, 2, true));
+        assert_eq!((r.key_prefix.as_str(), r.timeout), ("phantom:", Duration::from_secs(1)));
+        assert_eq!(r.ca_file.as_deref(), Some(Path::new("/etc/phantom/certs/redis-ca.pem")));
+        assert_eq!(r.password, Some(SecretSource::File("/etc/phantom/redis-pw".into())));
+        let local = GOOD.replace("backend = \"memory\"", "backend = \"redis://127.0.0.1:6379\"");
+        let c = Config::parse(Path::new("p.toml"), &local).unwrap();
+        assert!(matches!(&c.state, StateConfig::Redis(r) if !r.tls && r.db == 0));
+
+        let dated = GOOD.replace(
+            "expires = \"2027-01-31\"",
+            "expires = 2027-01-31\ncreated = \"2026-11-01\"\nclass = \"A\"\npublish = \"stage-only\"",
+        );
+        let c = Config::parse(Path::new("p.toml"), &dated).unwrap();
+        let cred = &c.credentials[0];
+        assert_eq!((cred.class, cred.publish), (Some('A'), Capability::StageOnly));
+        assert_eq!((cred.created, cred.expires), (Some(1_793_491_200), Some(1_801_353_600)));
     }
 
     #[test]
@@ -642,6 +847,17 @@ path = "audit/phantom.jsonl"
             ("upstream = \"acme\"", "upstream = \"nope\"", "not a configured upstream"),
             ("{ env = \"NPM_TOKEN\" }", "{ vault = \"x\" }", "unknown variant `vault`"),
             ("backend = \"memory\"", "backend = \"etcd://x\"", "`state.backend`"),
+            ("backend = \"memory\"", "backend = \"redis://cache.example.com:6379/0\"", "use rediss:// (TLS)"),
+            ("backend = \"memory\"", "backend = \"rediss://:hunter2@cache.example.com/0\"", "carries credentials"),
+            ("backend = \"memory\"", "backend = \"rediss://cache.example.com/x\"", "not a database number"),
+            ("backend = \"memory\"", "backend = \"memory\"\nkey_prefix = \"p:\"", "are for a redis backend"),
+            ("backend = \"memory\"", "backend = \"rediss://c.example.com\"\ntimeout = \"0s\"", "`state.timeout`"),
+            ("expires = \"2027-01-31\"", "class = \"E\"", "`credential.acme-publish.class`"),
+            ("expires = \"2027-01-31\"", "publish = \"yes\"", "`credential.acme-publish.publish`"),
+            ("expires = \"2027-01-31\"", "expires = 2027-01-31T10:00:00Z", "give a date like"),
+            ("expires = \"2027-01-31\"", "expires = \"2027-02-30\"", "`credential.acme-publish.expires`"),
+            ("expires = \"2027-01-31\"", "expires = \"next year\"", "give a date like"),
+            ("expires = \"2027-01-31\"", "expires = \"2027-01-31\"\ncreated = \"2027-02-01\"", "not after its `created`"),
             ("[audit]", "[audit]\ncolour = 1", "unknown field `colour`"),
         ];
         for (from, to, want) in table {

@@ -17,7 +17,7 @@ pub struct Credential {
     pub name: String,
     pub upstream: String,
     pub packages: Vec<Glob>,
-    pub expires: Option<String>,
+    pub expires: Option<u64>,
     secret: Secret,
     /// `Bearer <token>`, marked sensitive so HTTP/2 never indexes it in HPACK tables. (A
     /// `HeaderValue` cannot be zeroized; this one copy lives as long as the credential.)
@@ -37,7 +37,7 @@ impl Credential {
             name: cfg.name.clone(),
             upstream: cfg.upstream.clone(),
             packages: cfg.packages.clone(),
-            expires: cfg.expires.clone(),
+            expires: cfg.expires,
             secret,
             authorization,
         })
@@ -161,6 +161,9 @@ mod tests {
             upstream: "u".into(),
             source: SecretSource::File(path),
             packages: vec![],
+            class: None,
+            publish: crate::config::Capability::Direct,
+            created: None,
             expires: None,
         };
         let creds = Credentials::load(std::slice::from_ref(&cfg)).unwrap();

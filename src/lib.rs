@@ -26,12 +26,15 @@
 //! - `identity`: OIDC ID-token verification, issuers' keys.
 //! - `policy`: grants and their evaluation; `Authorized<T>` is the only way to a credential.
 //!   No I/O.
-//! - `phantom`: the phantom token format and the store of live phantoms.
+//! - `phantom`: the phantom token format and the store of live phantoms (in memory).
+//! - `state`: what the broker remembers between requests, in memory or in a Redis server
+//!   every replica shares.
 //! - `credentials`: the real tokens, reachable only with an `Authorized` request.
 //! - `upstream`: the registries behind the broker, its own connection pool, and the scrubbing
 //!   of every response that carried a credential.
 //! - `audit`: the hash-chained JSON-lines log; `notify`: webhooks told of staged versions.
-//! - `app`: the state every request shares, built once from `config`.
+//! - `app`: the state every request shares, built once from `config`; `metrics`: the
+//!   Prometheus series the admin face serves.
 //! - Around them: `config`, `net` (TLS and HTTP plumbing), `json` (strict parsing), `secret`,
 //!   `certs`, `login` and `admin_client` (the CLI's own commands), `units`.
 //! - `demo`: `phantom demo`, the whole job on one machine (a local registry, a loopback
@@ -48,6 +51,7 @@ pub mod demo;
 pub mod identity;
 pub mod json;
 pub mod login;
+pub mod metrics;
 pub mod net;
 pub(crate) mod notify;
 pub mod npm;
@@ -57,6 +61,7 @@ pub mod policy;
 pub(crate) mod proxy;
 pub mod secret;
 pub mod server;
+pub mod state;
 pub(crate) mod units;
 pub(crate) mod upstream;
 

@@ -120,6 +120,18 @@ impl Issuers {
         }
     }
 
+    /// Whether each issuer has keys to verify with now (fetching them if they are stale), by
+    /// the issuer's configured name.
+    pub async fn keys_usable(&self) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for cache in self.by_iss.values() {
+            let usable = tokio::time::timeout(cache.config().fetch_timeout, cache.keys(false)).await;
+            out.push((cache.config().name.clone(), matches!(usable, Ok(Ok(_)))));
+        }
+        out.sort();
+        out
+    }
+
     /// The key cache of the issuer whose `iss` is given.
     pub fn cache(&self, iss: &str) -> Option<&Arc<KeyCache>> {
         self.by_iss.get(iss)

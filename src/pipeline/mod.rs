@@ -8,7 +8,7 @@ mod refusal;
 mod staged;
 mod write;
 
-pub(crate) use refusal::Refusal;
+pub(crate) use refusal::{Refusal, REFUSAL_REASONS};
 
 use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
@@ -62,11 +62,13 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
     };
     // The connection boxes this future (`server/conn.rs`), so the pipeline lives on the heap
     // only while a request is in flight.
+    let mut refused = None;
     let (mut response, forwarded) = match process(&app, req, &face, &mut rec).await {
         Ok(resp) => (resp, true),
         Err(refusal) => {
             rec.decision = refusal.decision();
             rec.reason = Some(refusal.detail());
+            refused = Some(refusal.reason());
             (refusal.response(), false)
         }
     };
@@ -84,6 +86,7 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
     } else {
         app.audit.write_queued(rec.clone());
     }
+    app.metrics.record(&rec, refused);
     if forwarded {
         response = watch_body(response, &app, rec);
     }
@@ -219,8 +222,15 @@ async fn forward(
         }
     };
     rec.decision = if auth.credential().is_some() { Decision::Allow } else { Decision::Anonymous };
-    if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
-        return Err(Refusal::AuditUnavailable);
+    if !app.config.audit.serve_reads_on_failure {
+        if !app.audit.is_healthy() {
+            return Err(Refusal::AuditUnavailable);
+        }
+        if !app.store.is_healthy() {
+            return Err(Refusal::Store(crate::phantom::StoreError::Unavailable(
+                "the state store is unreachable".into(),
+            )));
+        }
     }
     let (mut parts, incoming) = req.into_parts();
     // On the registry face, packuments' tarball URLs are rewritten to come back through the

@@ -87,7 +87,83 @@ const LOGIN_HELP: &str = "this registry has no accounts to log in to: get a shor
     `phantom login --broker <this registry's URL> --packages ... --actions ...`, which writes it into .npmrc \
     (npm >= 11.5.1 publishing from CI with an OIDC ID token needs no login at all)";
 
+/// Every value `Refusal::reason` can take: the `reason` label of `phantom_refusals_total`.
+pub(crate) const REFUSAL_REASONS: [&str; 33] = [
+    "route",
+    "body",
+    "forbidden",
+    "needs_phantom",
+    "bad_request",
+    "not_a_phantom",
+    "bad_phantom",
+    "phantom_not_live",
+    "denied",
+    "uses_exhausted",
+    "writes_in_flight",
+    "frozen",
+    "rate_limited",
+    "stage_required",
+    "no_staged_version",
+    "identity",
+    "replay",
+    "no_grant",
+    "too_large",
+    "unsupported_media",
+    "no_upstream",
+    "state_unavailable",
+    "upstream",
+    "upstream_failed",
+    "upstream_answered_early",
+    "audit_unavailable",
+    "client_body",
+    "client_timeout",
+    "busy",
+    "login",
+    "misdirected",
+    "not_through_proxy",
+    "internal",
+];
+
 impl Refusal {
+    /// The refusal's kind, as the metrics count it (one of `REFUSAL_REASONS`).
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Route(_) => "route",
+            Refusal::Body(_) => "body",
+            Refusal::Forbidden(_) => "forbidden",
+            Refusal::NeedsPhantom => "needs_phantom",
+            Refusal::BadRequest(_) => "bad_request",
+            Refusal::NotAPhantom => "not_a_phantom",
+            Refusal::BadPhantom(_) => "bad_phantom",
+            Refusal::PhantomNotLive(_) => "phantom_not_live",
+            Refusal::Denied(_) => "denied",
+            Refusal::UsesExhausted => "uses_exhausted",
+            Refusal::WritesInFlight => "writes_in_flight",
+            Refusal::Frozen => "frozen",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::StageRequired => "stage_required",
+            Refusal::NoStagedVersion => "no_staged_version",
+            Refusal::Identity(_) => "identity",
+            Refusal::Replay => "replay",
+            Refusal::NoGrant(_) => "no_grant",
+            Refusal::TooLarge => "too_large",
+            Refusal::UnsupportedMedia(_) => "unsupported_media",
+            Refusal::NoUpstream => "no_upstream",
+            Refusal::Store(_) => "state_unavailable",
+            Refusal::Upstream(_) => "upstream",
+            Refusal::UpstreamFailed(_) => "upstream_failed",
+            Refusal::UpstreamAnsweredEarly(_) => "upstream_answered_early",
+            Refusal::AuditUnavailable => "audit_unavailable",
+            Refusal::ClientBody(_) => "client_body",
+            Refusal::ClientTimeout => "client_timeout",
+            Refusal::Busy => "busy",
+            Refusal::Login => "login",
+            Refusal::Misdirected => "misdirected",
+            Refusal::NotThroughProxy => "not_through_proxy",
+            Refusal::Internal(_) => "internal",
+        }
+    }
+
     pub(crate) fn status(&self) -> StatusCode {
         let code = match self {
             Refusal::Route(e) => e.status(),

@@ -18,9 +18,7 @@ use crate::json;
 use crate::net::Body;
 use crate::notify::Staged;
 use crate::npm::{body, ActionKind, NpmRequest, Op, PackageName, PutPackument, PutRevision};
-use crate::phantom::{
-    Fingerprint, Fingerprinter, MemoryStore, OpenWrite, PhantomStore, RateOutcome, TokenDigest, UseOutcome,
-};
+use crate::phantom::{Fingerprint, Fingerprinter, OpenWrite, PhantomStore, RateOutcome, TokenDigest, UseOutcome};
 use crate::policy::{Authorized, PublishMode, Rate, Requested};
 use crate::upstream::{self, Content, Pooled, Upstream, UpstreamError};
 use bytes::Bytes;
@@ -233,10 +231,8 @@ async fn within_rate(
     match app.store.rate(&key, rate, at_ms, take).await? {
         RateOutcome::Allowed => Ok(take.then_some(RateSlot { key, at_ms })),
         RateOutcome::Limited { retry_after } => {
-            let frozen = app.config.server.freeze_on_burst;
-            if frozen {
-                app.freeze(package);
-            }
+            // The write is refused either way; the refusal says whether the freeze took.
+            let frozen = app.config.server.freeze_on_burst && app.freeze(package).await.is_ok();
             Err(Refusal::RateLimited { retry_after, frozen })
         }
     }
@@ -299,7 +295,7 @@ async fn stopped(
 
 /// A write counted open at the store, until it ends, however it ends.
 struct OpenWriteGuard<'a> {
-    store: &'a MemoryStore,
+    store: &'a crate::state::Store,
     digest: TokenDigest,
 }
 

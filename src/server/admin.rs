@@ -19,11 +19,8 @@ pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Bo
     let path = req.uri().path().to_owned();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
-        (&Method::GET, "/readyz") => {
-            let ready = !app.policy().is_empty();
-            let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            return reply(status, json!({"ready": ready, "grants": app.policy().len()}));
-        }
+        (&Method::GET, "/readyz") => return readyz(&app).await,
+        (&Method::GET, "/metrics") => return metrics(&app).await,
         _ if path.starts_with("/admin/v1/") => {}
         _ => return reply(StatusCode::NOT_FOUND, json!({"message": "not found"})),
     }
@@ -108,7 +105,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
             Ok(json!({ "revoked": revoked }))
         }
-        (Method::GET, "/freeze") => Ok(json!({ "frozen": app.frozen_patterns() })),
+        (Method::GET, "/freeze") => Ok(json!({ "frozen": app.store.frozen_patterns() })),
         (Method::POST, op @ ("/freeze" | "/thaw")) => {
             rec.action = Some(if op == "/freeze" { "freeze" } else { "thaw" });
             let body = read_json(req).await?;
@@ -120,18 +117,8 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
                 .ok_or_else(|| bad("give {\"packages\": [\"pattern\", ...]}"))?;
             let globs = patterns.iter().map(|p| Glob::new(p)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
             rec.package = Some(patterns.join(","));
-            app.set_frozen(|frozen| {
-                if op == "/freeze" {
-                    for g in globs {
-                        if !frozen.contains(&g) {
-                            frozen.push(g);
-                        }
-                    }
-                } else {
-                    frozen.retain(|g| !globs.contains(g));
-                }
-            });
-            Ok(json!({ "frozen": app.frozen_patterns() }))
+            app.store.set_frozen(&globs, op == "/freeze").await.map_err(unavailable)?;
+            Ok(json!({ "frozen": app.store.frozen_patterns() }))
         }
         (Method::POST, "/policy/reload") => {
             rec.action = Some("policy-reload");
@@ -140,6 +127,47 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
         }
         _ => Err((StatusCode::NOT_FOUND, "unknown admin route".into())),
     }
+}
+
+/// Ready to serve every kind of request: policy loaded, the audit log written, the state store
+/// answering, and every issuer's keys at hand. The body says which check failed. (That the
+/// listeners accept is shown by this answer itself: they start before the admin face.)
+async fn readyz(app: &App) -> Response<Body> {
+    let issuers = app.issuers.keys_usable().await;
+    let checks = [
+        ("policy", !app.policy().is_empty()),
+        ("audit", app.audit.is_healthy()),
+        ("state", app.store.is_healthy()),
+        ("issuers", issuers.iter().all(|(_, ok)| *ok)),
+    ];
+    let ready = checks.iter().all(|(_, ok)| *ok);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({"ready": ready, "grants": app.policy().len()});
+    for (name, ok) in checks {
+        body[name] = json!(if ok { "ok" } else { "failing" });
+    }
+    body["issuer_keys"] =
+        issuers.into_iter().map(|(name, ok)| (name, json!(ok))).collect::<serde_json::Map<_, _>>().into();
+    reply(status, body)
+}
+
+/// `GET /metrics`: Prometheus text. Like the health checks, it needs no admin token (it holds
+/// counts, names and ages, never a secret), so a scraper needs no credential either.
+async fn metrics(app: &App) -> Response<Body> {
+    let now = audit::unix_now();
+    let active = tokio::time::timeout(std::time::Duration::from_secs(2), app.store.count_live(now)).await;
+    let snap = crate::metrics::Snapshot {
+        now,
+        phantoms_active: active.ok().and_then(Result::ok),
+        audit_healthy: app.audit.is_healthy(),
+        state_healthy: app.store.is_healthy(),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(net::full(app.metrics.render(&app.config, &snap)))
+        .expect("a metrics response is valid")
 }
 
 fn unavailable(e: crate::phantom::StoreError) -> (StatusCode, String) {

@@ -47,7 +47,8 @@ struct Shared {
 ///
 /// Thread per core: each worker thread runs its own single-threaded runtime with its own
 /// listening socket (`SO_REUSEPORT`) and its own upstream connection pools, as nginx's workers
-/// do. The admin listener, the store sweeper and key prefetching run on the caller's runtime.
+/// do. The admin listener, the store sweeper and sync, the state store's connection and key
+/// prefetching run on the caller's runtime.
 pub async fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
@@ -85,6 +86,11 @@ pub async fn serve(
 
     app.issuers.prefetch();
     let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
+    // A shared store's revocations and freezes, kept current on this replica.
+    let syncing = {
+        let app = app.clone();
+        tokio::spawn(async move { app.store.keep_synced().await })
+    };
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -152,6 +158,7 @@ pub async fn serve(
     let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
     drop(alive);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
+    syncing.abort();
     // Writes are over: notifications still queued or under way get their chance, then stop.
     app.notifier.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, notifications).await.is_err() {
@@ -171,7 +178,7 @@ async fn worker(
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = &shared.app.config;
-    match Upstreams::new(&config.upstreams, config.server.upstream_timeout) {
+    match Upstreams::new(&config.upstreams, config.server.upstream_timeout, &shared.app.metrics) {
         Ok(u) => crate::app::set_worker_upstreams(u),
         Err(e) => tracing::error!(error = %e, "a worker uses the shared upstream clients"),
     }

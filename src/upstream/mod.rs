@@ -34,6 +34,8 @@ pub(crate) struct Upstream {
     tarball_base: Bytes,
     pool: pool::Pool,
     timeout: Duration,
+    /// `phantom_upstream_duration_seconds{upstream=name}`.
+    duration: crate::metrics::Histogram,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +102,11 @@ pub(crate) enum Content {
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 impl Upstream {
-    pub(crate) fn new(cfg: &UpstreamConfig, timeout: Duration) -> Result<Upstream, String> {
+    pub(crate) fn new(
+        cfg: &UpstreamConfig,
+        timeout: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Upstream, String> {
         let tls = net::client_config(cfg.ca_file.as_deref()).map_err(|e| format!("upstream `{}`: {e}", cfg.name))?;
         if cfg.url.scheme_str() == Some("http") {
             tracing::warn!(upstream = %cfg.name, "plain http:// upstream (loopback only): the credential crosses it unencrypted");
@@ -114,6 +120,7 @@ impl Upstream {
             pool: pool::Pool::new(&cfg.url, tls, Duration::from_secs(10))
                 .map_err(|e| format!("upstream `{}`: {e}", cfg.name))?,
             timeout,
+            duration: metrics.upstream(&cfg.name),
         })
     }
 
@@ -135,7 +142,10 @@ impl Upstream {
         let req = self.request(method.clone(), path, incoming, content, body, auth)?;
         let again = || self.request(method.clone(), path, incoming, content, net::empty(), auth).ok();
         let again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)> = if replayable { Some(&again) } else { None };
-        match tokio::time::timeout(self.timeout, self.pool.send(req, again)).await {
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.pool.send(req, again)).await;
+        self.duration.observe(started.elapsed());
+        match answer {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Err(e)) => Err(UpstreamError::Failed(net::error_chain(&*e))),
             Ok(Ok(resp)) => Ok(resp),
@@ -471,10 +481,14 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    pub(crate) fn new(configs: &[UpstreamConfig], timeout: Duration) -> Result<Upstreams, String> {
+    pub(crate) fn new(
+        configs: &[UpstreamConfig],
+        timeout: Duration,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<Upstreams, String> {
         let mut u = Upstreams { list: Vec::new(), by_scope: HashMap::new(), default: None };
         for (i, cfg) in configs.iter().enumerate() {
-            u.list.push(Arc::new(Upstream::new(cfg, timeout)?));
+            u.list.push(Arc::new(Upstream::new(cfg, timeout, metrics)?));
             for scope in &cfg.scopes {
                 match scope.strip_prefix('@') {
                     Some(s) => {

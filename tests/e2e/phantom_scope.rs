@@ -2,26 +2,7 @@
 //! and its number of writes. Everything outside is refused before the upstream sees it.
 
 use crate::support::*;
-use base64::Engine;
 use serde_json::{json, Value};
-
-/// A publish body shaped as libnpmpublish sends it.
-fn publish_body(name: &str, body_name: &str, version: &str, tag: &str) -> String {
-    let tarball = base64::engine::general_purpose::STANDARD.encode(format!("not really a tarball: {name}@{version}"));
-    json!({
-        "_id": body_name, "name": body_name, "description": "raw publish",
-        "dist-tags": { tag: version },
-        "versions": { version: {
-            "name": body_name, "version": version, "_id": format!("{body_name}@{version}"),
-            "dist": { "shasum": "0", "integrity": "sha512-AAAA", "tarball": format!("http://127.0.0.1/{name}/-/x-{version}.tgz") }
-        }},
-        "access": null,
-        "_attachments": { format!("{body_name}-{version}.tgz"): {
-            "content_type": "application/octet-stream", "data": tarball, "length": 10
-        }}
-    })
-    .to_string()
-}
 
 fn put(w: &World, phantom: &str, name: &str, body: String) -> Resp {
     w.broker(

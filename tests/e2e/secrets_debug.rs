@@ -37,6 +37,9 @@ fn secret_holding_types_redact_debug() {
         upstream: "u".into(),
         source: SecretSource::File(file.clone()),
         packages: vec![],
+        class: None,
+        publish: phantom_broker::config::Capability::Direct,
+        created: None,
         expires: None,
     };
     assert_hidden("CredentialConfig", format!("{cfg:?} {cfg:#?}"), CANARY);

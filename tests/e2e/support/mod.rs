@@ -12,6 +12,7 @@ pub(crate) mod framing;
 pub(crate) mod hostile;
 pub(crate) mod raw;
 pub(crate) mod recording;
+pub(crate) mod redis;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -706,6 +707,46 @@ token = {{ file = "{admin_secret}" }}
         )
     }
 
+    /// Another broker process with this one's config and policy (another replica, e.g. on a
+    /// shared state store): its own listeners, directory and audit log.
+    pub(crate) fn replica(&self, policy: &str) -> Broker {
+        let text = std::fs::read_to_string(&self.broker.config).unwrap();
+        let admin_port: u16 = self.broker.admin_url.trim_end_matches('/').rsplit(':').next().unwrap().parse().unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let text = text
+            .replace(&format!("127.0.0.1:{}", self.broker.port), &format!("127.0.0.1:{port}"))
+            .replace(&format!("127.0.0.1:{admin_port}"), &format!("127.0.0.1:{admin}"));
+        let opts = Options { policy: policy.to_owned(), ..Options::default() };
+        Broker::start(
+            &self.root().join(format!("replica-{port}")),
+            port,
+            admin,
+            self.broker.admin_token.clone(),
+            &text,
+            &opts,
+        )
+    }
+
+    /// A request to `broker` (this world's or a replica).
+    pub(crate) fn to(
+        &self,
+        broker: &Broker,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        self.http.request(method, &format!("{}{}", broker.url, path.trim_start_matches('/')), headers, body)
+    }
+
+    /// The admin API of `broker`, with the admin token.
+    pub(crate) fn admin_of(&self, broker: &Broker, method: &str, path: &str, body: Value) -> Resp {
+        let auth = format!("Bearer {}", broker.admin_token);
+        let url = format!("{}{}", broker.admin_url, path.trim_start_matches('/'));
+        let body = if body.is_null() { String::new() } else { body.to_string() };
+        self.http.request(method, &url, &[("authorization", &auth), ("content-type", "application/json")], body)
+    }
+
     /// The admin API, with the admin token.
     pub(crate) fn admin(&self, method: &str, path: &str, body: Value) -> Resp {
         let auth = format!("Bearer {}", self.broker.admin_token);
@@ -806,6 +847,25 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// A publish body shaped as libnpmpublish sends it (`body_name` may differ from the URL's
+/// `name`, to try mismatches).
+pub(crate) fn publish_body(name: &str, body_name: &str, version: &str, tag: &str) -> String {
+    let tarball = base64::engine::general_purpose::STANDARD.encode(format!("not really a tarball: {name}@{version}"));
+    json!({
+        "_id": body_name, "name": body_name, "description": "raw publish",
+        "dist-tags": { tag: version },
+        "versions": { version: {
+            "name": body_name, "version": version, "_id": format!("{body_name}@{version}"),
+            "dist": { "shasum": "0", "integrity": "sha512-AAAA", "tarball": format!("http://127.0.0.1/{name}/-/x-{version}.tgz") }
+        }},
+        "access": null,
+        "_attachments": { format!("{body_name}-{version}.tgz"): {
+            "content_type": "application/octet-stream", "data": tarball, "length": 10
+        }}
+    })
+    .to_string()
 }
 
 /// Audit lines of ordinary requests are written by a writer thread just after the response:

@@ -1,0 +1,365 @@
+//! The Prometheus series `/metrics` serves on the admin face (text format 0.0.4, written by
+//! `prometheus-client`).
+//!
+//! The hot path only adds to atomics: every labelled counter is made at start, for every label
+//! value the broker can produce, and its handle kept, so a request never takes a lock (a
+//! `Family` lookup would take one). The upstream latency histogram is an atomic one of this
+//! module's, encoded by the crate. Gauges about state (live phantoms, credentials' age, health)
+//! are computed when scraped.
+
+use crate::audit::{Decision, Event, Record};
+use crate::config::{Capability, Config};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The `action` label: an npm action, or both candidates before a body decided between them.
+const ACTIONS: [&str; 12] = [
+    "read",
+    "publish",
+    "stage-publish",
+    "dist-tag",
+    "deprecate",
+    "unpublish",
+    "owner",
+    "access",
+    "whoami",
+    "publish|deprecate",
+    "unpublish|owner",
+    "none",
+];
+const DECISIONS: [(Decision, &str); 4] = [
+    (Decision::Allow, "allow"),
+    (Decision::Anonymous, "anonymous"),
+    (Decision::Deny, "deny"),
+    (Decision::Error, "error"),
+];
+const RESULTS: [(Decision, &str); 3] =
+    [(Decision::Allow, "allow"), (Decision::Deny, "deny"), (Decision::Error, "error")];
+
+pub struct Metrics {
+    registry: Registry,
+    /// `ACTIONS.len() * DECISIONS.len()`, action-major.
+    requests: Vec<Counter>,
+    /// Per issuer (the configured ones, then `unknown`), `RESULTS.len()` each.
+    exchanges: Vec<Counter>,
+    issuers: Vec<String>,
+    refusals: HashMap<&'static str, Counter>,
+    staged: Counter,
+    upstream: HashMap<Arc<str>, Histogram>,
+    phantoms_active: Gauge,
+    credential_age: Family<Labels, Gauge>,
+    credential_expiry: Family<Labels, Gauge>,
+    credentials_unscoped: Gauge,
+    credentials_direct_publish: Gauge,
+    audit_healthy: Gauge,
+    state_healthy: Gauge,
+}
+
+/// What a scrape reads from the rest of the broker.
+pub struct Snapshot {
+    pub now: u64,
+    /// `None` when the state store could not count them.
+    pub phantoms_active: Option<u64>,
+    pub audit_healthy: bool,
+    pub state_healthy: bool,
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        let mut registry = Registry::with_prefix("phantom");
+        let requests_family = Family::<Labels, Counter>::default();
+        let requests = ACTIONS
+            .iter()
+            .flat_map(|a| {
+                DECISIONS.iter().map(move |(_, d)| vec![("action", a.to_string()), ("decision", d.to_string())])
+            })
+            .map(|labels| requests_family.get_or_create(&labels).clone())
+            .collect();
+        registry.register("requests", "Registry requests, by npm action and decision", requests_family);
+
+        let exchanges_family = Family::<Labels, Counter>::default();
+        let mut issuers: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
+        issuers.push("unknown".into());
+        let exchanges = issuers
+            .iter()
+            .flat_map(|i| RESULTS.iter().map(move |(_, r)| vec![("issuer", i.clone()), ("result", r.to_string())]))
+            .map(|labels| exchanges_family.get_or_create(&labels).clone())
+            .collect();
+        registry.register("exchanges", "ID tokens exchanged for phantoms, by issuer and result", exchanges_family);
+
+        let refusals_family = Family::<Labels, Counter>::default();
+        let refusals = crate::pipeline::REFUSAL_REASONS
+            .iter()
+            .map(|&r| (r, refusals_family.get_or_create(&vec![("reason", r.to_string())]).clone()))
+            .collect();
+        registry.register("refusals", "Requests the broker refused, by reason", refusals_family);
+
+        let staged = Counter::default();
+        registry.register("staged", "Publishes sent upstream as staged versions", staged.clone());
+
+        let upstream_family = Family::<Labels, Histogram>::new_with_constructor(Histogram::default);
+        let upstream = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                (u.name.as_str().into(), upstream_family.get_or_create(&vec![("upstream", u.name.clone())]).clone())
+            })
+            .collect();
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time from a request's start upstream to its answer's head, by upstream",
+            Unit::Seconds,
+            upstream_family,
+        );
+
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let phantoms_active = gauge(&mut registry, "phantoms_active", "Live phantoms (not expired, not revoked)");
+        let credential_age = Family::<Labels, Gauge>::default();
+        registry.register_with_unit(
+            "credential_age",
+            "Time since a real credential was created (its `created`)",
+            Unit::Seconds,
+            credential_age.clone(),
+        );
+        let credential_expiry = Family::<Labels, Gauge>::default();
+        registry.register_with_unit(
+            "credential_expiry",
+            "Time left until a real credential expires (its `expires`; negative once expired)",
+            Unit::Seconds,
+            credential_expiry.clone(),
+        );
+        let credentials_unscoped =
+            gauge(&mut registry, "credentials_unscoped", "Real credentials without a package scope (`packages`)");
+        let credentials_direct_publish = gauge(
+            &mut registry,
+            "credentials_direct_publish",
+            "Real credentials that can publish directly, not only stage",
+        );
+        let audit_healthy = gauge(&mut registry, "audit_healthy", "1 while the audit log is written, 0 otherwise");
+        let state_healthy = gauge(&mut registry, "state_healthy", "1 while the state store answers, 0 otherwise");
+
+        let metrics = Metrics {
+            registry,
+            requests,
+            exchanges,
+            issuers,
+            refusals,
+            staged,
+            upstream,
+            phantoms_active,
+            credential_age,
+            credential_expiry,
+            credentials_unscoped,
+            credentials_direct_publish,
+            audit_healthy,
+            state_healthy,
+        };
+        metrics.credentials(config);
+        metrics
+    }
+
+    /// The figures that come from the config alone.
+    fn credentials(&self, config: &Config) {
+        let unscoped = config.credentials.iter().filter(|c| c.packages.is_empty()).count();
+        let direct = config.credentials.iter().filter(|c| c.publish == Capability::Direct).count();
+        self.credentials_unscoped.set(unscoped as i64);
+        self.credentials_direct_publish.set(direct as i64);
+    }
+
+    /// Counts one request's final audit line (not the write-ahead one), and its refusal.
+    pub(crate) fn record(&self, rec: &Record, refusal: Option<&'static str>) {
+        if let Some(reason) = refusal {
+            if let Some(c) = self.refusals.get(reason) {
+                c.inc();
+            }
+        }
+        if rec.staged {
+            self.staged.inc();
+        }
+        match rec.event {
+            Event::Request => {
+                let action = rec.action.unwrap_or("none");
+                let a = ACTIONS.iter().position(|x| *x == action).unwrap_or(ACTIONS.len() - 1);
+                if let Some(d) = DECISIONS.iter().position(|(d, _)| *d == rec.decision) {
+                    self.requests[a * DECISIONS.len() + d].inc();
+                }
+            }
+            Event::Exchange => {
+                let issuer = rec
+                    .identity
+                    .as_ref()
+                    .and_then(|s| serde_json::from_str::<IssuerOnly>(s.get()).ok())
+                    .and_then(|s| self.issuers.iter().position(|i| *i == s.issuer))
+                    .unwrap_or(self.issuers.len() - 1);
+                if let Some(r) = RESULTS.iter().position(|(d, _)| *d == rec.decision) {
+                    self.exchanges[issuer * RESULTS.len() + r].inc();
+                }
+            }
+            Event::Admin | Event::Notify => {}
+        }
+    }
+
+    /// The latency histogram of the upstream named `name`.
+    pub(crate) fn upstream(&self, name: &str) -> Histogram {
+        self.upstream.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The exposition: the gauges set from `snap` and the config, then every series.
+    pub fn render(&self, config: &Config, snap: &Snapshot) -> String {
+        let now = snap.now as i64;
+        for c in &config.credentials {
+            let labels = vec![("credential", c.name.clone()), ("class", c.class.map(String::from).unwrap_or_default())];
+            if let Some(created) = c.created {
+                self.credential_age.get_or_create(&labels).set(now - created as i64);
+            }
+            if let Some(expires) = c.expires {
+                self.credential_expiry.get_or_create(&labels).set(expires as i64 - now);
+            }
+        }
+        // When the store cannot count them, the last count stands (and state_healthy says why).
+        if let Some(n) = snap.phantoms_active {
+            self.phantoms_active.set(n as i64);
+        }
+        self.audit_healthy.set(i64::from(snap.audit_healthy));
+        self.state_healthy.set(i64::from(snap.state_healthy));
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(serde::Deserialize)]
+struct IssuerOnly<'a> {
+    issuer: &'a str,
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const BOUNDS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A histogram of atomics (the crate's own takes a mutex per observation).
+#[derive(Clone, Default, Debug)]
+pub struct Histogram(Arc<Buckets>);
+
+#[derive(Default, Debug)]
+struct Buckets {
+    /// One per bound, then `+Inf`: not cumulative (the encoder adds them up).
+    counts: [AtomicU64; BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
+        self.0.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts: Vec<u64> = self.0.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> =
+            BOUNDS.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
+        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_histogram_counts_into_its_buckets() {
+        let h = Histogram::default();
+        for ms in [0, 3, 3, 40, 2_000, 90_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let mut registry = Registry::default();
+        registry.register_with_unit("t", "test", Unit::Seconds, h);
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "t_seconds_bucket{le=\"0.001\"} 1\n",
+            "t_seconds_bucket{le=\"0.005\"} 3\n",
+            "t_seconds_bucket{le=\"0.05\"} 4\n",
+            "t_seconds_bucket{le=\"2.5\"} 5\n",
+            "t_seconds_bucket{le=\"60\"} 5\n",
+            "t_seconds_bucket{le=\"+Inf\"} 6\n",
+            "t_seconds_sum 92.046\n",
+            "t_seconds_count 6\n",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_measured_from_their_dates() {
+        let text = r#"
+[server]
+public_url = "https://npm-broker.example.com/"
+tls_cert = "s.pem"
+tls_key = "k.pem"
+[upstream.public]
+url = "https://registry.example.com/"
+scopes = ["*"]
+[credential.release]
+upstream = "public"
+source = { env = "T" }
+packages = ["@acme/*"]
+class = "A"
+publish = "stage-only"
+created = "2026-11-01"
+expires = "2027-01-31"
+[credential.legacy]
+upstream = "public"
+source = { env = "U" }
+[audit]
+path = "a.jsonl"
+"#;
+        let config = Config::parse(std::path::Path::new("p.toml"), text).unwrap();
+        let m = Metrics::new(&config);
+        // 2026-12-02T00:00:00Z: 31 days after it was created, 60 before it expires.
+        let snap = Snapshot { now: 1_796_169_600, phantoms_active: Some(2), audit_healthy: true, state_healthy: false };
+        let out = m.render(&config, &snap);
+        for line in [
+            "phantom_credential_age_seconds{credential=\"release\",class=\"A\"} 2678400\n",
+            "phantom_credential_expiry_seconds{credential=\"release\",class=\"A\"} 5184000\n",
+            "phantom_credentials_unscoped 1\n",
+            "phantom_credentials_direct_publish 1\n",
+            "phantom_phantoms_active 2\n",
+            "phantom_state_healthy 0\n",
+            "phantom_audit_healthy 1\n",
+        ] {
+            assert!(out.contains(line), "{line} not in:\n{out}");
+        }
+        // No dates, no age or expiry series for it.
+        assert!(!out.contains("credential=\"legacy\""), "{out}");
+    }
+}

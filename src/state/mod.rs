@@ -1,0 +1,198 @@
+//! What the broker remembers between requests: live phantoms, their uses and retry
+//! fingerprints, spent ID tokens, revocations, freezes and rate windows.
+//!
+//! `memory` (the default) keeps it in this process: one replica. `redis://` or `rediss://`
+//! keeps it in a Redis server that every replica shares (`redis.rs`), so that they act as
+//! one broker. Both fail closed: a store that cannot answer refuses writes and exchanges.
+
+mod record;
+mod redis;
+
+pub use self::redis::RedisStore;
+
+use crate::config::StateConfig;
+use crate::npm::PackageName;
+use crate::phantom::{
+    Fingerprint, Listed, Lookup, MemoryStore, OpenWrite, PhantomRecord, PhantomStore, RateOutcome, Selector,
+    StoreError, TokenDigest, UseOutcome,
+};
+use crate::policy::{Glob, Rate};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// How often a replica on the shared store reads its `epoch` (revocations and freezes).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+
+pub enum Store {
+    Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>> },
+    Redis(Box<RedisStore>),
+}
+
+impl Store {
+    /// Needs a Tokio runtime for a Redis store (its connection's task runs there).
+    pub fn new(cfg: &StateConfig) -> Result<Store, String> {
+        Ok(match cfg {
+            StateConfig::Memory => Store::Memory { store: MemoryStore::new(), frozen: RwLock::default() },
+            StateConfig::Redis(r) => Store::Redis(Box::new(RedisStore::new(r)?)),
+        })
+    }
+
+    /// Whether the store answers: always for memory; for Redis, whether its last call did.
+    pub fn is_healthy(&self) -> bool {
+        match self {
+            Store::Memory { .. } => true,
+            Store::Redis(r) => r.is_healthy(),
+        }
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Redis(_))
+    }
+
+    /// Keeps a shared store's revocations and freezes current on this replica, until the
+    /// process ends; returns at once for memory.
+    pub async fn keep_synced(&self) {
+        let Store::Redis(r) = self else { return };
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let _ = r.sync().await;
+        }
+    }
+
+    /// Live phantoms, for the metrics.
+    pub async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
+        match self {
+            Store::Memory { store, .. } => Ok(store.list(now).await?.len() as u64),
+            Store::Redis(r) => r.count_live(now).await,
+        }
+    }
+
+    fn frozen(&self) -> Arc<Vec<Glob>> {
+        match self {
+            Store::Memory { frozen, .. } => frozen.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            Store::Redis(r) => r.frozen(),
+        }
+    }
+
+    /// Whether writes to `package` are frozen (as this replica last read the freezes).
+    pub fn is_frozen(&self, package: &PackageName) -> bool {
+        self.frozen().iter().any(|g| g.matches(package.as_str()))
+    }
+
+    pub fn frozen_patterns(&self) -> Vec<String> {
+        self.frozen().iter().map(|g| g.as_str().to_owned()).collect()
+    }
+
+    /// Freezes (or thaws) writes to the packages the patterns match, on every replica.
+    pub async fn set_frozen(&self, patterns: &[Glob], freeze: bool) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { frozen, .. } => {
+                let mut frozen = frozen.write().unwrap_or_else(|p| p.into_inner());
+                let mut next: Vec<Glob> = frozen.iter().filter(|g| freeze || !patterns.contains(g)).cloned().collect();
+                if freeze {
+                    next.extend(patterns.iter().filter(|g| !frozen.contains(g)).cloned());
+                }
+                next.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                *frozen = Arc::new(next);
+                Ok(())
+            }
+            Store::Redis(r) => {
+                let patterns: Vec<String> = patterns.iter().map(|g| g.as_str().to_owned()).collect();
+                r.set_frozen(&patterns, freeze).await
+            }
+        }
+    }
+}
+
+impl PhantomStore for Store {
+    async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.insert(digest, record).await,
+            Store::Redis(r) => r.insert(digest, record).await,
+        }
+    }
+
+    async fn lookup(&self, digest: &TokenDigest, now: u64) -> Result<Lookup, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.lookup(digest, now).await,
+            Store::Redis(r) => r.lookup(digest, now).await,
+        }
+    }
+
+    async fn consume_use(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        now: u64,
+    ) -> Result<UseOutcome, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.consume_use(digest, fingerprint, now).await,
+            Store::Redis(r) => r.consume_use(digest, fingerprint, now).await,
+        }
+    }
+
+    async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.open_write(digest, now).await,
+            Store::Redis(r) => r.open_write(digest, now).await,
+        }
+    }
+
+    fn close_write(&self, digest: &TokenDigest) {
+        match self {
+            Store::Memory { store, .. } => store.close_write(digest),
+            Store::Redis(r) => r.close_write(digest),
+        }
+    }
+
+    async fn settle(&self, digest: &TokenDigest, fingerprint: Fingerprint, succeeded: bool) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.settle(digest, fingerprint, succeeded).await,
+            Store::Redis(r) => r.settle(digest, fingerprint, succeeded).await,
+        }
+    }
+
+    async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.revoke(which).await,
+            Store::Redis(r) => r.revoke(which).await,
+        }
+    }
+
+    async fn list(&self, now: u64) -> Result<Vec<Listed>, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.list(now).await,
+            Store::Redis(r) => r.list(now).await,
+        }
+    }
+
+    async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.claim_id_token(key, until, now).await,
+            Store::Redis(r) => r.claim_id_token(key, until, now).await,
+        }
+    }
+
+    async fn rate(&self, key: &str, rate: Rate, now_ms: u64, take: bool) -> Result<RateOutcome, StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.rate(key, rate, now_ms, take).await,
+            Store::Redis(r) => r.rate(key, rate, now_ms, take).await,
+        }
+    }
+
+    async fn rate_give_back(&self, key: &str, at_ms: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { store, .. } => store.rate_give_back(key, at_ms).await,
+            Store::Redis(r) => r.rate_give_back(key, at_ms).await,
+        }
+    }
+
+    async fn sweep(&self, now: u64) {
+        match self {
+            Store::Memory { store, .. } => store.sweep(now).await,
+            Store::Redis(r) => r.sweep(),
+        }
+    }
+}

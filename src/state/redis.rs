@@ -1,0 +1,546 @@
+//! The shared store: one Redis (or Valkey) server that every replica uses, so that they act as
+//! one broker.
+//!
+//! Keys (all under `key_prefix`, default `phantom:`):
+//!
+//! | key | type | what | expiry |
+//! |---|---|---|---|
+//! | `ph:<digest>` | hash | a phantom: `r` its record (JSON, no token), `exp`, `max`, `u` uses, `fp`/`ok` the last write and whether it succeeded, `rv` revoked | `PX`: its expiry plus an hour, so its holder hears "expired" |
+//! | `live` | sorted set | digests by expiry: for listing and revoking by subject or repository | trimmed at each insert |
+//! | `jti:<replay key>` | string | a spent ID token | `PX`: until it can no longer verify |
+//! | `rate:<sha256 of identity and package>` | sorted set | the writes counted in a grant's sliding window | `PX`: the window |
+//! | `frozen` | set | frozen package patterns | none |
+//! | `epoch` | counter | bumped by every revocation, freeze and thaw | none |
+//!
+//! A phantom is stored under the SHA-256 digest of its token only; nothing here holds a token.
+//! Every check-and-spend is one Lua script, so two replicas can never spend one use twice.
+//!
+//! Revocations and freezes reach the other replicas through `epoch`, which each polls every
+//! 250 ms (`sync`): a poll cannot miss a change the way a pub/sub message lost in a reconnect
+//! would, needs no second kind of connection, and costs one `GET` per replica every 250 ms.
+//! Writes never rely on it (their spend reads the phantom's own `rv` in the same script); it
+//! bounds how long a revoked phantom's cached lookup may still serve a read, and how long a
+//! freeze takes to reach the other replicas' write checks. A replica that failed a call
+//! refuses writes and exchanges until a poll succeeds again, so it never acts on state it may
+//! have missed.
+
+use crate::config::RedisConfig;
+use crate::phantom::store::MAX_OPEN_WRITES;
+use crate::phantom::{
+    Fingerprint, Listed, Lookup, OpenWrite, PhantomRecord, RateOutcome, Selector, StoreError, TokenDigest, UseOutcome,
+};
+use crate::policy::{Glob, Rate};
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a replica serves reads from a phantom it looked up, without asking Redis again.
+/// A revocation wins within this (sooner when the poll sees it).
+const LOOKUP_CACHE: Duration = Duration::from_secs(1);
+/// Phantoms looked up and cached at once, at most (a full cache starts over).
+const LOOKUP_CACHE_MAX: usize = 16 * 1024;
+/// Seconds an expired phantom is remembered, as the memory store does.
+const EXPIRED_GRACE: u64 = 3600;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    /// Whether the last call to Redis succeeded.
+    healthy: AtomicBool,
+    /// Whether this replica has read the revocations and freezes since its last failed call.
+    synced: AtomicBool,
+    /// The last `epoch` read (-1: none yet).
+    epoch: AtomicI64,
+    frozen: RwLock<Arc<Vec<Glob>>>,
+    cache: DashMap<TokenDigest, (Arc<PhantomRecord>, Instant)>,
+    /// Writes open on this replica, per phantom. (Each replica bounds what it opens; the
+    /// spend itself is shared and atomic.)
+    open: DashMap<TokenDigest, u32>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    consume: redis::Script,
+    settle: redis::Script,
+    revoke: redis::Script,
+    rate: redis::Script,
+    give_back: redis::Script,
+}
+
+/// Spends one use: `{"notlive"}`, `{"retry"}`, `{"exhausted"}` or `{"counted", used, max}`.
+const CONSUME: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'exp', 'max', 'u', 'fp', 'ok', 'rv')
+if not h[1] or h[6] == '1' or tonumber(ARGV[2]) >= tonumber(h[1]) then return {'notlive'} end
+if h[4] == ARGV[1] and h[5] == '0' then return {'retry'} end
+local used = tonumber(h[3])
+if h[2] ~= '' and used >= tonumber(h[2]) then return {'exhausted'} end
+used = used + 1
+redis.call('HSET', KEYS[1], 'u', used, 'fp', ARGV[1], 'ok', '0')
+return {'counted', used, h[2]}
+";
+
+/// Records how the last write ended, if it is still the last one.
+const SETTLE: &str = r"
+if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then redis.call('HSET', KEYS[1], 'ok', ARGV[2]) end
+return 1
+";
+
+/// Revokes one phantom if it still exists (a lapsed one is not brought back). KEYS: the
+/// phantom, `live`, `epoch`.
+const REVOKE: &str = r"
+local gone = redis.call('HGET', KEYS[1], 'rv')
+if not gone or gone == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'rv', '1')
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('INCR', KEYS[3])
+return 1
+";
+
+/// A sliding window: `{1}` counted (or room, when only looking), `{0, ms}` full for `ms` more.
+/// ARGV: now, window (ms), max, take (0/1), a member unique to this write.
+const RATE: &str = r"
+local now, window, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) >= max then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {0, math.max(1, tonumber(oldest[2]) + window - now)}
+end
+if ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[1], now, ARGV[5])
+  if redis.call('PTTL', KEYS[1]) < window then redis.call('PEXPIRE', KEYS[1], window) end
+end
+return {1}
+";
+
+/// Takes back one write counted at exactly ARGV[1].
+const GIVE_BACK: &str = r"
+local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1)
+if m[1] then redis.call('ZREM', KEYS[1], m[1]) end
+return 1
+";
+
+impl RedisStore {
+    /// Prepares the connection (made lazily, and remade whenever it fails). Needs a Tokio
+    /// runtime: the connection's task runs on the caller's.
+    pub fn new(cfg: &RedisConfig) -> Result<RedisStore, String> {
+        let password = match &cfg.password {
+            Some(source) => Some(crate::credentials::read_secret(source).map_err(|e| format!("state.password: {e}"))?),
+            None => None,
+        };
+        let addr = if cfg.tls {
+            redis::ConnectionAddr::TcpTls { host: cfg.host.clone(), port: cfg.port, insecure: false, tls_params: None }
+        } else {
+            redis::ConnectionAddr::Tcp(cfg.host.clone(), cfg.port)
+        };
+        let mut settings = redis::RedisConnectionInfo::default().set_db(cfg.db);
+        if let Some(user) = &cfg.username {
+            settings = settings.set_username(user);
+        }
+        if let Some(password) = &password {
+            settings = settings.set_password(password.expose());
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(addr)
+            .map_err(|e| format!("state.backend: {e}"))?
+            .set_redis_settings(settings);
+        let client = match (&cfg.ca_file, cfg.tls) {
+            (Some(ca), true) => {
+                let root_cert = std::fs::read(ca).map_err(|e| format!("state.ca_file {}: {e}", ca.display()))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+                )
+            }
+            _ => redis::Client::open(info),
+        }
+        .map_err(|e| format!("state.backend: {e}"))?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn =
+            ConnectionManager::new_lazy_with_config(client, manager).map_err(|e| format!("state.backend: {e}"))?;
+        Ok(RedisStore {
+            conn,
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout,
+            healthy: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            epoch: AtomicI64::new(-1),
+            frozen: RwLock::new(Arc::new(Vec::new())),
+            cache: DashMap::new(),
+            open: DashMap::new(),
+            scripts: Scripts {
+                consume: redis::Script::new(CONSUME),
+                settle: redis::Script::new(SETTLE),
+                revoke: redis::Script::new(REVOKE),
+                rate: redis::Script::new(RATE),
+                give_back: redis::Script::new(GIVE_BACK),
+            },
+        })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, kind: &str, id: &[u8]) -> String {
+        format!("{}{kind}:{}", self.prefix, crate::audit::hex(id))
+    }
+
+    fn named(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs one call within the timeout; a failure marks this replica unhealthy and unsynced.
+    async fn call<T>(&self, work: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+        let outcome = match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => format!("redis: {e}"),
+            Err(_) => format!("redis did not answer within {:?}", self.timeout),
+        };
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::error!(error = %outcome, "the state store failed: writes and exchanges are refused until it is back");
+        }
+        self.synced.store(false, Ordering::Relaxed);
+        Err(StoreError::Unavailable(outcome))
+    }
+
+    /// Writes and exchanges act only on state this replica is sure of.
+    fn synced(&self) -> Result<(), StoreError> {
+        if self.synced.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the state store is being resynchronised".into()))
+        }
+    }
+
+    /// One poll: reads `epoch`; after a change, or when this replica is not synced, reads the
+    /// freezes again and drops its cached lookups.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let epoch: Option<i64> = self.call(redis::cmd("GET").arg(self.named("epoch")).query_async(&mut conn)).await?;
+        let epoch = epoch.unwrap_or(0);
+        if self.synced.load(Ordering::Relaxed) && self.epoch.load(Ordering::Relaxed) == epoch {
+            return Ok(());
+        }
+        self.reload_frozen().await?;
+        self.cache.clear();
+        self.epoch.store(epoch, Ordering::Relaxed);
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("the state store is reachable: writes and exchanges are served again");
+        }
+        self.synced.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn reload_frozen(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut patterns: Vec<String> =
+            self.call(redis::cmd("SMEMBERS").arg(self.named("frozen")).query_async(&mut conn)).await?;
+        patterns.sort();
+        // Patterns were checked when they were frozen; one that no longer parses freezes all.
+        let globs =
+            patterns.iter().map(|p| Glob::new(p).unwrap_or_else(|_| Glob::new("*").expect("`*` is a glob"))).collect();
+        *self.frozen.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(globs);
+        Ok(())
+    }
+
+    pub fn frozen(&self) -> Arc<Vec<Glob>> {
+        self.frozen.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Adds (or, with `frozen` false, removes) package patterns, and tells every replica.
+    pub async fn set_frozen(&self, patterns: &[String], frozen: bool) -> Result<(), StoreError> {
+        self.synced()?;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd(if frozen { "SADD" } else { "SREM" })
+            .arg(self.named("frozen"))
+            .arg(patterns)
+            .ignore()
+            .cmd("INCR")
+            .arg(self.named("epoch"))
+            .ignore();
+        self.call(pipe.query_async::<()>(&mut conn)).await?;
+        self.reload_frozen().await
+    }
+
+    pub async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
+        self.synced()?;
+        let now = crate::audit::unix_now();
+        let json = super::record::to_json(&record);
+        let key = self.key("ph", &digest.0);
+        let keep_ms = (record.expires_at + EXPIRED_GRACE).saturating_sub(now).max(1) * 1000;
+        let max = record.max_uses.map(|m| m.to_string()).unwrap_or_default();
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("r", json.as_str()),
+                    ("exp", &record.expires_at.to_string()),
+                    ("max", &max),
+                    ("u", "0"),
+                    ("fp", ""),
+                    ("ok", "0"),
+                    ("rv", "0"),
+                ],
+            )
+            .ignore()
+            .pexpire(&key, keep_ms as i64)
+            .ignore()
+            .zadd(self.named("live"), crate::audit::hex(&digest.0), record.expires_at)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.named("live"))
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .ignore();
+        self.call(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    pub async fn lookup(&self, digest: &TokenDigest, now: u64) -> Result<Lookup, StoreError> {
+        if let Some(hit) = self.cache.get(digest) {
+            let (record, at) = &*hit;
+            if at.elapsed() < LOOKUP_CACHE && now < record.expires_at {
+                return Ok(Lookup::Live(record.clone()));
+            }
+        }
+        let mut conn = self.conn.clone();
+        let key = self.key("ph", &digest.0);
+        let (json, revoked, exp): (Option<String>, Option<String>, Option<u64>) =
+            self.call(redis::cmd("HMGET").arg(&key).arg("r").arg("rv").arg("exp").query_async(&mut conn)).await?;
+        let (Some(json), Some(exp)) = (json, exp) else { return Ok(Lookup::Unknown) };
+        if revoked.as_deref() == Some("1") {
+            return Ok(Lookup::Revoked);
+        }
+        if now >= exp {
+            return Ok(Lookup::Expired);
+        }
+        let record = Arc::new(super::record::from_json(&json)?);
+        if self.cache.len() >= LOOKUP_CACHE_MAX {
+            self.cache.clear();
+        }
+        self.cache.insert(*digest, (record.clone(), Instant::now()));
+        Ok(Lookup::Live(record))
+    }
+
+    pub async fn consume_use(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        now: u64,
+    ) -> Result<UseOutcome, StoreError> {
+        self.synced()?;
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.consume.key(self.key("ph", &digest.0));
+        invocation.arg(crate::audit::hex(&fingerprint)).arg(now);
+        let answer: Vec<String> = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(match answer.first().map(String::as_str) {
+            Some("retry") => UseOutcome::Retry,
+            Some("exhausted") => UseOutcome::Exhausted,
+            Some("counted") => {
+                let used: u32 = answer.get(1).and_then(|u| u.parse().ok()).unwrap_or(u32::MAX);
+                let max: Option<u32> = answer.get(2).and_then(|m| m.parse().ok());
+                UseOutcome::Counted { remaining: max.map(|m| m.saturating_sub(used)) }
+            }
+            _ => UseOutcome::NotLive,
+        })
+    }
+
+    pub async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
+        self.synced()?;
+        let mut conn = self.conn.clone();
+        let key = self.key("ph", &digest.0);
+        let h: Vec<Option<String>> = self
+            .call(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("exp")
+                    .arg("max")
+                    .arg("u")
+                    .arg("ok")
+                    .arg("rv")
+                    .arg("fp")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let field = |i: usize| h.get(i).cloned().flatten();
+        let Some(exp) = field(0).and_then(|e| e.parse::<u64>().ok()) else { return Ok(OpenWrite::NotLive) };
+        if field(4).as_deref() == Some("1") || now >= exp {
+            return Ok(OpenWrite::NotLive);
+        }
+        let used: u32 = field(2).and_then(|u| u.parse().ok()).unwrap_or(0);
+        let resend = u32::from(field(5).is_some_and(|fp| !fp.is_empty()) && field(3).as_deref() == Some("0"));
+        let allowance = match field(1).and_then(|m| m.parse::<u32>().ok()) {
+            Some(max) => (max.saturating_sub(used) + resend).min(MAX_OPEN_WRITES),
+            None => MAX_OPEN_WRITES,
+        };
+        if allowance == 0 {
+            return Ok(OpenWrite::NoUsesLeft);
+        }
+        let mut open = self.open.entry(*digest).or_insert(0);
+        if *open >= allowance {
+            return Ok(OpenWrite::TooMany);
+        }
+        *open += 1;
+        Ok(OpenWrite::Opened)
+    }
+
+    pub fn close_write(&self, digest: &TokenDigest) {
+        self.open.remove_if_mut(digest, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
+    }
+
+    pub async fn settle(
+        &self,
+        digest: &TokenDigest,
+        fingerprint: Fingerprint,
+        succeeded: bool,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.settle.key(self.key("ph", &digest.0));
+        invocation.arg(crate::audit::hex(&fingerprint)).arg(if succeeded { "1" } else { "0" });
+        self.call(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+    }
+
+    /// The live phantoms' digests and records (one round trip for the index, one for them).
+    async fn live(
+        &self,
+        now: u64,
+    ) -> Result<Vec<(String, Option<String>, Option<String>, Option<String>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let digests: Vec<String> = self
+            .call(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.named("live"))
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if digests.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for d in &digests {
+            pipe.cmd("HMGET").arg(format!("{}ph:{d}", self.prefix)).arg("r").arg("u").arg("rv");
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<String>)> =
+            self.call(pipe.query_async(&mut conn)).await?;
+        Ok(digests.into_iter().zip(rows).map(|(d, (r, u, rv))| (d, r, u, rv)).collect())
+    }
+
+    pub async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
+        let now = crate::audit::unix_now();
+        let mut revoked = 0;
+        for (digest, record, _, rv) in self.live(now).await? {
+            let Some(record) = record.filter(|_| rv.as_deref() != Some("1")) else { continue };
+            if !which.picks(&super::record::from_json(&record)?) {
+                continue;
+            }
+            let mut conn = self.conn.clone();
+            let mut invocation = self.scripts.revoke.key(format!("{}ph:{digest}", self.prefix));
+            invocation.key(self.named("live")).key(self.named("epoch")).arg(&digest);
+            revoked += self.call(invocation.invoke_async::<usize>(&mut conn)).await?;
+        }
+        self.cache.clear();
+        Ok(revoked)
+    }
+
+    pub async fn list(&self, now: u64) -> Result<Vec<Listed>, StoreError> {
+        let mut out = Vec::new();
+        for (_, record, used, rv) in self.live(now).await? {
+            let Some(record) = record.filter(|_| rv.as_deref() != Some("1")) else { continue };
+            let record = Arc::new(super::record::from_json(&record)?);
+            let used: u32 = used.and_then(|u| u.parse().ok()).unwrap_or(0);
+            out.push(Listed { uses_left: record.max_uses.map(|m| m.saturating_sub(used)), record });
+        }
+        out.sort_by(|a, b| a.record.issued_at.cmp(&b.record.issued_at).then_with(|| a.record.id.cmp(&b.record.id)));
+        Ok(out)
+    }
+
+    /// Live phantoms (for the metrics): the index's count, revoked ones excluded.
+    pub async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(
+            redis::cmd("ZCOUNT").arg(self.named("live")).arg(format!("({now}")).arg("+inf").query_async(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
+        self.synced()?;
+        let mut conn = self.conn.clone();
+        let ms = until.saturating_sub(now).max(1) * 1000;
+        let set: Option<String> = self
+            .call(
+                redis::cmd("SET")
+                    .arg(self.key("jti", &key))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    pub async fn rate(&self, key: &str, rate: Rate, now_ms: u64, take: bool) -> Result<RateOutcome, StoreError> {
+        if take {
+            self.synced()?;
+        }
+        let window = u64::try_from(rate.window.as_millis()).unwrap_or(u64::MAX / 2);
+        let member = format!("{now_ms}-{}", unique());
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.rate.key(self.rate_key(key));
+        invocation.arg(now_ms).arg(window).arg(rate.max).arg(if take { "1" } else { "0" }).arg(member);
+        let answer: Vec<u64> = self.call(invocation.invoke_async(&mut conn)).await?;
+        Ok(match answer.as_slice() {
+            [0, ms, ..] => RateOutcome::Limited { retry_after: Duration::from_millis(*ms) },
+            _ => RateOutcome::Allowed,
+        })
+    }
+
+    pub async fn rate_give_back(&self, key: &str, at_ms: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = self.scripts.give_back.key(self.rate_key(key));
+        invocation.arg(at_ms);
+        self.call(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
+    }
+
+    /// Rate keys name an identity and a package: hashed, so keys stay short and uniform.
+    fn rate_key(&self, key: &str) -> String {
+        self.key("rate", ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+    }
+
+    /// Redis expires what it holds; this replica drops only its own stale cache entries.
+    pub fn sweep(&self) {
+        self.cache.retain(|_, (_, at)| at.elapsed() < LOOKUP_CACHE);
+    }
+}
+
+/// Distinguishes two writes counted in the same millisecond, on any replica: a random
+/// per-process prefix and a counter.
+fn unique() -> String {
+    use ring::rand::SecureRandom;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = ring::rand::SystemRandom::new().fill(&mut b);
+        crate::audit::hex(&b)
+    });
+    format!("{prefix}{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
