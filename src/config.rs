@@ -857,7 +857,11 @@ path = "audit/phantom.jsonl"
             ("expires = \"2027-01-31\"", "expires = 2027-01-31T10:00:00Z", "give a date like"),
             ("expires = \"2027-01-31\"", "expires = \"2027-02-30\"", "`credential.acme-publish.expires`"),
             ("expires = \"2027-01-31\"", "expires = \"next year\"", "give a date like"),
-            ("expires = \"2027-01-31\"", "expires = \"2027-01-31\"\ncreated = \"2027-02-01\"", "not after its `created`"),
+            (
+                "expires = \"2027-01-31\"",
+                "expires = \"2027-01-31\"\ncreated = \"2027-02-01\"",
+                "not after its `created`",
+            ),
             ("[audit]", "[audit]\ncolour = 1", "unknown field `colour`"),
         ];
         for (from, to, want) in table {

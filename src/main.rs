@@ -256,6 +256,7 @@ async fn serve(config: PathBuf) -> Result<()> {
     let config = Config::load(&config)?;
     let listen = config.server.listen;
     let app = Arc::new(server::App::new(config).map_err(anyhow::Error::msg)?);
+    app.store.prime().await;
     let listener = server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     let admin = match &app.config.admin {

@@ -49,6 +49,15 @@ impl Store {
         matches!(self, Store::Redis(_))
     }
 
+    /// Reads a shared store's revocations and freezes once, so that a replica that starts while
+    /// Redis answers serves writes from its first request. (If Redis does not answer, the
+    /// replica starts all the same, unready, and `keep_synced` retries.)
+    pub async fn prime(&self) {
+        if let Store::Redis(r) = self {
+            let _ = r.sync().await;
+        }
+    }
+
     /// Keeps a shared store's revocations and freezes current on this replica, until the
     /// process ends; returns at once for memory.
     pub async fn keep_synced(&self) {

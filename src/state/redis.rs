@@ -50,6 +50,8 @@ pub struct RedisStore {
     timeout: Duration,
     /// Whether the last call to Redis succeeded.
     healthy: AtomicBool,
+    /// What the log last said: 0 nothing yet, 1 reachable, 2 failing (each change is logged once).
+    reported: std::sync::atomic::AtomicU8,
     /// Whether this replica has read the revocations and freezes since its last failed call.
     synced: AtomicBool,
     /// The last `epoch` read (-1: none yet).
@@ -169,6 +171,7 @@ impl RedisStore {
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
             healthy: AtomicBool::new(false),
+            reported: std::sync::atomic::AtomicU8::new(0),
             synced: AtomicBool::new(false),
             epoch: AtomicI64::new(-1),
             frozen: RwLock::new(Arc::new(Vec::new())),
@@ -203,7 +206,8 @@ impl RedisStore {
             Ok(Err(e)) => format!("redis: {e}"),
             Err(_) => format!("redis did not answer within {:?}", self.timeout),
         };
-        if self.healthy.swap(false, Ordering::Relaxed) {
+        self.healthy.store(false, Ordering::Relaxed);
+        if self.reported.swap(2, Ordering::Relaxed) != 2 {
             tracing::error!(error = %outcome, "the state store failed: writes and exchanges are refused until it is back");
         }
         self.synced.store(false, Ordering::Relaxed);
@@ -231,8 +235,9 @@ impl RedisStore {
         self.reload_frozen().await?;
         self.cache.clear();
         self.epoch.store(epoch, Ordering::Relaxed);
-        if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!("the state store is reachable: writes and exchanges are served again");
+        self.healthy.store(true, Ordering::Relaxed);
+        if self.reported.swap(1, Ordering::Relaxed) != 1 {
+            tracing::info!("the state store answers: writes and exchanges are served");
         }
         self.synced.store(true, Ordering::Relaxed);
         Ok(())

@@ -49,7 +49,8 @@ impl Pair {
 
     fn phantom_at(&self, broker: &Broker, packages: &[&str]) -> String {
         let r = self.exchange_at(broker, &self.w.id_token(json!({})), packages);
-        assert_eq!(r.status, 201, "exchange: {}", r.text());
+        let log = || std::fs::read_to_string(broker.dir.join("broker.log")).unwrap_or_default();
+        assert_eq!(r.status, 201, "exchange: {}; the broker's log:\n{}", r.text(), log());
         r.json()["token"].as_str().unwrap().to_owned()
     }
 

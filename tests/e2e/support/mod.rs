@@ -120,7 +120,7 @@ pub(crate) fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() ->
     }
 }
 
-fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     use ring::rand::SecureRandom;
     let mut b = vec![0u8; n];
     ring::rand::SystemRandom::new().fill(&mut b).unwrap();

@@ -1,13 +1,22 @@
 //! A real redis-server (Debian's), over TLS with the dev certificate, on a free loopback port,
 //! persistence off. It can be stopped and started again on the same port (an outage).
+//!
+//! The broker signs in as an ACL user with the rights `deploy/compose.yaml` documents (the
+//! commands the broker runs, and its keys only); the default user is off.
 
 use super::{free_port, wait_until, Certs, Proc};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// The broker's ACL user, as `deploy/compose.yaml` documents it (with the tests' key prefix).
+const BROKER_RIGHTS: &str = "~pbtest:* resetchannels -@all +@read +@write +@scripting +@transaction +@connection";
+
 pub(crate) struct Redis {
     proc: Option<Proc>,
+    /// The broker user's password, in a file (`state.password`), and the test's own admin's.
+    password_file: PathBuf,
+    admin_password: String,
     pub port: u16,
     dir: PathBuf,
     cert: PathBuf,
@@ -22,8 +31,18 @@ impl Redis {
             "redis-server is missing: run `bash .ci/run` (it installs Debian's redis-server)"
         );
         std::fs::create_dir_all(dir).unwrap();
+        let (password, admin_password) = (super::random_hex(16), super::random_hex(16));
+        std::fs::write(
+            dir.join("users.acl"),
+            format!("user default off\nuser phantom on >{password} {BROKER_RIGHTS}\nuser admin on >{admin_password} ~* &* +@all\n"),
+        )
+        .unwrap();
+        let password_file = dir.join("password");
+        std::fs::write(&password_file, format!("{password}\n")).unwrap();
         let mut r = Redis {
             proc: None,
+            password_file,
+            admin_password,
             port: free_port(),
             dir: dir.to_owned(),
             cert: certs.cert.clone(),
@@ -42,9 +61,10 @@ impl Redis {
     /// The `[state]` table of a broker using it.
     pub(crate) fn state_table(&self) -> String {
         format!(
-            "[state]\nbackend = \"{}\"\nca_file = \"{}\"\nkey_prefix = \"pbtest:\"\n",
+            "[state]\nbackend = \"{}\"\nca_file = \"{}\"\nkey_prefix = \"pbtest:\"\nusername = \"phantom\"\npassword = {{ file = \"{}\" }}\n",
             self.url(),
-            self.ca.display()
+            self.ca.display(),
+            self.password_file.display()
         )
     }
 
@@ -60,6 +80,8 @@ impl Redis {
             .arg("--tls-ca-cert-file")
             .arg(&self.ca)
             .args(["--tls-auth-clients", "no", "--save", "", "--appendonly", "no"])
+            .arg("--aclfile")
+            .arg(self.dir.join("users.acl"))
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -87,8 +109,9 @@ impl Redis {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let root = std::fs::read(&self.ca).unwrap();
+            let url = format!("rediss://admin:{}@127.0.0.1:{}/0", self.admin_password, self.port);
             let client = redis::Client::build_with_tls(
-                self.url().as_str(),
+                url.as_str(),
                 redis::TlsCertificates { client_tls: None, root_cert: Some(root) },
             )
             .unwrap();
