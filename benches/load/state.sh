@@ -3,7 +3,8 @@
 # replica, and two replicas sharing one Redis (the load split between them), each measured on
 #   - npm's exchange per second (keep-alive, each pre-minted RS256 ID token used once): a spent-
 #     jti claim and a phantom insert per exchange;
-#   - publishes per second (a 1 KB publish body, keep-alive, one phantom without a use limit):
+#   - publishes per second (a 1 KB publish body, 16 keep-alive connections: one phantom, which
+#     may have 16 writes open at once, without a use limit):
 #     a write opened, a use spent and settled in the store, the write-ahead audit line;
 #   - the GET path's CPU per request (keep-alive GETs with a phantom: its lookup, cached for a
 #     second on the Redis store).
@@ -13,6 +14,9 @@
 #
 #   bash benches/load/state.sh            # about 6 minutes
 #   bash benches/load/state.sh --smoke    # one short pass: checks it all still works
+#   INSTRUCTIONS=1 bash benches/load/state.sh   # instructions per keep-alive GET with a phantom,
+#                                         # memory store against Redis store, counted by callgrind
+#                                         # (repeatable, unlike CPU seconds on shared cores)
 #
 # Environment: ROUNDS (3), SECONDS_PER_RUN (4), CONNECTIONS (32), PHANTOM_BIN.
 set -euo pipefail
@@ -26,8 +30,8 @@ if [ $smoke = 1 ]; then rounds=1; secs=1; ex_secs=1; tokens=1500; fi
 
 need() { command -v "$1" >/dev/null 2>&1; }
 PATH=$PATH:/usr/sbin
-if ! need nginx || ! need wrk || ! need redis-server; then
-  apt-get install -y -qq nginx wrk redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk redis-server >/dev/null; }
+if ! need nginx || ! need wrk || ! need redis-server || { [ -n "${INSTRUCTIONS:-}" ] && ! need valgrind; }; then
+  apt-get install -y -qq nginx wrk redis-server valgrind >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx wrk redis-server valgrind >/dev/null; }
 fi
 if [ -n "${PHANTOM_BIN:-}" ]; then phantom=$PHANTOM_BIN; else cargo build --release --quiet --bin phantom; phantom=$repo/target/release/phantom; fi
 cargo build --release --quiet --example exchange_load
@@ -98,7 +102,9 @@ start() {
   local name=$1 state=${2:-}
   broker_config "$name" "https://127.0.0.1:$origin_port/" "$work/npm-token" "workers = 1" "$state"
   sed -i "s|^path = \"$work/$name/audit.jsonl\"|&\nkey = { file = \"$work/audit-key\" }|" "$work/$name/phantom.toml"
-  PHANTOM_LOG=warn "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
+  local under=()
+  [ -n "${INSTRUCTIONS:-}" ] && under=(valgrind --tool=callgrind --quiet --callgrind-out-file="$work/$name.callgrind")
+  PHANTOM_LOG=warn "${under[@]}" "$phantom" serve --config "$work/$name/phantom.toml" > "$work/logs/$name.out" 2> "$work/logs/$name.log" &
   pids+=($!)
   printf -v "${name}_pid" %s $!
   printf -v "${name}_port" %s "$broker_port"
@@ -107,6 +113,27 @@ start() {
 redis_state() { printf '[state]\nbackend = "rediss://127.0.0.1:%s/0"\nca_file = "%s"\nkey_prefix = "%s:"\n' "$redis_port" "$ca" "$1"; }
 start mem
 start r1 "$(redis_state one)"
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  # ring's SHA-256 runs its AVX code under valgrind (no SHA extensions there): shown apart.
+  sha_blocks() { callgrind_annotate --auto=no --inclusive=no --threshold=100 "$1" | awk '/sha256_block_data_order_(avx|ssse3|nohw|hw)/ {c=$1; gsub(",","",c); s+=c} END {print s+0}'; }
+  count_gets() { # NAME PID PORT -> "requests instructions sha256_instructions"
+    local auth dump n
+    auth="Authorization: Bearer $(curl -s --cacert "$ca" -X POST -H "Authorization: Bearer $(id_token)" -H 'content-type: application/json' \
+      -d '{"packages":["pb-bench"],"actions":["publish"]}' "https://127.0.0.1:$3/-/phantom/v1/exchange" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+    wrk -t1 -c8 -d3s -H "$auth" "https://127.0.0.1:$3/pb-bench" >/dev/null
+    callgrind_control -z "$2" >/dev/null
+    n=$(wrk -t1 -c8 -d"${secs}s" -s "$here/report.lua" -H "$auth" "https://127.0.0.1:$3/pb-bench" | tail -1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
+    callgrind_control -d "$2" >/dev/null
+    dump=$(ls -t "$work/$1.callgrind".* | head -1)
+    echo "$n $(awk '/^(summary|totals):/ {print $2; exit}' "$dump") $(sha_blocks "$dump")"
+  }
+  for name in mem r1; do
+    pid_var=${name}_pid; port_var=${name}_port
+    read -r n i sha <<<"$(count_gets "$name" "${!pid_var}" "${!port_var}")"
+    python3 -c 'import sys; n,i,s=map(int,sys.argv[2:]); print(f"{sys.argv[1]:<8} {n} GETs, {i/n:,.0f} instructions per GET, {(i-s)/n:,.0f} without SHA-256 blocks")' "$name" "$n" "$i" "$sha"
+  done
+  exit 0
+fi
 start r2a "$(redis_state two)"
 start r2b "$(redis_state two)"
 
@@ -154,11 +181,11 @@ exchanges() { # PORTS PIDS
   t1=$(cpu_ticks "$2")
   python3 -c 'import json,sys; t0,t1,hz=map(int,sys.argv[1:4]); d=[json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[4:]]; n=sum(x["exchanges"] for x in d); s=max(x["seconds"] for x in d); out=any(x["exchanges"]>=x["tokens"]-1 for x in d); note=" tokens-ran-out" if out else ""; print(f"{n/s:.0f} {(t1-t0)/hz/max(n,1)*1e6:.0f}{note}")' "$t0" "$t1" "$hz" "${files[@]}"
 }
-wrk_load() { # PORTS PIDS PHANTOM PATH [SCRIPT]
-  local ports=($1) t0 t1 files=() outs=()
+wrk_load() { # PORTS PIDS PHANTOM PATH CONNECTIONS [SCRIPT]
+  local ports=($1) c=$5 t0 t1 files=() outs=()
   t0=$(cpu_ticks "$2")
   for p in "${ports[@]}"; do
-    PHANTOM=$3 wrk -t1 -c$((conns / ${#ports[@]})) -d"${secs}s" -s "${5:-$here/report.lua}" -H "Authorization: Bearer $3" \
+    PHANTOM=$3 wrk -t1 -c$((c / ${#ports[@]})) -d"${secs}s" -s "${6:-$here/report.lua}" -H "Authorization: Bearer $3" \
       "https://127.0.0.1:$p$4" | tail -1 > "$work/wrk-$p.out" &
     files+=("$work/wrk-$p.out"); outs+=($!)
   done
@@ -167,6 +194,8 @@ wrk_load() { # PORTS PIDS PHANTOM PATH [SCRIPT]
   python3 -c 'import json,sys; t0,t1,hz=map(int,sys.argv[1:4]); d=[json.loads(open(f).read()) for f in sys.argv[4:]]; n=sum(x["requests"] for x in d); e=sum(x["errors"] for x in d); s=max(x["seconds"] for x in d); note=f" errors={e}" if e else ""; print(f"{n/s:.0f} {(t1-t0)/hz/max(n,1)*1e6:.1f}{note}")' "$t0" "$t1" "$hz" "${files[@]}"
 }
 
+# One phantom may have 16 writes open at once (per replica): publishes use 16 connections.
+pub_conns=16
 declare -A result
 configs="mem r1 r2"
 for round in $(seq 1 "$rounds"); do
@@ -177,8 +206,8 @@ for round in $(seq 1 "$rounds"); do
       r2) ports="$r2a_port $r2b_port"; bpids="$r2a_pid $r2b_pid"; ph=$ph_r2 ;;
     esac
     result[$c-ex-$round]=$(exchanges "$ports" "$bpids")
-    result[$c-pub-$round]=$(wrk_load "$ports" "$bpids" "$ph" /pb-bench "$work/publish.lua")
-    result[$c-get-$round]=$(wrk_load "$ports" "$bpids" "$ph" /pb-bench)
+    result[$c-pub-$round]=$(wrk_load "$ports" "$bpids" "$ph" /pb-bench "$pub_conns" "$work/publish.lua")
+    result[$c-get-$round]=$(wrk_load "$ports" "$bpids" "$ph" /pb-bench "$conns")
     echo "round $round $c: exchanges ${result[$c-ex-$round]}; publishes ${result[$c-pub-$round]}; GETs ${result[$c-get-$round]}" >&2
   done
 done
