@@ -13,6 +13,18 @@ wait_port() {
 json() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
 rand_hex() { head -c16 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
+# start_issuer: the loopback OIDC issuer of tests/node (GitHub's shape) over TLS; sets issuer_url
+# and request_token. `id_token` then prints a fresh ID token with its default claims.
+start_issuer() {
+  mkfifo "$work/issuer.out"
+  node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" &
+  pids+=($!)
+  read -r issuer_line < "$work/issuer.out"
+  issuer_url=$(json "$issuer_line" url)
+  request_token=$(json "$issuer_line" request_token)
+}
+id_token() { curl -s --cacert "$ca" -H "Authorization: Bearer $request_token" "$issuer_url/token?audience=npm%3A127.0.0.1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"])'; }
+
 # start_verdaccio [MAX_BODY]: Verdaccio 6 from tests/node over TLS (the dev certificate), no
 # public URL; sets vport, vpid and vtoken (a publisher's token).
 start_verdaccio() {

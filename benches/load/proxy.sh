@@ -108,11 +108,7 @@ EOF
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 
 # The loopback OIDC issuer, for the phantom of the GET load.
-mkfifo "$work/issuer.out"
-node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" & pids+=($!)
-read -r issuer_line < "$work/issuer.out"
-issuer_url=$(json "$issuer_line" url)
-request_token=$(json "$issuer_line" request_token)
+start_issuer
 
 # start_broker NAME UPSTREAM_URL CREDENTIAL_FILE: sets broker_pid, broker_port, proxy_port.
 start_broker() {

@@ -220,12 +220,7 @@ counted bare "$bare_proxy" "$bare_port" "$work/certs/server.pem" "$work/certs/se
 "$bare_proxy" "$bare_conn_port" "$work/certs/server.pem" "$work/certs/server-key.pem" "$origin_port" "$ca" "Bearer $token" conn & pids+=($!); bare_conn_pid=$!
 
 # The loopback OIDC issuer (tests/node) that stands in for GitHub's.
-mkfifo "$work/issuer.out"
-node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" & pids+=($!)
-read -r issuer_line < "$work/issuer.out"
-issuer_url=$(json "$issuer_line" url)
-request_token=$(json "$issuer_line" request_token)
-id_token() { curl -s --cacert "$ca" -H "Authorization: Bearer $request_token" "$issuer_url/token?audience=npm%3A127.0.0.1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"])'; }
+start_issuer
 
 # start_broker NAME UPSTREAM_URL CREDENTIAL_FILE [EXTRA_SERVER_LINES]: sets broker_pid, broker_port.
 start_broker() {

@@ -86,12 +86,7 @@ redis-server --bind 127.0.0.1 --port 0 --tls-port "$redis_port" --tls-cert-file 
   --tls-key-file "$work/certs/server-key.pem" --tls-ca-cert-file "$ca" --tls-auth-clients no \
   --save '' --appendonly no --dir "$work" > "$work/logs/redis.log" 2>&1 & pids+=($!); redis_pid=$!
 
-mkfifo "$work/issuer.out"
-node "$repo/tests/node/oidc-issuer.mjs" --cert "$work/certs/server.pem" --key "$work/certs/server-key.pem" --dir "$work/issuer" > "$work/issuer.out" & pids+=($!)
-read -r issuer_line < "$work/issuer.out"
-issuer_url=$(json "$issuer_line" url)
-request_token=$(json "$issuer_line" request_token)
-id_token() { curl -s --cacert "$ca" -H "Authorization: Bearer $request_token" "$issuer_url/token?audience=npm%3A127.0.0.1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["value"])'; }
+start_issuer
 for p in $origin_port $redis_port; do wait_port "$p"; done
 echo "static-$(rand_hex)" > "$work/npm-token"
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/audit-key"
