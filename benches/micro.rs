@@ -51,6 +51,7 @@ fn routes(c: &mut Criterion) {
 const CTX: PolicyContext<'static> = PolicyContext {
     issuers: &["github"],
     credentials: &["cred"],
+    credential_limits: &[],
     notify: &[],
     default_ttl: Duration::from_secs(600),
     max_ttl: Duration::from_secs(3600),

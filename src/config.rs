@@ -183,23 +183,7 @@ pub struct CredentialConfig {
     pub expires: Option<u64>,
 }
 
-/// What a real token may do upstream (`publish = ...` on a credential).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Capability {
-    Direct,
-    StageOnly,
-    ReadOnly,
-}
-
-impl Capability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Direct => "direct",
-            Capability::StageOnly => "stage-only",
-            Capability::ReadOnly => "read-only",
-        }
-    }
-}
+pub use crate::policy::Capability;
 
 /// By hand: the credential's name, upstream and where its secret lives; never the secret.
 impl std::fmt::Debug for CredentialConfig {
@@ -391,9 +375,15 @@ impl Config {
         let issuers = self.issuer_names();
         let credentials = self.credential_names();
         let notify: Vec<&str> = self.notify.iter().map(|n| n.name.as_str()).collect();
+        let limits: Vec<crate::policy::CredentialLimits<'_>> = self
+            .credentials
+            .iter()
+            .map(|c| crate::policy::CredentialLimits { name: &c.name, packages: &c.packages, publish: c.publish })
+            .collect();
         let ctx = crate::policy::PolicyContext {
             issuers: &issuers,
             credentials: &credentials,
+            credential_limits: &limits,
             notify: &notify,
             default_ttl: self.server.default_ttl,
             max_ttl: self.server.max_ttl,

@@ -11,6 +11,7 @@ use std::time::Duration;
 const CTX: PolicyContext<'static> = PolicyContext {
     issuers: &["github", "gitlab"],
     credentials: &["cred"],
+    credential_limits: &[],
     notify: &["releases"],
     default_ttl: Duration::from_secs(600),
     max_ttl: Duration::from_secs(3600),

@@ -34,6 +34,13 @@ impl Glob {
         !self.pattern.contains('*')
     }
 
+    /// Whether every string `other` matches, this one matches too. (Sound because no pattern
+    /// holds a literal `*`: a `*` of `other`'s can be consumed only by one of this pattern's,
+    /// which matches whatever that `*` stands for, `/` excepted.)
+    pub fn covers(&self, other: &Glob) -> bool {
+        self.matches(other.as_str())
+    }
+
     pub fn matches(&self, input: &str) -> bool {
         if self.is_literal() {
             return *self.pattern == *input;

@@ -98,10 +98,40 @@ impl Grant {
 pub struct PolicyContext<'a> {
     pub issuers: &'a [&'a str],
     pub credentials: &'a [&'a str],
+    /// What each credential's real token can touch and do (from `phantom.toml`): a grant may not
+    /// go beyond its credential's.
+    pub credential_limits: &'a [CredentialLimits<'a>],
     /// `[notify.NAME]` targets.
     pub notify: &'a [&'a str],
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+}
+
+/// A credential as policy validation sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct CredentialLimits<'a> {
+    pub name: &'a str,
+    /// Empty: the token is not scoped to packages (anything it can reach).
+    pub packages: &'a [Glob],
+    pub publish: Capability,
+}
+
+/// What a real token may do upstream (`publish = ...` on a credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Direct,
+    StageOnly,
+    ReadOnly,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Direct => "direct",
+            Capability::StageOnly => "stage-only",
+            Capability::ReadOnly => "read-only",
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -220,6 +250,9 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
             ));
         }
     }
+    if let Some(limits) = ctx.credential_limits.iter().find(|c| c.name == g.credential) {
+        within_credential(&packages, actions, publish, limits)?;
+    }
     if g.claims.is_empty() {
         return Err("`claims` may not be empty: a grant without claims admits every identity the issuer signs \
              (on a public CI, every repository)"
@@ -240,6 +273,39 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
         notify: g.notify,
         file: path.to_owned(),
     })
+}
+
+/// A grant may not reach packages its credential's token cannot (when the credential names its
+/// `packages`), publish directly with a token that may only stage, or write with a read-only one.
+fn within_credential(
+    packages: &[Glob],
+    actions: ActionSet,
+    publish: PublishMode,
+    cred: &CredentialLimits<'_>,
+) -> Result<(), String> {
+    if !cred.packages.is_empty() {
+        if let Some(wider) = packages.iter().find(|p| !cred.packages.iter().any(|c| c.covers(p))) {
+            let theirs: Vec<&str> = cred.packages.iter().map(Glob::as_str).collect();
+            return Err(format!(
+                "`packages`: `{}` reaches beyond credential `{}`'s packages ({})",
+                wider.as_str(),
+                cred.name,
+                theirs.join(", ")
+            ));
+        }
+    }
+    let writes = actions.iter().any(|a| a != ActionKind::Read);
+    match cred.publish {
+        Capability::ReadOnly if writes => Err(format!(
+            "`actions`: credential `{}` is read-only (`publish = \"read-only\"`): grant only `read`",
+            cred.name
+        )),
+        Capability::StageOnly if actions.contains(ActionKind::Publish) && publish == PublishMode::Direct => Err(format!(
+            "`publish`: credential `{}` may only stage (`publish = \"stage-only\"`): set `publish = \"stage\"` on the grant",
+            cred.name
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A package pattern must be a valid, non-legacy package name once `*` stands for a letter.

@@ -8,7 +8,7 @@ mod glob;
 mod grant;
 
 pub use glob::Glob;
-pub use grant::{ClaimMatcher, Grant, PolicyContext, PublishMode, Rate};
+pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};
 
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use serde_json::{Map, Value};

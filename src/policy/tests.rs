@@ -6,6 +6,7 @@ use std::time::Duration;
 const CTX: PolicyContext<'static> = PolicyContext {
     issuers: &["github", "gitlab"],
     credentials: &["acme-publish", "other"],
+    credential_limits: &[],
     notify: &["releases"],
     default_ttl: Duration::from_secs(600),
     max_ttl: Duration::from_secs(3600),
@@ -274,4 +275,65 @@ fn rates_and_publish_modes_parse() {
     assert_eq!(g.publish, crate::policy::PublishMode::Stage);
     assert_eq!(g.rate, Some(crate::policy::Rate { max: 5, window: Duration::from_secs(3600) }));
     assert_eq!(crate::policy::Rate::parse("84/6m").unwrap().window, Duration::from_secs(360));
+}
+
+#[test]
+fn grants_stay_within_their_credentials() {
+    let acme = [Glob::new("@acme/*").unwrap(), Glob::new("left-pad").unwrap()];
+    let check = |publish: Capability, grant: &str| {
+        let limits = [CredentialLimits { name: "acme-publish", packages: &acme, publish }];
+        let ctx = PolicyContext { credential_limits: &limits, ..CTX };
+        let text = format!(
+            "[[grant]]\nname = \"g\"\nissuer = \"github\"\ncredential = \"acme-publish\"\n{grant}\n[grant.claims]\nrepository_id = \"1\"\n"
+        );
+        grant::parse_file(&PathBuf::from("p.toml"), &text, &ctx).map(|_| ())
+    };
+    let ok = [
+        (Capability::Direct, "packages = [\"@acme/web\", \"@acme/web-*\", \"left-pad\"]\nactions = [\"publish\"]"),
+        (Capability::StageOnly, "packages = [\"@acme/*\"]\nactions = [\"publish\", \"dist-tag\"]\npublish = \"stage\""),
+        (Capability::StageOnly, "packages = [\"@acme/web\"]\nactions = [\"dist-tag\", \"deprecate\"]"),
+        (Capability::ReadOnly, "packages = [\"@acme/web\"]\nactions = [\"read\"]"),
+    ];
+    for (publish, grant) in ok {
+        assert_eq!(check(publish, grant), Ok(()), "{grant}");
+    }
+    let refused = [
+        (
+            Capability::Direct,
+            "packages = [\"@acme/web\", \"*\"]\nactions = [\"publish\"]",
+            "`*` reaches beyond credential `acme-publish`",
+        ),
+        (
+            Capability::Direct,
+            "packages = [\"@acme-evil/web\"]\nactions = [\"publish\"]",
+            "`@acme-evil/web` reaches beyond",
+        ),
+        (Capability::Direct, "packages = [\"left-pad-*\"]\nactions = [\"publish\"]", "`left-pad-*` reaches beyond"),
+        (Capability::StageOnly, "packages = [\"@acme/web\"]\nactions = [\"publish\"]", "may only stage"),
+        (Capability::ReadOnly, "packages = [\"@acme/web\"]\nactions = [\"read\", \"dist-tag\"]", "is read-only"),
+    ];
+    for (publish, grant, want) in refused {
+        let err = check(publish, grant).unwrap_err();
+        assert!(err.starts_with("grant `g`: `") && err.contains(want), "{grant}: {err}");
+    }
+    // A credential without `packages` is not scoped: any package pattern is within it.
+    let limits = [CredentialLimits { name: "acme-publish", packages: &[], publish: Capability::Direct }];
+    let ctx = PolicyContext { credential_limits: &limits, ..CTX };
+    let text = "[[grant]]\nname = \"g\"\nissuer = \"github\"\ncredential = \"acme-publish\"\npackages = [\"*\"]\nactions = [\"publish\"]\n[grant.claims]\nrepository_id = \"1\"\n";
+    assert!(grant::parse_file(&PathBuf::from("p.toml"), text, &ctx).is_ok());
+}
+
+#[test]
+fn globs_cover_what_they_match_and_no_more() {
+    let covers = |a: &str, b: &str| Glob::new(a).unwrap().covers(&Glob::new(b).unwrap());
+    for (a, b) in
+        [("@acme/*", "@acme/web-*"), ("@acme/*", "@acme/*"), ("*", "left-*"), ("a*c", "a*bc"), ("*-cli", "web-*-cli")]
+    {
+        assert!(covers(a, b), "{a} covers {b}");
+    }
+    for (a, b) in
+        [("@acme/web-*", "@acme/*"), ("@acme/*", "*"), ("*", "@acme/*"), ("a*b", "a*"), ("*x", "*"), ("web", "web-*")]
+    {
+        assert!(!covers(a, b), "{a} does not cover {b}");
+    }
 }
