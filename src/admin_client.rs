@@ -1,4 +1,5 @@
-//! The CLI's side of the admin API: `phantom revoke`, `phantom freeze`, `phantom thaw`.
+//! The CLI's side of the admin API: `phantom revoke`, `phantom freeze`, `phantom thaw`,
+//! `phantom credentials status` and `phantom credentials rotate`.
 //! The admin URL and token come from the same `phantom.toml` the broker runs with.
 
 use crate::config::Config;
@@ -16,6 +17,45 @@ pub async fn call(
     path: &str,
     body: Option<Value>,
 ) -> Result<Value, String> {
+    let body = body.map(|b| zeroize::Zeroizing::new(b.to_string().into_bytes()));
+    send(config, ca_file, method, path, body).await
+}
+
+/// `phantom credentials rotate`: the new value goes from its file to the broker in the body of
+/// one request over the admin listener's TLS, never on a command line; the copies this code
+/// makes are zeroized (the HTTP stack's own buffers are not).
+pub async fn rotate(
+    config: &Config,
+    ca_file: Option<&Path>,
+    name: &str,
+    token_file: &Path,
+    overlap: Option<Duration>,
+    incident: bool,
+) -> Result<Value, String> {
+    let token = read_secret(&crate::config::SecretSource::File(token_file.to_owned()))
+        .map_err(|e| format!("{}: {e}", token_file.display()))?;
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        token: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        overlap_seconds: Option<u64>,
+        incident: bool,
+    }
+    let body = Body { token: token.expose(), overlap_seconds: overlap.map(|d| d.as_secs()), incident };
+    let bytes = zeroize::Zeroizing::new(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
+    const NAME: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');
+    let path = format!("/admin/v1/credentials/{}/rotate", percent_encoding::utf8_percent_encode(name, NAME));
+    send(config, ca_file, Method::POST, &path, Some(bytes)).await
+}
+
+async fn send(
+    config: &Config,
+    ca_file: Option<&Path>,
+    method: Method,
+    path: &str,
+    body: Option<zeroize::Zeroizing<Vec<u8>>>,
+) -> Result<Value, String> {
     let admin = config.admin.as_ref().ok_or("the config has no [admin] section")?;
     let token = read_secret(&admin.token).map_err(|e| format!("admin token: {e}"))?;
     let host = match admin.listen.ip() {
@@ -32,7 +72,7 @@ pub async fn call(
         .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
         .header(header::CONTENT_TYPE, "application/json")
         .body(match body {
-            Some(b) => net::full(b.to_string()),
+            Some(b) => net::full(b.to_vec()),
             None => net::empty(),
         })
         .map_err(|e| e.to_string())?;

@@ -130,6 +130,9 @@ pub struct Record {
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grant: Option<Arc<str>>,
+    /// For admin actions on a real credential (status, rotation, reload): its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]

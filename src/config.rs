@@ -153,6 +153,9 @@ pub struct UpstreamConfig {
     pub url: Uri,
     pub scopes: Vec<String>,
     pub ca_file: Option<PathBuf>,
+    /// The registry takes only staged publishes from tokens (`stages_only = true`: the public npm
+    /// registry from January 2027): a credential that can publish directly there is warned of.
+    pub stages_only: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +282,7 @@ struct RawUpstream {
     url: String,
     scopes: Vec<String>,
     ca_file: Option<PathBuf>,
+    stages_only: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -474,7 +478,13 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
                 return Err(format!("`upstream.{name}.scopes`: `{scope}` is already routed to upstream `{other}`"));
             }
         }
-        upstreams.push(UpstreamConfig { name, url, scopes: u.scopes, ca_file: u.ca_file.as_deref().map(rel) });
+        upstreams.push(UpstreamConfig {
+            name,
+            url,
+            scopes: u.scopes,
+            ca_file: u.ca_file.as_deref().map(rel),
+            stages_only: u.stages_only.unwrap_or(false),
+        });
     }
 
     let mut issuers = Vec::new();

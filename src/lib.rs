@@ -62,7 +62,7 @@ pub(crate) mod proxy;
 pub mod secret;
 pub mod server;
 pub mod state;
-pub(crate) mod units;
+pub mod units;
 pub(crate) mod upstream;
 
 /// For the fuzz targets (`fuzz/`): the tarball-URL rewrite over a body in chunks.

@@ -71,6 +71,16 @@ enum Command {
     },
     /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
     Login(login::LoginArgs),
+    /// The real credentials: inventory and rotation (through the admin API).
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// Re-read the policy and every credential's source (as SIGHUP does).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The whole job on this machine: a local registry, a loopback identity provider and the
     /// broker; npm publishes through it with no token. Stays up until Ctrl-C.
     Demo(demo::DemoArgs),
@@ -101,6 +111,37 @@ struct RevokeWhich {
     /// Every live phantom.
     #[arg(long)]
     all: bool,
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// One row per credential: upstream, class, packages, what it can publish, age, days to
+    /// expiry, last use, the upstream account, and warnings.
+    Status {
+        /// The rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Swap in a new value, minted upstream by a person: canaried, written to the credential's
+    /// file, audited.
+    Rotate {
+        name: String,
+        /// A file holding the new token (never give it on the command line).
+        #[arg(long)]
+        from_file: PathBuf,
+        /// Keep the old value for this long (e.g. 24h): reads the upstream refuses with the new
+        /// one are tried again with it.
+        #[arg(long)]
+        overlap: Option<String>,
+        /// Revoke first: every live phantom of the credential's grants is revoked and their
+        /// packages frozen before the swap; no overlap.
+        #[arg(long, conflicts_with = "overlap")]
+        incident: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +260,12 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => rt.block_on(demo::run(args, shutdown_signal())).map_err(anyhow::Error::msg),
+        Command::Credentials { command } => rt.block_on(credentials_command(command)),
+        Command::Reload { admin } => {
+            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/reload", None))?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
     }
 }
 
@@ -252,6 +299,78 @@ async fn admin_call(
     admin_client::call(&config, admin.ca_file.as_deref(), method, path, body).await.map_err(anyhow::Error::msg)
 }
 
+async fn credentials_command(command: CredentialsCommand) -> Result<()> {
+    match command {
+        CredentialsCommand::Status { json, admin } => {
+            let answer = admin_call(&admin, http::Method::GET, "/admin/v1/credentials", None).await?;
+            let rows = answer["credentials"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+                return Ok(());
+            }
+            let cell = |v: &serde_json::Value| match v {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!(
+                "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} PACKAGES",
+                "CREDENTIAL", "UPSTREAM", "CLASS", "PUBLISH", "AGE (d)", "EXPIRY (d)", "ACCOUNT", "LAST USE"
+            );
+            for r in &rows {
+                let packages: Vec<String> = r["packages"].as_array().into_iter().flatten().map(cell).collect();
+                println!(
+                    "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} {}",
+                    cell(&r["name"]),
+                    cell(&r["upstream"]),
+                    cell(&r["class"]),
+                    cell(&r["publish"]),
+                    cell(&r["age_days"]),
+                    cell(&r["days_to_expiry"]),
+                    cell(&r["account"]),
+                    cell(&r["last_used"]),
+                    if packages.is_empty() { "(unscoped)".to_owned() } else { packages.join(", ") }
+                );
+            }
+            for r in &rows {
+                for w in r["warnings"].as_array().into_iter().flatten() {
+                    println!("warning: {}: {}", cell(&r["name"]), cell(w));
+                }
+            }
+            Ok(())
+        }
+        CredentialsCommand::Rotate { name, from_file, overlap, incident, admin } => {
+            let overlap = overlap
+                .as_deref()
+                .map(phantom_broker::units::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--overlap: {e}"))?;
+            let config = Config::load(&admin.config)?;
+            let done = admin_client::rotate(&config, admin.ca_file.as_deref(), &name, &from_file, overlap, incident)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("rotated {name}: the new value authenticates as {}", done["account"]);
+            if let Some(p) = done["canary_read"].as_str() {
+                println!("  canary: it reads {p}");
+            }
+            if let Some(f) = done["file"].as_str() {
+                println!("  written to {f} (mode 0600)");
+            }
+            match done["overlap_until"].as_str() {
+                Some(t) => println!("  the old value stays for reads the upstream refuses with the new one until {t}"),
+                None => println!("  the old value is dropped once requests in flight finish"),
+            }
+            if incident {
+                println!("  incident: revoked {} phantoms; froze {}", done["revoked"], done["frozen"]);
+                if let Some(t) = done["thaw"].as_str() {
+                    println!("  once the incident is over: {t} --config {}", admin.config.display());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 async fn serve(config: PathBuf) -> Result<()> {
     let config = Config::load(&config)?;
     let listen = config.server.listen;
@@ -277,6 +396,18 @@ async fn serve(config: PathBuf) -> Result<()> {
         None => println!("phantom: listening on https://{addr}/"),
     }
     tracing::info!(%addr, grants = app.policy().len(), "listening");
+    #[cfg(unix)]
+    {
+        // SIGHUP re-reads the policy and the credentials' sources, as POST /admin/v1/reload does.
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let app = app.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let outcome = server::reload(&app).await;
+                tracing::info!(outcome = %outcome, "reloaded on SIGHUP");
+            }
+        });
+    }
     server::serve(app, listener, proxy, admin, shutdown_signal()).await.map_err(anyhow::Error::msg)
 }
 

@@ -64,6 +64,8 @@ pub enum Selector {
     Subject(String),
     /// By `repository` (GitHub) or `project_path` (GitLab).
     Repository(String),
+    /// Every phantom minted under one of these grants (an incident rotation of their credential).
+    Grants(Vec<String>),
     All,
 }
 
@@ -76,6 +78,7 @@ impl Selector {
                 r.identity.claim("repository") == Some(repo.as_str())
                     || r.identity.claim("project_path") == Some(repo.as_str())
             }
+            Selector::Grants(names) => names.contains(&r.grant),
             Selector::All => true,
         }
     }

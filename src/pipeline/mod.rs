@@ -213,7 +213,7 @@ async fn forward(
     }
 
     let permit = authorize_read(app, session.as_ref(), npm);
-    let (npm, auth) = match &permit {
+    let (npm, mut auth) = match &permit {
         Permit::Anonymous(npm) => (npm, UpstreamAuth::ANONYMOUS),
         Permit::Granted(authorized) => {
             rec.grant = Some(authorized.grant().name.clone());
@@ -244,7 +244,8 @@ async fn forward(
     if rebase {
         parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
-    let body = if http_body::Body::is_end_stream(&incoming) {
+    let bodiless = http_body::Body::is_end_stream(&incoming);
+    let body = if bodiless {
         // A read without a body (nearly all) needs no timer and no box.
         net::empty()
     } else {
@@ -252,7 +253,20 @@ async fn forward(
         let idle = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
         Limited::new(idle, app.config.server.max_body_bytes as usize).map_err(BoxError::from).boxed_unsync()
     };
-    let resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
+    let mut resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
+    // In a rotation's overlap window, a bodiless read the upstream refuses with the credential's
+    // new value goes once more with the previous one (a new token may take a while to be
+    // accepted everywhere upstream). Writes never are: their bodies are not sent twice.
+    if bodiless && matches!(resp.status().as_u16(), 401 | 403) {
+        if let Some(previous) = auth.with_previous() {
+            drop(resp);
+            resp = upstream
+                .send(npm.method.clone(), &path, &parts.headers, Content::AsSent, net::empty(), &previous)
+                .await?;
+            rec.reason = Some("the upstream refused the credential's new value: sent again with the previous one, in its overlap window".into());
+            auth = previous;
+        }
+    }
     rec.upstream_status = Some(resp.status().as_u16());
     let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
     if rebase {

@@ -259,7 +259,7 @@ async fn stopped(
     stop: Stop,
     sent: Option<Result<Response<Pooled>, UpstreamError>>,
     body: &WriteBody,
-    auth: &UpstreamAuth<'_>,
+    auth: &UpstreamAuth,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     if body.streamed() {
@@ -425,7 +425,7 @@ struct Ctx<'a> {
     app: &'a App,
     session: &'a Session,
     upstream: &'a Upstream,
-    auth: &'a UpstreamAuth<'a>,
+    auth: &'a UpstreamAuth,
 }
 
 /// Reads the body through the gate and decides. An allowed write is released (a streamed one's
@@ -573,7 +573,7 @@ async fn compare_with_upstream(
     npm: &NpmRequest,
     check: &UpstreamCheck,
     checked: &Bytes,
-    auth: &UpstreamAuth<'_>,
+    auth: &UpstreamAuth,
     body: &mut WriteBody,
 ) -> Result<(), Refusal> {
     let package = npm.package.as_ref().ok_or(Refusal::Internal("a package write without a package".into()))?;

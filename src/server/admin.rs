@@ -120,6 +120,32 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             app.store.set_frozen(&globs, op == "/freeze").await.map_err(unavailable)?;
             Ok(json!({ "frozen": app.store.frozen_patterns() }))
         }
+        (Method::GET, "/credentials") => {
+            rec.action = Some("credential-status");
+            Ok(json!({ "credentials": crate::credentials::status(app).await }))
+        }
+        (Method::POST, "/reload") => {
+            rec.action = Some("reload");
+            Ok(reload(app).await)
+        }
+        (Method::POST, p) if p.starts_with("/credentials/") && p.ends_with("/rotate") => {
+            let segment = p.trim_start_matches("/credentials/").trim_end_matches("/rotate");
+            let name = percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned();
+            rec.action = Some("credential-rotate");
+            rec.credential = Some(name.chars().take(64).filter(|c| !c.is_control()).collect());
+            let rotation = read_rotation(req).await?;
+            rec.reason = Some(format!(
+                "rotation{}{}",
+                if rotation.incident { ", incident" } else { "" },
+                rotation.overlap.map(|d| format!(", overlap {}s", d.as_secs())).unwrap_or_default()
+            ));
+            match crate::credentials::rotate(app, &name, rotation).await {
+                Ok(done) => Ok(serde_json::to_value(done).unwrap_or_default()),
+                Err(e) => {
+                    Err((StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_string()))
+                }
+            }
+        }
         (Method::POST, "/policy/reload") => {
             rec.action = Some("policy-reload");
             let grants = app.reload_policy().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
@@ -168,6 +194,49 @@ async fn metrics(app: &App) -> Response<Body> {
         .header(header::CACHE_CONTROL, "no-store")
         .body(net::full(app.metrics.render(&app.config, &snap)))
         .expect("a metrics response is valid")
+}
+
+/// Re-reads the policy and every credential's source (also on SIGHUP): a bad policy keeps the
+/// one in force, a credential value that fails the canary is not swapped in.
+pub async fn reload(app: &App) -> Value {
+    let policy = match app.reload_policy() {
+        Ok(grants) => json!({ "grants": grants }),
+        Err(e) => json!({ "error": e }),
+    };
+    json!({ "policy": policy, "credentials": crate::credentials::reload(app).await })
+}
+
+/// The body of a rotation: `{"token": "...", "overlap_seconds": N, "incident": true}`. The
+/// token goes straight into a `Secret`; the bytes it came in are zeroized.
+async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rotation, (StatusCode, String)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        token: String,
+        overlap_seconds: Option<u64>,
+        incident: Option<bool>,
+    }
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
+    let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
+    let bytes = zeroize::Zeroizing::new(
+        Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+            .map_err(|_| bad("the body could not be read"))?
+            .to_bytes()
+            .to_vec(),
+    );
+    let body: Body = serde_json::from_slice(&bytes)
+        .map_err(|_| bad("give {\"token\": \"...\"} and optionally \"overlap_seconds\" and \"incident\""))?;
+    let incident = body.incident.unwrap_or(false);
+    if incident && body.overlap_seconds.is_some_and(|s| s > 0) {
+        return Err(bad("an incident rotation keeps no overlap: the old value is revoked first"));
+    }
+    Ok(crate::credentials::Rotation {
+        token: crate::secret::Secret::new(body.token),
+        overlap: body.overlap_seconds.filter(|s| *s > 0).map(std::time::Duration::from_secs),
+        incident,
+    })
 }
 
 fn unavailable(e: crate::phantom::StoreError) -> (StatusCode, String) {

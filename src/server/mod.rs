@@ -6,6 +6,7 @@ mod conn;
 mod tunnel;
 
 pub use crate::app::App;
+pub use admin::reload;
 
 use crate::net;
 use crate::phantom::PhantomStore;
@@ -85,6 +86,16 @@ pub async fn serve(
     });
 
     app.issuers.prefetch();
+    // Whose each credential is, asked once at start: a rotation compares the new value's account
+    // with it even if the current value no longer answers (an incident).
+    for name in app.credentials.names() {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::credentials::account(&app, &name).await {
+                tracing::warn!(credential = %name, error = %e, "could not ask the upstream whose the credential is");
+            }
+        });
+    }
     let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
     // A shared store's revocations and freezes, kept current on this replica.
     let syncing = {
@@ -98,6 +109,7 @@ pub async fn serve(
             loop {
                 tick.tick().await;
                 app.store.sweep(crate::audit::unix_now()).await;
+                app.credentials.sweep(crate::audit::unix_now());
             }
         })
     };

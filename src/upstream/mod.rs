@@ -133,7 +133,7 @@ impl Upstream {
         incoming: &HeaderMap,
         content: Content,
         body: Body,
-        auth: &UpstreamAuth<'_>,
+        auth: &UpstreamAuth,
     ) -> Result<Response<Pooled>, UpstreamError> {
         // A bodiless GET or HEAD may go again on a new connection if a kept one closed before
         // answering it (RFC 9110, 9.2.2): the upstream closing an idle connection just as the
@@ -161,7 +161,7 @@ impl Upstream {
         incoming: &HeaderMap,
         content: Content,
         body: Body,
-        auth: &UpstreamAuth<'_>,
+        auth: &UpstreamAuth,
     ) -> Result<Request<Body>, UpstreamError> {
         let uri = if self.prefix.is_empty() {
             Uri::try_from(path)
@@ -245,7 +245,7 @@ impl Upstream {
     pub(crate) async fn fetch_json(
         &self,
         path: &str,
-        auth: &UpstreamAuth<'_>,
+        auth: &UpstreamAuth,
         max: usize,
     ) -> Result<(u16, Bytes), UpstreamError> {
         let mut headers = HeaderMap::new();
@@ -281,7 +281,7 @@ pub(crate) fn base_url(url: &Uri) -> String {
 /// credential, the credential is cut out of every header and every body byte.
 pub(crate) fn relay(
     resp: Response<Pooled>,
-    auth: &UpstreamAuth<'_>,
+    auth: &UpstreamAuth,
     idle: Duration,
 ) -> Result<Response<Body>, UpstreamError> {
     let (mut parts, body) = resp.into_parts();
@@ -350,7 +350,7 @@ pub(crate) async fn read_relayed(
 }
 
 /// `bytes` fetched with `auth`'s credential, with every occurrence of it overwritten.
-pub(crate) fn scrubbed(bytes: Bytes, auth: &UpstreamAuth<'_>) -> Bytes {
+pub(crate) fn scrubbed(bytes: Bytes, auth: &UpstreamAuth) -> Bytes {
     let Some(credential) = auth.credential() else { return bytes };
     let secret = credential.scrub_pattern();
     if memmem::find(&bytes, &secret[..]).is_none() {

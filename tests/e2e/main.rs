@@ -9,6 +9,7 @@ mod adversarial_callers;
 mod adversarial_network;
 mod cli;
 mod clients;
+mod credentials;
 mod demo;
 mod forward_proxy;
 mod json_differential;

@@ -187,10 +187,13 @@ pub(crate) struct Verdaccio {
     pub token: String,
     /// On Verdaccio 9: the token of `stager`, who may only stage `st-*` packages (a canary too).
     pub stager_token: Option<String>,
+    /// The publisher's password (it mints more tokens of the publisher's with it).
+    pub password: String,
 }
 
 impl Verdaccio {
-    fn start(dir: &Path, port: u16, certs: &Certs, public_url: Option<&str>, http: &Http, nine: bool) -> Verdaccio {
+    fn start(dir: &Path, port: u16, certs: &Certs, public_url: Option<&str>, http: &Http, opts: &Options) -> Verdaccio {
+        let nine = opts.verdaccio9;
         let storage = dir.join("storage");
         std::fs::create_dir_all(&storage).unwrap();
         // Verdaccio 6 signs its tokens with the secret in this file; a fresh one per run makes
@@ -206,7 +209,8 @@ impl Verdaccio {
             .replace("{{LISTEN}}", &format!("https://127.0.0.1:{port}"))
             .replace("{{CERT}}", &certs.cert.display().to_string())
             .replace("{{KEY}}", &certs.key.display().to_string())
-            .replace("{{SECRET}}", &random_hex(16));
+            .replace("{{SECRET}}", &random_hex(16))
+            .replace("expiresIn: 90d", &format!("expiresIn: {}", opts.verdaccio_token_ttl.as_deref().unwrap_or("90d")));
         let config_path = dir.join("verdaccio.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.join("verdaccio.log")).unwrap();
@@ -231,8 +235,7 @@ impl Verdaccio {
         wait_until("verdaccio ping", Duration::from_secs(10), || {
             http.request("GET", &format!("{url}-/ping"), &[], "").status == 200
         });
-        let user = |name: &str| {
-            let password = random_hex(12);
+        let user = |name: &str, password: &str| {
             let basic =
                 format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}")));
             let body = json!({"_id": format!("org.couchdb.user:{name}"), "name": name, "password": password,
@@ -246,11 +249,12 @@ impl Verdaccio {
             assert_eq!(r.status, 201, "creating {name}: {}", r.text());
             r.json()["token"].as_str().unwrap().to_owned()
         };
-        let token = user(PUBLISHER);
-        let stager_token = nine.then(|| user("stager"));
+        let password = random_hex(12);
+        let token = user(PUBLISHER, &password);
+        let stager_token = nine.then(|| user("stager", &random_hex(12)));
         // The responses carrying the tokens were seen by the harness, not by a client of the broker.
         http.seen.lock().unwrap().clear();
-        Verdaccio { _proc: proc, url, storage, token, stager_token }
+        Verdaccio { _proc: proc, url, storage, token, stager_token, password }
     }
 }
 
@@ -402,6 +406,8 @@ pub(crate) struct Options {
     pub server: String,
     /// Extra lines inside `[audit]`.
     pub audit: String,
+    /// Extra lines inside `[credential.verdaccio-publisher]`.
+    pub credential: String,
     pub audit_path: Option<String>,
     /// Extra tables at the end of the config; `{ca}` stands for the dev CA's path.
     pub extra: String,
@@ -413,6 +419,8 @@ pub(crate) struct Options {
     pub log: Option<String>,
     /// Verdaccio 9 (staged publishing) instead of 6.
     pub verdaccio9: bool,
+    /// How long Verdaccio's tokens live (default 90d): short, a test can see an old one expire.
+    pub verdaccio_token_ttl: Option<String>,
     /// The base URL Verdaccio writes into packuments' tarball URLs.
     pub public_url: PublicUrl,
     /// A forward-proxy listener (`[proxy]`), with a CA of its own; the upstream is then named
@@ -498,8 +506,7 @@ impl World {
             PublicUrl::Own => Some(upstream_url.as_str()),
             PublicUrl::Unset => None,
         };
-        let verdaccio =
-            Verdaccio::start(&root.join("verdaccio"), verdaccio_port, &certs, public_url, &http, opts.verdaccio9);
+        let verdaccio = Verdaccio::start(&root.join("verdaccio"), verdaccio_port, &certs, public_url, &http, &opts);
         let proxy = opts.proxy.then(|| {
             let ca = dev_certs(&root.join("proxy-ca"));
             ProxyFace { port: free_port(), url: String::new(), ca: ca.ca }
@@ -542,6 +549,7 @@ ca_file = "{ca}"
 [credential.verdaccio-publisher]
 upstream = "verdaccio"
 source = {{ file = "{secret}" }}
+{credential_extra}
 
 [audit]
 path = "{audit_path}"
@@ -562,6 +570,7 @@ token = {{ file = "{admin_secret}" }}
             secret = secrets.join("npm-token").display(),
             admin_secret = secrets.join("admin-token").display(),
             server_extra = opts.server,
+            credential_extra = opts.credential,
             audit_path = opts.audit_path.as_deref().unwrap_or("audit/phantom.jsonl"),
             audit_extra = opts.audit,
             extra = opts
@@ -705,6 +714,92 @@ token = {{ file = "{admin_secret}" }}
             headers,
             body,
         )
+    }
+
+    /// A token of the publisher's from Verdaccio's token API (what `npm token create` does), which
+    /// can be revoked there: `(token, key)`.
+    pub(crate) fn mint_publisher_token(&self) -> (String, String) {
+        let auth = self.publisher_basic();
+        let body = json!({"password": self.verdaccio.password, "readonly": false, "cidr_whitelist": []});
+        let r = self.http.request(
+            "POST",
+            &format!("{}-/npm/v1/tokens", self.verdaccio.url),
+            &[("authorization", &auth), ("content-type", "application/json")],
+            body.to_string(),
+        );
+        assert!(r.status == 200 || r.status == 201, "npm token create: {}", r.text());
+        let (token, key) =
+            (r.json()["token"].as_str().unwrap().to_owned(), r.json()["key"].as_str().unwrap().to_owned());
+        self.http.seen.lock().unwrap().clear();
+        (token, key)
+    }
+
+    /// Revokes a token `mint_publisher_token` made, in Verdaccio (`npm token revoke`).
+    pub(crate) fn revoke_publisher_token(&self, key: &str) {
+        let auth = self.publisher_basic();
+        let r = self.http.request(
+            "DELETE",
+            &format!("{}-/npm/v1/tokens/token/{key}", self.verdaccio.url),
+            &[("authorization", &auth)],
+            "",
+        );
+        assert_eq!(r.status, 200, "npm token revoke: {}", r.text());
+    }
+
+    /// Whose `token` is, as Verdaccio says (`GET /-/whoami`); `None` when it refuses the token.
+    pub(crate) fn verdaccio_whoami(&self, token: &str) -> Option<String> {
+        let r = self.http.request(
+            "GET",
+            &format!("{}-/whoami", self.verdaccio.url),
+            &[("authorization", &format!("Bearer {token}"))],
+            "",
+        );
+        self.http.seen.lock().unwrap().clear();
+        // An expired or unknown token is an anonymous caller to Verdaccio: no `username`.
+        r.json()["username"].as_str().filter(|_| r.status == 200).map(str::to_owned)
+    }
+
+    /// `Basic` with the publisher's name and password (its tokens may have expired).
+    fn publisher_basic(&self) -> String {
+        let pair = format!("{PUBLISHER}:{}", self.verdaccio.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    }
+
+    /// A new login token of the publisher's (`npm login` again): another valid token of the
+    /// same account.
+    pub(crate) fn publisher_login(&self) -> String {
+        let name = PUBLISHER;
+        let basic = self.publisher_basic();
+        let body = json!({"_id": format!("org.couchdb.user:{name}"), "name": name, "password": self.verdaccio.password,
+            "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
+        let r = self.http.request(
+            "PUT",
+            &format!("{}-/user/org.couchdb.user:{name}", self.verdaccio.url),
+            &[("content-type", "application/json"), ("authorization", &basic)],
+            body.to_string(),
+        );
+        assert_eq!(r.status, 201, "logging {name} in: {}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        self.http.seen.lock().unwrap().clear();
+        token
+    }
+
+    /// Signs another user up in Verdaccio 6 and returns its token.
+    pub(crate) fn sign_up(&self, name: &str) -> String {
+        let password = random_hex(12);
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}")));
+        let body = json!({"_id": format!("org.couchdb.user:{name}"), "name": name, "password": password,
+            "type": "user", "roles": [], "date": "2026-01-01T00:00:00.000Z"});
+        let r = self.http.request(
+            "PUT",
+            &format!("{}-/user/org.couchdb.user:{name}", self.verdaccio.url),
+            &[("content-type", "application/json"), ("authorization", &basic)],
+            body.to_string(),
+        );
+        assert_eq!(r.status, 201, "signing {name} up: {}", r.text());
+        let token = r.json()["token"].as_str().unwrap().to_owned();
+        self.http.seen.lock().unwrap().clear();
+        token
     }
 
     /// Another broker process with this one's config and policy (another replica, e.g. on a

@@ -1,16 +1,28 @@
-//! The real registry credentials, read once at start from a file or an environment variable.
+//! The real registry credentials: read at start from a file or an environment variable, and
+//! swapped for new values by a rotation or a reload (`rotate.rs`), with their inventory and
+//! warnings (`status.rs`).
 //!
 //! A credential is reachable only through `Credentials::for_authorized`, which takes proof that
 //! policy permitted the request and returns an `UpstreamAuth`, the only value the upstream
 //! client sends a credential from: there is no path from an unchecked request to a real token.
+//! A request holds the credential it started with until it ends, so a swap never changes the
+//! token under a request in flight.
+
+mod rotate;
+mod status;
+
+pub use rotate::{reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
+pub use status::{account, status, StatusRow};
 
 use crate::config::{CredentialConfig, SecretSource};
 use crate::policy::{Authorized, Glob};
 use crate::secret::Secret;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 pub struct Credential {
@@ -24,6 +36,9 @@ pub struct Credential {
     authorization: HeaderValue,
     /// The token's bytes, shared by every response scrubber instead of copied per response.
     scrub: Arc<Zeroizing<Vec<u8>>>,
+    /// SHA-256 of the token: compares two values without holding both in the clear, and names
+    /// a value to other replicas.
+    fingerprint: [u8; 32],
 }
 
 impl Credential {
@@ -32,8 +47,12 @@ impl Credential {
             .map_err(|_| format!("credential `{}`: the token has characters a header cannot carry", cfg.name))?;
         authorization.set_sensitive(true);
         let scrub = Arc::new(Zeroizing::new(secret.expose().as_bytes().to_vec()));
+        let digest = ring::digest::digest(&ring::digest::SHA256, secret.expose().as_bytes());
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
         Ok(Credential {
             scrub,
+            fingerprint,
             name: cfg.name.clone(),
             upstream: cfg.upstream.clone(),
             packages: cfg.packages.clone(),
@@ -55,6 +74,10 @@ impl Credential {
     /// The token's bytes, for cutting it out of responses.
     pub fn scrub_pattern(&self) -> &Arc<Zeroizing<Vec<u8>>> {
         &self.scrub
+    }
+
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
     }
 }
 
@@ -91,21 +114,80 @@ pub fn read_secret(source: &SecretSource) -> Result<Secret, String> {
 
 /// How one upstream request authenticates: anonymously, or with the credential of the grant
 /// that authorized it. Only `Credentials::for_authorized` makes one that carries a credential.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct UpstreamAuth<'a>(Option<&'a Credential>);
+/// It holds the credential for as long as the request runs, a rotation notwithstanding.
+#[derive(Debug, Clone)]
+pub(crate) struct UpstreamAuth {
+    credential: Option<Arc<Credential>>,
+    /// The value before the last rotation, during its overlap window: a read the upstream
+    /// refuses with `credential` may be tried again with it.
+    previous: Option<Arc<Credential>>,
+}
 
-impl UpstreamAuth<'_> {
+impl UpstreamAuth {
     /// No credential: `Authorization` is not sent upstream.
-    pub(crate) const ANONYMOUS: UpstreamAuth<'static> = UpstreamAuth(None);
+    pub(crate) const ANONYMOUS: UpstreamAuth = UpstreamAuth { credential: None, previous: None };
 
     pub(crate) fn credential(&self) -> Option<&Credential> {
-        self.0
+        self.credential.as_deref()
+    }
+
+    /// The broker's own requests with `credential` (the account check and the read of a
+    /// rotation's canary): never on a caller's behalf, so no policy decision stands behind them.
+    pub(crate) fn for_broker(credential: Arc<Credential>) -> UpstreamAuth {
+        UpstreamAuth { credential: Some(credential), previous: None }
+    }
+
+    /// The same request with the previous value of the credential, in its overlap window.
+    pub(crate) fn with_previous(&self) -> Option<UpstreamAuth> {
+        self.previous.as_ref().map(|p| UpstreamAuth { credential: Some(p.clone()), previous: None })
+    }
+}
+
+/// One configured credential: its value now, the one before it during an overlap, and what
+/// the inventory knows of it.
+pub(crate) struct Slot {
+    pub(crate) config: CredentialConfig,
+    current: ArcSwap<Credential>,
+    previous: ArcSwapOption<Overlap>,
+    /// Unix seconds of the last request sent with it (0: none since start).
+    last_used: AtomicU64,
+    /// The upstream account it authenticates as (`GET /-/whoami`), and when that was asked.
+    pub(crate) account: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+struct Overlap {
+    credential: Arc<Credential>,
+    /// Unix seconds.
+    until: u64,
+}
+
+impl Slot {
+    pub(crate) fn current(&self) -> Arc<Credential> {
+        self.current.load_full()
+    }
+
+    /// The previous value and the end of its overlap window, while it lasts.
+    pub(crate) fn overlap(&self, now: u64) -> Option<(Arc<Credential>, u64)> {
+        let o = self.previous.load();
+        o.as_ref().filter(|o| now < o.until).map(|o| (o.credential.clone(), o.until))
+    }
+
+    pub(crate) fn last_used(&self) -> Option<u64> {
+        Some(self.last_used.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// New requests use `next` from now on; requests in flight keep the value they hold. With
+    /// `overlap_until`, the old value stays at hand until then (else it is dropped, and
+    /// zeroized, once the last request holding it ends).
+    pub(crate) fn swap(&self, next: Credential, overlap_until: Option<u64>) {
+        let old = self.current.swap(Arc::new(next));
+        self.previous.store(overlap_until.map(|until| Arc::new(Overlap { credential: old, until })));
     }
 }
 
 #[derive(Default)]
 pub struct Credentials {
-    by_name: HashMap<String, Arc<Credential>>,
+    by_name: HashMap<String, Slot>,
 }
 
 /// Names only: a credential's value never reaches a log line, whatever `Credential` prints.
@@ -122,28 +204,61 @@ impl Credentials {
         let mut by_name = HashMap::new();
         for cfg in configs {
             let secret = read_secret(&cfg.source).map_err(|e| format!("credential `{}`: {e}", cfg.name))?;
-            by_name.insert(cfg.name.clone(), Arc::new(Credential::from_secret(cfg, secret)?));
+            let credential = Credential::from_secret(cfg, secret)?;
+            by_name.insert(
+                cfg.name.clone(),
+                Slot {
+                    config: cfg.clone(),
+                    current: ArcSwap::from_pointee(credential),
+                    previous: ArcSwapOption::empty(),
+                    last_used: AtomicU64::new(0),
+                    account: Mutex::new(None),
+                },
+            );
         }
         Ok(Credentials { by_name })
     }
 
     /// How a request that policy authorized authenticates to `upstream`: with its grant's
     /// credential, which must belong to that upstream.
-    pub(crate) fn for_authorized<T>(
-        &self,
-        authorized: &Authorized<T>,
-        upstream: &str,
-    ) -> Result<UpstreamAuth<'_>, String> {
+    pub(crate) fn for_authorized<T>(&self, authorized: &Authorized<T>, upstream: &str) -> Result<UpstreamAuth, String> {
         let grant = authorized.grant();
         match self.by_name.get(&grant.credential) {
-            Some(c) if c.upstream == upstream => Ok(UpstreamAuth(Some(c))),
+            Some(slot) if slot.config.upstream == upstream => {
+                let now = crate::audit::unix_now();
+                slot.last_used.store(now, Ordering::Relaxed);
+                Ok(UpstreamAuth { credential: Some(slot.current()), previous: slot.overlap(now).map(|(c, _)| c) })
+            }
             Some(_) => Err(format!("grant `{}`'s credential does not serve upstream `{upstream}`", grant.name)),
             None => Err(format!("grant `{}` names an unknown credential", grant.name)),
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Credential>> {
+    /// The current value of every credential.
+    pub fn iter(&self) -> impl Iterator<Item = Arc<Credential>> + '_ {
+        self.by_name.values().map(Slot::current)
+    }
+
+    pub(crate) fn slot(&self, name: &str) -> Option<&Slot> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {
         self.by_name.values()
+    }
+
+    /// Drops previous values whose overlap window has ended (they are zeroized once no request
+    /// holds them).
+    pub(crate) fn sweep(&self, now: u64) {
+        for slot in self.by_name.values() {
+            if slot.previous.load().as_ref().is_some_and(|o| now >= o.until) {
+                slot.previous.store(None);
+            }
+        }
     }
 }
 
@@ -167,7 +282,7 @@ mod tests {
             expires: None,
         };
         let creds = Credentials::load(std::slice::from_ref(&cfg)).unwrap();
-        let c = creds.by_name.get("c").unwrap();
+        let c = creds.by_name.get("c").unwrap().current();
         assert_eq!(c.secret().expose(), "npm_CANARY_91f0");
         assert_eq!(c.authorization(), "Bearer npm_CANARY_91f0");
         assert!(c.authorization().is_sensitive());

@@ -1,0 +1,305 @@
+//! Rotating a real credential: a person mints the new token upstream, the broker does the rest.
+//!
+//! 1. Canary: the new value must authenticate as the same upstream account as the current one
+//!    (`GET /-/whoami`), then read one of the credential's packages. A failed canary changes
+//!    nothing and says why.
+//! 2. With `incident`, revoke first: every live phantom of a grant that uses the credential is
+//!    revoked and the grants' packages frozen, before anything else, and no overlap is kept.
+//! 3. A `file` source is rewritten atomically (a new file, mode 0600, renamed over the old), so
+//!    a restart, a reload and the other replicas read the new value; an `env` source cannot be.
+//! 4. The new value is swapped in for new requests; requests in flight finish with the old one,
+//!    which is kept for the overlap window when one is asked for.
+//!
+//! Every step is audited. The new value never reaches a log line, an audit line, an answer or
+//! the state store (other replicas read it from their own copy of the source: see README).
+
+use super::status::{cached_account, last_known_account, whoami};
+use super::{read_secret, Credential, Slot, UpstreamAuth};
+use crate::app::App;
+use crate::audit::{rfc3339, unix_now, Decision, Event, Record};
+use crate::config::SecretSource;
+use crate::phantom::{PhantomStore, Selector, StoreError};
+use crate::policy::Glob;
+use crate::secret::Secret;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A rotation as asked for.
+pub struct Rotation {
+    pub token: Secret,
+    pub overlap: Option<Duration>,
+    pub incident: bool,
+}
+
+/// What a rotation did.
+#[derive(Debug, Serialize)]
+pub struct Rotated {
+    pub credential: String,
+    pub account: String,
+    /// The package the canary read, if the credential names one.
+    pub canary_read: Option<String>,
+    /// The source file rewritten.
+    pub file: Option<String>,
+    pub overlap_until: Option<String>,
+    /// Phantoms revoked and package patterns frozen (an incident rotation).
+    pub revoked: usize,
+    pub frozen: Vec<String>,
+    /// How to lift the freeze, once the incident is over.
+    pub thaw: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error("no credential `{0}` is configured")]
+    Unknown(String),
+    #[error("the new value is not a token: {0}")]
+    BadToken(String),
+    #[error("the new value is the one in use")]
+    Unchanged,
+    #[error("credential `{0}` comes from the environment variable {1}, which the broker cannot rewrite: set the new value there, then reload (SIGHUP or POST /admin/v1/reload)")]
+    EnvSource(String, String),
+    #[error("canary failed, nothing changed: {0}")]
+    Canary(String),
+    #[error("{0}")]
+    State(#[from] StoreError),
+    #[error("could not write the new value to {0}; phantoms revoked and packages frozen before stay so")]
+    Write(String),
+}
+
+impl RotateError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RotateError::Unknown(_) => 404,
+            RotateError::BadToken(_) => 400,
+            RotateError::Unchanged | RotateError::EnvSource(..) => 409,
+            RotateError::Canary(_) => 422,
+            RotateError::State(_) => 503,
+            RotateError::Write(_) => 500,
+        }
+    }
+}
+
+/// One audit line for one step of a rotation or a reload.
+async fn step(app: &App, action: &'static str, credential: &str, decision: Decision, what: String) {
+    let rec = Record {
+        event: Event::Admin,
+        action: Some(action),
+        credential: Some(credential.to_owned()),
+        decision,
+        reason: Some(what),
+        ..Record::default()
+    };
+    if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
+        tracing::error!(error = %e, "could not audit a credential step");
+    }
+}
+
+pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, RotateError> {
+    let slot = app.credentials.slot(name).ok_or_else(|| RotateError::Unknown(name.to_owned()))?;
+    let file = match &slot.config.source {
+        SecretSource::File(path) => path.clone(),
+        SecretSource::Env(var) => return Err(RotateError::EnvSource(name.to_owned(), var.clone())),
+    };
+    let value = r.token.expose();
+    if value.is_empty() || value.len() > 8192 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RotateError::BadToken("empty, too long, or with whitespace or control characters".into()));
+    }
+    let next = Credential::from_secret(&slot.config, r.token).map_err(RotateError::BadToken)?;
+    if next.fingerprint() == slot.current().fingerprint() {
+        return Err(RotateError::Unchanged);
+    }
+    let next = Arc::new(next);
+    let (account, canary_read) = match canary(app, slot, &next).await {
+        Ok(passed) => passed,
+        Err(why) => {
+            step(app, "credential-rotate", name, Decision::Deny, format!("canary failed, nothing changed: {why}"))
+                .await;
+            return Err(RotateError::Canary(why));
+        }
+    };
+    let read = canary_read.as_ref().map(|p| format!(", and read {p}")).unwrap_or_default();
+    step(
+        app,
+        "credential-rotate",
+        name,
+        Decision::Allow,
+        format!("canary: the new value authenticates as `{account}`{read}"),
+    )
+    .await;
+
+    let (mut revoked, mut frozen) = (0, Vec::new());
+    if r.incident {
+        (revoked, frozen) = revoke_first(app, name).await?;
+        step(
+            app,
+            "credential-rotate",
+            name,
+            Decision::Allow,
+            format!(
+                "incident: revoked {revoked} phantoms, froze {}",
+                if frozen.is_empty() { "nothing".into() } else { frozen.join(", ") }
+            ),
+        )
+        .await;
+    }
+
+    write_private_atomically(&file, next.secret().expose()).map_err(|e| {
+        tracing::error!(credential = %name, error = %e, "could not write a rotated credential");
+        RotateError::Write(file.display().to_string())
+    })?;
+    step(
+        app,
+        "credential-rotate",
+        name,
+        Decision::Allow,
+        format!("wrote the new value to {} (mode 0600)", file.display()),
+    )
+    .await;
+
+    let overlap_until = r.overlap.filter(|_| !r.incident).map(|d| unix_now() + d.as_secs());
+    slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until);
+    *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
+    let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
+    step(app, "credential-rotate", name, Decision::Allow, format!("swapped in for new requests{overlap}")).await;
+    Ok(Rotated {
+        credential: name.to_owned(),
+        account,
+        canary_read,
+        file: Some(file.display().to_string()),
+        overlap_until: overlap_until.map(|t| rfc3339(t, 0)),
+        revoked,
+        thaw: (!frozen.is_empty()).then(|| format!("phantom thaw {}", frozen.join(" "))),
+        frozen,
+    })
+}
+
+/// `Arc::try_unwrap` fails only while another holder exists; none does here, but the value is
+/// rebuilt from its secret rather than panicking if it ever did.
+fn clone_credential(cfg: &crate::config::CredentialConfig, c: &Credential) -> Credential {
+    Credential::from_secret(cfg, Secret::new(c.secret().expose().to_owned())).expect("it was built from the same value")
+}
+
+/// The new value must be the same account's, and able to read what the credential covers.
+async fn canary(app: &App, slot: &Slot, next: &Arc<Credential>) -> Result<(String, Option<String>), String> {
+    let expected = match cached_account(app, slot, true).await {
+        Ok(a) => a,
+        Err(e) => last_known_account(slot).ok_or_else(|| {
+            format!("the current value's account is unknown (GET /-/whoami: {e}), so the new one cannot be compared with it")
+        })?,
+    };
+    let got = whoami(app, &slot.config.upstream, next.clone()).await.map_err(|e| format!("the new value: {e}"))?;
+    if got != expected {
+        return Err(format!("the new value authenticates as `{got}`, the current one as `{expected}`"));
+    }
+    let Some(package) = slot.config.packages.iter().find(|g| g.is_literal()).map(Glob::as_str) else {
+        return Ok((got, None));
+    };
+    let upstreams = app.upstreams();
+    let upstream = upstreams.named(&slot.config.upstream).ok_or("the credential's upstream is gone")?;
+    let path = format!("/{}", package.replace('/', "%2f"));
+    let auth = UpstreamAuth::for_broker(next.clone());
+    let (status, _) =
+        upstream.fetch_json(&path, &auth, 16 << 20).await.map_err(|e| format!("reading {package}: {e}"))?;
+    // Not there yet is fine; refused is not.
+    if status >= 400 && status != 404 {
+        return Err(format!("the new value cannot read {package} (the upstream answered {status})"));
+    }
+    Ok((got, Some(package.to_owned())))
+}
+
+/// Revokes every live phantom of the grants that use credential `name` and freezes their
+/// packages: before the new value is deployed, with no overlap.
+async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), StoreError> {
+    let policy = app.policy();
+    let grants: Vec<&crate::policy::Grant> = policy.grants().filter(|g| g.credential == name).collect();
+    let names: Vec<String> = grants.iter().map(|g| g.name.to_string()).collect();
+    let mut patterns: Vec<Glob> = Vec::new();
+    for g in &grants {
+        for p in &g.packages {
+            if !patterns.contains(p) {
+                patterns.push(p.clone());
+            }
+        }
+    }
+    let revoked = if names.is_empty() { 0 } else { app.store.revoke(&Selector::Grants(names)).await? };
+    if !patterns.is_empty() {
+        app.store.set_frozen(&patterns, true).await?;
+    }
+    Ok((revoked, patterns.iter().map(|g| g.as_str().to_owned()).collect()))
+}
+
+/// Writes `value` to `path` as a new file only its owner can read, then renames it over the
+/// old one: a reader sees the old value or the new, never a part.
+fn write_private_atomically(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| std::io::Error::other("not a file path"))?;
+    let tmp = dir.join(format!(".{}.rotating-{}", name.to_string_lossy(), std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let written = (|| {
+        let mut f = opts.open(&tmp)?;
+        f.write_all(value.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// What a reload did to one credential.
+#[derive(Debug, Serialize)]
+pub struct ReloadOutcome {
+    pub credential: String,
+    /// `unchanged`, `swapped` or `kept`.
+    pub result: &'static str,
+    pub detail: Option<String>,
+}
+
+/// Re-reads every credential's source; a changed value goes through the same canary as a
+/// rotation and is swapped in (no overlap), a failing one is not.
+pub async fn reload(app: &App) -> Vec<ReloadOutcome> {
+    let mut out = Vec::new();
+    let mut names: Vec<&str> = app.credentials.slots().map(|s| s.config.name.as_str()).collect();
+    names.sort_unstable();
+    for name in names {
+        let Some(slot) = app.credentials.slot(name) else { continue };
+        let outcome = |result, detail: Option<String>| ReloadOutcome { credential: name.to_owned(), result, detail };
+        let next = match read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s)) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                step(app, "credential-reload", name, Decision::Deny, format!("kept: {e}")).await;
+                out.push(outcome("kept", Some(e)));
+                continue;
+            }
+        };
+        if next.fingerprint() == slot.current().fingerprint() {
+            out.push(outcome("unchanged", None));
+            continue;
+        }
+        match canary(app, slot, &next).await {
+            Ok((account, _)) => {
+                slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None);
+                *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((account.clone(), std::time::Instant::now()));
+                let what = format!("swapped in the source's new value (account `{account}`)");
+                step(app, "credential-reload", name, Decision::Allow, what.clone()).await;
+                out.push(outcome("swapped", Some(what)));
+            }
+            Err(why) => {
+                let what = format!("kept the value in use: the source's new value failed the canary: {why}");
+                step(app, "credential-reload", name, Decision::Deny, what.clone()).await;
+                out.push(outcome("kept", Some(what)));
+            }
+        }
+    }
+    out
+}
