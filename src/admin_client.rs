@@ -31,6 +31,7 @@ pub async fn rotate(
     token_file: &Path,
     overlap: Option<Duration>,
     incident: bool,
+    account: Option<&str>,
 ) -> Result<Value, String> {
     let token = read_secret(&crate::config::SecretSource::File(token_file.to_owned()))
         .map_err(|e| format!("{}: {e}", token_file.display()))?;
@@ -40,8 +41,10 @@ pub async fn rotate(
         #[serde(skip_serializing_if = "Option::is_none")]
         overlap_seconds: Option<u64>,
         incident: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        account: Option<&'a str>,
     }
-    let body = Body { token: token.expose(), overlap_seconds: overlap.map(|d| d.as_secs()), incident };
+    let body = Body { token: token.expose(), overlap_seconds: overlap.map(|d| d.as_secs()), incident, account };
     let bytes = zeroize::Zeroizing::new(serde_json::to_vec(&body).map_err(|e| e.to_string())?);
     const NAME: &percent_encoding::AsciiSet =
         &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.');

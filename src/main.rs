@@ -139,6 +139,10 @@ enum CredentialsCommand {
         /// packages frozen before the swap; no overlap.
         #[arg(long, conflicts_with = "overlap")]
         incident: bool,
+        /// The upstream account the new value must authenticate as, when the current value can
+        /// no longer say (already revoked upstream) and the broker has not asked it before.
+        #[arg(long)]
+        account: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -339,16 +343,24 @@ async fn credentials_command(command: CredentialsCommand) -> Result<()> {
             }
             Ok(())
         }
-        CredentialsCommand::Rotate { name, from_file, overlap, incident, admin } => {
+        CredentialsCommand::Rotate { name, from_file, overlap, incident, account, admin } => {
             let overlap = overlap
                 .as_deref()
                 .map(phantom_broker::units::parse_duration)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--overlap: {e}"))?;
             let config = Config::load(&admin.config)?;
-            let done = admin_client::rotate(&config, admin.ca_file.as_deref(), &name, &from_file, overlap, incident)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let done = admin_client::rotate(
+                &config,
+                admin.ca_file.as_deref(),
+                &name,
+                &from_file,
+                overlap,
+                incident,
+                account.as_deref(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             println!("rotated {name}: the new value authenticates as {}", done["account"]);
             if let Some(p) = done["canary_read"].as_str() {
                 println!("  canary: it reads {p}");

@@ -31,6 +31,9 @@ pub struct Rotation {
     pub token: Secret,
     pub overlap: Option<Duration>,
     pub incident: bool,
+    /// The account the new value must authenticate as, for when the current value can no
+    /// longer say (revoked upstream in an incident) and the broker has not learnt it before.
+    pub account: Option<String>,
 }
 
 /// What a rotation did.
@@ -111,7 +114,7 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
         return Err(RotateError::Unchanged);
     }
     let next = Arc::new(next);
-    let (account, canary_read) = match canary(app, slot, &next).await {
+    let (account, canary_read) = match canary(app, slot, &next, r.account.as_deref()).await {
         Ok(passed) => passed,
         Err(why) => {
             step(app, "credential-rotate", name, Decision::Deny, format!("canary failed, nothing changed: {why}"))
@@ -182,11 +185,22 @@ fn clone_credential(cfg: &crate::config::CredentialConfig, c: &Credential) -> Cr
 }
 
 /// The new value must be the same account's, and able to read what the credential covers.
-async fn canary(app: &App, slot: &Slot, next: &Arc<Credential>) -> Result<(String, Option<String>), String> {
+async fn canary(
+    app: &App,
+    slot: &Slot,
+    next: &Arc<Credential>,
+    stated: Option<&str>,
+) -> Result<(String, Option<String>), String> {
     let expected = match cached_account(app, slot, true).await {
+        Ok(a) if stated.is_some_and(|s| s != a) => {
+            return Err(format!("the current value authenticates as `{a}`, not `{}`", stated.unwrap_or_default()))
+        }
         Ok(a) => a,
-        Err(e) => last_known_account(slot).ok_or_else(|| {
-            format!("the current value's account is unknown (GET /-/whoami: {e}), so the new one cannot be compared with it")
+        Err(e) => last_known_account(slot).or_else(|| stated.map(str::to_owned)).ok_or_else(|| {
+            format!(
+                "the current value's account is unknown (GET /-/whoami: {e}), so the new one cannot be compared with it: \
+                 give the account it must be (--account)"
+            )
         })?,
     };
     let got = whoami(app, &slot.config.upstream, next.clone()).await.map_err(|e| format!("the new value: {e}"))?;
@@ -285,7 +299,7 @@ pub async fn reload(app: &App) -> Vec<ReloadOutcome> {
             out.push(outcome("unchanged", None));
             continue;
         }
-        match canary(app, slot, &next).await {
+        match canary(app, slot, &next, None).await {
             Ok((account, _)) => {
                 slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None);
                 *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -215,6 +215,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rot
         token: String,
         overlap_seconds: Option<u64>,
         incident: Option<bool>,
+        account: Option<String>,
     }
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
     let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
@@ -236,6 +237,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rot
         token: crate::secret::Secret::new(body.token),
         overlap: body.overlap_seconds.filter(|s| *s > 0).map(std::time::Duration::from_secs),
         incident,
+        account: body.account,
     })
 }
 

@@ -86,16 +86,6 @@ pub async fn serve(
     });
 
     app.issuers.prefetch();
-    // Whose each credential is, asked once at start: a rotation compares the new value's account
-    // with it even if the current value no longer answers (an incident).
-    for name in app.credentials.names() {
-        let app = app.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::credentials::account(&app, &name).await {
-                tracing::warn!(credential = %name, error = %e, "could not ask the upstream whose the credential is");
-            }
-        });
-    }
     let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
     // A shared store's revocations and freezes, kept current on this replica.
     let syncing = {

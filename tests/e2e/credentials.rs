@@ -130,7 +130,15 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     assert_eq!(r.publish("pb-rot", "1.0.1"), 201);
 
     // A second token of the same user: canaried, written, swapped.
-    let (b, b_minted) = (w.publisher_login(), Instant::now());
+    // Two logins in the same second get the same token from Verdaccio: wait for a new one.
+    let fresh = || loop {
+        let t = w.publisher_login();
+        if t != r.source() {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (b, b_minted) = (fresh(), Instant::now());
     let done = r.rotate(&b, &[]);
     assert!(ok(&done), "{}", text(&done));
     assert!(
@@ -150,7 +158,7 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     // A publish streaming while the credential is swapped completes. The next token is minted
     // ten seconds after the last, so that Verdaccio refuses the old one well before the new.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(b_minted.elapsed()));
-    let c = w.publisher_login();
+    let c = fresh();
     let phantom = w.phantom(&["pb-stream"], &["publish"], None);
     let body = publish_body("pb-stream", "pb-stream", "1.0.0", "latest");
     let mut tls = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
@@ -203,7 +211,7 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     // Incident: revoke first. The phantoms issued before are refused at once and the grant's
     // packages frozen; the current value (revoked upstream) cannot answer, so the canary
     // compares with the account it last knew.
-    let d = w.publisher_login();
+    let d = fresh();
     let before = w.phantom(&["pb-rot"], &["publish"], None);
     let live = w.admin("GET", "/admin/v1/phantoms", Value::Null).json()["phantoms"].as_array().unwrap().len();
     assert!(live >= 2, "{live}");
@@ -225,7 +233,7 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     assert!(r.status()["overlap_until"].is_null(), "an incident rotation kept an overlap");
 
     // Reloads re-read the source with the same canary: a secret manager rewrote the file.
-    let e = w.publisher_login();
+    let e = fresh();
     std::fs::write(w.root().join("secrets/npm-token"), format!("{e}\n")).unwrap();
     let pid = w.broker.pid().unwrap().to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
