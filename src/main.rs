@@ -368,6 +368,9 @@ async fn credentials_command(command: CredentialsCommand) -> Result<()> {
             if let Some(f) = done["file"].as_str() {
                 println!("  written to {f} (mode 0600)");
             }
+            if let Some(replicas) = done["replicas"].as_str() {
+                println!("  replicas: {replicas}");
+            }
             match done["overlap_until"].as_str() {
                 Some(t) => println!("  the old value stays for reads the upstream refuses with the new one until {t}"),
                 None => println!("  the old value is dropped once requests in flight finish"),

@@ -11,7 +11,7 @@
 mod rotate;
 mod status;
 
-pub use rotate::{reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
+pub use rotate::{follow, reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
 pub use status::{account, status, StatusRow};
 
 use crate::config::{CredentialConfig, SecretSource};

@@ -49,6 +49,8 @@ pub struct Rotated {
     /// Phantoms revoked and package patterns frozen (an incident rotation).
     pub revoked: usize,
     pub frozen: Vec<String>,
+    /// How the other replicas learn of the new value.
+    pub replicas: String,
     /// How to lift the freeze, once the incident is over.
     pub thaw: Option<String>,
 }
@@ -166,6 +168,14 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
     let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
     step(app, "credential-rotate", name, Decision::Allow, format!("swapped in for new requests{overlap}")).await;
+    let fingerprint = crate::audit::hex(slot.current().fingerprint());
+    let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0)).await {
+        Ok(()) if app.store.is_shared() => {
+            "announced: the other replicas swap it in from their copy of the source".to_owned()
+        }
+        Ok(()) => "one replica (memory state)".to_owned(),
+        Err(e) => format!("not announced ({e}): reload the other replicas once their source has the new value"),
+    };
     Ok(Rotated {
         credential: name.to_owned(),
         account,
@@ -173,6 +183,7 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
         file: Some(file.display().to_string()),
         overlap_until: overlap_until.map(|t| rfc3339(t, 0)),
         revoked,
+        replicas,
         thaw: (!frozen.is_empty()).then(|| format!("phantom thaw {}", frozen.join(" "))),
         frozen,
     })
@@ -267,6 +278,38 @@ fn write_private_atomically(path: &Path, value: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// A replica on the shared store follows rotations made on the others: when a credential's
+/// announced fingerprint is not its own value's, it re-reads the source and swaps the value in
+/// if it is the announced one (the rotating replica canaried it). A source that does not hold
+/// it yet (a secret store still syncing) is read again at the next poll.
+pub async fn follow(app: &App) {
+    let Ok(announced) = app.store.announced_credentials().await else { return };
+    for (name, fingerprint, overlap_until) in announced {
+        let Some(slot) = app.credentials.slot(&name) else { continue };
+        if crate::audit::hex(slot.current().fingerprint()) == fingerprint {
+            continue;
+        }
+        let read = read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s));
+        match read {
+            Ok(next) if crate::audit::hex(next.fingerprint()) == fingerprint => {
+                let overlap = Some(overlap_until).filter(|t| *t > unix_now());
+                slot.swap(next, overlap);
+                step(
+                    app,
+                    "credential-follow",
+                    &name,
+                    Decision::Allow,
+                    "swapped in the value another replica rotated to".into(),
+                )
+                .await;
+            }
+            Ok(_) | Err(_) => {
+                tracing::debug!(credential = %name, "the source does not hold the value another replica rotated to yet");
+            }
+        }
+    }
 }
 
 /// What a reload did to one credential.

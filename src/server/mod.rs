@@ -92,6 +92,21 @@ pub async fn serve(
         let app = app.clone();
         tokio::spawn(async move { app.store.keep_synced().await })
     };
+    // ... and the credentials other replicas rotated.
+    let following = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            if !app.store.is_shared() {
+                return;
+            }
+            let mut tick = tokio::time::interval(crate::state::SYNC_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                crate::credentials::follow(&app).await;
+            }
+        })
+    };
     let sweeper = {
         let app = app.clone();
         tokio::spawn(async move {
@@ -161,6 +176,7 @@ pub async fn serve(
     drop(alive);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
     syncing.abort();
+    following.abort();
     // Writes are over: notifications still queued or under way get their chance, then stop.
     app.notifier.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, notifications).await.is_err() {

@@ -70,6 +70,27 @@ impl Store {
         }
     }
 
+    /// Tells the other replicas a credential's new value (its fingerprint): memory has none.
+    pub async fn announce_credential(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        overlap_until: u64,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { .. } => Ok(()),
+            Store::Redis(r) => r.announce_credential(name, fingerprint, overlap_until).await,
+        }
+    }
+
+    /// The credentials' values the replicas announced: (name, fingerprint, overlap_until).
+    pub async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        match self {
+            Store::Memory { .. } => Ok(Vec::new()),
+            Store::Redis(r) => r.announced_credentials().await,
+        }
+    }
+
     /// Live phantoms, for the metrics.
     pub async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
         match self {

@@ -11,6 +11,7 @@
 //! | `rate:<sha256 of identity and package>` | sorted set | the writes counted in a grant's sliding window | `PX`: the window |
 //! | `frozen` | set | frozen package patterns | none |
 //! | `epoch` | counter | bumped by every revocation, freeze and thaw | none |
+//! | `credentials` | hash | per real credential, the SHA-256 of the value a rotation swapped in (never the value) | none |
 //!
 //! A phantom is stored under the SHA-256 digest of its token only; nothing here holds a token.
 //! Every check-and-spend is one Lua script, so two replicas can never spend one use twice.
@@ -527,6 +528,35 @@ impl RedisStore {
     /// Rate keys name an identity and a package: hashed, so keys stay short and uniform.
     fn rate_key(&self, key: &str) -> String {
         self.key("rate", ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+    }
+
+    /// Tells every replica that credential `name` now has the value whose SHA-256 is
+    /// `fingerprint` (never the value itself), kept before it until `overlap_until` (0: not).
+    pub async fn announce_credential(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        overlap_until: u64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let value = format!("{fingerprint}:{overlap_until}");
+        self.call(redis::cmd("HSET").arg(self.named("credentials")).arg(name).arg(value).query_async::<i64>(&mut conn))
+            .await
+            .map(drop)
+    }
+
+    /// The credentials' values as last announced: name -> (fingerprint, overlap_until).
+    pub async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> =
+            self.call(redis::cmd("HGETALL").arg(self.named("credentials")).query_async(&mut conn)).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(name, v)| {
+                let (fp, until) = v.split_once(':')?;
+                Some((name, fp.to_owned(), until.parse().unwrap_or(0)))
+            })
+            .collect())
     }
 
     /// Redis expires what it holds; this replica drops only its own stale cache entries.

@@ -176,10 +176,40 @@ fn two_replicas_act_as_one_broker() {
     assert!(took <= Duration::from_secs(1), "the thaw took {took:?} to reach A");
     assert_eq!(p.publish_at(a, &writer, "pb-frozen", "1.0.0").status, 201);
 
+    // A credential rotated through A is swapped in on B within a second: B reads the value from
+    // its own copy of the source (here the same file), checked against the fingerprint A
+    // announced; the value itself never goes into Redis.
+    let rotated = loop {
+        let t = w.publisher_login();
+        if t != w.verdaccio.token {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let file = w.root().join("rotated-token");
+    std::fs::write(&file, &rotated).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["credentials", "rotate", "verdaccio-publisher", "--from-file"])
+        .arg(&file)
+        .arg("--config")
+        .arg(&a.config)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    assert!(ok(&out) && text(&out).contains("replicas: announced"), "{}", text(&out));
+    let followed = |l: &Value| l["action"] == "credential-follow" && l["decision"] == "allow";
+    let took =
+        time_until("B swaps the rotated value in", Duration::from_secs(3), || b.audit_lines().iter().any(followed));
+    assert!(took <= Duration::from_secs(1), "B followed the rotation after {took:?}");
+    assert!(!a.audit_lines().iter().any(followed), "A followed its own rotation");
+    let writer2 = p.phantom_at(a, &["pb-rotated"]);
+    assert_eq!(p.publish_at(b, &writer2, "pb-rotated", "1.0.0").status, 201);
+
     // Redis holds records, counters and digests: no real credential, no phantom.
     let dump = p.redis.dump("pbtest:");
     assert!(dump.contains("pbtest:ph:") && dump.contains("pbtest:jti:") && dump.contains("pbtest:live"), "{dump}");
-    for secret in [w.verdaccio.token.as_str(), &token, &burst, &revocable, &writer] {
+    for secret in [w.verdaccio.token.as_str(), &rotated, &token, &burst, &revocable, &writer, &writer2] {
         assert!(!dump.contains(secret), "a secret is in Redis");
     }
     assert!(!dump.contains("phm_"), "a phantom is in Redis");
