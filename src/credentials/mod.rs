@@ -12,7 +12,7 @@ mod rotate;
 mod status;
 
 pub use rotate::{follow, reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
-pub use status::{account, status, StatusRow};
+pub use status::{status, StatusRow};
 
 use crate::config::{CredentialConfig, SecretSource};
 use crate::policy::{Authorized, Glob};
@@ -241,10 +241,6 @@ impl Credentials {
 
     pub(crate) fn slot(&self, name: &str) -> Option<&Slot> {
         self.by_name.get(name)
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.by_name.keys().cloned().collect()
     }
 
     pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot> {

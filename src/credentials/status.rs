@@ -106,20 +106,13 @@ fn day(secs: u64) -> String {
 pub(crate) async fn cached_account(app: &App, slot: &Slot, fresh: bool) -> Result<String, String> {
     if !fresh {
         let cached = slot.account.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some((account, at)) = cached.filter(|(_, at)| at.elapsed() < ACCOUNT_CACHE) {
-            let _ = at;
+        if let Some((account, _)) = cached.filter(|(_, at)| at.elapsed() < ACCOUNT_CACHE) {
             return Ok(account);
         }
     }
     let account = whoami(app, &slot.config.upstream, slot.current()).await?;
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), Instant::now()));
     Ok(account)
-}
-
-/// The account credential `name` authenticates as (asked again, and cached).
-pub async fn account(app: &App, name: &str) -> Result<String, String> {
-    let slot = app.credentials.slot(name).ok_or_else(|| format!("no credential `{name}`"))?;
-    cached_account(app, slot, true).await
 }
 
 /// The last account the upstream named for the slot, however old.
