@@ -87,7 +87,8 @@ fn policy(c: &mut Criterion) {
         let tags = ["latest".to_owned()];
         group.bench_with_input(BenchmarkId::new("use: authorize", n), &n, |b, _| {
             b.iter(|| {
-                let req = Requested { package: Some(&pkg), action: ActionKind::Publish, tags: &tags };
+                let req =
+                    Requested { package: Some(&pkg), action: ActionKind::Publish, tags: &tags, version: Some("1.0.0") };
                 p.authorize(black_box(&identity), &format!("g{i}"), &scope, req, ()).unwrap()
             })
         });

@@ -462,6 +462,39 @@ pub enum Verdict {
     Broken { line: u64, reason: String },
 }
 
+/// What a request's audit line says was asked: the identity's claims as the log keeps them,
+/// the package, the action and the version.
+pub struct Asked {
+    pub claims: Map<String, Value>,
+    pub package: String,
+    pub action: String,
+    pub version: Option<String>,
+}
+
+/// The last line of request `id` that names an identity, a package and an action (its
+/// outcome, not the line written ahead of a write).
+pub fn find_request(path: &Path, id: &str) -> std::io::Result<Option<Asked>> {
+    let text = std::fs::read_to_string(path)?;
+    let found = text
+        .lines()
+        .rev()
+        .filter(|l| l.contains(id))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["request_id"] == id && v["decision"] != "forwarding")
+        .filter_map(|v| {
+            let mut claims = v.get("identity")?.as_object()?.clone();
+            claims.remove("issuer");
+            Some(Asked {
+                claims,
+                package: v.get("package")?.as_str()?.to_owned(),
+                action: v.get("action")?.as_str()?.to_owned(),
+                version: v.get("version").and_then(Value::as_str).map(str::to_owned),
+            })
+        })
+        .next();
+    Ok(found)
+}
+
 /// Checks every line's hash and its link to the line before.
 pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
     let file = File::open(path).map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))?;

@@ -180,13 +180,23 @@ enum PolicyCommand {
     Explain {
         #[arg(long, default_value = "phantom.toml")]
         config: PathBuf,
+        /// A refused (or allowed) request's id, as `npm notice phantom: ... (request ID)` and the
+        /// audit log show it: its identity, package, action and version come from the audit log.
+        #[arg(long, conflicts_with_all = ["claims", "package", "action"])]
+        request: Option<String>,
+        /// The audit log to look the request up in (default: the config's `audit.path`).
+        #[arg(long, requires = "request")]
+        audit: Option<PathBuf>,
         /// A JSON file with the ID token's claims.
+        #[arg(long, required_unless_present = "request")]
+        claims: Option<PathBuf>,
+        #[arg(long, required_unless_present = "request")]
+        package: Option<String>,
+        #[arg(long, required_unless_present = "request")]
+        action: Option<String>,
+        /// The version a publish would add (checked against `versions` and `prerelease_only`).
         #[arg(long)]
-        claims: PathBuf,
-        #[arg(long)]
-        package: String,
-        #[arg(long)]
-        action: String,
+        version: Option<String>,
     },
 }
 
@@ -476,11 +486,31 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
             println!("{}: {} grants, all valid", config.policy_dir.display(), policy.len());
             Ok(())
         }
-        PolicyCommand::Explain { config, claims, package, action } => {
+        PolicyCommand::Explain { config, request, audit, claims, package, action, version } => {
             let (config, policy) = load(&config)?;
-            let text = std::fs::read_to_string(&claims).with_context(|| format!("cannot read {}", claims.display()))?;
-            let claims = phantom_broker::json::parse_object(text.as_bytes())
-                .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
+            let (claims, package, action, version) = match request {
+                Some(id) => {
+                    let path = audit.unwrap_or_else(|| config.audit.path.clone());
+                    let asked = audit::find_request(&path, &id)
+                        .with_context(|| format!("cannot read {}", path.display()))?
+                        .with_context(|| format!("request {id} is not in {}", path.display()))?;
+                    println!(
+                        "request {id}: {} {} by {}",
+                        asked.action,
+                        asked.package,
+                        asked.claims.get("sub").and_then(|s| s.as_str()).unwrap_or("an unnamed identity")
+                    );
+                    (asked.claims, asked.package, asked.action, asked.version.or(version))
+                }
+                None => {
+                    let claims = claims.unwrap_or_default();
+                    let text = std::fs::read_to_string(&claims)
+                        .with_context(|| format!("cannot read {}", claims.display()))?;
+                    let claims = phantom_broker::json::parse_object(text.as_bytes())
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
+                    (claims, package.unwrap_or_default(), action.unwrap_or_default(), version)
+                }
+            };
             let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
             let issuer = config
                 .issuers
@@ -489,10 +519,13 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                 .with_context(|| format!("the claims' iss `{iss}` is not a configured issuer"))?;
             let identity = policy::Identity { issuer: issuer.name.as_str().into(), claims };
             let package = phantom_broker::npm::PackageName::parse(&package)?;
+            // Before its body decided, a write is recorded with both candidates: the first is
+            // the one npm means (a publish, an unpublish).
+            let action = action.split('|').next().unwrap_or_default().to_owned();
             let action = phantom_broker::npm::ActionKind::parse(&action)
                 .with_context(|| format!("unknown action `{action}`"))?;
             let mut allowed = false;
-            for (grant, verdict) in policy.explain(&identity, &package, action) {
+            for (grant, verdict) in policy.explain(&identity, &package, action, version.as_deref()) {
                 match verdict {
                     Ok(()) => {
                         allowed = true;

@@ -62,13 +62,14 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
     };
     // The connection boxes this future (`server/conn.rs`), so the pipeline lives on the heap
     // only while a request is in flight.
-    let mut refused = None;
+    let (mut refused, mut refusal_message) = (None, None);
     let (mut response, forwarded) = match process(&app, req, &face, &mut rec).await {
         Ok(resp) => (resp, true),
         Err(refusal) => {
             rec.decision = refusal.decision();
             rec.reason = Some(refusal.detail());
             refused = Some(refusal.reason());
+            refusal_message = Some(refusal.client_message());
             (refusal.response(), false)
         }
     };
@@ -92,6 +93,14 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
+    }
+    // npm prints an `npm-notice` header as `npm notice ...`, for refusals too: the caller reads
+    // why, and the request id an admin finds the grant-by-grant detail with
+    // (`phantom policy explain --request ID`).
+    if let (Some(message), false) = (refusal_message, response.headers().contains_key("npm-notice")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("phantom: {message} (request {request_id})")) {
+            response.headers_mut().insert("npm-notice", v);
+        }
     }
     response
 }
@@ -318,7 +327,7 @@ fn authorize_read(app: &App, session: Option<&Session>, npm: NpmRequest) -> Perm
         return Permit::Anonymous(npm);
     };
     let r = &session.record;
-    let req = Requested { package: npm.package.as_ref(), action: npm::ActionKind::Read, tags: &[] };
+    let req = Requested { package: npm.package.as_ref(), action: npm::ActionKind::Read, tags: &[], version: None };
     match app.policy().authorize(&r.identity, &r.grant, &r.scope, req, npm.clone()) {
         Ok(authorized) => Permit::Granted(authorized),
         Err(_) => Permit::Anonymous(npm),

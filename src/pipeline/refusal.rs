@@ -229,6 +229,10 @@ impl Refusal {
             Refusal::NotAPhantom => {
                 "this registry accepts only phantom tokens (phm_...); other credentials are never forwarded"
             }
+            // Its own grant's rule, and the version as parsed: nothing about other grants.
+            Refusal::Denied(crate::policy::Denial::VersionNotAllowed(_, why)) => {
+                return format!("the phantom token's grant does not allow publishing this version: {why}").into()
+            }
             Refusal::Denied(_) => "the phantom token does not allow this action on this package",
             Refusal::UsesExhausted => "the phantom token has no uses left",
             Refusal::WritesInFlight => {

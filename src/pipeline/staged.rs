@@ -73,7 +73,7 @@ pub(super) async fn read(
     if upstreams.route(Some(&package)).is_none_or(|u| u.name != upstream.name) {
         return Err(Refusal::NoStagedVersion);
     }
-    let requested = Requested { package: Some(&package), action: ActionKind::Read, tags: &[] };
+    let requested = Requested { package: Some(&package), action: ActionKind::Read, tags: &[], version: None };
     // Outside the caller's packages it is "no such staged version", as for an unknown id: the
     // answer does not tell that the id exists.
     let authorized = policy.authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(|denial| {

@@ -480,7 +480,12 @@ async fn judge(
     rec.dist_tags = action.tags.clone();
     let r = &session.record;
     let package = npm.package.clone();
-    let requested = Requested { package: package.as_ref(), action: action.kind, tags: &action.tags };
+    let requested = Requested {
+        package: package.as_ref(),
+        action: action.kind,
+        tags: &action.tags,
+        version: action.version.as_deref(),
+    };
     let authorized =
         app.policy().authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(Refusal::Denied)?;
     if authorized.grant().credential != credential || authorized.grant().publish != publish {

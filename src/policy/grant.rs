@@ -32,6 +32,11 @@ pub struct Grant {
     pub rate: Option<Rate>,
     /// `[notify.NAME]` targets told about each version staged under this grant.
     pub notify: Vec<String>,
+    /// The versions a publish may be (`versions = ">=1.0.0, <2.0.0"`; a prerelease counts as
+    /// its release).
+    pub versions: Option<semver::VersionReq>,
+    /// Only prereleases (`1.2.0-beta.1`) may be published: agents publish them, humans promote.
+    pub prerelease_only: bool,
     pub file: PathBuf,
 }
 
@@ -91,6 +96,26 @@ impl Grant {
 
     pub fn allows_tag(&self, tag: &str) -> bool {
         self.dist_tags.as_ref().is_none_or(|tags| tags.iter().any(|g| g.matches(tag)))
+    }
+
+    /// Whether a publish of `version` fits the grant's version rules; the refusal says which.
+    pub fn allows_version(&self, version: Option<&str>) -> Result<(), String> {
+        if self.versions.is_none() && !self.prerelease_only {
+            return Ok(());
+        }
+        let text = version.ok_or("the publish names no version")?;
+        // The caller's text is not repeated unless it parsed as a version.
+        let v = semver::Version::parse(text).map_err(|_| "the version is not a semver version".to_owned())?;
+        if self.prerelease_only && v.pre.is_empty() {
+            return Err(format!("`{text}` is not a prerelease (prerelease_only)"));
+        }
+        // A prerelease is judged by its release: `1.4.0-beta.1` is within `>=1.0.0, <2.0.0` as
+        // 1.4.0 is (semver ranges would otherwise take no prerelease at all).
+        let release = semver::Version::new(v.major, v.minor, v.patch);
+        match &self.versions {
+            Some(req) if !req.matches(&v) && !req.matches(&release) => Err(format!("`{text}` is outside `{req}`")),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -156,6 +181,8 @@ struct GrantFile {
     rate: Option<String>,
     #[serde(default)]
     notify: Vec<String>,
+    versions: Option<String>,
+    prerelease_only: Option<bool>,
     #[serde(default)]
     claims: BTreeMap<String, ClaimMatcher>,
 }
@@ -250,6 +277,18 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
             ));
         }
     }
+    let publishes = actions.contains(ActionKind::Publish) || actions.contains(ActionKind::StagePublish);
+    let versions = match &g.versions {
+        None => None,
+        Some(_) if !publishes => {
+            return Err("`versions` applies to publish and stage-publish, which `actions` does not list".into())
+        }
+        Some(text) => Some(semver::VersionReq::parse(text).map_err(|e| format!("`versions`: `{text}`: {e}"))?),
+    };
+    let prerelease_only = g.prerelease_only.unwrap_or(false);
+    if prerelease_only && !publishes {
+        return Err("`prerelease_only` applies to publish and stage-publish, which `actions` does not list".into());
+    }
     if let Some(limits) = ctx.credential_limits.iter().find(|c| c.name == g.credential) {
         within_credential(&packages, actions, publish, limits)?;
     }
@@ -271,6 +310,8 @@ fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant,
         publish,
         rate,
         notify: g.notify,
+        versions,
+        prerelease_only,
         file: path.to_owned(),
     })
 }

@@ -43,6 +43,8 @@ pub struct Requested<'a> {
     pub action: ActionKind,
     /// Dist-tags the request sets: the publish body's, or the dist-tag route's.
     pub tags: &'a [String],
+    /// The version a publish adds (from its body).
+    pub version: Option<&'a str>,
 }
 
 /// Proof that policy permitted `T` under `grant`. Only this module can make one.
@@ -83,6 +85,8 @@ pub enum Denial {
     ActionOutOfScope(&'static str),
     #[error("dist-tag `{0}` is not allowed by grant `{1}`")]
     TagNotAllowed(String, String),
+    #[error("version not allowed by grant `{0}`: {1}")]
+    VersionNotAllowed(String, String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -259,6 +263,9 @@ impl Policy {
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
             return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
         }
+        if matches!(req.action, ActionKind::Publish | ActionKind::StagePublish) {
+            g.allows_version(req.version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))?;
+        }
         Ok(Authorized { inner, grant: g.clone() })
     }
 
@@ -298,11 +305,14 @@ impl Policy {
     }
 
     /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.
+    /// Grant by grant, whether `identity` may do `action` on `package` (publishing `version`,
+    /// when one is known), and why not.
     pub fn explain(
         &self,
         identity: &Identity,
         package: &PackageName,
         action: ActionKind,
+        version: Option<&str>,
     ) -> Vec<(String, Result<(), Denial>)> {
         self.grants
             .iter()
@@ -312,6 +322,8 @@ impl Policy {
                         Err(Denial::PackageOutOfScope)
                     } else if !g.actions.contains(action) && action != ActionKind::Read {
                         Err(Denial::ActionOutOfScope(action.as_str()))
+                    } else if matches!(action, ActionKind::Publish | ActionKind::StagePublish) && version.is_some() {
+                        g.allows_version(version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))
                     } else {
                         Ok(())
                     }

@@ -133,7 +133,7 @@ fn use_time_evaluation() {
     let latest = ["latest".to_owned()];
     let beta = ["beta-2".to_owned()];
     let evil = ["evil".to_owned()];
-    let req = |package, action, tags| Requested { package, action, tags };
+    let req = |package, action, tags| Requested { package, action, tags, version: None };
     let table: Vec<(Requested<'_>, Result<(), Denial>)> = vec![
         (req(Some(&web), ActionKind::Publish, &latest), Ok(())),
         (req(Some(&web), ActionKind::Publish, &beta), Ok(())),
@@ -336,4 +336,51 @@ fn globs_cover_what_they_match_and_no_more() {
     {
         assert!(!covers(a, b), "{a} does not cover {b}");
     }
+}
+
+#[test]
+fn version_rules_restrict_what_may_be_published() {
+    let text = r#"
+[[grant]]
+name = "agent"
+issuer = "github"
+packages = ["@acme/web"]
+actions = ["publish", "dist-tag"]
+credential = "acme-publish"
+versions = ">=1.0.0, <2.0.0"
+prerelease_only = true
+[grant.claims]
+repository_id = "123456789"
+"#;
+    let p = Policy::new(grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap()).unwrap();
+    let id = github(json!({}));
+    let web = pkg("@acme/web");
+    let scope = Scope {
+        packages: vec![web.clone()],
+        actions: [ActionKind::Publish, ActionKind::DistTag].into_iter().collect(),
+    };
+    let check = |action, version: Option<&str>| {
+        let req = Requested { package: Some(&web), action, tags: &[], version };
+        p.authorize(&id, "agent", &scope, req, ()).map(|_| ()).map_err(|d| d.to_string())
+    };
+    assert_eq!(check(ActionKind::Publish, Some("1.4.0-beta.1")), Ok(()));
+    for (version, why) in [
+        (Some("1.4.0"), "is not a prerelease"),
+        (Some("2.0.0-beta.1"), "is outside `>=1.0.0, <2.0.0`"),
+        (Some("0.9.0-rc.1"), "is outside"),
+        (Some("one"), "the version is not a semver version"),
+        (None, "names no version"),
+    ] {
+        let err = check(ActionKind::Publish, version).unwrap_err();
+        assert!(err.starts_with("version not allowed by grant `agent`") && err.contains(why), "{version:?}: {err}");
+    }
+    // A dist-tag move publishes no version: the rules do not apply to it.
+    assert_eq!(check(ActionKind::DistTag, None), Ok(()));
+
+    let bad_range = text.replace("versions = \">=1.0.0, <2.0.0\"", "versions = \"latest\"");
+    let err = grant::parse_file(&PathBuf::from("p.toml"), &bad_range, &CTX).unwrap_err();
+    assert!(err.contains("grant `agent`: `versions`: `latest`"), "{err}");
+    let no_publish = text.replace("actions = [\"publish\", \"dist-tag\"]", "actions = [\"dist-tag\"]");
+    let err = grant::parse_file(&PathBuf::from("p.toml"), &no_publish, &CTX).unwrap_err();
+    assert!(err.contains("`versions` applies to publish"), "{err}");
 }
