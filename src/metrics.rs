@@ -63,6 +63,8 @@ pub struct Metrics {
     credentials_direct_publish: Gauge,
     audit_healthy: Gauge,
     state_healthy: Gauge,
+    /// `[result="ok"]`, `[result="failed"]`.
+    policy_reloads: [Counter; 2],
 }
 
 /// What a scrape reads from the rest of the broker.
@@ -151,6 +153,13 @@ impl Metrics {
         );
         let audit_healthy = gauge(&mut registry, "audit_healthy", "1 while the audit log is written, 0 otherwise");
         let state_healthy = gauge(&mut registry, "state_healthy", "1 while the state store answers, 0 otherwise");
+        let reloads = Family::<Labels, Counter>::default();
+        let policy_reloads = ["ok", "failed"].map(|r| reloads.get_or_create(&vec![("result", r.to_string())]).clone());
+        registry.register(
+            "policy_reloads",
+            "Policy reloads (file change, SIGHUP, admin API): a failed one keeps the last good policy",
+            reloads,
+        );
 
         let metrics = Metrics {
             registry,
@@ -167,6 +176,7 @@ impl Metrics {
             credentials_direct_publish,
             audit_healthy,
             state_healthy,
+            policy_reloads,
         };
         metrics.credentials(config);
         metrics
@@ -211,6 +221,10 @@ impl Metrics {
             }
             Event::Admin | Event::Notify => {}
         }
+    }
+
+    pub(crate) fn policy_reloaded(&self, ok: bool) {
+        self.policy_reloads[usize::from(!ok)].inc();
     }
 
     /// The latency histogram of the upstream named `name`.

@@ -126,7 +126,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
         }
         (Method::POST, "/reload") => {
             rec.action = Some("reload");
-            Ok(reload(app).await)
+            Ok(reload(app, "admin API").await)
         }
         (Method::POST, p) if p.starts_with("/credentials/") && p.ends_with("/rotate") => {
             let segment = p.trim_start_matches("/credentials/").trim_end_matches("/rotate");
@@ -198,11 +198,30 @@ async fn metrics(app: &App) -> Response<Body> {
 
 /// Re-reads the policy and every credential's source (also on SIGHUP): a bad policy keeps the
 /// one in force, a credential value that fails the canary is not swapped in.
-pub async fn reload(app: &App) -> Value {
-    let policy = match app.reload_policy() {
-        Ok(grants) => json!({ "grants": grants }),
-        Err(e) => json!({ "error": e }),
+/// `trigger` says what asked (`admin API`, `SIGHUP`, `file change`): the audit line and the
+/// log say it.
+pub async fn reload(app: &App, trigger: &str) -> Value {
+    let (policy, decision, reason) = match app.reload_policy() {
+        Ok(grants) => {
+            app.metrics.policy_reloaded(true);
+            (json!({ "grants": grants }), Decision::Allow, format!("{trigger}: {grants} grants in force"))
+        }
+        Err(e) => {
+            app.metrics.policy_reloaded(false);
+            tracing::error!(trigger, error = %e, "the policy did not reload: the last good one stays in force");
+            (json!({ "error": e }), Decision::Deny, format!("{trigger}: kept the last good policy: {e}"))
+        }
     };
+    let rec = Record {
+        event: Event::Admin,
+        action: Some("policy-reload"),
+        decision,
+        reason: Some(reason),
+        ..Record::default()
+    };
+    if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
+        tracing::error!(error = %e, "could not audit a policy reload");
+    }
     json!({ "policy": policy, "credentials": crate::credentials::reload(app).await })
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod conn;
 mod tunnel;
+mod watch;
 
 pub use crate::app::App;
 pub use admin::reload;
@@ -86,6 +87,8 @@ pub async fn serve(
     });
 
     app.issuers.prefetch();
+    // Policy files and credential sources reload when they change, until the end of serving.
+    let _watching = watch::start(&app);
     let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
     // A shared store's revocations and freezes, kept current on this replica.
     let syncing = {
