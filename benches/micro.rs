@@ -179,6 +179,7 @@ fn identity(c: &mut Criterion) {
     let cfg = IssuerConfig {
         name: "github".into(),
         issuer: ISS.into(),
+        preset: None,
         algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
         audience: AUD.into(),
         ca_file: None,

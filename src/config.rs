@@ -162,6 +162,8 @@ pub struct UpstreamConfig {
 pub struct IssuerConfig {
     pub name: String,
     pub issuer: String,
+    /// The CI vendor, when `preset` names one: what its tokens carry, for the lints.
+    pub preset: Option<crate::policy::presets::Preset>,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// The audience the generic exchange requires (default `npm:<public host>`).
     pub audience: String,
@@ -288,8 +290,9 @@ struct RawUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
-    issuer: String,
-    algorithms: Vec<String>,
+    preset: Option<String>,
+    issuer: Option<String>,
+    algorithms: Option<Vec<String>>,
     audience: Option<String>,
     ca_file: Option<PathBuf>,
     leeway: Option<String>,
@@ -376,6 +379,19 @@ impl Config {
     /// Loads the policy directory against what this config defines (issuers, credentials,
     /// notification targets, lifetimes).
     pub fn load_policy(&self) -> Result<crate::policy::Policy, crate::policy::PolicyError> {
+        self.with_policy_context(|ctx| crate::policy::Policy::load_dir(&self.policy_dir, ctx))
+    }
+
+    /// `phantom policy check`: every error and lint of the policy directory, where it is.
+    pub fn check_policy(&self) -> Vec<crate::policy::check::Finding> {
+        let presets: Vec<(&str, Option<crate::policy::presets::Preset>)> =
+            self.issuers.iter().map(|i| (i.name.as_str(), i.preset)).collect();
+        self.with_policy_context(|ctx| crate::policy::check::check(&self.policy_dir, ctx, &presets))
+    }
+
+    /// What grants may refer to: this config's issuers, credentials (and what their tokens can
+    /// do), notification targets and lifetimes.
+    fn with_policy_context<R>(&self, f: impl FnOnce(&crate::policy::PolicyContext<'_>) -> R) -> R {
         let issuers = self.issuer_names();
         let credentials = self.credential_names();
         let notify: Vec<&str> = self.notify.iter().map(|n| n.name.as_str()).collect();
@@ -384,15 +400,14 @@ impl Config {
             .iter()
             .map(|c| crate::policy::CredentialLimits { name: &c.name, packages: &c.packages, publish: c.publish })
             .collect();
-        let ctx = crate::policy::PolicyContext {
+        f(&crate::policy::PolicyContext {
             issuers: &issuers,
             credentials: &credentials,
             credential_limits: &limits,
             notify: &notify,
             default_ttl: self.server.default_ttl,
             max_ttl: self.server.max_ttl,
-        };
-        crate::policy::Policy::load_dir(&self.policy_dir, &ctx)
+        })
     }
 }
 
@@ -489,12 +504,38 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
 
     let mut issuers = Vec::new();
     for (name, i) in raw.issuer {
-        checked_url(&i.issuer).map_err(|e| format!("`issuer.{name}.issuer`: {e}"))?;
-        if i.algorithms.is_empty() {
+        let preset = match i.preset.as_deref() {
+            None => None,
+            Some(p) => Some(crate::policy::presets::Preset::parse(p).ok_or_else(|| {
+                let known: Vec<&str> = crate::policy::presets::Preset::ALL.iter().map(|p| p.name()).collect();
+                format!("`issuer.{name}.preset`: `{p}` is not one of {}", known.join(", "))
+            })?),
+        };
+        // A preset fills in the issuer URL where the vendor has one for everybody; a given one
+        // (GitHub Enterprise Server, a GitLab instance) wins.
+        let issuer = match (i.issuer, preset.and_then(|p| p.issuer())) {
+            (Some(given), _) => given,
+            (None, Some(fixed)) => fixed.to_owned(),
+            (None, None) => {
+                let why = match preset {
+                    Some(p) => format!(" (preset `{}` has no issuer of its own: its tokens' `iss` is yours)", p.name()),
+                    None => String::new(),
+                };
+                return Err(format!("`issuer.{name}.issuer` is required{why}"));
+            }
+        };
+        checked_url(&issuer).map_err(|e| format!("`issuer.{name}.issuer`: {e}"))?;
+        let given_algorithms = match (i.algorithms, preset) {
+            (Some(a), _) => a,
+            // Every preset's vendor signs with RS256.
+            (None, Some(_)) => vec!["RS256".to_owned()],
+            (None, None) => return Err(format!("`issuer.{name}.algorithms` is required")),
+        };
+        if given_algorithms.is_empty() {
             return Err(format!("`issuer.{name}.algorithms` may not be empty"));
         }
         let mut algorithms = Vec::new();
-        for a in &i.algorithms {
+        for a in &given_algorithms {
             let alg = ALLOWED_ALGS.iter().find(|(n, _)| n == a).map(|(_, alg)| *alg).ok_or_else(|| {
                 let names: Vec<_> = ALLOWED_ALGS.iter().map(|(n, _)| *n).collect();
                 format!("`issuer.{name}.algorithms`: `{a}` is not allowed (expected one of {})", names.join(", "))
@@ -503,7 +544,8 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         }
         issuers.push(IssuerConfig {
             audience: i.audience.clone().unwrap_or_else(|| server.npm_audience()),
-            issuer: i.issuer,
+            issuer,
+            preset,
             algorithms,
             ca_file: i.ca_file.as_deref().map(rel),
             leeway: dur(&format!("issuer.{name}.leeway"), &i.leeway, 30)?,

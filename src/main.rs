@@ -18,6 +18,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+    Github,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -175,6 +182,13 @@ enum PolicyCommand {
     Check {
         #[arg(long, default_value = "phantom.toml")]
         config: PathBuf,
+        /// `text` (file:line:col: severity[rule]: message), `json`, or `github` (workflow
+        /// annotations on the policy pull request's lines).
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
+        /// Fail on warnings too.
+        #[arg(long)]
+        deny_warnings: bool,
     },
     /// Show, grant by grant, why an identity may or may not do an action on a package.
     Explain {
@@ -481,9 +495,26 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
         Ok((config, policy))
     };
     match command {
-        PolicyCommand::Check { config } => {
-            let (config, policy) = load(&config)?;
-            println!("{}: {} grants, all valid", config.policy_dir.display(), policy.len());
+        PolicyCommand::Check { config, format, deny_warnings } => {
+            use phantom_broker::policy::check::{self, Severity};
+            let config = Config::load(&config)?;
+            let findings = config.check_policy();
+            match format {
+                CheckFormat::Text => print!("{}", check::text(&findings)),
+                CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+                CheckFormat::Github => print!("{}", check::github(&findings)),
+            }
+            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+            let warnings = findings.len() - errors;
+            if format == CheckFormat::Text {
+                // The same load as `serve`: its count of grants when it would start.
+                let grants = config.load_policy().map(|p| p.len()).unwrap_or(0);
+                println!("{}: {grants} grants, {errors} errors, {warnings} warnings", config.policy_dir.display());
+            }
+            if errors > 0 || (deny_warnings && warnings > 0) {
+                // The findings said it all: exit 1 without another line.
+                std::process::exit(1);
+            }
             Ok(())
         }
         PolicyCommand::Explain { config, request, audit, claims, package, action, version } => {

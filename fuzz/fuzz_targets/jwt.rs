@@ -39,6 +39,7 @@ fn fixture() -> &'static Fixture {
         let cfg = IssuerConfig {
             name: "ci".into(),
             issuer: ISS.into(),
+            preset: None,
             algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
             audience: AUD.into(),
             ca_file: None,

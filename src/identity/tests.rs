@@ -28,6 +28,7 @@ fn fixture() -> Fixture {
     let cfg = IssuerConfig {
         name: "github".into(),
         issuer: ISS.into(),
+        preset: None,
         algorithms: vec![Algorithm::ES256, Algorithm::RS256],
         audience: "phantom-generic".into(),
         ca_file: None,

@@ -166,16 +166,16 @@ struct PolicyFile {
     grant: Vec<GrantFile>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
-struct GrantFile {
-    name: String,
+pub(super) struct GrantFile {
+    pub(super) name: String,
     issuer: String,
     packages: Vec<String>,
     actions: Vec<String>,
     dist_tags: Option<Vec<String>>,
     credential: String,
-    ttl: Option<String>,
+    pub(super) ttl: Option<String>,
     max_uses: Option<u32>,
     publish: Option<String>,
     rate: Option<String>,
@@ -199,7 +199,7 @@ pub(super) fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Re
         .collect()
 }
 
-fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
+pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
     if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("`name` must be 1-128 characters without spaces".into());
     }

@@ -4,8 +4,10 @@
 //! unless a grant matches. A permitted request is returned as `Authorized<T>`, which only this
 //! module can construct; the credential swap accepts nothing else.
 
+pub mod check;
 mod glob;
 mod grant;
+pub mod presets;
 
 pub use glob::Glob;
 pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};

@@ -17,6 +17,7 @@ mod metrics;
 mod npm_actions;
 mod npm_oidc;
 mod phantom_scope;
+mod policy_check;
 mod policy_reload;
 mod policy_rules;
 mod secrets_debug;
