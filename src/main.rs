@@ -190,6 +190,12 @@ enum PolicyCommand {
         #[arg(long)]
         deny_warnings: bool,
     },
+    /// The `npm trust ...` commands that would configure npm's own trusted publishing for the
+    /// grants npm could serve (GitHub, GitLab, CircleCI), and why not for the others.
+    Trust {
+        #[arg(long, default_value = "phantom.toml")]
+        config: PathBuf,
+    },
     /// Show, grant by grant, why an identity may or may not do an action on a package.
     Explain {
         #[arg(long, default_value = "phantom.toml")]
@@ -515,6 +521,14 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                 // The findings said it all: exit 1 without another line.
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        PolicyCommand::Trust { config } => {
+            let (config, policy) = load(&config)?;
+            let mut grants: Vec<&policy::Grant> = policy.grants().collect();
+            grants.sort_by(|a, b| a.name.cmp(&b.name));
+            let preset_of = |issuer: &str| config.issuers.iter().find(|i| i.name == issuer).and_then(|i| i.preset);
+            print!("{}", policy::trust::trust_script(&grants, &preset_of));
             Ok(())
         }
         PolicyCommand::Explain { config, request, audit, claims, package, action, version } => {

@@ -8,6 +8,7 @@ pub mod check;
 mod glob;
 mod grant;
 pub mod presets;
+pub mod trust;
 
 pub use glob::Glob;
 pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};

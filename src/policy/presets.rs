@@ -7,7 +7,8 @@
 //! - GitLab CI/CD: "OpenID Connect (OIDC) Authentication Using ID Tokens", token payload,
 //!   docs.gitlab.com/ci/secrets/id_token_authentication (and the `job_project_*` claims of
 //!   gitlab-org/gitlab!202241, added after fork merge-request pipelines got the fork's ids)
-//! - CircleCI: "Using OpenID Connect tokens in jobs", circleci.com/docs/openid-connect-tokens
+//! - CircleCI: "Using OpenID Connect tokens in jobs", circleci.com/docs/openid-connect-tokens (the
+//!   pipeline definition id is also what `npm trust circleci --pipeline-definition-id` pins)
 //! - Buildkite: "OIDC with Buildkite", buildkite.com/docs/pipelines/security/oidc, and the agent's
 //!   `oidc request-token` reference, buildkite.com/docs/agent/v3/cli-oidc
 //! - Kubernetes: projected service account tokens (`sub` = `system:serviceaccount:NS:NAME`, the

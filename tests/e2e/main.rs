@@ -20,6 +20,7 @@ mod phantom_scope;
 mod policy_check;
 mod policy_reload;
 mod policy_rules;
+mod presets;
 mod secrets_debug;
 mod shared_state;
 mod staging;

@@ -140,3 +140,142 @@ fn exit_codes_follow_errors_and_deny_warnings() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&json.stdout).trim(), "[]");
 }
+
+const TRUST_CONFIG: &str = r#"
+[server]
+public_url = "https://npm-broker.example.com/"
+tls_cert = "s.pem"
+tls_key = "k.pem"
+[upstream.public]
+url = "https://registry.example.com/"
+scopes = ["*"]
+[issuer.gh]
+preset = "github"
+[issuer.gl]
+preset = "gitlab"
+issuer = "https://gitlab.example.com"
+[issuer.cc]
+preset = "circleci"
+issuer = "https://oidc.circleci.com/org/9f1e0000-0000-4000-8000-000000000000"
+[issuer.bk]
+preset = "buildkite"
+[credential.cred]
+upstream = "public"
+source = { env = "T" }
+[audit]
+path = "a.jsonl"
+"#;
+
+const TRUST_POLICY: &str = r#"
+[[grant]]
+name = "a-github"
+issuer = "gh"
+packages = ["@acme/web", "@acme/web-*"]
+actions = ["publish", "dist-tag"]
+publish = "stage"
+credential = "cred"
+[grant.claims]
+repository = "acme/web"
+repository_id = "1"
+job_workflow_ref = "acme/web/.github/workflows/release.yml@refs/heads/main"
+runner_environment = "github-hosted"
+environment = "npm"
+
+[[grant]]
+name = "b-gitlab"
+issuer = "gl"
+packages = ["@acme/tools"]
+actions = ["publish"]
+credential = "cred"
+[grant.claims]
+project_id = "42"
+project_path = "acme/tools"
+runner_environment = "gitlab-hosted"
+ci_config_ref_uri = "gitlab.example.com/acme/tools//ci/release.yml@refs/heads/main"
+
+[[grant]]
+name = "c-circleci"
+issuer = "cc"
+packages = ["@acme/cli"]
+actions = ["publish"]
+credential = "cred"
+[grant.claims]
+sub = { glob = "org/9f1e0000-0000-4000-8000-000000000000/project/*" }
+"oidc.circleci.com/project-id" = "5b2a7c1e-0000-4000-8000-000000000001"
+"oidc.circleci.com/pipeline-definition-id" = "d3f00000-0000-4000-8000-000000000003"
+"oidc.circleci.com/vcs-origin" = "github.com/acme/cli"
+aud = "9f1e0000-0000-4000-8000-000000000000"
+
+[[grant]]
+name = "d-buildkite"
+issuer = "bk"
+packages = ["@acme/ops"]
+actions = ["publish"]
+credential = "cred"
+[grant.claims]
+organization_id = "0a1b"
+
+[[grant]]
+name = "e-self-hosted"
+issuer = "gh"
+packages = ["@acme/infra"]
+actions = ["publish"]
+credential = "cred"
+[grant.claims]
+repository = "acme/infra"
+repository_id = "2"
+job_workflow_ref = "acme/infra/.github/workflows/release.yml@refs/heads/main"
+"#;
+
+const TRUST_SCRIPT: &str = "# npm's own trusted publishing for the grants it could serve (review, then run; each asks to confirm).
+# The broker keeps serving everything else: dist-tags, deprecations, agents, other CI vendors.
+
+# grant `a-github`
+# (its other actions stay with the broker: dist-tag; npm's trusted publishing covers publish only)
+npm trust github @acme/web --repository acme/web --file release.yml --environment npm --allow-stage-publish
+# @acme/web-*: npm trusts one package per command: run the line above for each package it covers
+
+# grant `b-gitlab`
+npm trust gitlab @acme/tools --project acme/tools --file ci/release.yml --allow-publish
+
+# grant `c-circleci`
+npm trust circleci @acme/cli --org-id 9f1e0000-0000-4000-8000-000000000000 --project-id 5b2a7c1e-0000-4000-8000-000000000001 --pipeline-definition-id d3f00000-0000-4000-8000-000000000003 --vcs-origin github.com/acme/cli --allow-publish
+
+# grant `d-buildkite`
+# not for npm: npm trusts only GitHub Actions, GitLab CI/CD and CircleCI, not buildkite
+
+# grant `e-self-hosted`
+# not for npm: npm trusts only GitHub-hosted runners: pin runner_environment = \"github-hosted\" first
+";
+
+/// `phantom policy trust` prints npm's own commands for what npm could serve, and says why not
+/// for the rest; every flag it writes is one the pinned npm CLI's `npm trust` takes.
+#[test]
+fn policy_trust_prints_the_npm_trust_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("phantom.toml"), TRUST_CONFIG).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/trust.toml"), TRUST_POLICY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["policy", "trust", "--config", "phantom.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), TRUST_SCRIPT);
+
+    let npm = repo().join("tests/node/node_modules/.bin/npm");
+    for line in TRUST_SCRIPT.lines().filter(|l| l.starts_with("npm trust ")) {
+        let vendor = line.split_whitespace().nth(2).unwrap();
+        let help = Command::new(&npm)
+            .args(["trust", vendor, "--help"])
+            .env("NPM_CONFIG_USERCONFIG", dir.path().join("npmrc"))
+            .env("NPM_CONFIG_UPDATE_NOTIFIER", "false")
+            .output()
+            .unwrap();
+        let usage = String::from_utf8_lossy(&help.stdout);
+        for flag in line.split_whitespace().filter(|w| w.starts_with("--")) {
+            assert!(usage.contains(flag), "npm trust {vendor} does not take {flag}:\n{usage}");
+        }
+    }
+}

@@ -408,6 +408,8 @@ pub(crate) struct Options {
     pub audit: String,
     /// Extra lines inside `[credential.verdaccio-publisher]`.
     pub credential: String,
+    /// Extra lines inside `[issuer.github]` (the loopback issuer), e.g. a `preset`.
+    pub issuer: String,
     pub audit_path: Option<String>,
     /// Extra tables at the end of the config; `{ca}` stands for the dev CA's path.
     pub extra: String,
@@ -545,6 +547,7 @@ ca_file = "{ca}"
 issuer = "{issuer}"
 algorithms = ["RS256", "ES256"]
 ca_file = "{ca}"
+{issuer_extra}
 
 [credential.verdaccio-publisher]
 upstream = "verdaccio"
@@ -571,6 +574,7 @@ token = {{ file = "{admin_secret}" }}
             admin_secret = secrets.join("admin-token").display(),
             server_extra = opts.server,
             credential_extra = opts.credential,
+            issuer_extra = opts.issuer,
             audit_path = opts.audit_path.as_deref().unwrap_or("audit/phantom.jsonl"),
             audit_extra = opts.audit,
             extra = opts
