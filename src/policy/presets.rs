@@ -125,6 +125,9 @@ impl Preset {
                 "oidc.circleci.com/vcs-origin",
                 "oidc.circleci.com/vcs-ref",
                 "oidc.circleci.com/ssh-rerun",
+                // Newer tokens; npm's trusted publishing matches these two.
+                "oidc.circleci.com/org-id",
+                "oidc.circleci.com/pipeline-definition-id",
             ],
             Preset::Buildkite => &[
                 "organization_slug",

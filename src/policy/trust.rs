@@ -119,11 +119,11 @@ fn circleci(g: &Grant) -> Result<Vec<String>, String> {
     let definition = need("oidc.circleci.com/pipeline-definition-id")?;
     let origin = need("oidc.circleci.com/vcs-origin")?;
     // `sub` is `org/<org id>/project/<project id>/user/<user id>`.
-    let org = exact(g, "sub")
-        .and_then(|s| s.strip_prefix("org/"))
+    let org = exact(g, "oidc.circleci.com/org-id")
+        .or_else(|| exact(g, "sub").and_then(|s| s.strip_prefix("org/")))
         .and_then(|s| s.split('/').next())
         .or_else(|| exact(g, "aud"))
-        .ok_or("npm names the organisation: pin `sub` (org/<id>/...) or `aud`")?;
+        .ok_or("npm names the organisation: pin `oidc.circleci.com/org-id`, `sub` (org/<id>/...) or `aud`")?;
     Ok(vec![
         format!("--org-id {org}"),
         format!("--project-id {project}"),
