@@ -515,7 +515,14 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
             if format == CheckFormat::Text {
                 // The same load as `serve`: its count of grants when it would start.
                 let grants = config.load_policy().map(|p| p.len()).unwrap_or(0);
-                println!("{}: {grants} grants, {errors} errors, {warnings} warnings", config.policy_dir.display());
+                let n = |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+                println!(
+                    "{}: {}, {}, {}",
+                    config.policy_dir.display(),
+                    n(grants, "grant"),
+                    n(errors, "error"),
+                    n(warnings, "warning")
+                );
             }
             if errors > 0 || (deny_warnings && warnings > 0) {
                 // The findings said it all: exit 1 without another line.

@@ -279,3 +279,38 @@ fn policy_trust_prints_the_npm_trust_commands() {
         }
     }
 }
+
+/// The README's worked examples for the other CI vendors are real: each `toml` block that
+/// declares an issuer and a grant, added to the shipped config and policy, checks clean with
+/// warnings denied.
+#[test]
+fn the_readmes_vendor_examples_check_clean() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let blocks: Vec<&str> = readme
+        .split("```toml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .filter(|b| b.contains("[issuer.") && b.contains("[[grant]]"))
+        .collect();
+    let issuers: Vec<&str> = blocks
+        .iter()
+        .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("preset = \"")?.strip_suffix('"')))
+        .collect();
+    assert_eq!(issuers, ["gitlab", "circleci", "buildkite"], "the README's vendor examples");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = std::fs::read_to_string(repo().join("phantom.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::copy(repo().join("policies/acme.toml"), dir.path().join("policies/acme.toml")).unwrap();
+    for (block, vendor) in blocks.iter().zip(&issuers) {
+        let (issuer, grant) = block.split_at(block.find("[[grant]]").unwrap());
+        config.push('\n');
+        config.push_str(issuer);
+        std::fs::write(dir.path().join(format!("policies/{vendor}.toml")), grant).unwrap();
+    }
+    std::fs::write(dir.path().join("phantom.toml"), config).unwrap();
+    let out = check(dir.path(), &["--deny-warnings"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text, "policies: 5 grants, 0 errors, 0 warnings\n");
+}
