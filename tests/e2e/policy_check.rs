@@ -314,3 +314,150 @@ fn the_readmes_vendor_examples_check_clean() {
     assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text, "policies: 5 grants, 0 errors, 0 warnings\n");
 }
+
+/// A GitHub grant with nothing to lint, and a GitLab one: each case below edits one of them.
+const CLEAN_GITHUB: &str = r#"[[grant]]
+name = "g"
+issuer = "gh"
+packages = ["@acme/web"]
+actions = ["publish"]
+credential = "cred"
+ttl = "10m"
+max_uses = 3
+rate = "5/1h"
+[grant.claims]
+repository_id = "1"
+job_workflow_ref = "acme/web/.github/workflows/release.yml@refs/heads/main"
+event_name = "push"
+runner_environment = "github-hosted"
+"#;
+
+const CLEAN_GITLAB: &str = r#"[[grant]]
+name = "g"
+issuer = "gl"
+packages = ["@acme/tools"]
+actions = ["publish"]
+credential = "cred"
+ttl = "10m"
+max_uses = 3
+rate = "5/1h"
+[grant.claims]
+project_id = "42"
+ref_protected = "true"
+runner_environment = "gitlab-hosted"
+"#;
+
+/// Every lint, with an edit of a clean grant that triggers it and a near miss that must not:
+/// `(rule, base, replace, with (triggers), with (does not))`.
+const LINT_PAIRS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "mutable-identity",
+        CLEAN_GITHUB,
+        "repository_id = \"1\"",
+        "repository = \"acme/web\"",
+        "repository = \"acme/web\"\nrepository_owner_id = \"4242\"",
+    ),
+    (
+        "pull-request-writes",
+        CLEAN_GITHUB,
+        "event_name = \"push\"",
+        "event_name = [\"push\", \"pull_request_target\"]",
+        "event_name = [\"push\", \"workflow_dispatch\"]",
+    ),
+    (
+        "pull-request-writes",
+        CLEAN_GITLAB,
+        "ref_protected",
+        "pipeline_source = \"merge_request_event\"\nref_protected",
+        "pipeline_source = [\"push\", \"web\"]\nref_protected",
+    ),
+    ("unpinned-event", CLEAN_GITHUB, "event_name = \"push\"\n", "", "event_name = \"release\"\n"),
+    // Reads need no workflow pin: only writes do.
+    (
+        "unpinned-workflow",
+        CLEAN_GITHUB,
+        "job_workflow_ref = \"acme/web/.github/workflows/release.yml@refs/heads/main\"\n",
+        "",
+        "actions = [\"read\"]\n",
+    ),
+    (
+        "self-hosted-publish",
+        CLEAN_GITHUB,
+        "runner_environment = \"github-hosted\"",
+        "runner_environment = \"self-hosted\"",
+        "runner_environment = [\"github-hosted\"]",
+    ),
+    (
+        "self-hosted-publish",
+        CLEAN_GITLAB,
+        "runner_environment = \"gitlab-hosted\"",
+        "runner_environment = \"self-hosted\"",
+        "runner_environment = \"gitlab-hosted\"\nref = \"main\"",
+    ),
+    (
+        "unprotected-ref",
+        CLEAN_GITLAB,
+        "ref_protected = \"true\"",
+        "ref_protected = \"false\"",
+        "ref_protected = [\"true\"]",
+    ),
+    ("wildcard-package", CLEAN_GITHUB, "packages = [\"@acme/web\"]", "packages = [\"*\"]", "packages = [\"@acme/*\"]"),
+    ("long-ttl", CLEAN_GITHUB, "ttl = \"10m\"", "ttl = \"2h\"", "ttl = \"1h\""),
+    // Without max_uses, a grant that only reads is fine; one that writes is not.
+    ("no-max-uses", CLEAN_GITHUB, "max_uses = 3\nrate = \"5/1h\"\n", "rate = \"5/1h\"\n", "actions = [\"read\"]\n"),
+    // rate is asked of publishing grants only.
+    ("no-rate", CLEAN_GITHUB, "rate = \"5/1h\"\n", "", "actions = [\"dist-tag\"]\n"),
+    (
+        "glob-identity-claim",
+        CLEAN_GITHUB,
+        "repository_id = \"1\"",
+        "repository_id = { glob = \"1*\" }",
+        "repository_id = \"1\"\nref = { glob = \"refs/tags/v*\" }",
+    ),
+    (
+        "unknown-claim",
+        CLEAN_GITHUB,
+        "event_name = \"push\"",
+        "event_name = \"push\"\nbranch = \"main\"",
+        "event_name = \"push\"\nref = \"refs/heads/main\"",
+    ),
+];
+
+/// The rules `policy check --format json` reports for one policy file.
+fn rules_for(policy: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("phantom.toml"), TRUST_CONFIG).unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/p.toml"), policy).unwrap();
+    let out = check(dir.path(), &["--format", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    json.as_array().unwrap().iter().map(|f| f["rule"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Each lint fires on the mistake it names and stays quiet on the nearest correct grant.
+#[test]
+fn each_lint_fires_on_its_mistake_and_not_on_the_near_miss() {
+    assert_eq!(rules_for(CLEAN_GITHUB), Vec::<String>::new());
+    assert_eq!(rules_for(CLEAN_GITLAB), Vec::<String>::new());
+    for (rule, base, from, bad, near) in LINT_PAIRS {
+        assert!(base.contains(from), "{rule}: the base has no `{from}`");
+        // An `actions` edit goes where the grant's own `actions` was.
+        let edit = |with: &str| {
+            if with.starts_with("actions = ") {
+                base.replacen(from, "", 1).replacen("actions = [\"publish\"]", with.trim_end(), 1)
+            } else {
+                base.replacen(from, with, 1)
+            }
+        };
+        let fired = rules_for(&edit(bad));
+        assert_eq!(fired, [rule.to_string()], "{rule} should fire (alone) on:\n{}", edit(bad));
+        let quiet = rules_for(&edit(near));
+        assert_eq!(quiet, Vec::<String>::new(), "{rule}'s near miss should pass clean:\n{}", edit(near));
+    }
+    // Every lint of the rule list has a pair.
+    let lints: std::collections::BTreeSet<&str> = LINT_PAIRS.iter().map(|p| p.0).collect();
+    let golden: std::collections::BTreeSet<&str> = GOLDEN.iter().filter(|g| g.1 == "warning").map(|g| g.2).collect();
+    assert_eq!(lints, golden);
+}
