@@ -207,12 +207,19 @@ async fn canary(
             return Err(format!("the current value authenticates as `{a}`, not `{}`", stated.unwrap_or_default()))
         }
         Ok(a) => a,
-        Err(e) => last_known_account(slot).or_else(|| stated.map(str::to_owned)).ok_or_else(|| {
-            format!(
-                "the current value's account is unknown (GET /-/whoami: {e}), so the new one cannot be compared with it: \
-                 give the account it must be (--account)"
-            )
-        })?,
+        Err(e) => match (last_known_account(slot), stated) {
+            (Some(known), Some(s)) if known != s => {
+                return Err(format!("the current value last authenticated as `{known}`, not `{s}`"))
+            }
+            (Some(known), _) => known,
+            (None, Some(s)) => s.to_owned(),
+            (None, None) => {
+                return Err(format!(
+                    "the current value's account is unknown (GET /-/whoami: {e}), so the new one cannot be compared \
+                     with it: give the account it must be (--account)"
+                ))
+            }
+        },
     };
     let got = whoami(app, &slot.config.upstream, next.clone()).await.map_err(|e| format!("the new value: {e}"))?;
     if got != expected {

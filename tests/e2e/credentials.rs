@@ -294,3 +294,58 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     }
     w.assert_canary_contained_without_writes();
 }
+
+/// When the current value can no longer answer `whoami` (it expired upstream) and the broker
+/// never learned its account, the canary needs the account from the operator: without
+/// `--account` nothing changes, a wrong one is refused, the right one rotates.
+#[test]
+fn a_dead_current_value_needs_the_account_stated() {
+    let r = Rig {
+        w: World::start_with(Options {
+            policy: POLICY.into(),
+            credential: "packages = [\"pb-*\", \"priv-*\"]".into(),
+            verdaccio_token_ttl: Some("8s".into()),
+            ..Options::default()
+        }),
+        printed: Default::default(),
+    };
+    let w = &r.w;
+    let original = w.verdaccio.token.clone();
+    let start = Instant::now();
+    while w.verdaccio_whoami(&original).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(20), "Verdaccio still takes the original token");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let new = w.publisher_login();
+
+    let refused = r.rotate(&new, &[]);
+    assert!(!ok(&refused), "{}", text(&refused));
+    assert!(text(&refused).contains("give the account it must be (--account)"), "{}", text(&refused));
+    let wrong = r.rotate(&new, &["--account", "intruder"]);
+    assert!(!ok(&wrong), "{}", text(&wrong));
+    assert!(text(&wrong).contains("authenticates as `publisher`, the current one as `intruder`"), "{}", text(&wrong));
+    assert_eq!(r.source(), original, "a refused rotation changed the source");
+
+    let done = r.rotate(&new, &["--account", "publisher"]);
+    assert!(ok(&done), "{}", text(&done));
+    assert_eq!(r.source(), new);
+    assert_eq!(r.publish("pb-dead", "1.0.0"), 201);
+
+    // Now the broker knows the account: a stated one that differs is refused even when the
+    // current value has died again.
+    let start = Instant::now();
+    while w.verdaccio_whoami(&new).is_some() {
+        assert!(start.elapsed() < Duration::from_secs(20), "Verdaccio still takes the rotated token");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let next = w.publisher_login();
+    let wrong = r.rotate(&next, &["--account", "intruder"]);
+    assert!(!ok(&wrong), "{}", text(&wrong));
+    assert!(text(&wrong).contains("last authenticated as `publisher`, not `intruder`"), "{}", text(&wrong));
+    assert_eq!(r.source(), new);
+
+    let printed = r.printed.borrow().clone();
+    for token in [&original, &new, &next] {
+        assert!(!printed.contains(token.as_str()), "a token is in the CLI's output");
+    }
+}
