@@ -21,7 +21,9 @@
 //! would, needs no second kind of connection, and costs one `GET` per replica every 250 ms.
 //! Writes never rely on it (their spend reads the phantom's own `rv` in the same script); it
 //! bounds how long a revoked phantom's cached lookup may still serve a read, and how long a
-//! freeze takes to reach the other replicas' write checks. A replica that failed a call
+//! freeze takes to reach the other replicas' write checks. A write opens (the bound on how many
+//! one phantom may have under way) on the uses its lookup read in the same round trip, at most
+//! a second old and updated at once by this replica's own spends; the spend then reads Redis. A replica that failed a call
 //! refuses writes and exchanges until a poll succeeds again, so it never acts on state it may
 //! have missed.
 
@@ -58,11 +60,24 @@ pub struct RedisStore {
     /// The last `epoch` read (-1: none yet).
     epoch: AtomicI64,
     frozen: RwLock<Arc<Vec<Glob>>>,
-    cache: DashMap<TokenDigest, (Arc<PhantomRecord>, Instant)>,
+    cache: DashMap<TokenDigest, Cached>,
     /// Writes open on this replica, per phantom. (Each replica bounds what it opens; the
     /// spend itself is shared and atomic.)
     open: DashMap<TokenDigest, u32>,
     scripts: Scripts,
+}
+
+/// What this replica last read of a live phantom: its record, for reads, and its uses, for
+/// `open_write`. Both are served for `LOOKUP_CACHE` at most; this replica's own spends update
+/// the uses at once, another replica's are seen within that second. (The spend itself always
+/// reads Redis: a stale view can only let a write be opened whose spend is then refused.)
+struct Cached {
+    record: Arc<PhantomRecord>,
+    at: Instant,
+    max: Option<u32>,
+    used: u32,
+    /// The last write was spent and has not succeeded upstream: it may be sent again.
+    resend: bool,
 }
 
 struct Scripts {
@@ -314,17 +329,32 @@ impl RedisStore {
 
     pub async fn lookup(&self, digest: &TokenDigest, now: u64) -> Result<Lookup, StoreError> {
         if let Some(hit) = self.cache.get(digest) {
-            let (record, at) = &*hit;
-            if at.elapsed() < LOOKUP_CACHE && now < record.expires_at {
-                return Ok(Lookup::Live(record.clone()));
+            if hit.at.elapsed() < LOOKUP_CACHE && now < hit.record.expires_at {
+                return Ok(Lookup::Live(hit.record.clone()));
             }
         }
         let mut conn = self.conn.clone();
         let key = self.key("ph", &digest.0);
-        let (json, revoked, exp): (Option<String>, Option<String>, Option<u64>) =
-            self.call(redis::cmd("HMGET").arg(&key).arg("r").arg("rv").arg("exp").query_async(&mut conn)).await?;
-        let (Some(json), Some(exp)) = (json, exp) else { return Ok(Lookup::Unknown) };
-        if revoked.as_deref() == Some("1") {
+        // The uses too, in the same round trip: the write that follows a lookup opens on them.
+        let h: Vec<Option<String>> = self
+            .call(
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("r")
+                    .arg("rv")
+                    .arg("exp")
+                    .arg("max")
+                    .arg("u")
+                    .arg("ok")
+                    .arg("fp")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let field = |i: usize| h.get(i).cloned().flatten();
+        let (Some(json), Some(exp)) = (field(0), field(2).and_then(|e| e.parse::<u64>().ok())) else {
+            return Ok(Lookup::Unknown);
+        };
+        if field(1).as_deref() == Some("1") {
             return Ok(Lookup::Revoked);
         }
         if now >= exp {
@@ -334,7 +364,8 @@ impl RedisStore {
         if self.cache.len() >= LOOKUP_CACHE_MAX {
             self.cache.clear();
         }
-        self.cache.insert(*digest, (record.clone(), Instant::now()));
+        let (max, used, resend) = uses(field(3), field(4), field(5), field(6));
+        self.cache.insert(*digest, Cached { record: record.clone(), at: Instant::now(), max, used, resend });
         Ok(Lookup::Live(record))
     }
 
@@ -351,42 +382,68 @@ impl RedisStore {
         let answer: Vec<String> = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(match answer.first().map(String::as_str) {
             Some("retry") => UseOutcome::Retry,
-            Some("exhausted") => UseOutcome::Exhausted,
+            Some("exhausted") => {
+                if let Some(mut c) = self.cache.get_mut(digest) {
+                    c.used = c.max.unwrap_or(u32::MAX);
+                }
+                UseOutcome::Exhausted
+            }
             Some("counted") => {
                 let used: u32 = answer.get(1).and_then(|u| u.parse().ok()).unwrap_or(u32::MAX);
                 let max: Option<u32> = answer.get(2).and_then(|m| m.parse().ok());
+                if let Some(mut c) = self.cache.get_mut(digest) {
+                    (c.used, c.max, c.resend) = (used, max, true);
+                }
                 UseOutcome::Counted { remaining: max.map(|m| m.saturating_sub(used)) }
             }
-            _ => UseOutcome::NotLive,
+            _ => {
+                self.cache.remove(digest);
+                UseOutcome::NotLive
+            }
         })
     }
 
+    /// Opens on the uses the lookup just read (or this replica's own spends since), when they
+    /// are less than `LOOKUP_CACHE` old; otherwise it reads them.
     pub async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
         self.synced()?;
-        let mut conn = self.conn.clone();
-        let key = self.key("ph", &digest.0);
-        let h: Vec<Option<String>> = self
-            .call(
-                redis::cmd("HMGET")
-                    .arg(&key)
-                    .arg("exp")
-                    .arg("max")
-                    .arg("u")
-                    .arg("ok")
-                    .arg("rv")
-                    .arg("fp")
-                    .query_async(&mut conn),
-            )
-            .await?;
-        let field = |i: usize| h.get(i).cloned().flatten();
-        let Some(exp) = field(0).and_then(|e| e.parse::<u64>().ok()) else { return Ok(OpenWrite::NotLive) };
-        if field(4).as_deref() == Some("1") || now >= exp {
+        let cached = self
+            .cache
+            .get(digest)
+            .filter(|c| c.at.elapsed() < LOOKUP_CACHE)
+            .map(|c| (c.record.expires_at, c.max, c.used, c.resend));
+        let (exp, max, used, resend) = match cached {
+            Some(view) => view,
+            None => {
+                let mut conn = self.conn.clone();
+                let key = self.key("ph", &digest.0);
+                let h: Vec<Option<String>> = self
+                    .call(
+                        redis::cmd("HMGET")
+                            .arg(&key)
+                            .arg("exp")
+                            .arg("max")
+                            .arg("u")
+                            .arg("ok")
+                            .arg("rv")
+                            .arg("fp")
+                            .query_async(&mut conn),
+                    )
+                    .await?;
+                let field = |i: usize| h.get(i).cloned().flatten();
+                let Some(exp) = field(0).and_then(|e| e.parse::<u64>().ok()) else { return Ok(OpenWrite::NotLive) };
+                if field(4).as_deref() == Some("1") {
+                    return Ok(OpenWrite::NotLive);
+                }
+                let (max, used, resend) = uses(field(1), field(2), field(3), field(5));
+                (exp, max, used, resend)
+            }
+        };
+        if now >= exp {
             return Ok(OpenWrite::NotLive);
         }
-        let used: u32 = field(2).and_then(|u| u.parse().ok()).unwrap_or(0);
-        let resend = u32::from(field(5).is_some_and(|fp| !fp.is_empty()) && field(3).as_deref() == Some("0"));
-        let allowance = match field(1).and_then(|m| m.parse::<u32>().ok()) {
-            Some(max) => (max.saturating_sub(used) + resend).min(MAX_OPEN_WRITES),
+        let allowance = match max {
+            Some(max) => (max.saturating_sub(used) + u32::from(resend)).min(MAX_OPEN_WRITES),
             None => MAX_OPEN_WRITES,
         };
         if allowance == 0 {
@@ -413,6 +470,11 @@ impl RedisStore {
         fingerprint: Fingerprint,
         succeeded: bool,
     ) -> Result<(), StoreError> {
+        if succeeded {
+            if let Some(mut c) = self.cache.get_mut(digest) {
+                c.resend = false;
+            }
+        }
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.settle.key(self.key("ph", &digest.0));
         invocation.arg(crate::audit::hex(&fingerprint)).arg(if succeeded { "1" } else { "0" });
@@ -561,8 +623,16 @@ impl RedisStore {
 
     /// Redis expires what it holds; this replica drops only its own stale cache entries.
     pub fn sweep(&self) {
-        self.cache.retain(|_, (_, at)| at.elapsed() < LOOKUP_CACHE);
+        self.cache.retain(|_, c| c.at.elapsed() < LOOKUP_CACHE);
     }
+}
+
+/// A phantom's uses from its hash's `max`, `u`, `ok` and `fp`: `(max, used, resend)`.
+fn uses(max: Option<String>, used: Option<String>, ok: Option<String>, fp: Option<String>) -> (Option<u32>, u32, bool) {
+    let max = max.and_then(|m| m.parse::<u32>().ok());
+    let used = used.and_then(|u| u.parse().ok()).unwrap_or(0);
+    let resend = fp.is_some_and(|fp| !fp.is_empty()) && ok.as_deref() == Some("0");
+    (max, used, resend)
 }
 
 /// Distinguishes two writes counted in the same millisecond, on any replica: a random
