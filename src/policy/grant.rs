@@ -132,8 +132,8 @@ pub struct PolicyContext<'a> {
     pub max_ttl: Duration,
 }
 
-/// A credential as policy validation sees it.
-#[derive(Debug, Clone, Copy)]
+/// A credential as policy validation sees it (its name and limits, never its value).
+#[derive(Clone, Copy)]
 pub struct CredentialLimits<'a> {
     pub name: &'a str,
     /// Empty: the token is not scoped to packages (anything it can reach).

@@ -72,8 +72,14 @@ pub struct RedisStore {
 /// the uses at once, another replica's are seen within that second. (The spend itself always
 /// reads Redis: a stale view can only let a write be opened whose spend is then refused.)
 struct Cached {
-    record: Arc<PhantomRecord>,
+    live: Live,
     at: Instant,
+}
+
+/// A live phantom as `read` found it.
+#[derive(Clone)]
+struct Live {
+    record: Arc<PhantomRecord>,
     max: Option<u32>,
     used: u32,
     /// The last write was spent and has not succeeded upstream: it may be sent again.
@@ -329,10 +335,19 @@ impl RedisStore {
 
     pub async fn lookup(&self, digest: &TokenDigest, now: u64) -> Result<Lookup, StoreError> {
         if let Some(hit) = self.cache.get(digest) {
-            if hit.at.elapsed() < LOOKUP_CACHE && now < hit.record.expires_at {
-                return Ok(Lookup::Live(hit.record.clone()));
+            if hit.at.elapsed() < LOOKUP_CACHE && now < hit.live.record.expires_at {
+                return Ok(Lookup::Live(hit.live.record.clone()));
             }
         }
+        Ok(match self.read(digest, now).await? {
+            Ok(live) => Lookup::Live(live.record),
+            Err(other) => other,
+        })
+    }
+
+    /// Reads a phantom (its record and its uses, one round trip) and caches it if it is live;
+    /// otherwise says why not.
+    async fn read(&self, digest: &TokenDigest, now: u64) -> Result<Result<Live, Lookup>, StoreError> {
         let mut conn = self.conn.clone();
         let key = self.key("ph", &digest.0);
         // The uses too, in the same round trip: the write that follows a lookup opens on them.
@@ -352,21 +367,22 @@ impl RedisStore {
             .await?;
         let field = |i: usize| h.get(i).cloned().flatten();
         let (Some(json), Some(exp)) = (field(0), field(2).and_then(|e| e.parse::<u64>().ok())) else {
-            return Ok(Lookup::Unknown);
+            return Ok(Err(Lookup::Unknown));
         };
         if field(1).as_deref() == Some("1") {
-            return Ok(Lookup::Revoked);
+            return Ok(Err(Lookup::Revoked));
         }
         if now >= exp {
-            return Ok(Lookup::Expired);
+            return Ok(Err(Lookup::Expired));
         }
         let record = Arc::new(super::record::from_json(&json)?);
         if self.cache.len() >= LOOKUP_CACHE_MAX {
             self.cache.clear();
         }
         let (max, used, resend) = uses(field(3), field(4), field(5), field(6));
-        self.cache.insert(*digest, Cached { record: record.clone(), at: Instant::now(), max, used, resend });
-        Ok(Lookup::Live(record))
+        let live = Live { record, max, used, resend };
+        self.cache.insert(*digest, Cached { live: live.clone(), at: Instant::now() });
+        Ok(Ok(live))
     }
 
     pub async fn consume_use(
@@ -384,7 +400,7 @@ impl RedisStore {
             Some("retry") => UseOutcome::Retry,
             Some("exhausted") => {
                 if let Some(mut c) = self.cache.get_mut(digest) {
-                    c.used = c.max.unwrap_or(u32::MAX);
+                    c.live.used = c.live.max.unwrap_or(u32::MAX);
                 }
                 UseOutcome::Exhausted
             }
@@ -392,7 +408,7 @@ impl RedisStore {
                 let used: u32 = answer.get(1).and_then(|u| u.parse().ok()).unwrap_or(u32::MAX);
                 let max: Option<u32> = answer.get(2).and_then(|m| m.parse().ok());
                 if let Some(mut c) = self.cache.get_mut(digest) {
-                    (c.used, c.max, c.resend) = (used, max, true);
+                    (c.live.used, c.live.max, c.live.resend) = (used, max, true);
                 }
                 UseOutcome::Counted { remaining: max.map(|m| m.saturating_sub(used)) }
             }
@@ -407,38 +423,15 @@ impl RedisStore {
     /// are less than `LOOKUP_CACHE` old; otherwise it reads them.
     pub async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
         self.synced()?;
-        let cached = self
-            .cache
-            .get(digest)
-            .filter(|c| c.at.elapsed() < LOOKUP_CACHE)
-            .map(|c| (c.record.expires_at, c.max, c.used, c.resend));
-        let (exp, max, used, resend) = match cached {
-            Some(view) => view,
-            None => {
-                let mut conn = self.conn.clone();
-                let key = self.key("ph", &digest.0);
-                let h: Vec<Option<String>> = self
-                    .call(
-                        redis::cmd("HMGET")
-                            .arg(&key)
-                            .arg("exp")
-                            .arg("max")
-                            .arg("u")
-                            .arg("ok")
-                            .arg("rv")
-                            .arg("fp")
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                let field = |i: usize| h.get(i).cloned().flatten();
-                let Some(exp) = field(0).and_then(|e| e.parse::<u64>().ok()) else { return Ok(OpenWrite::NotLive) };
-                if field(4).as_deref() == Some("1") {
-                    return Ok(OpenWrite::NotLive);
-                }
-                let (max, used, resend) = uses(field(1), field(2), field(3), field(5));
-                (exp, max, used, resend)
-            }
+        let cached = self.cache.get(digest).filter(|c| c.at.elapsed() < LOOKUP_CACHE).map(|c| c.live.clone());
+        let Live { record, max, used, resend } = match cached {
+            Some(live) => live,
+            None => match self.read(digest, now).await? {
+                Ok(live) => live,
+                Err(_) => return Ok(OpenWrite::NotLive),
+            },
         };
+        let exp = record.expires_at;
         if now >= exp {
             return Ok(OpenWrite::NotLive);
         }
@@ -472,7 +465,7 @@ impl RedisStore {
     ) -> Result<(), StoreError> {
         if succeeded {
             if let Some(mut c) = self.cache.get_mut(digest) {
-                c.resend = false;
+                c.live.resend = false;
             }
         }
         let mut conn = self.conn.clone();
