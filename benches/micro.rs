@@ -87,8 +87,13 @@ fn policy(c: &mut Criterion) {
         let tags = ["latest".to_owned()];
         group.bench_with_input(BenchmarkId::new("use: authorize", n), &n, |b, _| {
             b.iter(|| {
-                let req =
-                    Requested { package: Some(&pkg), action: ActionKind::Publish, tags: &tags, version: Some("1.0.0") };
+                let req = Requested {
+                    package: Some(&pkg),
+                    action: ActionKind::Publish,
+                    tags: &tags,
+                    version: Some("1.0.0"),
+                    creates: false,
+                };
                 p.authorize(black_box(&identity), &format!("g{i}"), &scope, req, ()).unwrap()
             })
         });
@@ -180,6 +185,7 @@ fn identity(c: &mut Criterion) {
         name: "github".into(),
         issuer: ISS.into(),
         preset: None,
+        preset_from_url: false,
         algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
         audience: AUD.into(),
         ca_file: None,

@@ -33,6 +33,8 @@ pub struct App {
     pub(crate) write_memory: MemoryBudget,
     /// Webhooks told of staged versions.
     pub(crate) notifier: Notifier,
+    /// Packages the upstreams were seen to have (a first publish needs `create`).
+    pub(crate) known_packages: crate::upstream::KnownPackages,
     request_prefix: String,
     requests: std::sync::atomic::AtomicU64,
     /// `public_url` with a trailing `/`: what packuments' tarball URLs are rebased onto.
@@ -78,6 +80,7 @@ impl App {
             requests: std::sync::atomic::AtomicU64::new(0),
             write_memory: MemoryBudget::new(config.server.max_buffered_bytes),
             notifier: Notifier::new(&config.notify)?,
+            known_packages: Default::default(),
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,
             credentials: Credentials::load(&config.credentials)?,

@@ -122,6 +122,12 @@ pub struct Record {
     /// The upstream's id of the staged version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage_id: Option<String>,
+    /// The staged version's status, as the registry reported it (`validating`, `staged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_status: Option<String>,
+    /// The upstream did not have the package: the publish would create it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub new_package: bool,
     pub decision: Decision,
     /// `"proxy"` for a request that came through the forward proxy (absent on the registry face).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,6 +141,12 @@ pub struct Record {
     pub credential: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_id: Option<Arc<str>>,
+    /// The phantoms an admin action revoked: their ids (keyed hashes), never the tokens.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<Arc<str>>,
+    /// The package patterns an admin action froze.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frozen: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id_token_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -469,6 +481,8 @@ pub struct Asked {
     pub package: String,
     pub action: String,
     pub version: Option<String>,
+    /// The upstream did not have the package (the publish would have created it).
+    pub new_package: bool,
 }
 
 /// The last line of request `id` that names an identity, a package and an action (its
@@ -489,6 +503,7 @@ pub fn find_request(path: &Path, id: &str) -> std::io::Result<Option<Asked>> {
                 package: v.get("package")?.as_str()?.to_owned(),
                 action: v.get("action")?.as_str()?.to_owned(),
                 version: v.get("version").and_then(Value::as_str).map(str::to_owned),
+                new_package: v["new_package"] == true,
             })
         })
         .next();

@@ -110,8 +110,10 @@ pub struct NotifyConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
-    /// The bearer token `/admin/v1/*` requires.
+    /// The bearer token `/admin/v1/*` (and, unless `metrics_open`, `/metrics`) requires.
     pub token: SecretSource,
+    /// `[admin] metrics = "open"`: `/metrics` answers without the token (default: it needs it).
+    pub metrics_open: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -162,8 +164,11 @@ pub struct UpstreamConfig {
 pub struct IssuerConfig {
     pub name: String,
     pub issuer: String,
-    /// The CI vendor, when `preset` names one: what its tokens carry, for the lints.
+    /// The CI vendor, when `preset` names one or the URL is the vendor's own fixed issuer: what
+    /// its tokens carry, for the lints and `policy trust`.
     pub preset: Option<crate::policy::presets::Preset>,
+    /// The preset was recognised from the issuer URL, without a `preset` line.
+    pub preset_from_url: bool,
     pub algorithms: Vec<jsonwebtoken::Algorithm>,
     /// The audience the generic exchange requires (default `npm:<public host>`).
     pub audience: String,
@@ -258,6 +263,7 @@ struct RawNotify {
 struct RawAdmin {
     listen: Option<String>,
     token: SecretSource,
+    metrics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -382,11 +388,21 @@ impl Config {
         self.with_policy_context(|ctx| crate::policy::Policy::load_dir(&self.policy_dir, ctx))
     }
 
-    /// `phantom policy check`: every error and lint of the policy directory, where it is.
+    /// `phantom policy check`: every error and lint of the policy directory, where it is, and a
+    /// note for each issuer recognised by its URL as a vendor's.
     pub fn check_policy(&self) -> Vec<crate::policy::check::Finding> {
+        use crate::policy::check;
         let presets: Vec<(&str, Option<crate::policy::presets::Preset>)> =
             self.issuers.iter().map(|i| (i.name.as_str(), i.preset)).collect();
-        self.with_policy_context(|ctx| crate::policy::check::check(&self.policy_dir, ctx, &presets))
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut findings: Vec<check::Finding> = self
+            .issuers
+            .iter()
+            .filter(|i| i.preset_from_url)
+            .filter_map(|i| Some(check::recognised_issuer(&self.path, &text, &i.name, &i.issuer, i.preset?)))
+            .collect();
+        findings.extend(self.with_policy_context(|ctx| check::check(&self.policy_dir, ctx, &presets)));
+        findings
     }
 
     /// What grants may refer to: this config's issuers, credentials (and what their tokens can
@@ -524,6 +540,21 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
                 return Err(format!("`issuer.{name}.issuer` is required{why}"));
             }
         };
+        // A vendor's own fixed issuer URL is that vendor's preset, said or not; a preset that
+        // says another vendor would lint and trust the grants for the wrong one.
+        let recognised = crate::policy::presets::Preset::recognise(&issuer);
+        let preset_from_url = preset.is_none() && recognised.is_some();
+        let preset = match (preset, recognised) {
+            (Some(said), Some(url)) if said != url => {
+                return Err(format!(
+                    "`issuer.{name}.preset`: `{}` contradicts the issuer URL {issuer}, which is {}'s (preset `{}`)",
+                    said.name(),
+                    url.vendor(),
+                    url.name()
+                ))
+            }
+            (said, url) => said.or(url),
+        };
         checked_url(&issuer).map_err(|e| format!("`issuer.{name}.issuer`: {e}"))?;
         let given_algorithms = match (i.algorithms, preset) {
             (Some(a), _) => a,
@@ -546,6 +577,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
             audience: i.audience.clone().unwrap_or_else(|| server.npm_audience()),
             issuer,
             preset,
+            preset_from_url,
             algorithms,
             ca_file: i.ca_file.as_deref().map(rel),
             leeway: dur(&format!("issuer.{name}.leeway"), &i.leeway, 30)?,
@@ -623,7 +655,14 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
                 SecretSource::File(p) => SecretSource::File(rel(&p)),
                 env => env,
             };
-            Some(AdminConfig { listen, token })
+            let metrics_open = match a.metrics.as_deref() {
+                None | Some("token") => false,
+                Some("open") => true,
+                Some(other) => {
+                    return Err(format!("`admin.metrics`: `{other}` must be \"token\" (the default) or \"open\""))
+                }
+            };
+            Some(AdminConfig { listen, token, metrics_open })
         }
     };
 

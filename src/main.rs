@@ -217,12 +217,22 @@ enum PolicyCommand {
         /// The version a publish would add (checked against `versions` and `prerelease_only`).
         #[arg(long)]
         version: Option<String>,
+        /// The upstream does not have the package yet: the publish would create it (`create`).
+        #[arg(long)]
+        new_package: bool,
     },
 }
+
+/// Set once logging is set up: in JSON mode every line on stderr is a JSON object, errors too.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if JSON_LOGS.get() == Some(&true) => {
+            tracing::error!(error = %format!("{e:#}"), "phantom stopped");
+            std::process::ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("phantom: {e:#}");
             std::process::ExitCode::FAILURE
@@ -237,7 +247,8 @@ fn run() -> Result<()> {
         Command::Demo(args) => Some(demo::start_run(args).map_err(anyhow::Error::msg)?),
         _ => None,
     };
-    init_logging(cli.log_format, log_file);
+    let serving = matches!(cli.command, Command::Serve { .. });
+    init_logging(cli.log_format, log_file, serving);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     match cli.command {
         Command::Serve { config } => rt.block_on(serve(config)),
@@ -306,12 +317,17 @@ fn run() -> Result<()> {
 /// Log lines go to stderr (or `file`), filtered by `PHANTOM_LOG` (default `info`): human text on
 /// a terminal, JSON lines (timestamp, level, target, fields) when stderr is a file, a pipe or a
 /// journal.
-fn init_logging(format: Option<LogFormat>, file: Option<std::fs::File>) {
+fn init_logging(format: Option<LogFormat>, file: Option<std::fs::File>, serving: bool) {
     use std::io::IsTerminal;
     use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let terminal = file.is_none() && std::io::stderr().is_terminal();
+    let explicit = format == Some(LogFormat::Json);
     let format = format.unwrap_or(if terminal { LogFormat::Text } else { LogFormat::Json });
     let filter = tracing_subscriber::EnvFilter::try_from_env("PHANTOM_LOG").unwrap_or_else(|_| "info".into());
+    // In JSON mode every line `serve` writes to stderr is JSON, its last error and a panic too;
+    // a one-shot command's error is for a person unless JSON was asked for. (The demo logs to a
+    // file and talks to its person on the terminal.)
+    let json_on_stderr = format == LogFormat::Json && file.is_none() && (serving || explicit);
     let writer = match file {
         Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
         None => BoxMakeWriter::new(std::io::stderr),
@@ -321,6 +337,17 @@ fn init_logging(format: Option<LogFormat>, file: Option<std::fs::File>) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
     }
+    if json_on_stderr {
+        // A panic's message is a log line like the others.
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let payload = info.payload();
+            let message =
+                payload.downcast_ref::<&str>().copied().or(payload.downcast_ref::<String>().map(String::as_str));
+            tracing::error!(panic = message.unwrap_or("(no message)"), at, "a thread panicked");
+        }));
+    }
+    let _ = JSON_LOGS.set(json_on_stderr);
 }
 
 async fn admin_call(
@@ -436,11 +463,17 @@ async fn serve(config: PathBuf) -> Result<()> {
         Some(p) => Some(server::bind(p.listen).with_context(|| format!("cannot listen on {}", p.listen))?),
         None => None,
     };
-    match &proxy {
-        Some(p) => println!("phantom: listening on https://{addr}/ (forward proxy on http://{})", p.local_addr()?),
-        None => println!("phantom: listening on https://{addr}/"),
+    let url = format!("https://{addr}/");
+    let proxy_url = proxy.as_ref().map(|p| p.local_addr().map(|a| format!("http://{a}"))).transpose()?;
+    // For a person at a terminal, a line on stdout; in JSON mode the log line below says it all,
+    // and stdout stays for command output.
+    if JSON_LOGS.get() != Some(&true) {
+        match &proxy_url {
+            Some(p) => println!("phantom: listening on {url} (forward proxy on {p})"),
+            None => println!("phantom: listening on {url}"),
+        }
     }
-    tracing::info!(%addr, grants = app.policy().len(), "listening");
+    tracing::info!(%addr, url, proxy = proxy_url, grants = app.policy().len(), "listening");
     #[cfg(unix)]
     {
         // SIGHUP re-reads the policy and the credentials' sources, as POST /admin/v1/reload does.
@@ -481,8 +514,19 @@ fn how(grant: Option<&policy::Grant>, action: phantom_broker::npm::ActionKind) -
             "staged: `npm publish` goes upstream as `npm stage publish`, live once a maintainer approves it".to_owned(),
         );
     }
+    if matches!(action, phantom_broker::npm::ActionKind::Publish | phantom_broker::npm::ActionKind::StagePublish) {
+        notes.push(if g.create {
+            "may create a package the upstream does not have yet (create = true)".to_owned()
+        } else {
+            "only packages the upstream already has: a first publish is refused (no create = true)".to_owned()
+        });
+    }
     if let Some(rate) = g.rate {
-        notes.push(format!("at most {} writes per identity and package every {}s", rate.max, rate.window.as_secs()));
+        notes.push(format!(
+            "at most {} writes per package every {}s, shared by every identity the grant admits",
+            rate.max,
+            rate.window.as_secs()
+        ));
     }
     if !g.notify.is_empty() {
         notes.push(format!("staged versions notify {}", g.notify.join(", ")));
@@ -510,14 +554,15 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                 CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
                 CheckFormat::Github => print!("{}", check::github(&findings)),
             }
-            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
-            let warnings = findings.len() - errors;
+            let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+            let (errors, warnings, notes) = (count(Severity::Error), count(Severity::Warning), count(Severity::Note));
             if format == CheckFormat::Text {
                 // The same load as `serve`: its count of grants when it would start.
                 let grants = config.load_policy().map(|p| p.len()).unwrap_or(0);
                 let n = |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
+                let notes = if notes > 0 { format!(", {}", n(notes, "note")) } else { String::new() };
                 println!(
-                    "{}: {}, {}, {}",
+                    "{}: {}, {}, {}{notes}",
                     config.policy_dir.display(),
                     n(grants, "grant"),
                     n(errors, "error"),
@@ -538,9 +583,9 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
             print!("{}", policy::trust::trust_script(&grants, &preset_of));
             Ok(())
         }
-        PolicyCommand::Explain { config, request, audit, claims, package, action, version } => {
+        PolicyCommand::Explain { config, request, audit, claims, package, action, version, new_package } => {
             let (config, policy) = load(&config)?;
-            let (claims, package, action, version) = match request {
+            let (claims, package, action, version, new_package) = match request {
                 Some(id) => {
                     let path = audit.unwrap_or_else(|| config.audit.path.clone());
                     let asked = audit::find_request(&path, &id)
@@ -552,7 +597,8 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                         asked.package,
                         asked.claims.get("sub").and_then(|s| s.as_str()).unwrap_or("an unnamed identity")
                     );
-                    (asked.claims, asked.package, asked.action, asked.version.or(version))
+                    let new_package = asked.new_package || new_package;
+                    (asked.claims, asked.package, asked.action, asked.version.or(version), new_package)
                 }
                 None => {
                     let claims = claims.unwrap_or_default();
@@ -560,7 +606,7 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                         .with_context(|| format!("cannot read {}", claims.display()))?;
                     let claims = phantom_broker::json::parse_object(text.as_bytes())
                         .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
-                    (claims, package.unwrap_or_default(), action.unwrap_or_default(), version)
+                    (claims, package.unwrap_or_default(), action.unwrap_or_default(), version, new_package)
                 }
             };
             let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
@@ -577,7 +623,7 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
             let action = phantom_broker::npm::ActionKind::parse(&action)
                 .with_context(|| format!("unknown action `{action}`"))?;
             let mut allowed = false;
-            for (grant, verdict) in policy.explain(&identity, &package, action, version.as_deref()) {
+            for (grant, verdict) in policy.explain(&identity, &package, action, version.as_deref(), new_package) {
                 match verdict {
                     Ok(()) => {
                         allowed = true;

@@ -38,10 +38,40 @@ pub(crate) struct Staged {
     pub(crate) version: String,
     /// The registry's id of the staged version (if it gave a usable one).
     pub(crate) stage_id: Option<String>,
+    /// Its status as the registry reported it: `validating` (its checks still run: not
+    /// approvable yet) or `staged`; absent when it could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<String>,
+    /// The grant publishes directly, and the registry staged the publish all the same (silent
+    /// staging).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) silent: bool,
     /// The caller's identity as audit lines show it (claims, never a token).
     pub(crate) identity: Option<Arc<RawValue>>,
     pub(crate) grant: Arc<str>,
     pub(crate) request_id: String,
+}
+
+impl Staged {
+    /// How a maintainer makes it live.
+    pub(crate) fn approve_hint(&self) -> String {
+        match (&self.stage_id, self.status.as_deref()) {
+            (Some(id), Some("validating")) => format!(
+                "the registry is still validating it: once `npm stage view {id}` shows status staged, a maintainer \
+                 approves it with `npm stage approve {id}` (2FA)"
+            ),
+            (Some(id), _) => format!("a maintainer approves it with `npm stage approve {id}` (2FA)"),
+            (None, _) => format!("a maintainer finds it with `npm stage list {}` and approves it (2FA)", self.package),
+        }
+    }
+
+    /// The `npm-notice` the publishing client prints.
+    pub(crate) fn notice(&self) -> String {
+        let how = if self.silent { " (the registry staged the direct publish)" } else { "" };
+        let status = self.status.as_deref().map(|s| format!(", status {s}")).unwrap_or_default();
+        let id = self.stage_id.as_deref().map(|id| format!(" (stage id {id}{status})")).unwrap_or_default();
+        format!("{}@{} is staged, not published{how}{id}: {}", self.package, self.version, self.approve_hint())
+    }
 }
 
 struct Target {
@@ -165,13 +195,13 @@ struct Body<'a> {
 }
 
 fn body(staged: &Staged) -> Vec<u8> {
-    let approve_hint = match &staged.stage_id {
-        Some(id) => format!("a maintainer approves it with `npm stage approve {id}` (2FA)"),
-        None => format!("a maintainer finds it with `npm stage list {}` and approves it (2FA)", staged.package),
-    };
+    let approve_hint = staged.approve_hint();
     let id = staged.stage_id.as_deref().unwrap_or("unknown");
-    let text =
-        format!("{}@{} is staged (id {id}, grant `{}`): {approve_hint}", staged.package, staged.version, staged.grant);
+    let status = staged.status.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
+    let text = format!(
+        "{}@{} is staged (id {id}{status}, grant `{}`): {approve_hint}",
+        staged.package, staged.version, staged.grant
+    );
     // Strings and a raw JSON value always serialise.
     let sent_at = crate::audit::unix_now();
     serde_json::to_vec(&Body { event: "staged", sent_at, staged, approve_hint, text }).unwrap_or_default()
@@ -252,6 +282,8 @@ mod tests {
             package: "@acme/web".into(),
             version: "1.2.3".into(),
             stage_id: Some("4c00c615-1e36-4201-a75c-47b46b8fd83f".into()),
+            status: None,
+            silent: false,
             identity: Some(RawValue::from_string(r#"{"sub":"repo:acme/web"}"#.into()).unwrap().into()),
             grant: "release".into(),
             request_id: "r1".into(),
@@ -261,6 +293,20 @@ mod tests {
         assert_eq!(doc["identity"]["sub"], "repo:acme/web");
         assert!(doc["approve_hint"].as_str().unwrap().contains("npm stage approve 4c00c615"));
         assert!(doc["text"].as_str().unwrap().starts_with("@acme/web@1.2.3 is staged"));
+        assert!(doc.get("status").is_none() && doc.get("silent").is_none(), "{doc}");
+        let validating = Staged { status: Some("validating".into()), silent: true, ..staged.clone() };
+        let doc: serde_json::Value = serde_json::from_slice(&body(&validating)).unwrap();
+        assert_eq!((doc["status"].as_str(), doc["silent"].as_bool()), (Some("validating"), Some(true)));
+        assert!(doc["approve_hint"].as_str().unwrap().contains("still validating"), "{doc}");
+        assert!(
+            validating.notice().contains("status validating")
+                && validating.notice().contains("staged the direct publish")
+        );
+        assert!(
+            staged.notice().contains("a maintainer approves it with `npm stage approve 4c00c615"),
+            "{}",
+            staged.notice()
+        );
         // RFC 4231, test case 2.
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
         assert_eq!(

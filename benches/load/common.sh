@@ -57,6 +57,7 @@ name = "bench"
 issuer = "ci"
 packages = ["pb-*", "@bench/*"]
 actions = ["publish"]
+create = true
 credential = "upstream"
 ttl = "1h"
 [grant.claims]

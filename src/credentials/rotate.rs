@@ -96,6 +96,10 @@ async fn step(app: &App, action: &'static str, credential: &str, decision: Decis
         reason: Some(what),
         ..Record::default()
     };
+    write_step(app, rec).await;
+}
+
+async fn write_step(app: &App, rec: Record) {
     if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
         tracing::error!(error = %e, "could not audit a credential step");
     }
@@ -137,17 +141,6 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     let (mut revoked, mut frozen) = (0, Vec::new());
     if r.incident {
         (revoked, frozen) = revoke_first(app, name).await?;
-        step(
-            app,
-            "credential-rotate",
-            name,
-            Decision::Allow,
-            format!(
-                "incident: revoked {revoked} phantoms, froze {}",
-                if frozen.is_empty() { "nothing".into() } else { frozen.join(", ") }
-            ),
-        )
-        .await;
     }
 
     write_private_atomically(&file, next.secret().expose()).map_err(|e| {
@@ -242,24 +235,59 @@ async fn canary(
 }
 
 /// Revokes every live phantom of the grants that use credential `name` and freezes their
-/// packages: before the new value is deployed, with no overlap.
+/// packages: before the new value is deployed, with no overlap. Each step has its own audit
+/// line: the phantoms revoked (their ids), then the patterns frozen.
 async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), StoreError> {
-    let policy = app.policy();
-    let grants: Vec<&crate::policy::Grant> = policy.grants().filter(|g| g.credential == name).collect();
-    let names: Vec<String> = grants.iter().map(|g| g.name.to_string()).collect();
-    let mut patterns: Vec<Glob> = Vec::new();
-    for g in &grants {
-        for p in &g.packages {
+    let (names, patterns) = {
+        let policy = app.policy();
+        let grants: Vec<&crate::policy::Grant> = policy.grants().filter(|g| g.credential == name).collect();
+        let mut patterns: Vec<Glob> = Vec::new();
+        for p in grants.iter().flat_map(|g| &g.packages) {
             if !patterns.contains(p) {
                 patterns.push(p.clone());
             }
         }
-    }
-    let revoked = if names.is_empty() { 0 } else { app.store.revoke(&Selector::Grants(names)).await? };
+        (grants.iter().map(|g| g.name.to_string()).collect::<Vec<_>>(), patterns)
+    };
+    let of = if names.is_empty() { "no grant uses it".to_owned() } else { format!("grants {}", names.join(", ")) };
+    let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&Selector::Grants(names)).await? };
+    let count = revoked.len();
+    write_step(
+        app,
+        Record {
+            event: Event::Admin,
+            action: Some("credential-rotate"),
+            credential: Some(name.to_owned()),
+            decision: Decision::Allow,
+            reason: Some(format!("incident: revoked {count} live phantoms ({of})")),
+            revoked,
+            ..Record::default()
+        },
+    )
+    .await;
     if !patterns.is_empty() {
         app.store.set_frozen(&patterns, true).await?;
     }
-    Ok((revoked, patterns.iter().map(|g| g.as_str().to_owned()).collect()))
+    let frozen: Vec<String> = patterns.iter().map(|g| g.as_str().to_owned()).collect();
+    let what = if frozen.is_empty() {
+        "nothing to freeze".to_owned()
+    } else {
+        format!("froze writes to {}", frozen.join(", "))
+    };
+    write_step(
+        app,
+        Record {
+            event: Event::Admin,
+            action: Some("credential-rotate"),
+            credential: Some(name.to_owned()),
+            decision: Decision::Allow,
+            reason: Some(format!("incident: {what}")),
+            frozen: frozen.clone(),
+            ..Record::default()
+        },
+    )
+    .await;
+    Ok((count, frozen))
 }
 
 /// Writes `value` to `path` as a new file only its owner can read, then renames it over the

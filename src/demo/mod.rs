@@ -323,6 +323,7 @@ name = "demo-release"
 issuer = "demo"
 packages = ["{GRANTED}"]
 actions = ["publish", "dist-tag"]
+create = true
 credential = "demo-publisher"
 ttl = "10m"
 max_uses = 3

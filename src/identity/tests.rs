@@ -29,6 +29,7 @@ fn fixture() -> Fixture {
         name: "github".into(),
         issuer: ISS.into(),
         preset: None,
+        preset_from_url: false,
         algorithms: vec![Algorithm::ES256, Algorithm::RS256],
         audience: "phantom-generic".into(),
         ca_file: None,

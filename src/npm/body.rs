@@ -49,6 +49,8 @@ pub enum BodyError {
     BadAccessBody,
     #[error("this request takes no body")]
     UnexpectedBody,
+    #[error("{0} is not an action the broker forwards")]
+    NotAnAction(&'static str),
 }
 
 impl BodyError {
@@ -57,7 +59,8 @@ impl BodyError {
             BodyError::BadDistTags
             | BodyError::DeprecateChangesMore
             | BodyError::PublishRewrites
-            | BodyError::UnpublishChangesMore => 403,
+            | BodyError::UnpublishChangesMore
+            | BodyError::NotAnAction(_) => 403,
             _ => 400,
         }
     }
@@ -100,12 +103,22 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
     }
 }
 
-/// Checks the body of `PUT /<name>`: a publish if it carries attachments, else a deprecate.
+/// Checks the body of `PUT /<name>`: a publish if it carries attachments, a deprecate if it is
+/// the whole packument sent back, and nothing the broker forwards otherwise (`npm star` sends
+/// `{_id, _rev, users}` here, which a registry reads as a change of the package).
 pub fn check_put_packument(package: &PackageName, body: &[u8]) -> Result<PutPackument, BodyError> {
     let doc = parse_object(body)?;
     let has_attachments = doc.get("_attachments").and_then(Value::as_object).is_some_and(|a| !a.is_empty());
     if has_attachments {
         return check_publish_doc(package, &doc).map(PutPackument::Publish);
+    }
+    if !doc.contains_key("versions") {
+        let stars = doc.contains_key("users") && doc.keys().all(|k| matches!(k.as_str(), "_id" | "_rev" | "users"));
+        return Err(BodyError::NotAnAction(if stars {
+            "a change of `users` alone (`npm star`, `npm unstar`)"
+        } else {
+            "a `PUT /<name>` that is neither a publish (with a tarball) nor a deprecate (the whole packument)"
+        }));
     }
     check_names(package, &doc)?;
     Ok(PutPackument::Deprecate(doc))
@@ -279,8 +292,8 @@ pub fn check_unpublish_version(body: &[u8], upstream: &Map<String, Value>) -> Re
 fn highest(versions: &Map<String, Value>) -> Option<&str> {
     versions
         .keys()
-        .filter_map(|v| semver::Version::parse(v).ok().map(|parsed| (parsed, v.as_str())))
-        .max_by(|a, b| a.0.cmp_precedence(&b.0))
+        .filter_map(|v| nodejs_semver::Version::parse(v).ok().map(|parsed| (parsed, v.as_str())))
+        .max_by(|a, b| a.0.cmp(&b.0))
         .map(|(_, v)| v)
 }
 

@@ -274,3 +274,15 @@ fn access_bodies() {
         assert_eq!(check_access(bad), Err(BodyError::BadAccessBody));
     }
 }
+
+#[test]
+fn a_write_that_is_no_action_is_refused_as_such() {
+    // `npm star` and `npm unstar` (npm/cli lib/commands/star.js): the packument's id and
+    // revision, and its `users`.
+    let star = json!({"_id": "web", "_rev": "3-a", "users": {"bob": true}});
+    let err = check_put_packument(&name("web"), star.to_string().as_bytes()).unwrap_err();
+    assert_eq!((err.status(), err.to_string().contains("`npm star`")), (403, true), "{err}");
+    let other = json!({"_id": "web", "name": "web", "dist-tags": {"latest": "9.9.9"}});
+    let err = check_put_packument(&name("web"), other.to_string().as_bytes()).unwrap_err();
+    assert!(matches!(err, BodyError::NotAnAction(_)) && err.status() == 403, "{err}");
+}

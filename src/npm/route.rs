@@ -146,6 +146,11 @@ impl ActionKind {
         ActionKind::ALL.into_iter().find(|a| a.as_str() == s)
     }
 
+    /// A publish, direct or staged: what adds a version (and may create a package).
+    pub fn publishes(self) -> bool {
+        matches!(self, ActionKind::Publish | ActionKind::StagePublish)
+    }
+
     /// Writes count against a phantom's `max_uses`.
     pub fn is_write(self) -> bool {
         !matches!(self, ActionKind::Read | ActionKind::Whoami)

@@ -144,8 +144,9 @@ pub trait PhantomStore: Send + Sync + 'static {
         succeeded: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Revokes every live phantom the selector picks; returns how many.
-    fn revoke(&self, which: &Selector) -> impl Future<Output = Result<usize, StoreError>> + Send;
+    /// Revokes every live phantom the selector picks; returns their ids (keyed hashes, never the
+    /// tokens).
+    fn revoke(&self, which: &Selector) -> impl Future<Output = Result<Vec<Arc<str>>, StoreError>> + Send;
 
     /// Live phantoms (never the tokens), with the writes each has left.
     fn list(&self, now: u64) -> impl Future<Output = Result<Vec<Listed>, StoreError>> + Send;
@@ -291,15 +292,15 @@ impl PhantomStore for MemoryStore {
         Ok(())
     }
 
-    async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
-        let mut n = 0;
+    async fn revoke(&self, which: &Selector) -> Result<Vec<Arc<str>>, StoreError> {
+        let mut ids = Vec::new();
         for mut e in self.phantoms.iter_mut() {
             if !e.revoked && which.picks(&e.record) {
                 e.revoked = true;
-                n += 1;
+                ids.push(e.record.id.clone());
             }
         }
-        Ok(n)
+        Ok(ids)
     }
 
     async fn list(&self, now: u64) -> Result<Vec<Listed>, StoreError> {
@@ -429,9 +430,9 @@ mod tests {
             assert_eq!(use_(2).await.unwrap(), UseOutcome::Exhausted);
             assert_eq!(s.consume_use(&d, [4; 32], 100).await.unwrap(), UseOutcome::NotLive);
             assert_eq!(s.list(50).await.unwrap()[0].uses_left, Some(0));
-            assert_eq!(s.revoke(&Selector::Id("other".into())).await.unwrap(), 0);
-            assert_eq!(s.revoke(&Selector::Id("id".into())).await.unwrap(), 1);
-            assert_eq!(s.revoke(&Selector::All).await.unwrap(), 0);
+            assert!(s.revoke(&Selector::Id("other".into())).await.unwrap().is_empty());
+            assert_eq!(s.revoke(&Selector::Id("id".into())).await.unwrap(), [Arc::from("id")]);
+            assert!(s.revoke(&Selector::All).await.unwrap().is_empty());
             assert!(s.list(50).await.unwrap().is_empty());
             assert!(matches!(s.lookup(&d, 50).await.unwrap(), Lookup::Revoked));
             assert_eq!(use_(1).await.unwrap(), UseOutcome::NotLive);

@@ -218,7 +218,7 @@ async fn forward(
         return Box::pin(write::forward(app, npm, session, upstream, req, rec)).await;
     }
     if let Op::StageView { .. } | Op::StageTarball { .. } = npm.op() {
-        return Box::pin(staged::read(app, npm, session, upstream, req.headers(), rec)).await;
+        return Box::pin(staged::read(app, npm, session, upstream, tunneled.is_some(), req.headers(), rec)).await;
     }
 
     let permit = authorize_read(app, session.as_ref(), npm);
@@ -327,7 +327,13 @@ fn authorize_read(app: &App, session: Option<&Session>, npm: NpmRequest) -> Perm
         return Permit::Anonymous(npm);
     };
     let r = &session.record;
-    let req = Requested { package: npm.package.as_ref(), action: npm::ActionKind::Read, tags: &[], version: None };
+    let req = Requested {
+        package: npm.package.as_ref(),
+        action: npm::ActionKind::Read,
+        tags: &[],
+        version: None,
+        creates: false,
+    };
     match app.policy().authorize(&r.identity, &r.grant, &r.scope, req, npm.clone()) {
         Ok(authorized) => Permit::Granted(authorized),
         Err(_) => Permit::Anonymous(npm),

@@ -38,12 +38,14 @@ pub(crate) enum Refusal {
     WritesInFlight,
     #[error("writes to this package are frozen by an administrator")]
     Frozen,
-    #[error("past the grant's rate for this identity and package (again in {retry_after:?}){}", if *.frozen { "; the package is now frozen" } else { "" })]
+    #[error("past the grant's rate for this package (again in {retry_after:?}){}", if *.frozen { "; the package is now frozen" } else { "" })]
     RateLimited { retry_after: std::time::Duration, frozen: bool },
     #[error("the upstream registry accepts only staged publishes with this grant's credential (E_STAGE_REQUIRED)")]
     StageRequired,
     #[error("no such staged version")]
     NoStagedVersion,
+    #[error("the registry has this version staged already (409)")]
+    AlreadyStaged,
     #[error("{0}")]
     Identity(#[from] IdentityError),
     #[error("the ID token has already been exchanged")]
@@ -88,7 +90,7 @@ const LOGIN_HELP: &str = "this registry has no accounts to log in to: get a shor
     (npm >= 11.5.1 publishing from CI with an OIDC ID token needs no login at all)";
 
 /// Every value `Refusal::reason` can take: the `reason` label of `phantom_refusals_total`.
-pub(crate) const REFUSAL_REASONS: [&str; 33] = [
+pub(crate) const REFUSAL_REASONS: [&str; 34] = [
     "route",
     "body",
     "forbidden",
@@ -104,6 +106,7 @@ pub(crate) const REFUSAL_REASONS: [&str; 33] = [
     "rate_limited",
     "stage_required",
     "no_staged_version",
+    "already_staged",
     "identity",
     "replay",
     "no_grant",
@@ -143,6 +146,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::StageRequired => "stage_required",
             Refusal::NoStagedVersion => "no_staged_version",
+            Refusal::AlreadyStaged => "already_staged",
             Refusal::Identity(_) => "identity",
             Refusal::Replay => "replay",
             Refusal::NoGrant(_) => "no_grant",
@@ -176,6 +180,7 @@ impl Refusal {
             | Refusal::StageRequired => 403,
             Refusal::RateLimited { .. } => 429,
             Refusal::NoStagedVersion => 404,
+            Refusal::AlreadyStaged => 409,
             Refusal::NeedsPhantom | Refusal::NotAPhantom | Refusal::BadPhantom(_) | Refusal::PhantomNotLive(_) => 401,
             Refusal::Identity(e) => e.status(),
             Refusal::Replay => 401,
@@ -233,6 +238,10 @@ impl Refusal {
             Refusal::Denied(crate::policy::Denial::VersionNotAllowed(_, why)) => {
                 return format!("the phantom token's grant does not allow publishing this version: {why}").into()
             }
+            Refusal::Denied(crate::policy::Denial::CreateNotAllowed(_)) => {
+                "the upstream registry does not have this package, and the phantom token's grant may not create \
+                 packages (an administrator sets `create = true` on the grant, or creates the package first)"
+            }
             Refusal::Denied(_) => "the phantom token does not allow this action on this package",
             Refusal::UsesExhausted => "the phantom token has no uses left",
             Refusal::WritesInFlight => {
@@ -240,10 +249,11 @@ impl Refusal {
             }
             Refusal::Frozen => "writes to this package are frozen by an administrator",
             Refusal::RateLimited { frozen: false, .. } => {
-                "this identity has made as many writes to this package as its grant's rate allows; try again later"
+                "this package has had as many writes under the phantom's grant as the grant's rate allows; try again \
+                 later"
             }
             Refusal::RateLimited { frozen: true, .. } => {
-                "this identity has made as many writes to this package as its grant's rate allows, and the package is \
+                "this package has had as many writes under the phantom's grant as the grant's rate allows, and it is \
                  now frozen until an administrator thaws it"
             }
             Refusal::StageRequired => {
@@ -252,6 +262,11 @@ impl Refusal {
                  `npm stage approve <id>`"
             }
             Refusal::NoStagedVersion => "no such staged version",
+            Refusal::AlreadyStaged => {
+                "this version is already staged upstream, waiting for a maintainer: a maintainer approves it \
+                 (`npm stage approve <id>`) or rejects it (`npm stage reject <id>`; `npm stage list <package>` shows \
+                 the id), or publish a new version"
+            }
             Refusal::Identity(IdentityError::KeysUnavailable(_)) => {
                 "the issuer's signing keys are unavailable; try again later"
             }

@@ -1,7 +1,7 @@
 //! Reads of one staged version by its id (`npm stage view`, `npm stage download`). The path
 //! does not name the package, so the broker looks the item up first, with the credential of
-//! the caller's grant, and relays nothing unless that grant lets the caller read the package
-//! the item belongs to.
+//! the caller's grant (on the registry face, at that credential's upstream), and relays nothing
+//! unless that grant lets the caller read the package the item belongs to.
 
 use super::{Refusal, Session};
 use crate::app::App;
@@ -21,6 +21,7 @@ pub(super) async fn read(
     npm: NpmRequest,
     session: Option<Session>,
     upstream: &Upstream,
+    tunneled: bool,
     headers: &HeaderMap,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
@@ -51,7 +52,16 @@ pub(super) async fn read(
     let r = &session.record;
     let policy = app.policy();
     let lookup = policy.authorize_lookup(&r.identity, &r.grant, ()).map_err(Refusal::Denied)?;
-    let auth = app.credentials.for_authorized(&lookup, &upstream.name).map_err(Refusal::Internal)?;
+    // The id names no package, so no upstream: on the registry face it is asked of the upstream
+    // the grant's credential is for (a tunnel has its own).
+    let upstreams = app.upstreams();
+    let upstream = match app.credentials.slot(&lookup.grant().credential).filter(|_| !tunneled) {
+        Some(slot) => upstreams.named(&slot.config.upstream).map_or(upstream, |u| &**u),
+        None => upstream,
+    };
+    rec.upstream = Some(upstream.name.clone());
+    // A credential for another upstream than the tunnel's cannot have the item.
+    let auth = app.credentials.for_authorized(&lookup, &upstream.name).map_err(|_| Refusal::NoStagedVersion)?;
     let (status, item) = upstream.fetch_json(&format!("/-/stage/{id}"), &auth, MAX_ITEM).await?;
     rec.upstream_status = Some(status);
     if status == 404 {
@@ -69,11 +79,11 @@ pub(super) async fn read(
         .ok_or_else(|| Refusal::Upstream(UpstreamError::Failed("the staged item names no valid package".into())))?;
     rec.package = Some(package.to_string());
     // The item must belong to this upstream's packages, and to the caller's.
-    let upstreams = app.upstreams();
     if upstreams.route(Some(&package)).is_none_or(|u| u.name != upstream.name) {
         return Err(Refusal::NoStagedVersion);
     }
-    let requested = Requested { package: Some(&package), action: ActionKind::Read, tags: &[], version: None };
+    let requested =
+        Requested { package: Some(&package), action: ActionKind::Read, tags: &[], version: None, creates: false };
     // Outside the caller's packages it is "no such staged version", as for an unknown id: the
     // answer does not tell that the id exists.
     let authorized = policy.authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(|denial| {

@@ -58,11 +58,17 @@ pub(super) async fn forward(
         // A caller past its rate is refused before anything is read.
         within_rate(app, &session, p, rate, false).await?;
     }
-    // A grant that stages its publishes sends an `npm publish` as `npm stage publish`.
+    // A grant that stages its publishes sends an `npm publish` as `npm stage publish`, with the
+    // `npm-command` npm's own `npm stage publish` sends.
     let staging = (grant.publish == PublishMode::Stage).then(|| provisional.get().as_staged()).flatten();
+    let stage_headers = staging.as_ref().map(|_| {
+        let mut h = parts.headers.clone();
+        h.insert("npm-command", HeaderValue::from_static("stage"));
+        h
+    });
     let (method, path) = (provisional.get().method.clone(), provisional.get().upstream_path());
-    // A direct publish the registry refuses may need explaining (`E_STAGE_REQUIRED`).
-    let direct_publish = staging.is_none() && provisional.get().op() == &Op::PutPackument;
+    // A publish the registry refuses may need explaining (`E_STAGE_REQUIRED`, a staged version).
+    let may_publish = matches!(provisional.get().op(), Op::PutPackument | Op::StagePublish);
     let intake = intake(app, provisional.get(), staging.is_some(), &parts.headers)?;
     let (mut body, start) = WriteBody::open(&app.write_memory, intake, Fingerprinter::of(method.as_str(), &path))?;
 
@@ -77,12 +83,14 @@ pub(super) async fn forward(
         }
         // A publish to stage starts when its body shows it is one.
         UpstreamStart::OnPublish(later) => {
-            let staged = staging.as_ref().ok_or(Refusal::Internal("a deferred write that is not staged".into()))?;
+            let (Some(staged), Some(headers)) = (&staging, &stage_headers) else {
+                return Err(Refusal::Internal("a deferred write that is not staged".into()));
+            };
             let send = async {
                 let stream = later.await.ok()?;
                 Some(
                     upstream
-                        .send(staged.method.clone(), &staged.upstream_path(), &parts.headers, content, stream, &auth)
+                        .send(staged.method.clone(), &staged.upstream_path(), headers, content, stream, &auth)
                         .await,
                 )
             };
@@ -92,7 +100,7 @@ pub(super) async fn forward(
     };
     let (verdict, released) = match decided {
         Ok(decided) => decided,
-        Err(stop) => return stopped(app, direct_publish, stop, sent, &body, &auth, rec).await,
+        Err(stop) => return stopped(app, may_publish, stop, sent, &body, &auth, rec).await,
     };
     // Whether it goes upstream as a staged publish. A publish under a stage grant goes to the
     // stage route whatever its body looked like to the scanner: the action its checks settled
@@ -106,8 +114,11 @@ pub(super) async fn forward(
     let sent = match (sent, released) {
         (Some(sent), Released::Streamed) => sent,
         (None, Released::Whole(whole)) => {
-            let npm = staged_whole.unwrap_or(verdict.request.get());
-            upstream.send(npm.method.clone(), &npm.upstream_path(), &parts.headers, content, whole, &auth).await
+            let (npm, headers) = match (staged_whole, &stage_headers) {
+                (Some(npm), Some(headers)) => (npm, headers),
+                _ => (verdict.request.get(), &parts.headers),
+            };
+            upstream.send(npm.method.clone(), &npm.upstream_path(), headers, content, whole, &auth).await
         }
         _ => return Err(Refusal::Internal("a write released otherwise than it was opened".into())),
     };
@@ -126,97 +137,154 @@ pub(super) async fn forward(
     let resp = sent?;
     let status = resp.status();
     rec.upstream_status = Some(status.as_u16());
+    if let (Op::UnpublishPackage { .. }, Some(p), true) =
+        (verdict.request.get().op(), &verdict.request.get().package, status.is_success())
+    {
+        app.known_packages.forget(&upstream.name, p);
+    }
     if status.is_server_error() {
         return Err(Refusal::UpstreamFailed(status.as_u16()));
     }
     let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
-    if staged && status.is_success() {
-        return staged_reply(app, resp, &verdict, rec).await;
+    if !verdict.action.publishes() {
+        return Ok(resp);
     }
-    if verdict.action == ActionKind::Publish && !staged && status.is_client_error() {
-        return direct_publish_refused(resp).await;
+    if status.is_success() {
+        return publish_reply(&ctx, resp, &verdict, staged, rec).await;
+    }
+    if status.is_client_error() {
+        return publish_refused(resp, rec).await;
     }
     Ok(resp)
 }
 
 /// Largest answer the broker reads before relaying it (a staged version's id, a refusal).
 const MAX_READ_ANSWER: usize = 1024 * 1024;
+/// A staged item is a small JSON document.
+const MAX_STAGE_ITEM: usize = 256 * 1024;
+/// How long the broker waits to read a new staged version's status before answering without it.
+const STAGE_STATUS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// A version went upstream staged: the record and the notifications say which, and the caller
-/// gets the registry's answer with an `npm-notice` (npm prints it) naming the stage id and how
-/// a maintainer approves it.
-async fn staged_reply(
-    app: &App,
+/// The registry took a publish. It is staged, not live, when it went to the stage route, or
+/// when the registry's answer carries a `stageId`: since npm 11.16 the public registry stages a
+/// plain `npm publish` made with a bypass-2FA token and answers 2xx with the stage's id (as
+/// projects' release notes report it; npm's changelog and `npm stage` docs name the id
+/// `stageId`). A staged version is on record as staged, the grant's notify targets hear of it,
+/// and the caller gets the registry's answer with an `npm-notice` (npm prints it) naming the
+/// stage id, its status and how a maintainer approves it.
+async fn publish_reply(
+    ctx: &Ctx<'_>,
     resp: Response<Body>,
     verdict: &Verdict,
+    sent_staged: bool,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
-    // The registry took it: it is staged, whatever happens to its answer now.
-    rec.staged = true;
     let status = resp.status();
     let (mut parts, bytes) = match upstream::read_relayed(resp, MAX_READ_ANSWER).await {
         Ok(read) => read,
         Err(e) => {
-            rec.reason = Some(format!("the registry's answer to the staged publish was unreadable: {e}"));
+            rec.reason = Some(format!("the registry's answer to the publish was unreadable: {e}"));
             let (mut parts, _) = Response::new(()).into_parts();
             parts.status = status;
             parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             (parts, bytes::Bytes::from_static(b"{}"))
         }
     };
-    let id =
-        json::parse_object(&bytes).ok().and_then(|doc| doc.get("stageId").and_then(|v| v.as_str()).map(str::to_owned));
-    // The id is the registry's text: it is recorded and shown only if it looks like one.
-    let id =
-        id.filter(|id| !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    let doc = json::parse_object(&bytes).ok();
+    let field = |key: &str| doc.as_ref().and_then(|d| d.get(key)).and_then(|v| v.as_str()).map(str::to_owned);
+    // The id and the status are the registry's text: recorded and shown only if they look like one.
+    let id = field("stageId").filter(|id| is_token(id, 64));
+    if !sent_staged && doc.as_ref().is_none_or(|d| !d.contains_key("stageId")) {
+        return Ok(Response::from_parts(parts, crate::net::full(bytes)));
+    }
+    rec.staged = true;
+    if !sent_staged {
+        rec.reason = Some(
+            "the registry staged a direct publish (silent staging): the version is not live until a maintainer \
+             approves it"
+                .into(),
+        );
+    }
+    let stage_status = match (field("status"), &id) {
+        (Some(s), _) => Some(s),
+        (None, Some(id)) => stage_status(ctx, id).await,
+        (None, None) => None,
+    }
+    .filter(|s| is_token(s, 32));
     rec.stage_id = id.clone();
+    rec.stage_status = stage_status.clone();
     let (package, version) = (rec.package.clone().unwrap_or_default(), rec.version.clone().unwrap_or_default());
-    let notice = match &id {
-        Some(id) => format!(
-            "{package}@{version} is staged, not published (stage id {id}): it goes live when a maintainer runs `npm stage approve {id}`"
-        ),
-        None => {
-            rec.reason = Some("the registry staged the version without a usable stage id".into());
-            format!("{package}@{version} is staged, not published: a maintainer finds it with `npm stage list {package}`")
-        }
+    let staged = Staged {
+        package,
+        version,
+        stage_id: id,
+        status: stage_status,
+        silent: !sent_staged,
+        identity: rec.identity.clone(),
+        grant: verdict.request.grant().name.clone(),
+        request_id: rec.request_id.clone(),
     };
-    if let Ok(v) = HeaderValue::from_str(&notice) {
+    if staged.stage_id.is_none() {
+        rec.reason = Some("the registry staged the version without a usable stage id".into());
+    }
+    if let Ok(v) = HeaderValue::from_str(&staged.notice()) {
         parts.headers.append("npm-notice", v);
     }
     let grant = verdict.request.grant();
     if !grant.notify.is_empty() {
-        let staged = Staged {
-            package,
-            version,
-            stage_id: id,
-            identity: rec.identity.clone(),
-            grant: grant.name.clone(),
-            request_id: rec.request_id.clone(),
-        };
-        app.notifier.staged(&grant.notify, &staged, &app.audit);
+        ctx.app.notifier.staged(&grant.notify, &staged, &ctx.app.audit);
     }
     Ok(Response::from_parts(parts, crate::net::full(bytes)))
 }
 
-/// A direct publish the registry refused: one that only stage-only tokens could make there
-/// (`E_STAGE_REQUIRED`, as the public npm registry answers since January 2027) gets a refusal
-/// that says what to change; any other is relayed as it came.
-async fn direct_publish_refused(resp: Response<Body>) -> Result<Response<Body>, Refusal> {
+/// Text the registry sent that the broker repeats: short, letters, digits, `-` and `_` only.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A new staged version's status (`validating` while the registry's checks run, then `staged`),
+/// read with the grant's credential (`GET /-/stage/<id>`); `None` when it cannot be read soon.
+async fn stage_status(ctx: &Ctx<'_>, id: &str) -> Option<String> {
+    let path = format!("/-/stage/{id}");
+    let read = ctx.upstream.fetch_json(&path, ctx.auth, MAX_STAGE_ITEM);
+    let (status, item) = tokio::time::timeout(STAGE_STATUS_WAIT, read).await.ok()?.ok()?;
+    if status != 200 {
+        return None;
+    }
+    json::parse_object(&item).ok()?.get("status")?.as_str().map(str::to_owned)
+}
+
+/// A publish the registry refused. Two refusals get one that says what to do: a credential
+/// that may only stage (`E_STAGE_REQUIRED`, as the public registry answers stage-only tokens
+/// since September 2026; or "OIDC permission denied", its answer to a direct publish over a
+/// trusted-publishing connection that may only stage), and a version that is already staged
+/// (409 "Cannot publish over previously staged version"). Any other is relayed as it came.
+async fn publish_refused(resp: Response<Body>, rec: &mut Record) -> Result<Response<Body>, Refusal> {
+    let status = resp.status().as_u16();
     let (parts, bytes) = upstream::read_relayed(resp, MAX_READ_ANSWER).await?;
-    // The code, where a registry puts one: `code`, or within its `error` or `message`.
-    let stage_required = json::parse_object(&bytes).is_ok_and(|doc| {
-        ["code", "error", "message"]
-            .iter()
-            .any(|k| doc.get(*k).and_then(|v| v.as_str()).is_some_and(|v| v.contains("E_STAGE_REQUIRED")))
-    });
-    if stage_required {
+    // The registry's words, where a registry puts them: `code`, `error` or `message`.
+    let says = |what: &str| {
+        json::parse_object(&bytes).is_ok_and(|doc| {
+            ["code", "error", "message"]
+                .iter()
+                .any(|k| doc.get(*k).and_then(|v| v.as_str()).is_some_and(|v| v.to_ascii_lowercase().contains(what)))
+        })
+    };
+    if says("e_stage_required") || (status == 403 && says("oidc permission denied")) {
         return Err(Refusal::StageRequired);
     }
+    if status == 409 && says("previously staged") {
+        rec.reason = Some("the registry has this version staged already".into());
+        return Err(Refusal::AlreadyStaged);
+    }
     Ok(Response::from_parts(parts, crate::net::full(bytes)))
 }
 
-/// Whether one more write by this caller to `package` fits its grant's `rate`; with `take`, it
-/// is counted. Past the rate: 429, and with `server.freeze_on_burst` the package is frozen.
+/// Whether one more write to `package` under the caller's grant fits the grant's `rate`; with
+/// `take`, it is counted. The window is the grant's and the package's, shared by every identity
+/// the grant admits: a GitHub `sub` changes with the ref and the environment, so a count per
+/// identity would give a job that can run under several a fresh window for each. Past the rate:
+/// 429, and with `server.freeze_on_burst` the package is frozen.
 async fn within_rate(
     app: &App,
     session: &Session,
@@ -224,8 +292,7 @@ async fn within_rate(
     rate: Rate,
     take: bool,
 ) -> Result<Option<RateSlot>, Refusal> {
-    let identity = &session.record.identity;
-    let key = format!("{}\0{}\0{package}", identity.issuer, identity.claim("sub").unwrap_or_default());
+    let key = format!("{}\0{package}", session.record.grant);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     let at_ms = u64::try_from(now_ms).unwrap_or(u64::MAX);
     match app.store.rate(&key, rate, at_ms, take).await? {
@@ -255,7 +322,7 @@ async fn give_back(app: &App, slot: Option<&RateSlot>) {
 /// the broker released it. The record says how much of it had gone upstream.
 async fn stopped(
     app: &App,
-    direct_publish: bool,
+    may_publish: bool,
     stop: Stop,
     sent: Option<Result<Response<Pooled>, UpstreamError>>,
     body: &WriteBody,
@@ -278,8 +345,8 @@ async fn stopped(
             rec.decision = Decision::Error;
             rec.reason = Some("the upstream refused the write before the broker released it".into());
             let resp = upstream::relay(resp, auth, app.config.server.upstream_timeout)?;
-            if direct_publish {
-                return direct_publish_refused(resp).await;
+            if may_publish {
+                return publish_refused(resp, rec).await;
             }
             Ok(resp)
         }
@@ -466,7 +533,8 @@ async fn judge(
 ) -> Result<Verdict, Stop> {
     let Ctx { app, session, upstream, auth } = *ctx;
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
-    let (credential, publish) = (provisional.grant().credential.clone(), provisional.grant().publish);
+    let g = provisional.grant();
+    let (credential, publish, may_create) = (g.credential.clone(), g.publish, g.create);
     let npm = provisional.into_inner();
     // The checks parse what they read: that memory is the write's too.
     body.hold(json::parsed_size(&checked.bytes))?;
@@ -480,15 +548,23 @@ async fn judge(
     rec.dist_tags = action.tags.clone();
     let r = &session.record;
     let package = npm.package.clone();
+    // Whether the publish would create the package matters only to a grant that may not.
+    let creates = match &package {
+        Some(p) if action.kind.publishes() && !may_create => creates_package(app, upstream, p, auth).await?,
+        _ => false,
+    };
+    rec.new_package = creates;
     let requested = Requested {
         package: package.as_ref(),
         action: action.kind,
         tags: &action.tags,
         version: action.version.as_deref(),
+        creates,
     };
     let authorized =
         app.policy().authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(Refusal::Denied)?;
-    if authorized.grant().credential != credential || authorized.grant().publish != publish {
+    let g = authorized.grant();
+    if g.credential != credential || g.publish != publish || g.create != may_create {
         // The policy was reloaded mid-write: the request already carries the old credential,
         // or went to the route the old grant chose.
         return Err(Refusal::Denied(crate::policy::Denial::GrantGone(r.grant.clone())).into());
@@ -519,6 +595,25 @@ async fn judge(
     }
     rec.decision = Decision::Allow;
     Ok(Verdict { request: authorized, action: action.kind, spent, rate_slot })
+}
+
+/// Whether a publish of `package` creates it: the upstream does not have it yet (read with the
+/// grant's credential, as npm itself reads before it publishes). A package seen a moment ago is
+/// not asked again; when the upstream cannot say, the write fails closed.
+async fn creates_package(
+    app: &App,
+    upstream: &Upstream,
+    package: &PackageName,
+    auth: &UpstreamAuth,
+) -> Result<bool, Refusal> {
+    if app.known_packages.has(&upstream.name, package) {
+        return Ok(false);
+    }
+    let has = upstream.has_package(package, auth).await?;
+    if has {
+        app.known_packages.learn(&upstream.name, package);
+    }
+    Ok(!has)
 }
 
 /// What a write does, from its route and its checked body (or a publish's skeleton).

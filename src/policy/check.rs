@@ -18,6 +18,8 @@ use std::time::Duration;
 pub enum Severity {
     Error,
     Warning,
+    /// Information (what the check recognised); never fails the check.
+    Note,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +77,21 @@ pub const RULES: &[(&str, Severity, &str)] = &[
         Severity::Warning,
         "remove the claim or correct its name: this issuer never sends it, so the grant never matches",
     ),
+    (
+        "unsatisfiable-versions",
+        Severity::Warning,
+        "write an npm range some version satisfies (a space is AND, `||` is OR; a prerelease needs a range that names one)",
+    ),
+    (
+        "create-under-glob",
+        Severity::Warning,
+        "name the packages the grant may create exactly, or create them by hand and drop `create`",
+    ),
+    (
+        "recognised-issuer",
+        Severity::Note,
+        "nothing to fix; `preset = \"...\"` in the issuer's table says the same in the file",
+    ),
 ];
 
 fn rule(id: &str) -> (&'static str, Severity, &'static str) {
@@ -109,6 +126,19 @@ pub fn check(dir: &Path, ctx: &PolicyContext<'_>, presets: &[(&str, Option<Prese
     // In reading order: by file, line and column (then rule, for findings at one place).
     out.sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
     out
+}
+
+/// The note that an issuer was recognised by its URL as a vendor's: at its `[issuer.NAME]`
+/// table in the config file (`config_text`).
+pub fn recognised_issuer(config: &Path, config_text: &str, name: &str, url: &str, preset: Preset) -> Finding {
+    let header = [format!("[issuer.{name}]"), format!("[issuer.\"{name}\"]")];
+    let line = config_text.lines().position(|l| header.iter().any(|h| l.trim() == h)).map_or(1, |n| n + 1);
+    let message = format!(
+        "issuer `{name}`: {url} is {}'s issuer: its grants get the `{}` preset's claims, lints and `policy trust`",
+        preset.vendor(),
+        preset.name()
+    );
+    finding(config, line, 1, "recognised-issuer", message)
 }
 
 fn finding(file: &Path, line: usize, col: usize, id: &str, message: String) -> Finding {
@@ -330,6 +360,35 @@ fn lints(raw: &GrantFile, g: &Grant, preset: Option<Preset>) -> Vec<Lint> {
     if publishes && g.rate.is_none() {
         out.push(("no-rate", None, None, "no rate bounds how often an identity publishes a package".into()));
     }
+    if let Some(range) = &g.versions {
+        let why = if !range.is_satisfiable() {
+            Some(format!(
+                "no version satisfies `{}` as npm reads it (its comparators have nothing in common)",
+                range.as_str()
+            ))
+        } else if g.prerelease_only && !range.admits_prereleases() {
+            Some(format!(
+                "with prerelease_only, no version can be published: npm matches no prerelease against `{}`, which \
+                 names none (e.g. `>=1.2.0-0 <1.3.0` takes 1.2.0-beta.1)",
+                range.as_str()
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            out.push(("unsatisfiable-versions", Some("versions"), None, why));
+        }
+    }
+    if g.create {
+        if let Some(glob) = g.packages.iter().find(|p| !p.is_literal()) {
+            out.push((
+                "create-under-glob",
+                Some("create"),
+                None,
+                format!("it may create any package `{}` matches: a hijacked job could claim new names", glob.as_str()),
+            ));
+        }
+    }
     for (name, m) in &g.claims {
         if matches!(m, ClaimMatcher::Glob(_)) && IDENTITY_CLAIMS.contains(&name.as_str()) {
             out.push((
@@ -420,6 +479,7 @@ pub fn text(findings: &[Finding]) -> String {
             let sev = match f.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
+                Severity::Note => "note",
             };
             format!("{}:{}:{}: {sev}[{}]: {}\n  fix: {}\n", f.file.display(), f.line, f.col, f.rule, f.message, f.fix)
         })
@@ -437,6 +497,7 @@ pub fn github(findings: &[Finding]) -> String {
             let level = match f.severity {
                 Severity::Error => "error",
                 Severity::Warning => "warning",
+                Severity::Note => "notice",
             };
             format!(
                 "::{level} file={},line={},col={},title={}::{} (fix: {})\n",

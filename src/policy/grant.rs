@@ -1,6 +1,7 @@
 //! Grant files (`policies/*.toml`): parsing and validation into `Grant`s.
 
 use super::glob::Glob;
+use super::versions::{self, VersionRange};
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use crate::units::parse_duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -28,15 +29,18 @@ pub struct Grant {
     pub claims: Vec<(String, ClaimMatcher)>,
     /// How an `npm publish` under this grant reaches the registry.
     pub publish: PublishMode,
-    /// At most this many writes per (caller identity, package) in a sliding window.
+    /// At most this many writes per (grant, package) in a sliding window: every identity the
+    /// grant admits shares it (a GitHub `sub` changes with the ref and the environment).
     pub rate: Option<Rate>,
     /// `[notify.NAME]` targets told about each version staged under this grant.
     pub notify: Vec<String>,
-    /// The versions a publish may be (`versions = ">=1.0.0, <2.0.0"`; a prerelease counts as
-    /// its release).
-    pub versions: Option<semver::VersionReq>,
+    /// The versions a publish may be: an npm range (`versions = ">=1.0.0 <2.0.0"`), as
+    /// node-semver reads it.
+    pub versions: Option<VersionRange>,
     /// Only prereleases (`1.2.0-beta.1`) may be published: agents publish them, humans promote.
     pub prerelease_only: bool,
+    /// A publish (direct or staged) may create a package the upstream does not have yet.
+    pub create: bool,
     pub file: PathBuf,
 }
 
@@ -105,15 +109,28 @@ impl Grant {
         }
         let text = version.ok_or("the publish names no version")?;
         // The caller's text is not repeated unless it parsed as a version.
-        let v = semver::Version::parse(text).map_err(|_| "the version is not a semver version".to_owned())?;
-        if self.prerelease_only && v.pre.is_empty() {
+        let v = versions::parse_version(text).ok_or("the version is not a semver version")?;
+        if self.prerelease_only && !v.is_prerelease() {
             return Err(format!("`{text}` is not a prerelease (prerelease_only)"));
         }
-        // A prerelease is judged by its release: `1.4.0-beta.1` is within `>=1.0.0, <2.0.0` as
-        // 1.4.0 is (semver ranges would otherwise take no prerelease at all).
-        let release = semver::Version::new(v.major, v.minor, v.patch);
         match &self.versions {
-            Some(req) if !req.matches(&v) && !req.matches(&release) => Err(format!("`{text}` is outside `{req}`")),
+            Some(range) if !range.satisfies(&v) => {
+                let why = if v.is_prerelease() && range.satisfies_ignoring_prerelease_rule(&v) {
+                    format!(
+                        " (npm matches a prerelease only against a range that names a prerelease of {}.{}.{}, \
+                         e.g. `>={}.{}.{}-0`)",
+                        v.major(),
+                        v.minor(),
+                        v.patch(),
+                        v.major(),
+                        v.minor(),
+                        v.patch()
+                    )
+                } else {
+                    String::new()
+                };
+                Err(format!("`{text}` is outside `{}`{why}", range.as_str()))
+            }
             _ => Ok(()),
         }
     }
@@ -183,6 +200,7 @@ pub(super) struct GrantFile {
     notify: Vec<String>,
     versions: Option<String>,
     prerelease_only: Option<bool>,
+    pub(super) create: Option<bool>,
     #[serde(default)]
     claims: BTreeMap<String, ClaimMatcher>,
 }
@@ -283,11 +301,15 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
         Some(_) if !publishes => {
             return Err("`versions` applies to publish and stage-publish, which `actions` does not list".into())
         }
-        Some(text) => Some(semver::VersionReq::parse(text).map_err(|e| format!("`versions`: `{text}`: {e}"))?),
+        Some(text) => Some(VersionRange::parse(text).map_err(|e| format!("`versions`: {e}"))?),
     };
     let prerelease_only = g.prerelease_only.unwrap_or(false);
     if prerelease_only && !publishes {
         return Err("`prerelease_only` applies to publish and stage-publish, which `actions` does not list".into());
+    }
+    let create = g.create.unwrap_or(false);
+    if create && !publishes {
+        return Err("`create` applies to publish and stage-publish, which `actions` does not list".into());
     }
     if let Some(limits) = ctx.credential_limits.iter().find(|c| c.name == g.credential) {
         within_credential(&packages, actions, publish, limits)?;
@@ -312,6 +334,7 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
         notify: g.notify,
         versions,
         prerelease_only,
+        create,
         file: path.to_owned(),
     })
 }

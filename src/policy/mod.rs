@@ -9,9 +9,11 @@ mod glob;
 mod grant;
 pub mod presets;
 pub mod trust;
+mod versions;
 
 pub use glob::Glob;
 pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};
+pub use versions::VersionRange;
 
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use serde_json::{Map, Value};
@@ -48,6 +50,8 @@ pub struct Requested<'a> {
     pub tags: &'a [String],
     /// The version a publish adds (from its body).
     pub version: Option<&'a str>,
+    /// The upstream does not have the package: a publish would create it.
+    pub creates: bool,
 }
 
 /// Proof that policy permitted `T` under `grant`. Only this module can make one.
@@ -90,6 +94,8 @@ pub enum Denial {
     TagNotAllowed(String, String),
     #[error("version not allowed by grant `{0}`: {1}")]
     VersionNotAllowed(String, String),
+    #[error("package creation not allowed by grant `{0}`: the upstream has no such package (`create = true` allows a first publish)")]
+    CreateNotAllowed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -266,8 +272,11 @@ impl Policy {
         if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
             return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
         }
-        if matches!(req.action, ActionKind::Publish | ActionKind::StagePublish) {
+        if req.action.publishes() {
             g.allows_version(req.version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))?;
+            if req.creates && !g.create {
+                return Err(Denial::CreateNotAllowed(g.name.to_string()));
+            }
         }
         Ok(Authorized { inner, grant: g.clone() })
     }
@@ -307,15 +316,15 @@ impl Policy {
         Ok(Authorized { inner, grant: g.clone() })
     }
 
-    /// Explains, grant by grant, why `identity` may or may not do `action` on `package`.
     /// Grant by grant, whether `identity` may do `action` on `package` (publishing `version`,
-    /// when one is known), and why not.
+    /// when one is known; creating the package, with `creates`), and why not.
     pub fn explain(
         &self,
         identity: &Identity,
         package: &PackageName,
         action: ActionKind,
         version: Option<&str>,
+        creates: bool,
     ) -> Vec<(String, Result<(), Denial>)> {
         self.grants
             .iter()
@@ -325,7 +334,9 @@ impl Policy {
                         Err(Denial::PackageOutOfScope)
                     } else if !g.actions.contains(action) && action != ActionKind::Read {
                         Err(Denial::ActionOutOfScope(action.as_str()))
-                    } else if matches!(action, ActionKind::Publish | ActionKind::StagePublish) && version.is_some() {
+                    } else if action.publishes() && creates && !g.create {
+                        Err(Denial::CreateNotAllowed(g.name.to_string()))
+                    } else if action.publishes() && version.is_some() {
                         g.allows_version(version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))
                     } else {
                         Ok(())

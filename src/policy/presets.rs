@@ -44,6 +44,42 @@ impl Preset {
         }
     }
 
+    /// The vendor, as people name it.
+    pub fn vendor(self) -> &'static str {
+        match self {
+            Preset::Github => "GitHub Actions",
+            Preset::Gitlab => "GitLab.com",
+            Preset::Circleci => "CircleCI",
+            Preset::Buildkite => "Buildkite",
+            Preset::Kubernetes => "Kubernetes",
+        }
+    }
+
+    /// The vendor whose own fixed issuer `url` is: GitHub Actions', GitLab.com's, Buildkite's,
+    /// or CircleCI's `https://oidc.circleci.com/org/<organisation id>`. An issuer written as
+    /// that URL is that vendor's, whether or not its config says `preset`. (A self-managed
+    /// GitLab, GitHub Enterprise Server or a cluster has a URL of its own: it needs `preset`.)
+    pub fn recognise(url: &str) -> Option<Preset> {
+        let url = url.trim_end_matches('/');
+        let (scheme, rest) = url.split_once("://")?;
+        if !scheme.eq_ignore_ascii_case("https") {
+            return None;
+        }
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let host = host.strip_suffix(":443").unwrap_or(host).to_ascii_lowercase();
+        match (host.as_str(), path) {
+            ("token.actions.githubusercontent.com", "") => Some(Preset::Github),
+            ("gitlab.com", "") => Some(Preset::Gitlab),
+            ("agent.buildkite.com", "") => Some(Preset::Buildkite),
+            ("oidc.circleci.com", org) => {
+                let id = org.strip_prefix("org/")?;
+                let ok = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                ok.then_some(Preset::Circleci)
+            }
+            _ => None,
+        }
+    }
+
     /// The issuer URL, where the vendor has one for everybody. (GitLab's is its instance's,
     /// CircleCI's carries the organisation's id, a cluster's is its own.)
     pub fn issuer(self) -> Option<&'static str> {
@@ -201,3 +237,32 @@ pub const IDENTITY_CLAIMS: &[&str] = &[
     "oidc.circleci.com/project-id",
     "actor",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendors_fixed_issuers_are_recognised() {
+        for (url, want) in [
+            ("https://token.actions.githubusercontent.com", Some(Preset::Github)),
+            ("https://Token.Actions.GitHubUserContent.com/", Some(Preset::Github)),
+            ("https://gitlab.com", Some(Preset::Gitlab)),
+            ("https://agent.buildkite.com:443", Some(Preset::Buildkite)),
+            ("https://oidc.circleci.com/org/6f1a2b3c-0000-4000-8000-123456789abc", Some(Preset::Circleci)),
+            ("https://oidc.circleci.com", None),
+            ("https://oidc.circleci.com/org/", None),
+            ("http://token.actions.githubusercontent.com", None),
+            ("https://token.actions.githubusercontent.com/enterprise", None),
+            ("https://gitlab.example.com", None),
+            ("https://ghes.example.com/_services/token", None),
+        ] {
+            assert_eq!(Preset::recognise(url), want, "{url}");
+        }
+        for p in Preset::ALL {
+            if let Some(url) = p.issuer() {
+                assert_eq!(Preset::recognise(url), Some(p), "a preset's own URL is not recognised as its");
+            }
+        }
+    }
+}

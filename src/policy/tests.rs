@@ -133,7 +133,7 @@ fn use_time_evaluation() {
     let latest = ["latest".to_owned()];
     let beta = ["beta-2".to_owned()];
     let evil = ["evil".to_owned()];
-    let req = |package, action, tags| Requested { package, action, tags, version: None };
+    let req = |package, action, tags| Requested { package, action, tags, version: None, creates: false };
     let table: Vec<(Requested<'_>, Result<(), Denial>)> = vec![
         (req(Some(&web), ActionKind::Publish, &latest), Ok(())),
         (req(Some(&web), ActionKind::Publish, &beta), Ok(())),
@@ -347,7 +347,7 @@ issuer = "github"
 packages = ["@acme/web"]
 actions = ["publish", "dist-tag"]
 credential = "acme-publish"
-versions = ">=1.0.0, <2.0.0"
+versions = ">=1.4.0-0 <1.5.0 || 2.0.0-0 - 2.0.0"
 prerelease_only = true
 [grant.claims]
 repository_id = "123456789"
@@ -360,15 +360,19 @@ repository_id = "123456789"
         actions: [ActionKind::Publish, ActionKind::DistTag].into_iter().collect(),
     };
     let check = |action, version: Option<&str>| {
-        let req = Requested { package: Some(&web), action, tags: &[], version };
+        let req = Requested { package: Some(&web), action, tags: &[], version, creates: false };
         p.authorize(&id, "agent", &scope, req, ()).map(|_| ()).map_err(|d| d.to_string())
     };
     assert_eq!(check(ActionKind::Publish, Some("1.4.0-beta.1")), Ok(()));
+    assert_eq!(check(ActionKind::Publish, Some("2.0.0-rc.1")), Ok(()));
     for (version, why) in [
         (Some("1.4.0"), "is not a prerelease"),
-        (Some("2.0.0-beta.1"), "is outside `>=1.0.0, <2.0.0`"),
+        (Some("2.1.0-beta.1"), "is outside `>=1.4.0-0 <1.5.0 || 2.0.0-0 - 2.0.0`"),
+        // Within the range by its place, but npm takes a prerelease only of a named release.
+        (Some("1.4.1-beta.1"), "npm matches a prerelease only against a range that names a prerelease of 1.4.1"),
         (Some("0.9.0-rc.1"), "is outside"),
         (Some("one"), "the version is not a semver version"),
+        (Some("v1.4.0-beta.1"), "the version is not a semver version"),
         (None, "names no version"),
     ] {
         let err = check(ActionKind::Publish, version).unwrap_err();
@@ -377,9 +381,15 @@ repository_id = "123456789"
     // A dist-tag move publishes no version: the rules do not apply to it.
     assert_eq!(check(ActionKind::DistTag, None), Ok(()));
 
-    let bad_range = text.replace("versions = \">=1.0.0, <2.0.0\"", "versions = \"latest\"");
-    let err = grant::parse_file(&PathBuf::from("p.toml"), &bad_range, &CTX).unwrap_err();
-    assert!(err.contains("grant `agent`: `versions`: `latest`"), "{err}");
+    for (range, want) in [
+        ("latest", "`versions`: `latest` is not an npm range"),
+        (">=1.0.0, <2.0.0", "`versions`: `>=1.0.0, <2.0.0` joins comparators with a comma"),
+    ] {
+        let bad_range =
+            text.replace("versions = \">=1.4.0-0 <1.5.0 || 2.0.0-0 - 2.0.0\"", &format!("versions = \"{range}\""));
+        let err = grant::parse_file(&PathBuf::from("p.toml"), &bad_range, &CTX).unwrap_err();
+        assert!(err.contains(&format!("grant `agent`: {want}")), "{err}");
+    }
     let no_publish = text.replace("actions = [\"publish\", \"dist-tag\"]", "actions = [\"dist-tag\"]");
     let err = grant::parse_file(&PathBuf::from("p.toml"), &no_publish, &CTX).unwrap_err();
     assert!(err.contains("`versions` applies to publish"), "{err}");

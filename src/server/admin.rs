@@ -17,10 +17,13 @@ use subtle::ConstantTimeEq;
 
 pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    let metrics_open = app.config.admin.as_ref().is_some_and(|a| a.metrics_open);
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => return readyz(&app).await,
-        (&Method::GET, "/metrics") => return metrics(&app).await,
+        // Prometheus sends the token from its `credentials_file` (or `metrics = "open"`).
+        (&Method::GET, "/metrics") if metrics_open || authorized(&app, &req) => return metrics(&app).await,
+        (&Method::GET, "/metrics") => {}
         _ if path.starts_with("/admin/v1/") => {}
         _ => return reply(StatusCode::NOT_FOUND, json!({"message": "not found"})),
     }
@@ -32,7 +35,14 @@ pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Bo
         decision: Decision::Deny,
         ..Record::default()
     };
-    let (status, body) = if !authorized(&app, &req) {
+    let (status, body) = if path == "/metrics" {
+        // Only an unauthorized scrape gets here.
+        rec.action = Some("metrics");
+        rec.reason = Some("missing or wrong admin token".into());
+        let msg = "/metrics needs the admin bearer token (Prometheus: `authorization: { credentials_file: ... }`), \
+                   unless [admin] metrics = \"open\"";
+        (StatusCode::UNAUTHORIZED, json!({ "message": msg }))
+    } else if !authorized(&app, &req) {
         rec.reason = Some("missing or wrong admin token".into());
         (StatusCode::UNAUTHORIZED, json!({"message": "the admin API needs the admin bearer token"}))
     } else {
@@ -52,7 +62,12 @@ pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Bo
         tracing::error!(error = %e, "could not write the audit log");
         return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "the audit log cannot be written"}));
     }
-    reply(status, body)
+    let mut resp = reply(status, body);
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"phantom admin\""));
+    }
+    resp
 }
 
 fn authorized(app: &App, req: &Request<Incoming>) -> bool {
@@ -103,7 +118,9 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             };
             rec.reason = Some(format!("{selector:?}"));
             let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
-            Ok(json!({ "revoked": revoked }))
+            let answer = json!({ "revoked": revoked.len(), "ids": revoked });
+            rec.revoked = revoked;
+            Ok(answer)
         }
         (Method::GET, "/freeze") => Ok(json!({ "frozen": app.store.frozen_patterns() })),
         (Method::POST, op @ ("/freeze" | "/thaw")) => {
@@ -177,8 +194,9 @@ async fn readyz(app: &App) -> Response<Body> {
     reply(status, body)
 }
 
-/// `GET /metrics`: Prometheus text. Like the health checks, it needs no admin token (it holds
-/// counts, names and ages, never a secret), so a scraper needs no credential either.
+/// `GET /metrics`: Prometheus text. It holds counts, names and ages, never a secret, but names
+/// the credentials, grants and packages an attacker would aim at: it needs the admin token
+/// unless `[admin] metrics = "open"`.
 async fn metrics(app: &App) -> Response<Body> {
     let now = audit::unix_now();
     let active = tokio::time::timeout(std::time::Duration::from_secs(2), app.store.count_live(now)).await;

@@ -184,7 +184,7 @@ impl PhantomStore for Store {
         }
     }
 
-    async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
+    async fn revoke(&self, which: &Selector) -> Result<Vec<Arc<str>>, StoreError> {
         match self {
             Store::Memory { store, .. } => store.revoke(which).await,
             Store::Redis(r) => r.revoke(which).await,

@@ -501,18 +501,22 @@ impl RedisStore {
         Ok(digests.into_iter().zip(rows).map(|(d, (r, u, rv))| (d, r, u, rv)).collect())
     }
 
-    pub async fn revoke(&self, which: &Selector) -> Result<usize, StoreError> {
+    /// Revokes the live phantoms `which` picks; returns their ids (keyed hashes, never tokens).
+    pub async fn revoke(&self, which: &Selector) -> Result<Vec<Arc<str>>, StoreError> {
         let now = crate::audit::unix_now();
-        let mut revoked = 0;
+        let mut revoked = Vec::new();
         for (digest, record, _, rv) in self.live(now).await? {
             let Some(record) = record.filter(|_| rv.as_deref() != Some("1")) else { continue };
-            if !which.picks(&super::record::from_json(&record)?) {
+            let record = super::record::from_json(&record)?;
+            if !which.picks(&record) {
                 continue;
             }
             let mut conn = self.conn.clone();
             let mut invocation = self.scripts.revoke.key(format!("{}ph:{digest}", self.prefix));
             invocation.key(self.named("live")).key(self.named("epoch")).arg(&digest);
-            revoked += self.call(invocation.invoke_async::<usize>(&mut conn)).await?;
+            if self.call(invocation.invoke_async::<usize>(&mut conn)).await? > 0 {
+                revoked.push(record.id.clone());
+            }
         }
         self.cache.clear();
         Ok(revoked)

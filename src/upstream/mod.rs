@@ -261,6 +261,62 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Whether the upstream has `package`, read with `auth`'s credential (npm's own check before
+    /// a publish): 200 yes, 404 no, anything else is an error (the caller fails closed).
+    pub(crate) async fn has_package(&self, package: &PackageName, auth: &UpstreamAuth) -> Result<bool, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.npm.install-v1+json"));
+        let path = format!("/{}", package.escaped());
+        // Only the status is read; the body is dropped with the response.
+        let resp = self.send(Method::GET, &path, &headers, Content::None, net::empty(), auth).await?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            other => {
+                Err(UpstreamError::Failed(format!("asked whether it has {package}, the upstream answered {other}")))
+            }
+        }
+    }
+}
+
+/// Packages the upstreams were seen to have, for a short while. A first publish creates a
+/// package, which needs the grant's `create`; the broker learns whether the upstream has one
+/// with a read. Only "it has it" is kept: a package rarely goes away (and a whole-package
+/// unpublish through the broker forgets it), while "it has not" is asked again each time, so
+/// that a package created a moment ago is seen at once.
+#[derive(Default)]
+pub(crate) struct KnownPackages {
+    seen: std::sync::Mutex<HashMap<(Arc<str>, String), std::time::Instant>>,
+}
+
+/// How long "the upstream has it" is believed.
+const KNOWN_FOR: Duration = Duration::from_secs(30);
+/// Entries kept at most (a burst of new names cannot grow the map without bound).
+const MAX_KNOWN: usize = 4096;
+
+impl KnownPackages {
+    pub(crate) fn has(&self, upstream: &Arc<str>, package: &PackageName) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&(upstream.clone(), package.to_string())).is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    pub(crate) fn learn(&self, upstream: &Arc<str>, package: &PackageName) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_KNOWN {
+            seen.retain(|_, at| at.elapsed() < KNOWN_FOR);
+            if seen.len() >= MAX_KNOWN {
+                seen.clear();
+            }
+        }
+        seen.insert((upstream.clone(), package.to_string()), std::time::Instant::now());
+    }
+
+    pub(crate) fn forget(&self, upstream: &Arc<str>, package: &PackageName) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&(upstream.clone(), package.to_string()));
+    }
+}
+
 /// Packuments up to this long are rewritten whole (with their new length), longer ones as they
 /// stream.
 const WHOLE_REBASE: usize = 256 * 1024;

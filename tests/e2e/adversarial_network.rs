@@ -14,6 +14,7 @@ name = "hostile"
 issuer = "github"
 packages = ["@hostile/*"]
 actions = ["publish"]
+create = true
 credential = "hostile"
 [grant.claims]
 repository_id = "123456789"
@@ -23,6 +24,7 @@ name = "untrusted"
 issuer = "github"
 packages = ["@untrusted/*"]
 actions = ["publish"]
+create = true
 credential = "untrusted"
 [grant.claims]
 repository_id = "123456789"
@@ -32,6 +34,7 @@ name = "down"
 issuer = "github"
 packages = ["@down/*"]
 actions = ["publish"]
+create = true
 credential = "down"
 [grant.claims]
 repository_id = "123456789"
@@ -224,6 +227,7 @@ name = "kept"
 issuer = "github"
 packages = ["@kept/*"]
 actions = ["publish"]
+create = true
 credential = "kept"
 [grant.claims]
 repository_id = "123456789"
@@ -368,7 +372,8 @@ fn capped(limit: u64, audit: &str) -> Options {
             format!("trap '' XFSZ; exec prlimit --fsize={limit}:{limit} \"$@\""),
             "sh".into(),
         ],
-        log: Some("warn".into()),
+        // The library at warn; the binary's own lines (it listens, it stops) still said.
+        log: Some("warn,phantom=info".into()),
         audit: audit.into(),
         ..Options::default()
     }

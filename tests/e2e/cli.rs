@@ -88,7 +88,17 @@ fn policy_explain_says_why() {
     assert!(all(&out).contains("allow  acme-web-release"));
     // The shipped grant stages its publishes, at a rate.
     assert!(all(&out).contains("staged: `npm publish` goes upstream as `npm stage publish`"), "{}", all(&out));
-    assert!(all(&out).contains("at most 5 writes per identity and package every 3600s"), "{}", all(&out));
+    assert!(
+        all(&out).contains("at most 5 writes per package every 3600s, shared by every identity the grant admits"),
+        "{}",
+        all(&out)
+    );
+    // It publishes only packages the upstream has: a first publish (package creation) is denied.
+    assert!(all(&out).contains("only packages the upstream already has"), "{}", all(&out));
+    let out = phantom(&[&args[..], &["--new-package"]].concat(), repo());
+    assert!(!out.status.success(), "{}", all(&out));
+    let denial = "deny   acme-web-release: package creation not allowed by grant `acme-web-release`";
+    assert!(all(&out).contains(denial), "{}", all(&out));
 
     let mut pr = base.clone();
     pr["event_name"] = "pull_request".into();

@@ -15,6 +15,7 @@ name = "clients"
 issuer = "github"
 packages = ["pb-*"]
 actions = ["publish", "dist-tag"]
+create = true
 dist_tags = ["latest", "next"]
 credential = "verdaccio-publisher"
 ttl = "10m"

@@ -17,6 +17,7 @@ name = "release"
 issuer = "github"
 packages = ["pb-*", "priv-*"]
 actions = ["publish", "dist-tag"]
+create = true
 credential = "verdaccio-publisher"
 ttl = "10m"
 max_uses = 20

@@ -238,6 +238,7 @@ name = "rec"
 issuer = "github"
 packages = ["@rec/*"]
 actions = ["publish"]
+create = true
 credential = "recording"
 [grant.claims]
 repository_id = "123456789"

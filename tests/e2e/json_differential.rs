@@ -16,6 +16,7 @@ name = "json"
 issuer = "github"
 packages = ["@json/*"]
 actions = ["publish"]
+create = true
 credential = "json"
 [grant.claims]
 repository_id = "123456789"

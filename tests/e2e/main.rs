@@ -21,6 +21,7 @@ mod policy_check;
 mod policy_reload;
 mod policy_rules;
 mod presets;
+mod public_registry;
 mod secrets_debug;
 mod shared_state;
 mod staging;

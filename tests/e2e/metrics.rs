@@ -1,6 +1,7 @@
 //! `/metrics` on the admin face, read as Prometheus reads it: parsed by a text-format parser
 //! (and `promtool check metrics` where Debian's prometheus package installed it), with each
-//! counter moving by exactly what known requests did.
+//! counter moving by exactly what known requests did; only with the admin token, which a real
+//! Prometheus sends from its `credentials_file`.
 
 use crate::support::*;
 use serde_json::json;
@@ -8,7 +9,8 @@ use std::collections::HashMap;
 
 /// The scrape, as `name{label="value",...}` -> value (labels in sorted order).
 fn scrape(w: &World) -> (String, HashMap<String, f64>) {
-    let r = w.http.request("GET", &format!("{}metrics", w.broker.admin_url), &[], "");
+    let auth = format!("Bearer {}", w.broker.admin_token);
+    let r = w.http.request("GET", &format!("{}metrics", w.broker.admin_url), &[("authorization", &auth)], "");
     assert_eq!(r.status, 200);
     assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let text = r.text();
@@ -105,4 +107,94 @@ fn metrics_count_what_the_broker_did() {
         }
         Err(e) => eprintln!("promtool not installed here ({e}): the exposition was checked by the parser only"),
     }
+}
+
+/// `/metrics` names the credentials, grants and packages an attacker would aim at: without the
+/// admin token (none, or a wrong one) it is refused and the refusal is audited; Prometheus
+/// itself, configured as the README says (`authorization: { credentials_file: ... }`), scrapes
+/// it, and the same job without the file is refused.
+#[test]
+fn metrics_need_the_admin_token() {
+    let w = World::start(DEFAULT_POLICY);
+    let url = format!("{}metrics", w.broker.admin_url);
+    for auth in [None, Some("Bearer not-the-admin-token"), Some("Basic YWRtaW46YWRtaW4=")] {
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
+        let r = w.http.request("GET", &url, &headers, "");
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(r.headers.contains_key("www-authenticate") && r.text().contains("credentials_file"), "{}", r.text());
+        assert!(!r.text().contains("phantom_"), "a refused scrape got metrics");
+    }
+    let refusals: Vec<_> = w
+        .broker
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["action"] == "metrics" && l["decision"] == "deny" && l["status"] == 401)
+        .collect();
+    assert_eq!(refusals.len(), 3, "{refusals:?}");
+    assert!(!std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl"))
+        .unwrap()
+        .contains("not-the-admin-token"));
+
+    let Ok(prometheus) = which("prometheus") else {
+        eprintln!("prometheus is not installed here: its scrape was not tried (.ci/run installs it)");
+        return;
+    };
+    let dir = w.root().join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = w.root().join("secrets/admin-token");
+    let target = w.broker.admin_url.trim_start_matches("https://").trim_end_matches('/').to_owned();
+    let job = |name: &str, auth: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config: {{ ca_file: {ca} }}\n{auth}    static_configs: [{{ targets: [\"{target}\"] }}]\n",
+            ca = w.certs.ca.display()
+        )
+    };
+    let config = format!(
+        "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\nscrape_configs:\n{}{}",
+        job("phantom", &format!("    authorization: {{ credentials_file: {} }}\n", token_file.display())),
+        job("phantom-no-token", "")
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prometheus = Proc::new(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let up = |job: &str| -> Option<f64> {
+        let body = plain_get(port, &format!("/api/v1/query?query=up%7Bjob%3D%22{job}%22%7D"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    wait_until("prometheus's scrapes", std::time::Duration::from_secs(30), || {
+        up("phantom").is_some() && up("phantom-no-token").is_some()
+    });
+    assert_eq!(up("phantom"), Some(1.0), "prometheus with the credentials_file could not scrape");
+    assert_eq!(up("phantom-no-token"), Some(0.0), "prometheus without the token scraped /metrics");
+    let healthy = plain_get(port, "/api/v1/query?query=phantom_audit_healthy").unwrap_or_default();
+    assert!(healthy.contains("\"phantom_audit_healthy\"") && healthy.contains("\"1\"]"), "{healthy}");
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file()))
+        .ok_or(())
+}
+
+/// A plain-HTTP GET on loopback (Prometheus's own API); the body, on a 200.
+fn plain_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }

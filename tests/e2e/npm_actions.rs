@@ -10,6 +10,7 @@ name = "acme-maintain"
 issuer = "github"
 packages = ["@acme/*"]
 actions = ["publish", "deprecate", "unpublish", "dist-tag"]
+create = true
 credential = "verdaccio-publisher"
 ttl = "10m"
 [grant.claims]

@@ -24,7 +24,8 @@ fn wait_for_reload(w: &World, decision: &str, seen: usize) -> Value {
 }
 
 fn reloads(w: &World, result: &str) -> String {
-    let text = w.http.request("GET", &format!("{}metrics", w.broker.admin_url), &[], "").text();
+    let auth = format!("Bearer {}", w.broker.admin_token);
+    let text = w.http.request("GET", &format!("{}metrics", w.broker.admin_url), &[("authorization", &auth)], "").text();
     let key = format!("phantom_policy_reloads_total{{result=\"{result}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&key)).unwrap_or("missing").to_owned()
 }

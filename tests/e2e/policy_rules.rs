@@ -1,6 +1,7 @@
-//! Version rules in grants (`versions`, `prerelease_only`), enforced on what the unmodified npm
-//! CLI publishes, and readable denials: npm prints the broker's `npm-notice` with the request
-//! id, and `phantom policy explain --request ID` gives the admin the grant-by-grant detail.
+//! Version rules in grants (`versions`, an npm range read as node-semver reads it, and
+//! `prerelease_only`), enforced on what the unmodified npm CLI publishes, and readable denials:
+//! npm prints the broker's `npm-notice` with the request id, and `phantom policy explain
+//! --request ID` gives the admin the grant-by-grant detail.
 
 use crate::support::*;
 use std::process::Command;
@@ -11,14 +12,41 @@ name = "agent"
 issuer = "github"
 packages = ["pb-agent"]
 actions = ["publish"]
+create = true
 credential = "verdaccio-publisher"
 ttl = "10m"
 max_uses = 10
-versions = ">=1.0.0, <2.0.0"
+versions = ">=1.2.0-0 <1.3.0"
 prerelease_only = true
 [grant.claims]
 repository_id = "123456789"
 repository_owner_id = "4242"
+
+# An admin pins an agent to one version: in npm, a bare version is exactly that version.
+[[grant]]
+name = "pinned"
+issuer = "github"
+packages = ["pb-pinned"]
+actions = ["publish"]
+create = true
+credential = "verdaccio-publisher"
+max_uses = 10
+versions = "1.2.3"
+[grant.claims]
+repository_id = "123456789"
+
+# Spaces are AND, `||` is OR.
+[[grant]]
+name = "lines"
+issuer = "github"
+packages = ["pb-lines"]
+actions = ["publish"]
+create = true
+credential = "verdaccio-publisher"
+max_uses = 10
+versions = ">=1.0.0 <1.2.0 || 2.x"
+[grant.claims]
+repository_id = "123456789"
 "#;
 
 /// The request id in npm's `npm notice phantom: ... (request ID)` line.
@@ -43,7 +71,7 @@ fn version_rules_hold_and_npm_says_why() {
 
     for (version, why) in [
         ("1.2.0", "`1.2.0` is not a prerelease (prerelease_only)"),
-        ("2.0.0-beta.1", "`2.0.0-beta.1` is outside `>=1.0.0, <2.0.0`"),
+        ("2.0.0-beta.1", "`2.0.0-beta.1` is outside `>=1.2.0-0 <1.3.0`"),
     ] {
         let out = publish(version);
         let said = text(&out);
@@ -70,6 +98,25 @@ fn version_rules_hold_and_npm_says_why() {
     let p = w.upstream_packument("pb-agent").json();
     let versions: Vec<&String> = p["versions"].as_object().unwrap().keys().collect();
     assert_eq!(versions, ["1.2.0-beta.1"], "the upstream has more than the allowed version");
+
+    // `versions = "1.2.3"` is exactly 1.2.3 (a Cargo-style reading took it as ^1.2.3); a range
+    // with spaces and `||` decides as node-semver does.
+    for (package, tries, allowed) in [
+        ("pb-pinned", &["1.2.4", "1.9.0", "1.2.3"][..], &["1.2.3"][..]),
+        ("pb-lines", &["1.2.0", "1.1.9", "2.5.0", "3.0.0", "1.0.0-rc.1"][..], &["1.1.9", "2.5.0"][..]),
+    ] {
+        w.login(package, "publish");
+        for version in tries {
+            let out = w.npm(&w.package(package, version), &["publish", "--tag", "next"], None);
+            let refused = text(&out).contains("does not allow publishing this version");
+            assert_eq!(ok(&out), allowed.contains(version), "{package}@{version}: {}", text(&out));
+            assert_eq!(refused, !allowed.contains(version), "{package}@{version}: {}", text(&out));
+        }
+        let p = w.upstream_packument(package).json();
+        let mut stored: Vec<&str> = p["versions"].as_object().unwrap().keys().map(String::as_str).collect();
+        stored.sort_unstable();
+        assert_eq!(stored, allowed, "{package}: the upstream has other versions than the range allows");
+    }
 
     // A refusal without a phantom carries the notice too, and the explain of an unknown id says so.
     let out = w.broker("PUT", "/pb-agent", &[("content-type", "application/json")], "{}");

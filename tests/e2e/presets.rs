@@ -72,7 +72,7 @@ fn vendors() -> Vec<Vendor> {
 fn each_preset_admits_its_vendors_job_and_knows_its_claims() {
     for v in vendors() {
         let policy = format!(
-            "[[grant]]\nname = \"{p}-release\"\nissuer = \"github\"\npackages = [\"pb-{p}\"]\nactions = [\"publish\"]\ncredential = \"verdaccio-publisher\"\nttl = \"10m\"\nmax_uses = 1\nrate = \"3/1h\"\n[grant.claims]\n{}\n",
+            "[[grant]]\nname = \"{p}-release\"\nissuer = \"github\"\npackages = [\"pb-{p}\"]\nactions = [\"publish\"]\ncreate = true\ncredential = \"verdaccio-publisher\"\nttl = \"10m\"\nmax_uses = 1\nrate = \"3/1h\"\n[grant.claims]\n{}\n",
             v.pins,
             p = v.preset
         );

@@ -16,6 +16,7 @@ name = "stage-release"
 issuer = "github"
 packages = ["st-*"]
 actions = ["publish", "stage-publish"]
+create = true
 publish = "stage"
 notify = ["releases", "flaky"]
 credential = "verdaccio-stager"
@@ -28,6 +29,7 @@ name = "stage-any"
 issuer = "github"
 packages = ["sx-*"]
 actions = ["publish", "deprecate"]
+create = true
 publish = "stage"
 credential = "verdaccio-stager"
 [grant.claims]
@@ -38,6 +40,7 @@ name = "burst"
 issuer = "github"
 packages = ["burst-*"]
 actions = ["publish"]
+create = true
 rate = "2/1h"
 credential = "verdaccio-publisher"
 [grant.claims]
@@ -48,6 +51,7 @@ name = "strict"
 issuer = "github"
 packages = ["@strict/pkg"]
 actions = ["publish"]
+create = true
 credential = "strict"
 [grant.claims]
 repository_id = "123456789"
@@ -57,6 +61,7 @@ name = "once-an-hour"
 issuer = "github"
 packages = ["@strict/again"]
 actions = ["publish"]
+create = true
 rate = "1/1h"
 credential = "strict"
 [grant.claims]

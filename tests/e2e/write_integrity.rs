@@ -19,6 +19,7 @@ name = "wi-verdaccio"
 issuer = "github"
 packages = ["wi-*"]
 actions = ["publish", "deprecate", "unpublish", "dist-tag"]
+create = true
 dist_tags = ["latest", "next"]
 credential = "verdaccio-publisher"
 [grant.claims]
@@ -29,6 +30,7 @@ name = "wi-limited"
 issuer = "github"
 packages = ["lim-*"]
 actions = ["publish"]
+create = true
 max_uses = 1
 credential = "verdaccio-publisher"
 [grant.claims]
@@ -39,6 +41,7 @@ name = "wi-recording"
 issuer = "github"
 packages = ["@rec/*"]
 actions = ["publish", "deprecate", "unpublish", "dist-tag"]
+create = true
 dist_tags = ["latest"]
 credential = "recording"
 [grant.claims]

@@ -10,6 +10,7 @@
 pub(crate) mod counting;
 pub(crate) mod framing;
 pub(crate) mod hostile;
+pub(crate) mod public_registry;
 pub(crate) mod raw;
 pub(crate) mod recording;
 pub(crate) mod redis;
@@ -361,7 +362,10 @@ impl Broker {
 
     pub(crate) fn restart(&mut self) {
         self.proc = None;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let log_path = self.dir.join("broker.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        // Off a terminal the broker logs JSON lines, the one that says it listens included.
+        let from = log.metadata().unwrap().len() as usize;
         let mut cmd = match self.wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
@@ -370,22 +374,34 @@ impl Broker {
             }
             None => Command::new(env!("CARGO_BIN_EXE_phantom")),
         };
-        let mut child = cmd
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("PHANTOM_LOG", &self.log)
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
         self.proc = Some(Proc(child));
-        let line = first_line(stdout, Duration::from_secs(20));
-        assert!(
-            line.as_deref().is_some_and(|l| l.starts_with("phantom: listening on")),
-            "the broker did not start: {line:?}; log: {}",
-            std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
-        );
+        let started = Instant::now();
+        let listening = loop {
+            let log = std::fs::read(&log_path).unwrap_or_default();
+            let line = log.get(from..).unwrap_or_default().split(|b| *b == b'\n').find_map(|l| {
+                let v: Value = serde_json::from_slice(l).ok()?;
+                (v["message"] == "listening").then_some(v)
+            });
+            if let Some(line) = line {
+                break line;
+            }
+            let exited = self.proc.as_mut().is_some_and(|p| p.0.try_wait().ok().flatten().is_some());
+            assert!(
+                !exited && started.elapsed() < Duration::from_secs(20),
+                "the broker did not start; log: {}",
+                String::from_utf8_lossy(log.get(from..).unwrap_or_default())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(listening["url"].as_str(), Some(self.url.as_str()), "{listening}");
     }
 
     pub(crate) fn audit_lines(&self) -> Vec<Value> {
@@ -458,6 +474,7 @@ name = "acme-release"
 issuer = "github"
 packages = ["@acme/*", "pb-*"]
 actions = ["publish", "dist-tag"]
+create = true
 dist_tags = ["latest", "next"]
 credential = "verdaccio-publisher"
 ttl = "10m"
@@ -915,8 +932,15 @@ token = {{ file = "{admin_secret}" }}
 
     /// The containment half of `assert_canary_contained`, for runs that never write upstream.
     pub(crate) fn assert_canary_contained_without_writes(&self) {
-        let tokens = [Some(&self.verdaccio.token), self.verdaccio.stager_token.as_ref()];
-        let canaries: Vec<&[u8]> = tokens.into_iter().flatten().map(|t| t.as_bytes()).collect();
+        self.assert_secrets_contained(&[]);
+    }
+
+    /// Verdaccio's tokens and `more` secrets (other upstreams' credentials) appear in no file
+    /// the broker wrote, no response a client of the broker received and no npm output.
+    pub(crate) fn assert_secrets_contained(&self, more: &[&str]) {
+        let tokens = [Some(self.verdaccio.token.as_str()), self.verdaccio.stager_token.as_deref()];
+        let canaries: Vec<&[u8]> =
+            tokens.into_iter().flatten().chain(more.iter().copied()).map(str::as_bytes).collect();
         let contains = |hay: &[u8]| canaries.iter().any(|canary| memchr::memmem::find(hay, canary).is_some());
         assert!(!contains(&self.http.seen.lock().unwrap()), "the canary reached a client response");
         assert!(!contains(&self.npm_output.lock().unwrap()), "the canary reached npm's output");
