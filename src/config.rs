@@ -547,7 +547,7 @@ fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Config, String> 
         let preset = match (preset, recognised) {
             (Some(said), Some(url)) if said != url => {
                 return Err(format!(
-                    "`issuer.{name}.preset`: `{}` contradicts the issuer URL {issuer}, which is {}'s (preset `{}`)",
+                    "`issuer.{name}.preset`: `{}` contradicts the issuer URL {issuer}, which is the issuer of {} (preset `{}`)",
                     said.name(),
                     url.vendor(),
                     url.name()
@@ -826,6 +826,7 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::presets::Preset;
 
     const GOOD: &str = r#"
 [server]
@@ -904,6 +905,17 @@ path = "audit/phantom.jsonl"
             "expires = \"2027-01-31\"",
             "expires = 2027-01-31\ncreated = \"2026-11-01\"\nclass = \"A\"\npublish = \"stage-only\"",
         );
+        let github = GOOD.replace("https://token.actions.example.com", "https://token.actions.githubusercontent.com");
+        let c = Config::parse(Path::new("p.toml"), &github).unwrap();
+        assert_eq!((c.issuers[0].preset, c.issuers[0].preset_from_url), (Some(Preset::Github), true));
+        let said = github.replace("algorithms = [\"RS256\", \"ES256\"]", "preset = \"github\"");
+        let c = Config::parse(Path::new("p.toml"), &said).unwrap();
+        assert_eq!((c.issuers[0].preset, c.issuers[0].preset_from_url), (Some(Preset::Github), false));
+        let admin = |metrics: &str| {
+            let text = GOOD.replace("[audit]", &format!("[admin]\ntoken = {{ env = \"T\" }}\n{metrics}\n[audit]"));
+            Config::parse(Path::new("p.toml"), &text).unwrap().admin.unwrap().metrics_open
+        };
+        assert_eq!((admin(""), admin("metrics = \"token\""), admin("metrics = \"open\"")), (false, false, true));
         let c = Config::parse(Path::new("p.toml"), &dated).unwrap();
         let cred = &c.credentials[0];
         assert_eq!((cred.class, cred.publish), (Some('A'), Capability::StageOnly));
@@ -944,6 +956,12 @@ path = "audit/phantom.jsonl"
                 "not after its `created`",
             ),
             ("[audit]", "[audit]\ncolour = 1", "unknown field `colour`"),
+            (
+                "issuer = \"https://token.actions.example.com\"",
+                "issuer = \"https://token.actions.githubusercontent.com\"\npreset = \"gitlab\"",
+                "`issuer.github.preset`: `gitlab` contradicts the issuer URL",
+            ),
+            ("[audit]", "[admin]\ntoken = { env = \"T\" }\nmetrics = \"public\"\n[audit]", "`admin.metrics`"),
         ];
         for (from, to, want) in table {
             assert!(GOOD.contains(from), "{from}");

@@ -134,7 +134,7 @@ pub fn recognised_issuer(config: &Path, config_text: &str, name: &str, url: &str
     let header = [format!("[issuer.{name}]"), format!("[issuer.\"{name}\"]")];
     let line = config_text.lines().position(|l| header.iter().any(|h| l.trim() == h)).map_or(1, |n| n + 1);
     let message = format!(
-        "issuer `{name}`: {url} is {}'s issuer: its grants get the `{}` preset's claims, lints and `policy trust`",
+        "issuer `{name}`: {url} is the issuer of {}: its grants get the `{}` preset's claims, lints and `policy trust`",
         preset.vendor(),
         preset.name()
     );

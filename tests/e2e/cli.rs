@@ -167,6 +167,32 @@ fn logs_are_json_lines_off_a_terminal() {
     w.login("pb-logs", "publish");
     let pkg = w.package("pb-logs", "1.0.0");
     assert!(w.npm(&pkg, &["publish"], None).status.success());
+    // For a person (`--log-format text`), `serve` says where it listens on stdout.
+    let config = std::fs::read_to_string(&w.broker.config).unwrap();
+    let (port, admin) = (crate::support::free_port(), crate::support::free_port());
+    let admin_port = w.broker.admin_url.trim_end_matches('/').rsplit(':').next().unwrap().to_owned();
+    let text_config = w.broker.dir.join("text-mode.toml");
+    std::fs::write(
+        &text_config,
+        config
+            .replace(&format!("127.0.0.1:{}\"", w.broker.port), &format!("127.0.0.1:{port}\""))
+            .replace(&format!("127.0.0.1:{admin_port}\""), &format!("127.0.0.1:{admin}\""))
+            .replace("audit/phantom.jsonl", "audit/text-mode.jsonl"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["--log-format", "text", "serve", "--config"])
+        .arg(&text_config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let person = crate::support::Proc::new(child);
+    let line = crate::support::first_line(stdout, std::time::Duration::from_secs(20));
+    assert_eq!(line.as_deref(), Some(format!("phantom: listening on https://127.0.0.1:{port}/").as_str()));
+    drop(person);
+
     w.broker.terminate(std::time::Duration::from_secs(10)).expect("the broker stops");
     let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
     let lines: Vec<serde_json::Value> =
@@ -175,12 +201,31 @@ fn logs_are_json_lines_off_a_terminal() {
     for l in &lines {
         assert!(l["timestamp"].is_string() && l["level"].is_string() && l["target"].is_string(), "{l}");
     }
-    // Fields are fields, not text inside the message.
+    // Fields are fields, not text inside the message; the line that says where it listens too.
     assert!(lines.iter().any(|l| l["message"] == "listening" && l["grants"].is_number()), "{log}");
+    assert!(lines.iter().any(|l| l["message"] == "listening" && l["url"] == w.broker.url.as_str()), "{log}");
     assert!(lines.iter().any(|l| l["message"] == "shutting down"), "{log}");
     assert!(!log.contains(&w.verdaccio.token) && !log.contains("phm_"), "a secret is in the log");
 
+    // `serve` in JSON mode (asked for, or off a terminal): every line on stderr is JSON, its last
+    // error too, and nothing goes to stdout. A one-shot command's error stays a person's line.
     let dir = tempfile::tempdir().unwrap();
+    for args in [&["--log-format", "json", "serve", "--config", "nope.toml"][..], &["serve", "--config", "nope.toml"]] {
+        let out = phantom(args, dir.path());
+        assert!(!out.status.success() && out.stdout.is_empty(), "{args:?}: {}", all(&out));
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let lines: Vec<serde_json::Value> =
+            stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["level"] == "ERROR"
+                    && l["error"].as_str().is_some_and(|e| e.contains("nope.toml: cannot read"))),
+            "{stderr}"
+        );
+    }
+    let out = phantom(&["policy", "check", "--config", "nope.toml"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("phantom: nope.toml: cannot read"), "{}", all(&out));
     let out = phantom(&["--log-format", "text", "certs", "dev", "--out", "x"], dir.path());
     assert!(out.status.success(), "{}", all(&out));
     let out = phantom(&["--log-format", "yaml", "certs", "dev"], dir.path());

@@ -6,7 +6,7 @@
 //! broker logs, audits or prints.
 
 use crate::support::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::io::Write;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -214,7 +214,10 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     // compares with the account it last knew.
     let d = fresh();
     let before = w.phantom(&["pb-rot"], &["publish"], None);
-    let live = w.admin("GET", "/admin/v1/phantoms", Value::Null).json()["phantoms"].as_array().unwrap().len();
+    let listed = w.admin("GET", "/admin/v1/phantoms", Value::Null).json()["phantoms"].as_array().unwrap().clone();
+    let mut live_ids: Vec<&str> = listed.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    live_ids.sort_unstable();
+    let live = live_ids.len();
     assert!(live >= 2, "{live}");
     let done = r.rotate(&d, &["--incident"]);
     assert!(ok(&done), "{}", text(&done));
@@ -225,6 +228,25 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     );
     assert!(said.contains("phantom thaw pb-* priv-*"), "{said}");
     assert_eq!(w.admin("GET", "/admin/v1/phantoms", Value::Null).json()["phantoms"], Value::Array(vec![]));
+    // Each step of the incident on its own line, in order: the phantoms revoked (their ids), the
+    // patterns frozen, then the new value written.
+    let lines = w.broker.audit_lines();
+    let at = |want: &str| {
+        lines
+            .iter()
+            .rposition(|l| l["reason"].as_str().is_some_and(|r| r.starts_with(want)))
+            .unwrap_or_else(|| panic!("no `{want}`"))
+    };
+    let (revoked_at, frozen_at, written_at) =
+        (at("incident: revoked"), at("incident: froze"), at("wrote the new value"));
+    assert!(revoked_at < frozen_at && frozen_at < written_at, "{revoked_at} {frozen_at} {written_at}");
+    let mut revoked: Vec<&str> =
+        lines[revoked_at]["revoked"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    revoked.sort_unstable();
+    assert_eq!(revoked, live_ids, "{}", lines[revoked_at]);
+    assert!(lines[revoked_at]["reason"].as_str().unwrap().contains(&format!("revoked {live} live phantoms")));
+    assert_eq!(lines[frozen_at]["frozen"], json!(["pb-*", "priv-*"]), "{}", lines[frozen_at]);
+    assert!(lines[revoked_at..=frozen_at].iter().all(|l| l["credential"] == "verdaccio-publisher"));
     assert_eq!(r.publish_with(&before, "pb-rot", "1.0.5"), 401, "a phantom issued before the incident still works");
     assert_eq!(read(&reader), 401);
     assert_eq!(r.publish("pb-rot", "1.0.5"), 403, "the package is not frozen");
@@ -278,6 +300,7 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
     let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
     let printed = r.printed.borrow().clone();
+    assert!(!audit.contains("phm_") && !log.contains("phm_"), "a phantom is in the logs");
     for (what, hay) in [("the log", &log), ("the audit log", &audit), ("the CLI's output", &printed)] {
         let tokens = [
             ("the original", &original),

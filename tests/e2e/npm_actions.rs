@@ -114,3 +114,79 @@ fn writes_cannot_smuggle_more_than_their_action() {
     assert_eq!(r.status, 401, "{}", r.text());
     w.assert_canary_contained();
 }
+
+/// A grant without `create` publishes only packages the upstream has: a hijacked release job
+/// cannot claim a new name under its glob (dependency confusion, squatting). And a write the
+/// broker does not classify as an action (`npm star`) is refused as such, with a notice.
+#[test]
+fn new_packages_need_create_and_stars_are_no_action() {
+    let policy = r#"
+# A person's bootstrap of one new package.
+[[grant]]
+name = "bootstrap"
+issuer = "github"
+packages = ["@acme/made"]
+actions = ["publish"]
+create = true
+credential = "verdaccio-publisher"
+[grant.claims]
+repository_id = "123456789"
+
+# CI releases of the team's existing packages.
+[[grant]]
+name = "release"
+issuer = "github"
+packages = ["@acme/*"]
+actions = ["publish", "whoami"]
+credential = "verdaccio-publisher"
+[grant.claims]
+repository_id = "123456789"
+"#;
+    let w = World::start(policy);
+    w.login("@acme/made", "publish");
+    let out = w.npm(&w.package("@acme/made", "1.0.0"), &["publish"], None);
+    assert!(ok(&out), "the bootstrap grant creates the package: {}", text(&out));
+
+    w.login("@acme/made,@acme/squat", "publish,whoami");
+    let out = w.npm(&w.package("@acme/made", "1.1.0"), &["publish"], None);
+    assert!(ok(&out), "a release of an existing package: {}", text(&out));
+    let before = w.storage();
+    let out = w.npm(&w.package("@acme/squat", "1.0.0"), &["publish"], None);
+    let said = text(&out);
+    assert!(!ok(&out), "a grant without create made a new package: {said}");
+    assert!(said.contains("npm notice phantom: the upstream registry does not have this package"), "{said}");
+    assert!(said.contains("may not create packages"), "{said}");
+    assert!(before == w.storage(), "the refused package reached Verdaccio");
+    assert_eq!(w.upstream_packument("@acme%2fsquat").status, 404);
+    let line =
+        w.broker.audit_lines().into_iter().rev().find(|l| l["package"] == "@acme/squat" && l["status"] == 403).unwrap();
+    assert_eq!((line["action"].as_str(), line["new_package"].as_bool()), (Some("publish"), Some(true)), "{line}");
+    let id = line["request_id"].as_str().unwrap();
+    let explain = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["policy", "explain", "--config"])
+        .arg(&w.broker.config)
+        .args(["--request", id])
+        .output()
+        .unwrap();
+    let detail = text(&explain);
+    assert!(!explain.status.success(), "{detail}");
+    assert!(detail.contains("deny   release: package creation not allowed by grant `release`"), "{detail}");
+
+    // `npm star` sends `{_id, _rev, users}` to `PUT /<name>`: not a publish, not a deprecate.
+    let out = w.npm(w.root(), &["star", "@acme/made"], None);
+    let said = text(&out);
+    assert!(!ok(&out), "npm star went through: {said}");
+    assert!(
+        said.contains("npm notice phantom: a change of `users` alone (`npm star`, `npm unstar`) is not an action"),
+        "{said}"
+    );
+    let line =
+        w.broker.audit_lines().into_iter().rev().find(|l| l["package"] == "@acme/made" && l["status"] == 403).unwrap();
+    assert_eq!(line["action"], "publish|deprecate", "{line}");
+    assert!(w
+        .upstream_packument("@acme%2fmade")
+        .json()
+        .get("users")
+        .is_none_or(|u| u.as_object().is_some_and(|u| u.is_empty())));
+    w.assert_canary_contained();
+}

@@ -16,6 +16,7 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("policies/10-errors.toml:53:1", "error", "read-only-credential"),
     ("policies/10-errors.toml:58:1", "error", "empty-claims"),
     ("policies/10-errors.toml:71:1", "error", "invalid-value"),
+    ("policies/10-errors.toml:81:1", "error", "invalid-value"),
     ("policies/20-lints.toml:1:1", "warning", "mutable-identity"),
     ("policies/20-lints.toml:1:1", "warning", "no-max-uses"),
     ("policies/20-lints.toml:1:1", "warning", "no-rate"),
@@ -29,6 +30,9 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("policies/20-lints.toml:13:1", "warning", "unprotected-ref"),
     ("policies/20-lints.toml:23:1", "warning", "pull-request-writes"),
     ("policies/20-lints.toml:26:1", "warning", "unpinned-event"),
+    ("policies/20-lints.toml:46:1", "warning", "unsatisfiable-versions"),
+    ("policies/20-lints.toml:58:1", "warning", "unsatisfiable-versions"),
+    ("policies/20-lints.toml:68:1", "warning", "create-under-glob"),
     ("policies/30-duplicate.toml:2:1", "error", "duplicate-grant"),
     ("policies/40-syntax.toml:2:13", "error", "toml-syntax"),
 ];
@@ -75,7 +79,8 @@ fn every_rule_at_its_place_in_three_formats() {
         GOLDEN.iter().map(|(p, s, r)| (p.to_string(), s.to_string(), r.to_string())).collect();
     assert_eq!(found, golden, "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("  fix: ")).count(), GOLDEN.len(), "a finding without its fix");
-    assert!(text.ends_with("policies: 0 grants, 10 errors, 13 warnings\n"), "{text}");
+    assert!(text.ends_with("policies: 0 grants, 11 errors, 16 warnings\n"), "{text}");
+    assert!(text.contains("policies/10-errors.toml:81:1: error[invalid-value]: grant `cargo-range`: `versions`: `>=1.0.0, <2.0.0` joins comparators with a comma (Cargo's form): npm ranges join them with a space (`>=1.0.0 <2.0.0`)"), "{text}");
     assert!(text.contains("policies/20-lints.toml:11:1: warning[unknown-claim]: grant `gh-names-only`: github tokens never carry `branch`\n"));
 
     // JSON: the same findings, as objects.
@@ -121,7 +126,7 @@ fn exit_codes_follow_errors_and_deny_warnings() {
     }
     let out = check(dir.path(), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stdout).ends_with("policies: 3 grants, 0 errors, 13 warnings\n"));
+    assert!(String::from_utf8_lossy(&out.stdout).ends_with("policies: 6 grants, 0 errors, 16 warnings\n"));
     assert_eq!(check(dir.path(), &["--deny-warnings"]).status.code(), Some(1));
     assert_eq!(check(dir.path(), &["--deny-warnings", "--format", "github"]).status.code(), Some(1));
 
@@ -280,6 +285,82 @@ fn policy_trust_prints_the_npm_trust_commands() {
     }
 }
 
+/// An issuer written as a vendor's own issuer URL, without `preset`, is that vendor's: the
+/// fixture with GitHub's URL in place of `preset = "github"` gets exactly the same findings (every
+/// GitHub lint), and a note saying which vendor was recognised; `policy trust` serves it as
+/// GitHub's. A `preset` that contradicts the URL is an error.
+#[test]
+fn a_vendors_issuer_url_is_its_preset() {
+    let json_findings = |dir: &Path| -> Vec<serde_json::Value> {
+        let out = check(dir, &["--format", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    };
+    let preset = fixture();
+    let url = fixture();
+    let config = std::fs::read_to_string(url.path().join("phantom.toml")).unwrap();
+    let by_url = config.replace(
+        "[issuer.gh]\npreset = \"github\"",
+        "[issuer.gh]\nissuer = \"https://token.actions.githubusercontent.com/\"",
+    );
+    assert_ne!(by_url, config);
+    std::fs::write(url.path().join("phantom.toml"), &by_url).unwrap();
+    let (with_preset, with_url) = (json_findings(preset.path()), json_findings(url.path()));
+    let github_rules = [
+        "mutable-identity",
+        "pull-request-writes",
+        "unpinned-event",
+        "unpinned-workflow",
+        "self-hosted-publish",
+        "unknown-claim",
+    ];
+    for rule in github_rules {
+        assert!(with_url.iter().any(|f| f["rule"] == rule), "no {rule} for GitHub's issuer URL: {with_url:?}");
+    }
+    let (notes, rest): (Vec<_>, Vec<_>) = with_url.into_iter().partition(|f| f["severity"] == "note");
+    assert_eq!(rest, with_preset, "GitHub's URL is linted otherwise than preset = \"github\"");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert_eq!(
+        (notes[0]["file"].as_str(), notes[0]["line"].as_u64(), notes[0]["rule"].as_str()),
+        (Some("phantom.toml"), Some(10), Some("recognised-issuer"))
+    );
+    assert!(notes[0]["message"].as_str().unwrap().contains("is the issuer of GitHub Actions"), "{}", notes[0]);
+    let text = String::from_utf8(check(url.path(), &[]).stdout).unwrap();
+    assert!(text.starts_with("phantom.toml:10:1: note[recognised-issuer]: issuer `gh`: https://token.actions.githubusercontent.com/ is the issuer of GitHub Actions"), "{text}");
+    assert!(text.ends_with("policies: 0 grants, 11 errors, 16 warnings, 1 note\n"), "{text}");
+    let github = String::from_utf8(check(url.path(), &["--format", "github"]).stdout).unwrap();
+    assert!(github.starts_with("::notice file=phantom.toml,line=10,col=1,title=recognised-issuer::"), "{github}");
+
+    // `policy trust` serves it as GitHub's.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("phantom.toml"),
+        TRUST_CONFIG.replace(
+            "[issuer.gh]\npreset = \"github\"",
+            "[issuer.gh]\nissuer = \"https://token.actions.githubusercontent.com\"",
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/trust.toml"), TRUST_POLICY).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["policy", "trust", "--config", "phantom.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), TRUST_SCRIPT);
+
+    // A preset that says another vendor than the URL is refused.
+    std::fs::write(
+        url.path().join("phantom.toml"),
+        by_url.replace("[issuer.gh]\n", "[issuer.gh]\npreset = \"gitlab\"\n"),
+    )
+    .unwrap();
+    let out = check(url.path(), &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("`issuer.gh.preset`: `gitlab` contradicts the issuer URL https://token.actions.githubusercontent.com/, which is the issuer of GitHub Actions (preset `github`)"), "{said}");
+}
+
 /// The README's worked examples for the other CI vendors are real: each `toml` block that
 /// declares an issuer and a grant, added to the shipped config and policy, checks clean with
 /// warnings denied.
@@ -420,6 +501,28 @@ const LINT_PAIRS: &[(&str, &str, &str, &str, &str)] = &[
         "event_name = \"push\"",
         "event_name = \"push\"\nbranch = \"main\"",
         "event_name = \"push\"\nref = \"refs/heads/main\"",
+    ), // An npm range whose comparators have nothing in common, and one that takes no prerelease
+    // from a grant that publishes only prereleases.
+    (
+        "unsatisfiable-versions",
+        CLEAN_GITHUB,
+        "max_uses = 3",
+        "max_uses = 3\nversions = \"1.2.3 1.2.4\"",
+        "max_uses = 3\nversions = \"1.2.3 || 1.2.4\"",
+    ),
+    (
+        "unsatisfiable-versions",
+        CLEAN_GITHUB,
+        "max_uses = 3",
+        "max_uses = 3\nversions = \"^1.2.0\"\nprerelease_only = true",
+        "max_uses = 3\nversions = \">=1.2.0-0 <1.3.0\"\nprerelease_only = true",
+    ),
+    (
+        "create-under-glob",
+        CLEAN_GITHUB,
+        "packages = [\"@acme/web\"]",
+        "packages = [\"@acme/web-*\"]\ncreate = true",
+        "packages = [\"@acme/web\"]\ncreate = true",
     ),
 ];
 

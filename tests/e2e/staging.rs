@@ -293,14 +293,18 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
 fn rates_contain_a_burst_and_stage_only_registries_are_explained() {
     let Setup { w, rec, .. } = setup();
 
-    // Two publishes an hour per identity and package: the third is refused before its body
+    // Two publishes an hour per grant and package, whichever identities the grant admits (a
+    // GitHub `sub` changes with the ref and the environment: a count per identity would give a
+    // job that runs under several a fresh window for each). The third is refused before its body
     // reaches the registry, and (freeze_on_burst) the package is frozen.
-    for version in ["1.0.0", "1.0.1"] {
-        let out = w.npm(&w.package("burst-a", version), &["publish"], Some(&json!({})));
+    let on_ref = |r: &str| json!({"sub": format!("repo:acme/web:ref:{r}"), "ref": r});
+    for (version, identity) in [("1.0.0", json!({})), ("1.0.1", on_ref("refs/tags/v1.0.1"))] {
+        let out = w.npm(&w.package("burst-a", version), &["publish"], Some(&identity));
         assert!(ok(&out), "publish {version}: {}", text(&out));
     }
     let before = w.storage();
-    let out = w.npm(&w.package("burst-a", "1.0.2"), &["publish"], Some(&json!({})));
+    let other = json!({"sub": "repo:acme/web:environment:release", "environment": "release"});
+    let out = w.npm(&w.package("burst-a", "1.0.2"), &["publish"], Some(&other));
     assert!(!ok(&out), "a third publish in the window went through: {}", text(&out));
     assert!(before == w.storage(), "the refused publish reached Verdaccio");
     // (npm tries a 429 again; by then the package is frozen.)
