@@ -14,6 +14,17 @@ use std::io::Write;
 use std::time::Duration;
 
 const POLICY: &str = r#"
+# No `create`: a publish of a package the upstream does not have is refused (first in the file,
+# so that a phantom for `@rec/new-*` comes from it).
+[[grant]]
+name = "wi-no-create"
+issuer = "github"
+packages = ["@rec/new-*"]
+actions = ["publish"]
+credential = "recording"
+[grant.claims]
+repository_id = "123456789"
+
 [[grant]]
 name = "wi-verdaccio"
 issuer = "github"
@@ -187,6 +198,10 @@ fn no_framing_completes_a_refused_write_upstream() {
         ("a second version at the very end", publish_two_versions("@rec/pkg", 48 * 1024), 400),
         ("a packument that removes versions", rewrite, 403),
     ];
+    // A publish that would create a package, under a grant without `create`: the broker reads
+    // first (the recording upstream has no `@rec/new-pkg`), and the body never goes whole.
+    let creator = auth_headers(&w.phantom(&["@rec/new-pkg"], &["publish"], None));
+    let new_package = publish("@rec/new-pkg", "1.0.0", &["latest"], 48 * 1024, "");
     for f in Framing::all() {
         for (what, body, status) in &refused {
             let what = format!("{what}, {f:?}");
@@ -194,6 +209,11 @@ fn no_framing_completes_a_refused_write_upstream() {
             assert_eq!(a.status, *status, "{what}: {}", a.body);
             assert_not_delivered(&rec, body, &what);
         }
+        let a = send(&w, "PUT", "/@rec%2fnew-pkg", &creator, &new_package, &f);
+        assert_eq!(a.status, 403, "a new package without create, {f:?}: {}", a.body);
+        assert!(a.body.contains("may not create packages"), "{f:?}: {}", a.body);
+        assert!(rec.seen().iter().any(|s| s.method == "GET" && s.target == "/@rec%2fnew-pkg"), "no existence read");
+        assert_not_delivered(&rec, &new_package, &format!("a new package without create, {f:?}"));
         let body = publish("@rec/pkg", "2.0.0", &["latest"], 48 * 1024, "");
         let a = send(&w, "PUT", "/@rec%2fpkg", &headers, &body, &f);
         assert_eq!(a.status, 201, "accepted publish, {f:?}: {}", a.body);
