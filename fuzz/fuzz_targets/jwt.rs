@@ -40,6 +40,7 @@ fn fixture() -> &'static Fixture {
             name: "ci".into(),
             issuer: ISS.into(),
             preset: None,
+            preset_from_url: false,
             algorithms: vec![jsonwebtoken::Algorithm::ES256, jsonwebtoken::Algorithm::RS256],
             audience: AUD.into(),
             ca_file: None,

@@ -31,6 +31,6 @@ fuzz_target!(|data: &[u8]| {
                 assert!(g.ttl <= CTX.max_ttl && !g.claims.is_empty());
             }
         }
-        let _ = policy.explain(&identity, &pkg, ActionKind::Publish, Some("1.0.0-rc.1"));
+        let _ = policy.explain(&identity, &pkg, ActionKind::Publish, Some("1.0.0-rc.1"), true);
     }
 });
