@@ -88,15 +88,18 @@ impl RotateError {
 
 /// One audit line for one step of a rotation or a reload.
 async fn step(app: &App, action: &'static str, credential: &str, decision: Decision, what: String) {
-    let rec = Record {
+    write_step(app, line(action, credential, decision, what)).await;
+}
+
+fn line(action: &'static str, credential: &str, decision: Decision, what: String) -> Record {
+    Record {
         event: Event::Admin,
         action: Some(action),
         credential: Some(credential.to_owned()),
         decision,
         reason: Some(what),
         ..Record::default()
-    };
-    write_step(app, rec).await;
+    }
 }
 
 async fn write_step(app: &App, rec: Record) {
@@ -252,19 +255,8 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
     let of = if names.is_empty() { "no grant uses it".to_owned() } else { format!("grants {}", names.join(", ")) };
     let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&Selector::Grants(names)).await? };
     let count = revoked.len();
-    write_step(
-        app,
-        Record {
-            event: Event::Admin,
-            action: Some("credential-rotate"),
-            credential: Some(name.to_owned()),
-            decision: Decision::Allow,
-            reason: Some(format!("incident: revoked {count} live phantoms ({of})")),
-            revoked,
-            ..Record::default()
-        },
-    )
-    .await;
+    let what = format!("incident: revoked {count} live phantoms ({of})");
+    write_step(app, Record { revoked, ..line("credential-rotate", name, Decision::Allow, what) }).await;
     if !patterns.is_empty() {
         app.store.set_frozen(&patterns, true).await?;
     }
@@ -274,19 +266,8 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
     } else {
         format!("froze writes to {}", frozen.join(", "))
     };
-    write_step(
-        app,
-        Record {
-            event: Event::Admin,
-            action: Some("credential-rotate"),
-            credential: Some(name.to_owned()),
-            decision: Decision::Allow,
-            reason: Some(format!("incident: {what}")),
-            frozen: frozen.clone(),
-            ..Record::default()
-        },
-    )
-    .await;
+    let what = format!("incident: {what}");
+    write_step(app, Record { frozen: frozen.clone(), ..line("credential-rotate", name, Decision::Allow, what) }).await;
     Ok((count, frozen))
 }
 

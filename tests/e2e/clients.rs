@@ -339,18 +339,6 @@ fn todays_clients_stage_through_both_faces() {
         proxy: true,
         ..Options::default()
     });
-    let staged_upstream = |package: &str| -> usize {
-        let auth = format!("Bearer {}", w.verdaccio.token);
-        let r = w.http.request(
-            "GET",
-            &format!("{}-/stage?package={package}", w.verdaccio.url),
-            &[("authorization", &auth)],
-            "",
-        );
-        w.http.seen.lock().unwrap().clear();
-        assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["items"].as_array().unwrap().len()
-    };
     for face in [Face::Registry, Face::Proxy] {
         let setup = Setup::new(&w, face);
         for client in [Client::Npm12, Client::Pnpm12] {
@@ -362,7 +350,7 @@ fn todays_clients_stage_through_both_faces() {
                 let out = if command { setup.stage_publish(client, &dir) } else { setup.publish(client, &dir) };
                 assert!(out.status.success(), "{what}: {how}: {}", text(&out));
                 assert_eq!(w.upstream_packument(&name).status, 404, "{what}: {how}: a staged version is live");
-                assert_eq!(staged_upstream(&name), 1, "{what}: {how}: not staged upstream");
+                assert_eq!(w.staged_upstream(&name).len(), 1, "{what}: {how}: not staged upstream");
                 let line = w
                     .broker
                     .audit_lines()

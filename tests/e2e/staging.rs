@@ -138,20 +138,6 @@ fn publish_line(w: &World, package: &str) -> Value {
         .unwrap_or_else(|| panic!("no audit line for a publish of {package}"))
 }
 
-/// Staged versions of `package` as the registry itself lists them (a maintainer's view).
-fn staged_upstream(w: &World, package: &str) -> Vec<Value> {
-    let auth = format!("Bearer {}", w.verdaccio.token);
-    let r = w.http.request(
-        "GET",
-        &format!("{}-/stage?package={package}", w.verdaccio.url),
-        &[("authorization", &auth)],
-        "",
-    );
-    w.http.seen.lock().unwrap().clear();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["items"].as_array().unwrap().clone()
-}
-
 /// A maintainer approves a staged version, with their own credential, upstream.
 fn approve_upstream(w: &World, id: &str) -> u16 {
     let auth = format!("Bearer {}", w.verdaccio.token);
@@ -179,7 +165,7 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     assert!(text(&out).contains("st-web@1.0.0 is staged, not published (stage id"), "{}", text(&out));
     // Staged, not live.
     assert_eq!(w.upstream_packument("st-web").status, 404, "a staged version is live");
-    let items = staged_upstream(&w, "st-web");
+    let items = w.staged_upstream("st-web");
     assert_eq!(items.len(), 1, "{items:?}");
     let id = items[0]["id"].as_str().unwrap().to_owned();
     assert_eq!((items[0]["version"].as_str(), items[0]["actor"].as_str()), (Some("1.0.0"), Some("stager")));
@@ -256,7 +242,7 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     assert_eq!((line["action"].as_str(), line["staged"].as_bool()), (Some("stage-publish"), Some(true)), "{line}");
     let id = line["stage_id"].as_str().unwrap();
     assert!(text(&out).contains(&format!("staged with id {id}")), "{}", text(&out));
-    assert_eq!(staged_upstream(&w, "st-cli").len(), 1);
+    assert_eq!(w.staged_upstream("st-cli").len(), 1);
 
     // A publish whose keys are escaped (the streaming scanner does not see its tarball data) is
     // staged all the same: the route follows what the checks settled, not the scanner's view.
@@ -265,13 +251,13 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     let r = w.broker("PUT", "/st-esc", &[("authorization", &auth), ("content-type", "application/json")], body);
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(w.upstream_packument("st-esc").status, 404, "an escaped publish went live without approval");
-    assert_eq!(staged_upstream(&w, "st-esc").len(), 1, "the escaped publish was not staged");
+    assert_eq!(w.staged_upstream("st-esc").len(), 1, "the escaped publish was not staged");
     assert_eq!(publish_line(&w, "st-esc")["staged"], true);
 
     // On a stage grant, a deprecate is not a publish: it goes upstream as itself.
     let dir = w.package("sx-app", "1.0.0");
     assert!(ok(&w.npm(&dir, &["publish"], Some(&json!({})))));
-    let id = staged_upstream(&w, "sx-app")[0]["id"].as_str().unwrap().to_owned();
+    let id = w.staged_upstream("sx-app")[0]["id"].as_str().unwrap().to_owned();
     assert_eq!(approve_upstream(&w, &id), 201);
     w.login("sx-app", "deprecate");
     let out = w.npm(w.root(), &["deprecate", "sx-app@1.0.0", "use 2"], None);

@@ -767,6 +767,17 @@ token = {{ file = "{admin_secret}" }}
         assert_eq!(r.status, 200, "npm token revoke: {}", r.text());
     }
 
+    /// Staged versions of `package` as the registry itself lists them (a maintainer's view, with
+    /// the publisher's own token).
+    pub(crate) fn staged_upstream(&self, package: &str) -> Vec<Value> {
+        let auth = format!("Bearer {}", self.verdaccio.token);
+        let url = format!("{}-/stage?package={package}", self.verdaccio.url);
+        let r = self.http.request("GET", &url, &[("authorization", &auth)], "");
+        self.http.seen.lock().unwrap().clear();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["items"].as_array().unwrap().clone()
+    }
+
     /// Whose `token` is, as Verdaccio says (`GET /-/whoami`); `None` when it refuses the token.
     pub(crate) fn verdaccio_whoami(&self, token: &str) -> Option<String> {
         let r = self.http.request(
