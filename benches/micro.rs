@@ -11,7 +11,7 @@ use phantom_broker::identity::{parse_jwks, Audience, Issuers, KeySet};
 use phantom_broker::npm::{classify, ActionKind, PackageName};
 use phantom_broker::phantom::{MemoryStore, PhantomRecord, PhantomStore, PhantomToken};
 use phantom_broker::policy::{Identity, Policy, PolicyContext, Requested, Scope};
-use phantom_broker::secret::IdToken;
+use phantom_broker::support::secret::IdToken;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! The floor of the broker's stack, for the load benchmark: a reverse proxy that does nothing
 //! but what nginx does in `benches/load/run.sh` (swap in a static `Authorization`, forward,
 //! relay), built from the same parts as the broker: hyper 1, rustls on ring with the broker's
-//! own TLS configs (`phantom_broker::net`), thread per core with `SO_REUSEPORT`
+//! own TLS configs (`phantom_broker::support::net`), thread per core with `SO_REUSEPORT`
 //! (`phantom_broker::server::bind`). No phantom, no policy, no audit, no scrubbing.
 //!
 //! The gap between it and nginx is the stack's; the gap between it and the broker is the
@@ -21,7 +21,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use phantom_broker::net::{self, Body, BoxError};
+use phantom_broker::support::net::{self, Body, BoxError};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -246,8 +246,9 @@ fn main() {
         }
     };
     let keep_alive = mode == "keep-alive";
-    let cert = phantom_broker::net::load_certs(std::path::Path::new(cert)).expect("server certificate")[0].clone();
-    let provider = phantom_broker::net::provider();
+    let cert =
+        phantom_broker::support::net::load_certs(std::path::Path::new(cert)).expect("server certificate")[0].clone();
+    let provider = phantom_broker::support::net::provider();
     let pinned = Pinned { cert, schemes: provider.signature_verification_algorithms.supported_schemes() };
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -109,7 +109,7 @@ fn main() {
     };
     let url: http::Uri = url.parse().expect("URL");
     let proxy = args.get(4).filter(|p| *p != "-").map(|p| p.parse().expect("proxy port"));
-    let mut cfg = phantom_broker::net::client_config(Some(std::path::Path::new(ca))).expect("CA");
+    let mut cfg = phantom_broker::support::net::client_config(Some(std::path::Path::new(ca))).expect("CA");
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let shared = Arc::new(Shared {

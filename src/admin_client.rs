@@ -3,8 +3,8 @@
 //! The admin URL and token come from the same `phantom.toml` the broker runs with.
 
 use crate::config::Config;
-use crate::credentials::read_secret;
-use crate::net;
+use crate::support::net;
+use crate::support::secret::read_secret;
 use http::{header, Method, Request, Uri};
 use serde_json::Value;
 use std::path::Path;

@@ -4,14 +4,15 @@
 
 use crate::audit::Audit;
 use crate::config::Config;
-use crate::credentials::{read_secret, Credentials};
+use crate::credentials::Credentials;
 use crate::identity::Issuers;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
-use crate::pipeline::gate::MemoryBudget;
 use crate::policy::Policy;
-use crate::secret::Secret;
 use crate::state::Store;
+use crate::support::budget::MemoryBudget;
+use crate::support::secret::read_secret;
+use crate::support::secret::Secret;
 use crate::upstream::Upstreams;
 use ring::rand::{SecureRandom, SystemRandom};
 use std::sync::{Arc, RwLock};
@@ -75,7 +76,7 @@ impl App {
         let metrics = Metrics::new(&config);
         let app = App {
             store: Store::new(&config.state)?,
-            request_prefix: crate::audit::hex(&prefix),
+            request_prefix: crate::support::hex(&prefix),
             public_base: crate::upstream::base_url(&config.server.public_url).into(),
             requests: std::sync::atomic::AtomicU64::new(0),
             write_memory: MemoryBudget::new(config.server.max_buffered_bytes),

@@ -6,6 +6,8 @@
 //! under a key, so they correlate lines without revealing anything.
 
 use crate::phantom::TokenDigest;
+use crate::support::clock::rfc3339;
+use crate::support::hex;
 use ring::hmac;
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -581,51 +583,6 @@ fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    // Bytes, not `char`s: every line's hash goes through here.
-    let mut out = vec![0u8; bytes.len() * 2];
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = DIGITS[(b >> 4) as usize];
-        pair[1] = DIGITS[(b & 15) as usize];
-    }
-    String::from_utf8(out).expect("hex digits are ASCII")
-}
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// `2026-11-22T22:13:06.123Z` from unix seconds.
-pub fn rfc3339(secs: u64, millis: u32) -> String {
-    let (year, month, day) = civil_date(secs);
-    let rem = secs % 86_400;
-    if !(0..=9999).contains(&year) || millis > 999 {
-        return format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60
-        );
-    }
-    // Written digit by digit: the formatter costs more than the rest of an exchange's bookkeeping.
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u64| {
-        for i in (at..at + width).rev() {
-            out[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-    };
-    put(0, 4, year as u64);
-    put(5, 2, u64::from(month));
-    put(8, 2, u64::from(day));
-    put(11, 2, rem / 3600);
-    put(14, 2, rem / 60 % 60);
-    put(17, 2, rem % 60);
-    put(20, 3, u64::from(millis));
-    String::from_utf8(out.to_vec()).expect("digits and separators are ASCII")
-}
-
 /// Timestamps for consecutive lines: the date and time of day are formatted once per second,
 /// and only the milliseconds are written for each line.
 #[derive(Default)]
@@ -650,44 +607,9 @@ impl Stamp {
     }
 }
 
-/// (year, month, day) of unix seconds, proleptic Gregorian (Howard Hinnant's civil_from_days).
-pub fn civil_date(secs: u64) -> (i64, u32, u32) {
-    let z = (secs / 86_400) as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timestamps() {
-        // Digit by digit, as the formatter would write them.
-        let formatted = |secs: u64, millis: u32| {
-            let (year, month, day) = civil_date(secs);
-            let rem = secs % 86_400;
-            format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem / 60 % 60, rem % 60)
-        };
-        let mut secs = 0u64;
-        while secs < 300_000_000_000 {
-            for millis in [0, 7, 45, 999] {
-                assert_eq!(rfc3339(secs, millis), formatted(secs, millis), "{secs}");
-            }
-            secs = secs * 3 + 86_399;
-        }
-        assert_eq!(rfc3339(253_402_300_799, 0), "9999-12-31T23:59:59.000Z");
-        assert_eq!(rfc3339(253_402_300_800, 0), "10000-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
-        assert_eq!(rfc3339(1_795_385_586, 999), "2026-11-22T22:13:06.999Z");
-    }
 
     #[test]
     fn stamps_within_a_second_change_only_their_milliseconds() {
@@ -746,8 +668,6 @@ mod tests {
 
     #[test]
     fn hashes_are_lowercase_hex() {
-        assert_eq!(hex(&[0x00, 0x9f, 0xff, 0x1a]), "009fff1a");
-        assert_eq!(hex(&[]), "");
         // FIPS 180-2, appendix B.1.
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }

@@ -1,7 +1,6 @@
 //! `phantom certs dev`: a local CA and a server certificate for localhost and 127.0.0.1, for
 //! development and tests. ECDSA P-256 keys (fast handshakes), written with owner-only access.
 
-use crate::audit::{civil_date, unix_now};
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
 use std::path::{Path, PathBuf};
 
@@ -23,15 +22,16 @@ pub fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Resul
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let err = |e: rcgen::Error| format!("certificate generation failed: {e}");
 
-    let (y, m, d) = civil_date(unix_now());
-    let start = rcgen::date_time_ymd(y as i32, m as u8, d.min(28) as u8);
+    // From the start of today (UTC), so that a clock a little behind still trusts them.
+    let start = time::OffsetDateTime::now_utc().replace_time(time::Time::MIDNIGHT);
+    let years = |n: i64| start + time::Duration::days(365 * n);
     let ca_key = KeyPair::generate().map_err(err)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name.push(DnType::CommonName, "phantom-broker development CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     ca.not_before = start;
-    ca.not_after = rcgen::date_time_ymd(y as i32 + 5, m as u8, d.min(28) as u8);
+    ca.not_after = years(5);
     let ca_cert = ca.self_signed(&ca_key).map_err(err)?;
 
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
@@ -42,7 +42,7 @@ pub fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Resul
     server.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     server.not_before = start;
-    server.not_after = rcgen::date_time_ymd(y as i32 + 1, m as u8, d.min(28) as u8);
+    server.not_after = years(1);
     let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).map_err(err)?;
 
     let [ca_path, ca_key_path, cert_path, key_path] = files;
@@ -75,8 +75,8 @@ mod tests {
     fn dev_certs_load_into_rustls() {
         let dir = tempfile::tempdir().unwrap();
         let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
-        crate::net::server_config(&w.cert, &w.key).unwrap();
-        crate::net::client_config(Some(&w.ca)).unwrap();
+        crate::support::net::server_config(&w.cert, &w.key).unwrap();
+        crate::support::net::client_config(Some(&w.ca)).unwrap();
         assert!(write_dev_certs(dir.path(), &[], false).unwrap_err().contains("--force"));
         write_dev_certs(dir.path(), &[], true).unwrap();
     }
@@ -112,7 +112,7 @@ mod tests {
         use rustls::CipherSuite::*;
         let dir = tempfile::tempdir().unwrap();
         let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
-        let server = crate::net::server_config(&w.cert, &w.key).unwrap();
+        let server = crate::support::net::server_config(&w.cert, &w.key).unwrap();
         let client = |suites: Option<&[rustls::CipherSuite]>| {
             // ring's own order, AES-256-GCM first, as OpenSSL's (Node's, curl's) is.
             let mut provider = rustls::crypto::ring::default_provider();
@@ -120,7 +120,7 @@ mod tests {
                 provider.cipher_suites.retain(|s| only.contains(&s.suite()));
             }
             let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(crate::net::load_certs(&w.ca).unwrap());
+            roots.add_parsable_certificates(crate::support::net::load_certs(&w.ca).unwrap());
             rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .unwrap()
@@ -134,7 +134,7 @@ mod tests {
             TLS13_CHACHA20_POLY1305_SHA256
         );
         // The broker as a client offers AES-128-GCM first too.
-        let ours = crate::net::client_config(Some(&w.ca)).unwrap();
+        let ours = crate::support::net::client_config(Some(&w.ca)).unwrap();
         assert_eq!(ours.crypto_provider().cipher_suites[0].suite(), TLS13_AES_128_GCM_SHA256);
     }
 }

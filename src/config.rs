@@ -3,7 +3,7 @@
 //! Relative paths in the file are relative to the file's own directory.
 
 use crate::policy::Glob;
-use crate::units::parse_duration;
+use crate::support::units::parse_duration;
 use http::Uri;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -20,25 +20,7 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// Where a secret comes from: `{ file = "..." }` or `{ env = "..." }`. It names the place (a
-/// path or a variable's name), never holds the secret.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum SecretSource {
-    File(PathBuf),
-    Env(String),
-}
-
-/// Written by hand, not derived: it prints where a secret lives, and a variant that held one
-/// would have to decide here what to show. `tests/secrets_debug.rs` checks it with a canary.
-impl std::fmt::Debug for SecretSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SecretSource::File(path) => write!(f, "SecretSource::File({})", path.display()),
-            SecretSource::Env(name) => write!(f, "SecretSource::Env({name})"),
-        }
-    }
-}
+pub use crate::support::secret::SecretSource;
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -49,20 +49,17 @@ pub mod config;
 pub mod credentials;
 pub mod demo;
 pub mod identity;
-pub mod json;
 pub mod login;
 pub mod metrics;
-pub mod net;
 pub(crate) mod notify;
 pub mod npm;
 pub mod phantom;
 pub mod pipeline;
 pub mod policy;
 pub(crate) mod proxy;
-pub mod secret;
 pub mod server;
 pub mod state;
-pub mod units;
+pub mod support;
 pub(crate) mod upstream;
 
 /// For the fuzz targets (`fuzz/`): the tarball-URL rewrite over a body in chunks.

@@ -3,8 +3,8 @@
 //! phantom goes under the upstream registry's own host key instead, for an agent that keeps its
 //! registry URL and reaches it through the broker's forward proxy.
 
-use crate::net::{self, HttpsClient};
-use crate::secret::{IdToken, Secret};
+use crate::support::net::{self, HttpsClient};
+use crate::support::secret::{IdToken, Secret};
 use http::{header, Method, Request, Uri};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;

@@ -403,7 +403,7 @@ async fn credentials_command(command: CredentialsCommand) -> Result<()> {
         CredentialsCommand::Rotate { name, from_file, overlap, incident, account, admin } => {
             let overlap = overlap
                 .as_deref()
-                .map(phantom_broker::units::parse_duration)
+                .map(phantom_broker::support::units::parse_duration)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--overlap: {e}"))?;
             let config = Config::load(&admin.config)?;
@@ -604,7 +604,7 @@ fn policy_command(command: PolicyCommand) -> Result<()> {
                     let claims = claims.unwrap_or_default();
                     let text = std::fs::read_to_string(&claims)
                         .with_context(|| format!("cannot read {}", claims.display()))?;
-                    let claims = phantom_broker::json::parse_object(text.as_bytes())
+                    let claims = phantom_broker::support::json::parse_object(text.as_bytes())
                         .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
                     (claims, package.unwrap_or_default(), action.unwrap_or_default(), version, new_package)
                 }

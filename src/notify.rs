@@ -10,9 +10,9 @@
 use crate::app::App;
 use crate::audit::{Audit, Decision, Event, Record};
 use crate::config::NotifyConfig;
-use crate::credentials::read_secret;
-use crate::net::{self, HttpsClient};
-use crate::secret::Secret;
+use crate::support::net::{self, HttpsClient};
+use crate::support::secret::read_secret;
+use crate::support::secret::Secret;
 use http::{header, Request, Uri};
 use ring::hmac;
 use serde::Serialize;
@@ -203,13 +203,13 @@ fn body(staged: &Staged) -> Vec<u8> {
         staged.package, staged.version, staged.grant
     );
     // Strings and a raw JSON value always serialise.
-    let sent_at = crate::audit::unix_now();
+    let sent_at = crate::support::clock::unix_now();
     serde_json::to_vec(&Body { event: "staged", sent_at, staged, approve_hint, text }).unwrap_or_default()
 }
 
 /// `sha256=<hex>` of the body under the target's key.
 pub(crate) fn signature(key: &hmac::Key, body: &[u8]) -> String {
-    format!("sha256={}", crate::audit::hex(hmac::sign(key, body).as_ref()))
+    format!("sha256={}", crate::support::hex(hmac::sign(key, body).as_ref()))
 }
 
 /// Tries a delivery up to `ATTEMPTS` times, backing off between tries; returns its audit line.

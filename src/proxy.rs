@@ -129,7 +129,8 @@ impl Tunnels {
         let cert = params.signed_by(&key, &self.ca.cert, &self.ca.key).map_err(err)?;
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        crate::net::server_config_from(chain, key).map_err(|e| format!("the proxy's certificate for {host}: {e}"))
+        crate::support::net::server_config_from(chain, key)
+            .map_err(|e| format!("the proxy's certificate for {host}: {e}"))
     }
 
     #[cfg(test)]
@@ -294,7 +295,7 @@ mod tests {
         let tls = t.tls(&tunnel).unwrap();
         assert!(Arc::ptr_eq(&tls, &t.tls(&tunnel).unwrap()), "the leaf is cached");
         // A client that trusts only the CA file accepts the leaf for the host, and only for it.
-        let client = crate::net::client_config(Some(&dir.path().join("ca.pem"))).unwrap();
+        let client = crate::support::net::client_config(Some(&dir.path().join("ca.pem"))).unwrap();
         for (name, ok) in [("registry.test", true), ("other.test", false)] {
             let server_name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
             let mut c = rustls::ClientConnection::new(Arc::new(client.clone()), server_name).unwrap();

@@ -10,7 +10,7 @@ use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use phantom_broker::config::IssuerConfig;
 use phantom_broker::identity::{decode_unverified, parse_jwks, Audience, Issuers, KeySet};
-use phantom_broker::secret::IdToken;
+use phantom_broker::support::secret::IdToken;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::sync::OnceLock;

@@ -14,9 +14,10 @@ mod status;
 pub use rotate::{follow, reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
 pub use status::{status, StatusRow};
 
-use crate::config::{CredentialConfig, SecretSource};
+use crate::config::CredentialConfig;
 use crate::policy::{Authorized, Glob};
-use crate::secret::Secret;
+use crate::support::secret::read_secret;
+use crate::support::secret::Secret;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::HeaderValue;
 use std::collections::HashMap;
@@ -89,27 +90,6 @@ impl fmt::Debug for Credential {
             .field("secret", &"<redacted>")
             .finish()
     }
-}
-
-/// Reads a secret from its source. Surrounding whitespace (a trailing newline) is dropped.
-pub fn read_secret(source: &SecretSource) -> Result<Secret, String> {
-    let raw = match source {
-        SecretSource::File(path) => {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        }
-        SecretSource::Env(var) => {
-            std::env::var(var).map_err(|_| format!("the environment variable {var} is not set"))?
-        }
-    };
-    let raw = zeroize::Zeroizing::new(raw);
-    let value = raw.trim();
-    if value.is_empty() {
-        return Err("the secret is empty".into());
-    }
-    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("the secret contains whitespace or control characters".into());
-    }
-    Ok(Secret::new(value.to_owned()))
 }
 
 /// How one upstream request authenticates: anonymously, or with the credential of the grant
@@ -225,7 +205,7 @@ impl Credentials {
         let grant = authorized.grant();
         match self.by_name.get(&grant.credential) {
             Some(slot) if slot.config.upstream == upstream => {
-                let now = crate::audit::unix_now();
+                let now = crate::support::clock::unix_now();
                 slot.last_used.store(now, Ordering::Relaxed);
                 Ok(UpstreamAuth { credential: Some(slot.current()), previous: slot.overlap(now).map(|(c, _)| c) })
             }
@@ -261,6 +241,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::support::secret::SecretSource;
 
     #[test]
     fn debug_is_redacted_and_sources_are_read() {

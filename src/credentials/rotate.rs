@@ -14,13 +14,15 @@
 //! the state store (other replicas read it from their own copy of the source: see README).
 
 use super::status::{cached_account, last_known_account, whoami};
-use super::{read_secret, Credential, Slot, UpstreamAuth};
+use super::{Credential, Slot, UpstreamAuth};
 use crate::app::App;
-use crate::audit::{rfc3339, unix_now, Decision, Event, Record};
+use crate::audit::{Decision, Event, Record};
 use crate::config::SecretSource;
 use crate::phantom::{PhantomStore, Selector, StoreError};
 use crate::policy::Glob;
-use crate::secret::Secret;
+use crate::support::clock::{rfc3339, unix_now};
+use crate::support::secret::read_secret;
+use crate::support::secret::Secret;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
@@ -164,7 +166,7 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
     let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
     step(app, "credential-rotate", name, Decision::Allow, format!("swapped in for new requests{overlap}")).await;
-    let fingerprint = crate::audit::hex(slot.current().fingerprint());
+    let fingerprint = crate::support::hex(slot.current().fingerprint());
     let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0)).await {
         Ok(()) if app.store.is_shared() => {
             "announced: the other replicas swap it in from their copy of the source".to_owned()
@@ -304,12 +306,12 @@ pub async fn follow(app: &App) {
     let Ok(announced) = app.store.announced_credentials().await else { return };
     for (name, fingerprint, overlap_until) in announced {
         let Some(slot) = app.credentials.slot(&name) else { continue };
-        if crate::audit::hex(slot.current().fingerprint()) == fingerprint {
+        if crate::support::hex(slot.current().fingerprint()) == fingerprint {
             continue;
         }
         let read = read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s));
         match read {
-            Ok(next) if crate::audit::hex(next.fingerprint()) == fingerprint => {
+            Ok(next) if crate::support::hex(next.fingerprint()) == fingerprint => {
                 let overlap = Some(overlap_until).filter(|t| *t > unix_now());
                 slot.swap(next, overlap);
                 step(

@@ -4,8 +4,8 @@
 
 use super::{Credential, Slot, UpstreamAuth};
 use crate::app::App;
-use crate::audit::{civil_date, rfc3339, unix_now};
 use crate::config::Capability;
+use crate::support::clock::{date, rfc3339, unix_now};
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,9 +59,9 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
     if let (Some(left), Some(expires)) = (days_to_expiry, c.expires) {
         let within = if c.class == Some('A') { 7 } else { 14 };
         if left <= 0 {
-            warnings.push(format!("expired on {} ({} days ago): {rotate}", day(expires), -left));
+            warnings.push(format!("expired on {} ({} days ago): {rotate}", date(expires), -left));
         } else if left <= within {
-            warnings.push(format!("expires in {left} days ({}): {rotate}", day(expires)));
+            warnings.push(format!("expires in {left} days ({}): {rotate}", date(expires)));
         }
     }
     if c.packages.is_empty() {
@@ -84,8 +84,8 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
         class: c.class.map(String::from),
         packages: c.packages.iter().map(|g| g.as_str().to_owned()).collect(),
         publish: c.publish.as_str(),
-        created: c.created.map(day),
-        expires: c.expires.map(day),
+        created: c.created.map(date),
+        expires: c.expires.map(date),
         age_days,
         days_to_expiry,
         last_used: slot.last_used().map(|t| rfc3339(t, 0)),
@@ -94,11 +94,6 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
         overlap_until: slot.overlap(now).map(|(_, until)| rfc3339(until, 0)),
         warnings,
     }
-}
-
-fn day(secs: u64) -> String {
-    let (y, m, d) = civil_date(secs);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The account the slot's current value authenticates as: cached for ten minutes, unless

@@ -10,9 +10,9 @@
 //!   GET /token?audience=AUD                 `Authorization: Bearer <request token>` ->
 //!                                           `{"count":1,"value":"<ID token>"}`, as the runner answers
 
-use crate::audit::unix_now;
-use crate::net::{self, Body};
-use crate::secret::Secret;
+use crate::support::clock::unix_now;
+use crate::support::net::{self, Body};
+use crate::support::secret::Secret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{Request, Response, StatusCode};
@@ -203,5 +203,5 @@ fn reply(status: StatusCode, body: Value) -> Response<Body> {
 pub(crate) fn random_hex(rng: &SystemRandom, bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     rng.fill(&mut buf).map_err(|_| "the system's random source failed".to_owned())?;
-    Ok(crate::audit::hex(&buf))
+    Ok(crate::support::hex(&buf))
 }

@@ -14,8 +14,8 @@ mod issuer;
 mod registry;
 
 use crate::config::Config;
-use crate::net::{self, HttpsClient};
 use crate::server::{self, App};
+use crate::support::net::{self, HttpsClient};
 use issuer::{Issuer, JOB};
 use registry::{Tools, Verdaccio};
 use std::future::Future;

@@ -3,8 +3,8 @@
 //! loopback over TLS with a publisher whose token becomes the broker's real credential.
 
 use super::say;
-use crate::net::{self, HttpsClient};
-use crate::secret::Secret;
+use crate::support::net::{self, HttpsClient};
+use crate::support::secret::Secret;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -234,7 +234,7 @@ impl Verdaccio {
         let password = Secret::new(super::issuer::random_hex(rng, 16)?);
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{}", password.expose()));
         let body = json!({"_id": format!("org.couchdb.user:{PUBLISHER}"), "name": PUBLISHER,
-            "password": password.expose(), "type": "user", "roles": [], "date": crate::audit::rfc3339(crate::audit::unix_now(), 0)});
+            "password": password.expose(), "type": "user", "roles": [], "date": crate::support::clock::rfc3339(crate::support::clock::unix_now(), 0)});
         let req = http::Request::put(format!("{}-/user/org.couchdb.user:{PUBLISHER}", self.url))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::AUTHORIZATION, format!("Basic {basic}"))

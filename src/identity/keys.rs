@@ -6,8 +6,8 @@
 //! Only the configured issuer URL is ever fetched: nothing in a token chooses a URL.
 
 use crate::config::{is_loopback, IssuerConfig};
-use crate::json::parse_object;
-use crate::net::{self, HttpsClient};
+use crate::support::json::parse_object;
+use crate::support::net::{self, HttpsClient};
 use http::Uri;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};

@@ -11,10 +11,10 @@ mod keys;
 pub use keys::{parse_jwks, Family, Key, KeyCache, KeyError, KeySet, MAX_DOCUMENT};
 
 use crate::config::IssuerConfig;
-use crate::json::parse_object;
-use crate::net::{self, HttpsClient};
 use crate::policy::Identity;
-use crate::secret::IdToken;
+use crate::support::json::parse_object;
+use crate::support::net::{self, HttpsClient};
+use crate::support::secret::IdToken;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;

@@ -90,9 +90,9 @@ pub enum PutRevision {
 
 /// Parses JSON, refusing duplicate keys at any depth.
 pub fn parse_strict(body: &[u8]) -> Result<Value, BodyError> {
-    crate::json::parse_strict(body).map_err(|e| match e {
-        crate::json::JsonError::DuplicateKey => BodyError::DuplicateKey,
-        crate::json::JsonError::Invalid => BodyError::InvalidJson,
+    crate::support::json::parse_strict(body).map_err(|e| match e {
+        crate::support::json::JsonError::DuplicateKey => BodyError::DuplicateKey,
+        crate::support::json::JsonError::Invalid => BodyError::InvalidJson,
     })
 }
 

@@ -364,7 +364,7 @@ mod tests {
         // The quote ends the data string early; what follows is not JSON, which the strict
         // parse of the skeleton refuses.
         let s = scan_in(bad_data, 4);
-        assert!(s.is_err() || crate::json::parse_strict(&s.unwrap().skeleton).is_err());
+        assert!(s.is_err() || crate::support::json::parse_strict(&s.unwrap().skeleton).is_err());
         let escape = br#"{"_attachments": {"a.tgz": {"data": "QU\\nJD"}}}"#;
         assert_eq!(scan_in(escape, 4).unwrap_err(), ScanError::BadTarballData);
         let deep = "[".repeat(200);

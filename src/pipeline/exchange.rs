@@ -6,14 +6,15 @@
 
 use super::Refusal;
 use crate::app::App;
-use crate::audit::{self, identity_summary, rfc3339, Decision, Event, Record};
+use crate::audit::{identity_summary, Decision, Event, Record};
 use crate::identity::{Audience, Verified};
-use crate::json::parse_object;
-use crate::net::{self, Body};
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use crate::phantom::{PhantomRecord, PhantomStore, PhantomToken};
 use crate::policy::{Grant, Identity, Scope};
-use crate::secret::IdToken;
+use crate::support::clock::rfc3339;
+use crate::support::json::parse_object;
+use crate::support::net::{self, Body};
+use crate::support::secret::IdToken;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -159,7 +160,7 @@ async fn verify_once(
     audience: Audience<'_>,
     rec: &mut Record,
 ) -> Result<Verified, Refusal> {
-    let now = audit::unix_now();
+    let now = crate::support::clock::unix_now();
     let verified = app.issuers.verify(token, audience, now).await?;
     rec.identity = Some(identity_summary(&verified.identity.issuer, &verified.identity.claims));
     rec.id_token_id = Some(app.audit.id_token_id(&verified.replay_key));
@@ -185,7 +186,7 @@ async fn mint(
 ) -> Result<Minted, Refusal> {
     let token = PhantomToken::generate(&app.rng);
     let digest = token.digest();
-    let created = audit::unix_now();
+    let created = crate::support::clock::unix_now();
     let expires = created + ttl.as_secs();
     let id: std::sync::Arc<str> = app.audit.token_id(&digest).into();
     rec.token_id = Some(id.clone());

@@ -27,17 +27,16 @@
 //! share cannot grow is refused with 503; reads never take a share.
 
 use super::Refusal;
-use crate::net::{self, Body, BodySender};
 use crate::npm::scan::{PublishScanner, ScanError, Scanned};
 use crate::npm::BodyError;
 use crate::phantom::{Fingerprint, Fingerprinter};
+use crate::support::budget::{MemoryBudget, Share, STEP_KIB};
+use crate::support::net::{self, Body, BodySender};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Which bytes of a streamed body may go upstream before the verdict. Pure: no I/O, so that it
 /// can be tested and fuzzed over every framing of a body.
@@ -99,62 +98,6 @@ impl StreamGate {
     pub fn finish(self) -> Result<(Scanned, Vec<Bytes>), ScanError> {
         let scanned = self.scanner.finish()?;
         Ok((scanned, self.held.into()))
-    }
-}
-
-/// `server.max_buffered_bytes`, shared by every write in flight, counted in KiB.
-pub(crate) struct MemoryBudget {
-    permits: Arc<Semaphore>,
-}
-
-/// Shares grow in steps of this many KiB, so that a growing body does not ask at every read.
-const STEP_KIB: usize = 64;
-
-impl MemoryBudget {
-    pub(crate) fn new(bytes: u64) -> MemoryBudget {
-        let kib = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        MemoryBudget { permits: Arc::new(Semaphore::new(kib)) }
-    }
-
-    /// A new write's share, covering `bytes` to start with; `None` past the budget.
-    fn share(&self, bytes: usize) -> Option<Share> {
-        let mut share = Share { permits: self.permits.clone(), held: None, kib: 0 };
-        share.cover(bytes).then_some(share)
-    }
-}
-
-/// One write's part of the budget, given back when it is dropped.
-struct Share {
-    permits: Arc<Semaphore>,
-    held: Option<OwnedSemaphorePermit>,
-    kib: usize,
-}
-
-impl Share {
-    /// Grows the share by `bytes` more; false if the budget has no room.
-    fn grow(&mut self, bytes: usize) -> bool {
-        self.cover((self.kib * 1024).saturating_add(bytes))
-    }
-
-    /// Grows the share to cover `bytes` (it never shrinks); false if the budget has no room.
-    fn cover(&mut self, bytes: usize) -> bool {
-        let need = bytes.div_ceil(1024);
-        if need <= self.kib {
-            return true;
-        }
-        let more = (need - self.kib).next_multiple_of(STEP_KIB);
-        let Ok(permit) = u32::try_from(more)
-            .map_err(drop)
-            .and_then(|n| self.permits.clone().try_acquire_many_owned(n).map_err(drop))
-        else {
-            return false;
-        };
-        match &mut self.held {
-            Some(held) => held.merge(permit),
-            None => self.held = Some(permit),
-        }
-        self.kib += more;
-        true
     }
 }
 
@@ -507,21 +450,5 @@ mod tests {
         assert_eq!(out.concat(), &open[..open.len() - 1]);
         gate.push(Bytes::new(), &mut out).unwrap();
         assert_eq!(out.concat(), &open[..open.len() - 1], "an empty frame released something");
-    }
-
-    #[test]
-    fn shares_grow_within_the_budget_and_come_back() {
-        let budget = MemoryBudget::new(1024 * 1024);
-        let mut a = budget.share(100 * 1024).unwrap();
-        assert!(a.cover(700 * 1024));
-        assert!(budget.share(400 * 1024).is_none(), "past the budget");
-        let b = budget.share(200 * 1024).unwrap();
-        assert!(!a.cover(900 * 1024), "a share grew past the budget");
-        assert!(!a.grow(200 * 1024), "a share grew past the budget");
-        drop(b);
-        assert!(a.cover(900 * 1024));
-        assert!(a.grow(64 * 1024));
-        drop(a);
-        assert!(budget.share(1024 * 1024).is_some(), "a dropped share was not given back");
     }
 }

@@ -13,11 +13,11 @@ pub(crate) use refusal::{Refusal, REFUSAL_REASONS};
 use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
 use crate::credentials::UpstreamAuth;
-use crate::net::{self, Bearer, Body, BoxError};
 use crate::npm::{self, NpmRequest, Op, Route};
 use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest};
 use crate::policy::{Authorized, Requested};
 use crate::proxy::Tunnel;
+use crate::support::net::{self, Bearer, Body, BoxError};
 use crate::upstream::{self, Content};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -298,7 +298,7 @@ async fn authenticate(app: &App, headers: &http::HeaderMap, rec: &mut Record) ->
         Err(crate::phantom::FormatError::NotPhantom) => return Err(Refusal::NotAPhantom),
         Err(e) => return Err(Refusal::BadPhantom(e)),
     };
-    let state = match app.store.lookup(&digest, audit::unix_now()).await? {
+    let state = match app.store.lookup(&digest, crate::support::clock::unix_now()).await? {
         Lookup::Live(record) => {
             // The keyed id was computed when the phantom was minted.
             rec.token_id = Some(record.id.clone());

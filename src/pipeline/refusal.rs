@@ -4,10 +4,10 @@
 
 use crate::audit::Decision;
 use crate::identity::IdentityError;
-use crate::net::{self, Body};
 use crate::npm::{BodyError, RouteError};
 use crate::phantom::{FormatError, StoreError};
 use crate::policy::Denial;
+use crate::support::net::{self, Body};
 use crate::upstream::UpstreamError;
 use http::{header, Response, StatusCode};
 use std::borrow::Cow;

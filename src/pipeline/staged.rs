@@ -12,11 +12,11 @@ use super::{Refusal, Session};
 use crate::app::App;
 use crate::audit::{Decision, Record};
 use crate::credentials::UpstreamAuth;
-use crate::json;
-use crate::net::{self, Body};
 use crate::notify::Staged;
 use crate::npm::{ActionKind, NpmRequest, Op, PackageName};
 use crate::policy::{Grant, Requested};
+use crate::support::json;
+use crate::support::net::{self, Body};
 use crate::upstream::{self, Content, Upstream, UpstreamError};
 use http::header::HeaderValue;
 use http::{header, HeaderMap, Response, StatusCode};
@@ -85,7 +85,7 @@ pub(super) async fn read(
     if status != 200 {
         return Err(Refusal::Upstream(UpstreamError::Failed(format!("the staged item answered {status}"))));
     }
-    let doc = crate::json::parse_object(&item)
+    let doc = crate::support::json::parse_object(&item)
         .map_err(|_| Refusal::Upstream(UpstreamError::Failed("the staged item is not JSON".into())))?;
     let package = doc
         .get("packageName")
@@ -158,7 +158,7 @@ pub(super) async fn publish_reply(
     // The id and the status are the registry's text: recorded and shown only if they look like one.
     let id = field("stageId").filter(|id| is_token(id, 64));
     if !sent_staged && doc.as_ref().is_none_or(|d| !d.contains_key("stageId")) {
-        return Ok(Response::from_parts(parts, crate::net::full(bytes)));
+        return Ok(Response::from_parts(parts, crate::support::net::full(bytes)));
     }
     rec.staged = true;
     if !sent_staged {
@@ -196,7 +196,7 @@ pub(super) async fn publish_reply(
     if !grant.notify.is_empty() {
         at.app.notifier.staged(&grant.notify, &staged, &at.app.audit);
     }
-    Ok(Response::from_parts(parts, crate::net::full(bytes)))
+    Ok(Response::from_parts(parts, crate::support::net::full(bytes)))
 }
 
 /// Text the registry sent that the broker repeats: short, letters, digits, `-` and `_` only.
@@ -239,5 +239,5 @@ pub(super) async fn publish_refused(resp: Response<Body>, rec: &mut Record) -> R
         rec.reason = Some("the registry has this version staged already".into());
         return Err(Refusal::AlreadyStaged);
     }
-    Ok(Response::from_parts(parts, crate::net::full(bytes)))
+    Ok(Response::from_parts(parts, crate::support::net::full(bytes)))
 }

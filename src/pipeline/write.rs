@@ -13,13 +13,13 @@ use super::gate::{Intake, Released, Stop, UpstreamStart, WriteBody};
 use super::staged::{self, Upstreamed};
 use super::{Refusal, Session};
 use crate::app::App;
-use crate::audit::{self, Decision, Record, UpstreamRequest};
+use crate::audit::{Decision, Record, UpstreamRequest};
 use crate::credentials::UpstreamAuth;
-use crate::json;
-use crate::net::Body;
 use crate::npm::{body, ActionKind, NpmRequest, Op, PackageName, PutPackument, PutRevision};
 use crate::phantom::{Fingerprint, Fingerprinter, OpenWrite, PhantomStore, RateOutcome, TokenDigest, UseOutcome};
 use crate::policy::{Authorized, PublishMode, Rate, Requested};
+use crate::support::json;
+use crate::support::net::Body;
 use crate::upstream::{self, Content, Pooled, Upstream, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -271,7 +271,7 @@ async fn open<'a>(app: &'a App, session: &Session, npm: &NpmRequest) -> Result<O
     if !candidates.iter().any(ActionKind::is_write) {
         return Ok(None);
     }
-    match app.store.open_write(&session.digest, audit::unix_now()).await? {
+    match app.store.open_write(&session.digest, crate::support::clock::unix_now()).await? {
         OpenWrite::Opened => Ok(Some(OpenWriteGuard { store: &app.store, digest: session.digest })),
         OpenWrite::NoUsesLeft => Err(Refusal::UsesExhausted),
         OpenWrite::TooMany => Err(Refusal::WritesInFlight),
@@ -537,7 +537,7 @@ fn settle(npm: &NpmRequest, checked: &[u8]) -> Result<Action, Refusal> {
 /// Spends one write use. Resending the last write after it failed upstream (npm retries PUTs
 /// on 5xx) is not a new use.
 async fn spend_use(app: &App, session: &Session, fingerprint: Fingerprint) -> Result<(), Refusal> {
-    match app.store.consume_use(&session.digest, fingerprint, audit::unix_now()).await? {
+    match app.store.consume_use(&session.digest, fingerprint, crate::support::clock::unix_now()).await? {
         UseOutcome::Counted { .. } | UseOutcome::Retry => Ok(()),
         UseOutcome::Exhausted => Err(Refusal::UsesExhausted),
         UseOutcome::NotLive => Err(Refusal::PhantomNotLive("expired or revoked")),

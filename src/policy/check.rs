@@ -8,7 +8,7 @@ use super::grant::{self, GrantFile, PolicyContext};
 use super::presets::{Preset, IDENTITY_CLAIMS};
 use super::{ClaimMatcher, Grant};
 use crate::npm::ActionKind;
-use crate::units::parse_duration;
+use crate::support::units::parse_duration;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

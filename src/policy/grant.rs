@@ -3,7 +3,7 @@
 use super::glob::Glob;
 use super::versions::{self, VersionRange};
 use crate::npm::{ActionKind, ActionSet, PackageName};
-use crate::units::parse_duration;
+use crate::support::units::parse_duration;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -3,11 +3,12 @@
 //! action is audited.
 
 use super::App;
-use crate::audit::{self, rfc3339, Decision, Event, Record};
-use crate::json::parse_object;
-use crate::net::{self, Body};
+use crate::audit::{self, Decision, Event, Record};
 use crate::phantom::{PhantomStore, Selector};
 use crate::policy::Glob;
+use crate::support::clock::rfc3339;
+use crate::support::json::parse_object;
+use crate::support::net::{self, Body};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -88,7 +89,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
     match (method, path.trim_start_matches("/admin/v1")) {
         (Method::GET, "/phantoms") => {
             rec.action = Some("list");
-            let listed = app.store.list(audit::unix_now()).await.map_err(unavailable)?;
+            let listed = app.store.list(crate::support::clock::unix_now()).await.map_err(unavailable)?;
             let phantoms: Vec<Value> = listed
                 .iter()
                 .map(|l| {
@@ -198,7 +199,7 @@ async fn readyz(app: &App) -> Response<Body> {
 /// the credentials, grants and packages an attacker would aim at: it needs the admin token
 /// unless `[admin] metrics = "open"`.
 async fn metrics(app: &App) -> Response<Body> {
-    let now = audit::unix_now();
+    let now = crate::support::clock::unix_now();
     let active = tokio::time::timeout(std::time::Duration::from_secs(2), app.store.count_live(now)).await;
     let snap = crate::metrics::Snapshot {
         now,
@@ -271,7 +272,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rot
         return Err(bad("an incident rotation keeps no overlap: the old value is revoked first"));
     }
     Ok(crate::credentials::Rotation {
-        token: crate::secret::Secret::new(body.token),
+        token: crate::support::secret::Secret::new(body.token),
         overlap: body.overlap_seconds.filter(|s| *s > 0).map(std::time::Duration::from_secs),
         incident,
         account: body.account,

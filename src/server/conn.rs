@@ -8,8 +8,8 @@
 //! connection on the same stream.
 
 use super::{admin, Shared};
-use crate::net::Body;
 use crate::pipeline;
+use crate::support::net::Body;
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};
@@ -95,7 +95,7 @@ pub(super) struct Tracked {
 
 impl http_body::Body for Tracked {
     type Data = Bytes;
-    type Error = crate::net::BoxError;
+    type Error = crate::support::net::BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)

@@ -9,8 +9,8 @@ mod watch;
 pub use crate::app::App;
 pub use admin::reload;
 
-use crate::net;
 use crate::phantom::PhantomStore;
+use crate::support::net;
 use crate::upstream::Upstreams;
 use conn::{Drain, Listener};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -116,8 +116,8 @@ pub async fn serve(
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
-                app.store.sweep(crate::audit::unix_now()).await;
-                app.credentials.sweep(crate::audit::unix_now());
+                app.store.sweep(crate::support::clock::unix_now()).await;
+                app.credentials.sweep(crate::support::clock::unix_now());
             }
         })
     };

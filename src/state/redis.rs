@@ -151,7 +151,9 @@ impl RedisStore {
     /// runtime: the connection's task runs on the caller's.
     pub fn new(cfg: &RedisConfig) -> Result<RedisStore, String> {
         let password = match &cfg.password {
-            Some(source) => Some(crate::credentials::read_secret(source).map_err(|e| format!("state.password: {e}"))?),
+            Some(source) => {
+                Some(crate::support::secret::read_secret(source).map_err(|e| format!("state.password: {e}"))?)
+            }
             None => None,
         };
         let addr = if cfg.tls {
@@ -214,7 +216,7 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, id: &[u8]) -> String {
-        format!("{}{kind}:{}", self.prefix, crate::audit::hex(id))
+        format!("{}{kind}:{}", self.prefix, crate::support::hex(id))
     }
 
     fn named(&self, name: &str) -> String {
@@ -300,7 +302,7 @@ impl RedisStore {
 
     pub async fn insert(&self, digest: TokenDigest, record: PhantomRecord) -> Result<(), StoreError> {
         self.synced()?;
-        let now = crate::audit::unix_now();
+        let now = crate::support::clock::unix_now();
         let json = super::record::to_json(&record);
         let key = self.key("ph", &digest.0);
         let keep_ms = (record.expires_at + EXPIRED_GRACE).saturating_sub(now).max(1) * 1000;
@@ -323,7 +325,7 @@ impl RedisStore {
             .ignore()
             .pexpire(&key, keep_ms as i64)
             .ignore()
-            .zadd(self.named("live"), crate::audit::hex(&digest.0), record.expires_at)
+            .zadd(self.named("live"), crate::support::hex(&digest.0), record.expires_at)
             .ignore()
             .cmd("ZREMRANGEBYSCORE")
             .arg(self.named("live"))
@@ -394,7 +396,7 @@ impl RedisStore {
         self.synced()?;
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.consume.key(self.key("ph", &digest.0));
-        invocation.arg(crate::audit::hex(&fingerprint)).arg(now);
+        invocation.arg(crate::support::hex(&fingerprint)).arg(now);
         let answer: Vec<String> = self.call(invocation.invoke_async(&mut conn)).await?;
         Ok(match answer.first().map(String::as_str) {
             Some("retry") => UseOutcome::Retry,
@@ -470,7 +472,7 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.settle.key(self.key("ph", &digest.0));
-        invocation.arg(crate::audit::hex(&fingerprint)).arg(if succeeded { "1" } else { "0" });
+        invocation.arg(crate::support::hex(&fingerprint)).arg(if succeeded { "1" } else { "0" });
         self.call(invocation.invoke_async::<i64>(&mut conn)).await.map(drop)
     }
 
@@ -503,7 +505,7 @@ impl RedisStore {
 
     /// Revokes the live phantoms `which` picks; returns their ids (keyed hashes, never tokens).
     pub async fn revoke(&self, which: &Selector) -> Result<Vec<Arc<str>>, StoreError> {
-        let now = crate::audit::unix_now();
+        let now = crate::support::clock::unix_now();
         let mut revoked = Vec::new();
         for (digest, record, _, rv) in self.live(now).await? {
             let Some(record) = record.filter(|_| rv.as_deref() != Some("1")) else { continue };
@@ -642,7 +644,7 @@ fn unique() -> String {
     let prefix = PREFIX.get_or_init(|| {
         let mut b = [0u8; 8];
         let _ = ring::rand::SystemRandom::new().fill(&mut b);
-        crate::audit::hex(&b)
+        crate::support::hex(&b)
     });
     format!("{prefix}{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }

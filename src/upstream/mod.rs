@@ -3,8 +3,8 @@
 
 use crate::config::UpstreamConfig;
 use crate::credentials::UpstreamAuth;
-use crate::net::{self, Body, BoxError};
 use crate::npm::PackageName;
+use crate::support::net::{self, Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};

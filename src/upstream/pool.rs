@@ -9,7 +9,7 @@
 //! HTTP/1.1 only (ALPN offers nothing else): the npm CLI speaks it to registries, and HTTP/2 to
 //! the upstream cost the broker more CPU per request when measured.
 
-use crate::net::{Body, BoxError};
+use crate::support::net::{Body, BoxError};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Frame, SizeHint};

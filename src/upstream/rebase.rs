@@ -166,7 +166,7 @@ pub fn rebase_chunks(chunks: &[&[u8]], from: &[u8], to: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::BoxError;
+    use crate::support::net::BoxError;
     use http_body::Frame;
     use http_body_util::BodyExt;
     use std::collections::VecDeque;

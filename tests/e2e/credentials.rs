@@ -27,8 +27,7 @@ repository_owner_id = "4242"
 "#;
 
 fn day(secs: u64) -> String {
-    let (y, m, d) = phantom_broker::audit::civil_date(secs);
-    format!("{y:04}-{m:02}-{d:02}")
+    phantom_broker::support::clock::date(secs)
 }
 
 struct Rig {
@@ -88,7 +87,7 @@ impl Rig {
 
 #[test]
 fn credentials_are_inventoried_rotated_and_reloaded() {
-    let now = phantom_broker::audit::unix_now();
+    let now = phantom_broker::support::clock::unix_now();
     let credential = format!(
         "class = \"B\"\npublish = \"direct\"\npackages = [\"pb-rot\", \"pb-*\", \"priv-*\"]\ncreated = \"{}\"\nexpires = \"{}\"",
         day(now - 30 * 86_400),

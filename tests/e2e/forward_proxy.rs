@@ -47,7 +47,7 @@ fn tunnel(port: u16, authority: &str, sni: &str, ca: &std::path::Path) -> Result
     if !head.starts_with("HTTP/1.1 200") {
         return Err(head);
     }
-    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    let mut cfg = phantom_broker::support::net::client_config(Some(ca)).unwrap();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let conn = rustls::ClientConnection::new(Arc::new(cfg), ServerName::try_from(sni.to_owned()).unwrap()).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);

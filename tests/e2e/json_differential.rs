@@ -251,7 +251,7 @@ fn checked(body: &[u8]) -> Value {
     let mut scanner = phantom_broker::npm::scan::PublishScanner::new(1 << 20);
     scanner.feed(body).expect("the broker accepted what its scanner refuses");
     let skeleton = scanner.finish().expect("the broker accepted what its scanner refuses").skeleton;
-    phantom_broker::json::parse_strict(&skeleton).expect("the broker accepted what its parser refuses")
+    phantom_broker::support::json::parse_strict(&skeleton).expect("the broker accepted what its parser refuses")
 }
 
 /// `doc` with each tarball's data as the skeleton has it (`"x"`), where the skeleton left it out.

@@ -81,7 +81,7 @@ fn each_preset_admits_its_vendors_job_and_knows_its_claims() {
             issuer: format!("preset = \"{}\"", v.preset),
             ..Options::default()
         });
-        let now = phantom_broker::audit::unix_now();
+        let now = phantom_broker::support::clock::unix_now();
         let token = |edit: Option<(&str, &str)>| {
             let mut claims = v.claims.clone();
             for (k, val) in [

@@ -2,9 +2,10 @@
 //! formatted with `{:?}` and `{:#?}`; the output must not contain the secret.
 
 use phantom_broker::config::{CredentialConfig, SecretSource};
-use phantom_broker::credentials::{read_secret, Credential, Credentials};
+use phantom_broker::credentials::{Credential, Credentials};
 use phantom_broker::phantom::PhantomToken;
-use phantom_broker::secret::{IdToken, Secret};
+use phantom_broker::support::secret::read_secret;
+use phantom_broker::support::secret::{IdToken, Secret};
 
 const CANARY: &str = "CANARY_b8c0f1d2e3a4";
 
@@ -27,7 +28,7 @@ fn secret_holding_types_redact_debug() {
     let text = phantom.expose().to_owned();
     assert_hidden("PhantomToken", format!("{phantom:?} {phantom:#?}"), &text[4..]);
     let digest = phantom.digest();
-    assert_hidden("TokenDigest", format!("{digest:?}"), &phantom_broker::audit::hex(&digest.0));
+    assert_hidden("TokenDigest", format!("{digest:?}"), &phantom_broker::support::hex(&digest.0));
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("token");

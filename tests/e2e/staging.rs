@@ -149,7 +149,7 @@ fn approve_upstream(w: &World, id: &str) -> u16 {
 
 fn hmac_hex(key: &str, body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_bytes());
-    format!("sha256={}", phantom_broker::audit::hex(ring::hmac::sign(&key, body).as_ref()))
+    format!("sha256={}", phantom_broker::support::hex(ring::hmac::sign(&key, body).as_ref()))
 }
 
 #[test]

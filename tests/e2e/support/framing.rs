@@ -267,7 +267,7 @@ pub(crate) async fn h2_connect(
     port: u16,
     ca: &Path,
 ) -> (h2::client::SendRequest<Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
-    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    let mut cfg = phantom_broker::support::net::client_config(Some(ca)).unwrap();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
-use phantom_broker::net::{self, HttpsClient};
+use phantom_broker::support::net::{self, HttpsClient};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -77,7 +77,7 @@ pub(crate) fn free_port() -> u16 {
 /// upstreams the tests run (recording, hostile, counting).
 pub(crate) fn tls_server(cert: &Path, key: &Path) -> (tokio::runtime::Runtime, tokio_rustls::TlsAcceptor) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let mut tls = (*phantom_broker::net::server_config(cert, key).unwrap()).clone();
+    let mut tls = (*phantom_broker::support::net::server_config(cert, key).unwrap()).clone();
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     (rt, tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls)))
 }
@@ -125,7 +125,7 @@ pub(crate) fn random_hex(n: usize) -> String {
     use ring::rand::SecureRandom;
     let mut b = vec![0u8; n];
     ring::rand::SystemRandom::new().fill(&mut b).unwrap();
-    phantom_broker::audit::hex(&b)
+    phantom_broker::support::hex(&b)
 }
 
 pub(crate) struct Resp {

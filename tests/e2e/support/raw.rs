@@ -11,7 +11,7 @@ pub(crate) type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A TLS connection to 127.0.0.1:`port`, trusting `ca`, offering `alpn`.
 pub(crate) fn connect(port: u16, ca: &Path, alpn: &[&[u8]]) -> Tls {
-    let mut cfg = phantom_broker::net::client_config(Some(ca)).unwrap();
+    let mut cfg = phantom_broker::support::net::client_config(Some(ca)).unwrap();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(cfg), name).unwrap();
