@@ -41,15 +41,11 @@
 //!   identity provider that only the demo starts, the broker, npm publishing through it).
 #![forbid(unsafe_code)]
 
-pub mod admin_client;
 pub(crate) mod app;
 pub mod audit;
-pub mod certs;
 pub mod config;
 pub mod credentials;
-pub mod demo;
 pub mod identity;
-pub mod login;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod npm;

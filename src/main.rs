@@ -2,7 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use phantom_broker::{admin_client, audit, certs, config::Config, demo, login, policy, server};
+mod cli;
+
+use cli::{admin_client, certs, demo, login};
+use phantom_broker::{audit, config::Config, policy, server};
 use std::path::PathBuf;
 use std::sync::Arc;
 

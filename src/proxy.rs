@@ -217,9 +217,33 @@ fn load_ca(proxy: &ProxyConfig) -> Result<Ca, String> {
 mod tests {
     use super::*;
 
+    struct Written {
+        ca: std::path::PathBuf,
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+    }
+
+    /// A CA (`ca.pem`, `ca-key.pem`) and a server certificate for `localhost` it signed.
+    fn dev_certs(dir: &std::path::Path) -> Written {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "proxy test CA");
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        let w = Written { ca: dir.join("ca.pem"), cert: dir.join("server.pem"), key: dir.join("server-key.pem") };
+        std::fs::write(&w.ca, ca_cert.pem()).unwrap();
+        std::fs::write(dir.join("ca-key.pem"), ca_key.serialize_pem()).unwrap();
+        std::fs::write(&w.cert, server_cert.pem()).unwrap();
+        std::fs::write(&w.key, server_key.serialize_pem()).unwrap();
+        w
+    }
+
     fn tunnels(urls: &[&str]) -> (tempfile::TempDir, Tunnels) {
         let dir = tempfile::tempdir().unwrap();
-        let w = crate::certs::write_dev_certs(dir.path(), &[], false).unwrap();
+        let w = dev_certs(dir.path());
         let mut toml = format!(
             "[server]\npublic_url = \"https://broker.test/\"\ntls_cert = \"{c}\"\ntls_key = \"{k}\"\n\
              [audit]\npath = \"a.jsonl\"\n[proxy]\nca_cert = \"{ca}\"\nca_key = \"{cak}\"\n",

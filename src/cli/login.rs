@@ -3,10 +3,10 @@
 //! phantom goes under the upstream registry's own host key instead, for an agent that keeps its
 //! registry URL and reaches it through the broker's forward proxy.
 
-use crate::support::net::{self, HttpsClient};
-use crate::support::secret::{IdToken, Secret};
 use http::{header, Method, Request, Uri};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use phantom_broker::support::net::{self, HttpsClient};
+use phantom_broker::support::secret::{IdToken, Secret};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,50 +14,50 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// The broker's registry URL, e.g. https://npm-broker.example.com/
     #[arg(long)]
-    pub broker: String,
+    pub(crate) broker: String,
     /// Packages to ask for (comma-separated or repeated).
     #[arg(long, value_delimiter = ',', required = true)]
-    pub packages: Vec<String>,
+    pub(crate) packages: Vec<String>,
     /// Actions to ask for: publish, dist-tag, deprecate, unpublish, ... (comma-separated or repeated).
     #[arg(long, value_delimiter = ',', required = true)]
-    pub actions: Vec<String>,
+    pub(crate) actions: Vec<String>,
     /// Ask for a shorter lifetime than the grant's.
     #[arg(long)]
-    pub ttl_seconds: Option<u64>,
+    pub(crate) ttl_seconds: Option<u64>,
     /// The .npmrc to write (default: $NPM_CONFIG_USERCONFIG, else ~/.npmrc).
     #[arg(long)]
-    pub npmrc: Option<PathBuf>,
+    pub(crate) npmrc: Option<PathBuf>,
     /// Read the ID token from this file instead of the CI environment.
     #[arg(long)]
-    pub id_token_file: Option<PathBuf>,
+    pub(crate) id_token_file: Option<PathBuf>,
     /// The audience to request from the CI (default npm:<broker host>).
     #[arg(long)]
-    pub audience: Option<String>,
+    pub(crate) audience: Option<String>,
     /// Extra CA certificates to trust for the broker and the CI token endpoint.
     #[arg(long)]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// For an agent behind the broker's forward proxy: the proxy's URL, e.g.
     /// http://npm-broker.example.com:3128. The phantom is written under --registry's host,
     /// and the lines the agent's .npmrc needs are printed.
     #[arg(long, requires = "registry")]
-    pub proxy: Option<String>,
+    pub(crate) proxy: Option<String>,
     /// With --proxy: the upstream registry URL the agent keeps using (a configured upstream).
     #[arg(long, requires = "proxy")]
-    pub registry: Option<String>,
+    pub(crate) registry: Option<String>,
     /// With --proxy: the CA the proxy's certificates chain to, for the printed `cafile` line.
     #[arg(long, requires = "proxy")]
-    pub proxy_ca: Option<PathBuf>,
+    pub(crate) proxy_ca: Option<PathBuf>,
 }
 
-pub async fn login(args: LoginArgs) -> Result<String, String> {
+pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
     let broker: Uri = args.broker.parse().map_err(|_| format!("--broker: `{}` is not a URL", args.broker))?;
     let host = broker.host().ok_or("--broker has no host")?.to_owned();
     match broker.scheme_str() {
         Some("https") => {}
-        Some("http") if crate::config::is_loopback(&host) => {}
+        Some("http") if phantom_broker::config::is_loopback(&host) => {}
         _ => return Err("--broker must be an https:// URL".into()),
     }
     let authority = broker.authority().map(|a| a.as_str().to_owned()).unwrap_or(host.clone());

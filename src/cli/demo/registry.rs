@@ -3,8 +3,8 @@
 //! loopback over TLS with a publisher whose token becomes the broker's real credential.
 
 use super::say;
-use crate::support::net::{self, HttpsClient};
-use crate::support::secret::Secret;
+use phantom_broker::support::net::{self, HttpsClient};
+use phantom_broker::support::secret::Secret;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,9 +30,9 @@ const NODE_MIN: (u64, u64) = (20, 17);
 
 /// The Node.js programs the demo runs.
 pub(crate) struct Tools {
-    pub node: PathBuf,
+    pub(crate) node: PathBuf,
     /// The pinned npm CLI's entry point (run with `node`).
-    pub npm_cli: PathBuf,
+    pub(crate) npm_cli: PathBuf,
     verdaccio: PathBuf,
 }
 
@@ -128,8 +128,8 @@ async fn version(program: &str) -> Result<String, String> {
 
 /// A running Verdaccio and the token of its publisher.
 pub(crate) struct Verdaccio {
-    pub url: String,
-    pub token: Secret,
+    pub(crate) url: String,
+    pub(crate) token: Secret,
     child: Child,
     /// Verdaccio exits when this closes (see `WATCHDOG`): it never outlives the demo, however
     /// the demo ends.
@@ -234,7 +234,7 @@ impl Verdaccio {
         let password = Secret::new(super::issuer::random_hex(rng, 16)?);
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("{PUBLISHER}:{}", password.expose()));
         let body = json!({"_id": format!("org.couchdb.user:{PUBLISHER}"), "name": PUBLISHER,
-            "password": password.expose(), "type": "user", "roles": [], "date": crate::support::clock::rfc3339(crate::support::clock::unix_now(), 0)});
+            "password": password.expose(), "type": "user", "roles": [], "date": phantom_broker::support::clock::rfc3339(phantom_broker::support::clock::unix_now(), 0)});
         let req = http::Request::put(format!("{}-/user/org.couchdb.user:{PUBLISHER}", self.url))
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::AUTHORIZATION, format!("Basic {basic}"))

@@ -13,10 +13,10 @@
 mod issuer;
 mod registry;
 
-use crate::config::Config;
-use crate::server::{self, App};
-use crate::support::net::{self, HttpsClient};
 use issuer::{Issuer, JOB};
+use phantom_broker::config::Config;
+use phantom_broker::server::{self, App};
+use phantom_broker::support::net::{self, HttpsClient};
 use registry::{Tools, Verdaccio};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -29,10 +29,10 @@ const GRANTED: &str = "demo-hello";
 const REFUSED: &str = "demo-other";
 
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// The demo's cache folder: the tools it installs (kept) and each run's files (made anew).
     #[arg(long, default_value = ".phantom-demo")]
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
 }
 
 /// What the demo prints: a few lines a person reads, on stdout.
@@ -41,14 +41,14 @@ fn say(line: &str) {
 }
 
 pub(crate) struct Certs {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// Empties the run folder and opens the broker's log in it (`run/phantom.log`): the broker's
 /// log lines go there, so the terminal keeps the demo's own story.
-pub fn start_run(args: &DemoArgs) -> Result<std::fs::File, String> {
+pub(crate) fn start_run(args: &DemoArgs) -> Result<std::fs::File, String> {
     let run = args.dir.join("run");
     if run.exists() {
         std::fs::remove_dir_all(&run).map_err(|e| format!("cannot empty {}: {e}", run.display()))?;
@@ -60,12 +60,12 @@ pub fn start_run(args: &DemoArgs) -> Result<std::fs::File, String> {
 
 /// Runs the demo until `shutdown` resolves; stops everything it started on the way out,
 /// whether it succeeded or not.
-pub async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+pub(crate) async fn run(args: DemoArgs, shutdown: impl Future<Output = ()>) -> Result<(), String> {
     let dir = std::path::absolute(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
     let run = dir.join("run");
     say("phantom demo: a broker in front of a local registry, and a CI job that publishes through it");
     let tools = registry::tools(&dir.join("node")).await?;
-    let written = crate::certs::write_dev_certs(&run.join("certs"), &[], true)?;
+    let written = crate::cli::certs::write_dev_certs(&run.join("certs"), &[], true)?;
     let certs = Certs { ca: written.ca, cert: written.cert, key: written.key };
     let http = net::https_client(net::client_config(Some(&certs.ca))?, Duration::from_secs(5));
     let mut verdaccio = Verdaccio::start(&tools, &run.join("verdaccio"), &certs, &http).await?;
@@ -387,12 +387,12 @@ async fn settled_audit(path: &Path) -> Result<(u64, Vec<serde_json::Value>), Str
         }
         last = len;
     }
-    match crate::audit::verify(path).map_err(|e| e.to_string())? {
-        crate::audit::Verdict::Intact { lines } => {
+    match phantom_broker::audit::verify(path).map_err(|e| e.to_string())? {
+        phantom_broker::audit::Verdict::Intact { lines } => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
             Ok((lines, text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()))
         }
-        crate::audit::Verdict::Broken { line, reason } => {
+        phantom_broker::audit::Verdict::Broken { line, reason } => {
             Err(format!("the audit log {} does not verify: line {line}: {reason}", path.display()))
         }
     }

@@ -5,14 +5,14 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
-pub struct Written {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub(crate) struct Written {
+    pub(crate) ca: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// Writes `ca.pem`, `ca-key.pem`, `server.pem` and `server-key.pem` into `dir`.
-pub fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Result<Written, String> {
+pub(crate) fn write_dev_certs(dir: &Path, extra_names: &[String], force: bool) -> Result<Written, String> {
     let files = ["ca.pem", "ca-key.pem", "server.pem", "server-key.pem"].map(|f| dir.join(f));
     if !force {
         if let Some(existing) = files.iter().find(|f| f.exists()) {
@@ -75,8 +75,8 @@ mod tests {
     fn dev_certs_load_into_rustls() {
         let dir = tempfile::tempdir().unwrap();
         let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
-        crate::support::net::server_config(&w.cert, &w.key).unwrap();
-        crate::support::net::client_config(Some(&w.ca)).unwrap();
+        phantom_broker::support::net::server_config(&w.cert, &w.key).unwrap();
+        phantom_broker::support::net::client_config(Some(&w.ca)).unwrap();
         assert!(write_dev_certs(dir.path(), &[], false).unwrap_err().contains("--force"));
         write_dev_certs(dir.path(), &[], true).unwrap();
     }
@@ -112,7 +112,7 @@ mod tests {
         use rustls::CipherSuite::*;
         let dir = tempfile::tempdir().unwrap();
         let w = write_dev_certs(dir.path(), &["broker.test".into()], false).unwrap();
-        let server = crate::support::net::server_config(&w.cert, &w.key).unwrap();
+        let server = phantom_broker::support::net::server_config(&w.cert, &w.key).unwrap();
         let client = |suites: Option<&[rustls::CipherSuite]>| {
             // ring's own order, AES-256-GCM first, as OpenSSL's (Node's, curl's) is.
             let mut provider = rustls::crypto::ring::default_provider();
@@ -120,7 +120,7 @@ mod tests {
                 provider.cipher_suites.retain(|s| only.contains(&s.suite()));
             }
             let mut roots = rustls::RootCertStore::empty();
-            roots.add_parsable_certificates(crate::support::net::load_certs(&w.ca).unwrap());
+            roots.add_parsable_certificates(phantom_broker::support::net::load_certs(&w.ca).unwrap());
             rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .unwrap()
@@ -134,7 +134,7 @@ mod tests {
             TLS13_CHACHA20_POLY1305_SHA256
         );
         // The broker as a client offers AES-128-GCM first too.
-        let ours = crate::support::net::client_config(Some(&w.ca)).unwrap();
+        let ours = phantom_broker::support::net::client_config(Some(&w.ca)).unwrap();
         assert_eq!(ours.crypto_provider().cipher_suites[0].suite(), TLS13_AES_128_GCM_SHA256);
     }
 }

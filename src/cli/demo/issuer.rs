@@ -10,14 +10,14 @@
 //!   GET /token?audience=AUD                 `Authorization: Bearer <request token>` ->
 //!                                           `{"count":1,"value":"<ID token>"}`, as the runner answers
 
-use crate::support::clock::unix_now;
-use crate::support::net::{self, Body};
-use crate::support::secret::Secret;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use phantom_broker::support::clock::unix_now;
+use phantom_broker::support::net::{self, Body};
+use phantom_broker::support::secret::Secret;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -33,10 +33,10 @@ const KID: &str = "demo-1";
 /// Who the demo's CI job is: a GitHub Actions release job of `acme/hello` on `main`. The ids
 /// are what a grant pins (names can be recycled, ids cannot).
 pub(crate) struct Job {
-    pub repository: &'static str,
-    pub repository_id: &'static str,
-    pub repository_owner_id: &'static str,
-    pub workflow_ref: &'static str,
+    pub(crate) repository: &'static str,
+    pub(crate) repository_id: &'static str,
+    pub(crate) repository_owner_id: &'static str,
+    pub(crate) workflow_ref: &'static str,
 }
 
 pub(crate) const JOB: Job = Job {
@@ -48,9 +48,9 @@ pub(crate) const JOB: Job = Job {
 
 pub(crate) struct Issuer {
     /// `https://127.0.0.1:PORT`: the `iss` of its tokens, without a trailing `/` (as GitHub's).
-    pub url: String,
+    pub(crate) url: String,
     /// What a job presents to the token endpoint (the runner's `ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
-    pub request_token: Secret,
+    pub(crate) request_token: Secret,
     serving: JoinHandle<()>,
 }
 
@@ -203,5 +203,5 @@ fn reply(status: StatusCode, body: Value) -> Response<Body> {
 pub(crate) fn random_hex(rng: &SystemRandom, bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     rng.fill(&mut buf).map_err(|_| "the system's random source failed".to_owned())?;
-    Ok(crate::support::hex(&buf))
+    Ok(phantom_broker::support::hex(&buf))
 }

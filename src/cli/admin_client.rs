@@ -2,15 +2,15 @@
 //! `phantom credentials status` and `phantom credentials rotate`.
 //! The admin URL and token come from the same `phantom.toml` the broker runs with.
 
-use crate::config::Config;
-use crate::support::net;
-use crate::support::secret::read_secret;
 use http::{header, Method, Request, Uri};
+use phantom_broker::config::Config;
+use phantom_broker::support::net;
+use phantom_broker::support::secret::read_secret;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
-pub async fn call(
+pub(crate) async fn call(
     config: &Config,
     ca_file: Option<&Path>,
     method: Method,
@@ -24,7 +24,7 @@ pub async fn call(
 /// `phantom credentials rotate`: the new value goes from its file to the broker in the body of
 /// one request over the admin listener's TLS, never on a command line; the copies this code
 /// makes are zeroized (the HTTP stack's own buffers are not).
-pub async fn rotate(
+pub(crate) async fn rotate(
     config: &Config,
     ca_file: Option<&Path>,
     name: &str,
@@ -33,7 +33,7 @@ pub async fn rotate(
     incident: bool,
     account: Option<&str>,
 ) -> Result<Value, String> {
-    let token = read_secret(&crate::config::SecretSource::File(token_file.to_owned()))
+    let token = read_secret(&phantom_broker::config::SecretSource::File(token_file.to_owned()))
         .map_err(|e| format!("{}: {e}", token_file.display()))?;
     #[derive(serde::Serialize)]
     struct Body<'a> {

@@ -1,0 +1,13 @@
+//! The command line's own commands, on the binary side: they call the library's public face
+//! and are not part of it.
+//!
+//! - `admin_client`: the admin API from the CLI (`phantom phantoms`, `revoke`, `freeze`,
+//!   `credentials`, `reload`).
+//! - `login`: `phantom login`, an ID token in, a phantom into `.npmrc` out.
+//! - `certs`: `phantom certs dev`, a development CA and server certificate.
+//! - `demo`: `phantom demo`, the whole job on one machine.
+
+pub(crate) mod admin_client;
+pub(crate) mod certs;
+pub(crate) mod demo;
+pub(crate) mod login;
