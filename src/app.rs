@@ -124,7 +124,7 @@ impl App {
     }
 
     /// Freezes writes to exactly this package (a burst past a grant's rate).
-    pub(crate) async fn freeze(&self, package: &crate::npm::PackageName) -> Result<(), crate::phantom::StoreError> {
+    pub(crate) async fn freeze(&self, package: &crate::npm::PackageName) -> Result<(), crate::state::StoreError> {
         let Ok(glob) = crate::policy::Glob::new(package.as_str()) else { return Ok(()) };
         self.store.set_frozen(&[glob], true).await
     }

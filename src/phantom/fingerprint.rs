@@ -1,7 +1,8 @@
 //! What makes two writes "the same": a fingerprint of the method, the path and the body. A
 //! client's retry of a write that failed upstream has the same fingerprint and is not a new use.
 
-use super::store::Fingerprint;
+/// A digest of one request's method, path and body: what makes two writes "the same".
+pub type Fingerprint = [u8; 32];
 
 /// The fingerprint of a write (method, path and body), the identity of a retry.
 ///

@@ -1,12 +1,10 @@
-//! Phantom tokens: their format and the store of live ones.
+//! Phantom tokens: their format, what the broker knows of a live one, and the fingerprint that
+//! tells a retry from a new write. (Where live phantoms are kept is `state`.)
 
 pub mod fingerprint;
-pub mod store;
+pub mod record;
 pub mod token;
 
-pub use fingerprint::Fingerprinter;
-pub use store::{
-    Fingerprint, Listed, Lookup, MemoryStore, OpenWrite, PhantomRecord, PhantomStore, RateOutcome, Selector,
-    StoreError, UseOutcome,
-};
+pub use fingerprint::{Fingerprint, Fingerprinter};
+pub use record::PhantomRecord;
 pub use token::{FormatError, PhantomToken, TokenDigest};

@@ -14,9 +14,10 @@ use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
 use crate::credentials::UpstreamAuth;
 use crate::npm::{self, NpmRequest, Op, Route};
-use crate::phantom::{Lookup, PhantomRecord, PhantomStore, PhantomToken, Selector, TokenDigest};
+use crate::phantom::{PhantomRecord, PhantomToken, TokenDigest};
 use crate::policy::{Authorized, Requested};
 use crate::proxy::Tunnel;
+use crate::state::{Lookup, PhantomStore, Selector};
 use crate::support::net::{self, Bearer, Body, BoxError};
 use crate::upstream::{self, Content};
 use http::header::{self, HeaderValue};
@@ -236,9 +237,7 @@ async fn forward(
             return Err(Refusal::AuditUnavailable);
         }
         if !app.store.is_healthy() {
-            return Err(Refusal::Store(crate::phantom::StoreError::Unavailable(
-                "the state store is unreachable".into(),
-            )));
+            return Err(Refusal::Store(crate::state::StoreError::Unavailable("the state store is unreachable".into())));
         }
     }
     let (mut parts, incoming) = req.into_parts();

@@ -5,8 +5,9 @@
 use crate::audit::Decision;
 use crate::identity::IdentityError;
 use crate::npm::{BodyError, RouteError};
-use crate::phantom::{FormatError, StoreError};
+use crate::phantom::FormatError;
 use crate::policy::Denial;
+use crate::state::StoreError;
 use crate::support::net::{self, Body};
 use crate::upstream::UpstreamError;
 use http::{header, Response, StatusCode};

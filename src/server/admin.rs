@@ -4,8 +4,8 @@
 
 use super::App;
 use crate::audit::{self, Decision, Event, Record};
-use crate::phantom::{PhantomStore, Selector};
 use crate::policy::Glob;
+use crate::state::{PhantomStore, Selector};
 use crate::support::clock::rfc3339;
 use crate::support::json::parse_object;
 use crate::support::net::{self, Body};
@@ -279,7 +279,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rot
     })
 }
 
-fn unavailable(e: crate::phantom::StoreError) -> (StatusCode, String) {
+fn unavailable(e: crate::state::StoreError) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 

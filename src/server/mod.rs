@@ -9,7 +9,7 @@ mod watch;
 pub use crate::app::App;
 pub use admin::reload;
 
-use crate::phantom::PhantomStore;
+use crate::state::PhantomStore;
 use crate::support::net;
 use crate::upstream::Upstreams;
 use conn::{Drain, Listener};

@@ -5,17 +5,20 @@
 //! keeps it in a Redis server that every replica shares (`redis.rs`), so that they act as
 //! one broker. Both fail closed: a store that cannot answer refuses writes and exchanges.
 
+mod memory;
 mod record;
 mod redis;
+pub mod store;
 
+pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
+pub use self::store::{
+    Listed, Lookup, OpenWrite, PhantomStore, RateOutcome, Selector, StoreError, UseOutcome, MAX_OPEN_WRITES,
+};
 
 use crate::config::StateConfig;
 use crate::npm::PackageName;
-use crate::phantom::{
-    Fingerprint, Listed, Lookup, MemoryStore, OpenWrite, PhantomRecord, PhantomStore, RateOutcome, Selector,
-    StoreError, TokenDigest, UseOutcome,
-};
+use crate::phantom::{Fingerprint, PhantomRecord, TokenDigest};
 use crate::policy::{Glob, Rate};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -2,8 +2,9 @@
 //! that built it (package names parsed, actions known). It holds no token.
 
 use crate::npm::{ActionKind, PackageName};
-use crate::phantom::{PhantomRecord, StoreError};
+use crate::phantom::PhantomRecord;
 use crate::policy::{Identity, Scope};
+use crate::state::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};

@@ -28,11 +28,10 @@
 //! have missed.
 
 use crate::config::RedisConfig;
-use crate::phantom::store::MAX_OPEN_WRITES;
-use crate::phantom::{
-    Fingerprint, Listed, Lookup, OpenWrite, PhantomRecord, RateOutcome, Selector, StoreError, TokenDigest, UseOutcome,
-};
+use crate::phantom::{Fingerprint, PhantomRecord, TokenDigest};
 use crate::policy::{Glob, Rate};
+use crate::state::MAX_OPEN_WRITES;
+use crate::state::{Listed, Lookup, OpenWrite, RateOutcome, Selector, StoreError, UseOutcome};
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
