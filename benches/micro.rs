@@ -250,7 +250,7 @@ fn audit(c: &mut Criterion) {
         method: Some("GET".into()),
         path: Some("/@acme%2fweb".into()),
         identity: Some(identity),
-        action: Some("read"),
+        action: Some(phantom_broker::audit::Action::npm(phantom_broker::npm::ActionKind::Read)),
         package: Some("@acme/web".into()),
         decision: phantom_broker::audit::Decision::Allow,
         grant: Some("acme-release".into()),

@@ -7,8 +7,9 @@
 //! module's, encoded by the crate. Gauges about state (live phantoms, credentials' age, health)
 //! are computed when scraped.
 
-use crate::audit::{Decision, Event, Record};
+use crate::audit::{Action, Decision, Event, Record, RefusalKind};
 use crate::config::{Capability, Config};
+use crate::npm::RouteAction;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,21 +23,16 @@ use std::time::Duration;
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The `action` label: an npm action, or both candidates before a body decided between them.
-const ACTIONS: [&str; 12] = [
-    "read",
-    "publish",
-    "stage-publish",
-    "dist-tag",
-    "deprecate",
-    "unpublish",
-    "owner",
-    "access",
-    "whoami",
-    "publish|deprecate",
-    "unpublish|owner",
-    "none",
-];
+/// The `action` label of a request: an npm action, or both candidates before a body decided
+/// between them; `none` for a request refused before its route was known.
+fn action_label(a: Option<RouteAction>) -> &'static str {
+    a.map_or("none", RouteAction::as_str)
+}
+
+/// Every `action` label value, in the order of the request counters.
+fn actions() -> impl Iterator<Item = Option<RouteAction>> {
+    RouteAction::ALL.into_iter().map(Some).chain([None])
+}
 const DECISIONS: [(Decision, &str); 4] = [
     (Decision::Allow, "allow"),
     (Decision::Anonymous, "anonymous"),
@@ -48,12 +44,13 @@ const RESULTS: [(Decision, &str); 3] =
 
 pub struct Metrics {
     registry: Registry,
-    /// `ACTIONS.len() * DECISIONS.len()`, action-major.
+    /// `actions().count() * DECISIONS.len()`, action-major.
     requests: Vec<Counter>,
     /// Per issuer (the configured ones, then `unknown`), `RESULTS.len()` each.
     exchanges: Vec<Counter>,
     issuers: Vec<String>,
-    refusals: HashMap<&'static str, Counter>,
+    /// One per `RefusalKind`, in its order.
+    refusals: Vec<Counter>,
     staged: Counter,
     upstream: HashMap<Arc<str>, Histogram>,
     phantoms_active: Gauge,
@@ -80,10 +77,11 @@ impl Metrics {
     pub fn new(config: &Config) -> Metrics {
         let mut registry = Registry::with_prefix("phantom");
         let requests_family = Family::<Labels, Counter>::default();
-        let requests = ACTIONS
-            .iter()
+        let requests = actions()
             .flat_map(|a| {
-                DECISIONS.iter().map(move |(_, d)| vec![("action", a.to_string()), ("decision", d.to_string())])
+                DECISIONS
+                    .iter()
+                    .map(move |(_, d)| vec![("action", action_label(a).into()), ("decision", d.to_string())])
             })
             .map(|labels| requests_family.get_or_create(&labels).clone())
             .collect();
@@ -100,9 +98,9 @@ impl Metrics {
         registry.register("exchanges", "ID tokens exchanged for phantoms, by issuer and result", exchanges_family);
 
         let refusals_family = Family::<Labels, Counter>::default();
-        let refusals = crate::pipeline::REFUSAL_REASONS
+        let refusals = RefusalKind::ALL
             .iter()
-            .map(|&r| (r, refusals_family.get_or_create(&vec![("reason", r.to_string())]).clone()))
+            .map(|r| refusals_family.get_or_create(&vec![("reason", r.as_str().to_owned())]).clone())
             .collect();
         registry.register("refusals", "Requests the broker refused, by reason", refusals_family);
 
@@ -191,9 +189,9 @@ impl Metrics {
     }
 
     /// Counts one request's final audit line (not the write-ahead one), and its refusal.
-    pub(crate) fn record(&self, rec: &Record, refusal: Option<&'static str>) {
-        if let Some(reason) = refusal {
-            if let Some(c) = self.refusals.get(reason) {
+    pub(crate) fn record(&self, rec: &Record, refusal: Option<RefusalKind>) {
+        if let Some(kind) = refusal {
+            if let Some(c) = RefusalKind::ALL.iter().position(|k| *k == kind).and_then(|i| self.refusals.get(i)) {
                 c.inc();
             }
         }
@@ -202,8 +200,11 @@ impl Metrics {
         }
         match rec.event {
             Event::Request => {
-                let action = rec.action.unwrap_or("none");
-                let a = ACTIONS.iter().position(|x| *x == action).unwrap_or(ACTIONS.len() - 1);
+                let action = match rec.action {
+                    Some(Action::Npm(a)) => Some(a),
+                    _ => None,
+                };
+                let a = actions().position(|x| x == action).unwrap_or(RouteAction::ALL.len());
                 if let Some(d) = DECISIONS.iter().position(|(d, _)| *d == rec.decision) {
                     self.requests[a * DECISIONS.len() + d].inc();
                 }

@@ -16,7 +16,7 @@
 use super::status::{cached_account, last_known_account, whoami};
 use super::{Credential, Slot, UpstreamAuth};
 use crate::app::App;
-use crate::audit::{Decision, Event, Record};
+use crate::audit::{Action, AdminAction, Decision, Event, Record};
 use crate::config::SecretSource;
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector, StoreError};
@@ -89,14 +89,14 @@ impl RotateError {
 }
 
 /// One audit line for one step of a rotation or a reload.
-async fn step(app: &App, action: &'static str, credential: &str, decision: Decision, what: String) {
+async fn step(app: &App, action: AdminAction, credential: &str, decision: Decision, what: String) {
     write_step(app, line(action, credential, decision, what)).await;
 }
 
-fn line(action: &'static str, credential: &str, decision: Decision, what: String) -> Record {
+fn line(action: AdminAction, credential: &str, decision: Decision, what: String) -> Record {
     Record {
         event: Event::Admin,
-        action: Some(action),
+        action: Some(Action::Admin(action)),
         credential: Some(credential.to_owned()),
         decision,
         reason: Some(what),
@@ -128,15 +128,21 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     let (account, canary_read) = match canary(app, slot, &next, r.account.as_deref()).await {
         Ok(passed) => passed,
         Err(why) => {
-            step(app, "credential-rotate", name, Decision::Deny, format!("canary failed, nothing changed: {why}"))
-                .await;
+            step(
+                app,
+                AdminAction::CredentialRotate,
+                name,
+                Decision::Deny,
+                format!("canary failed, nothing changed: {why}"),
+            )
+            .await;
             return Err(RotateError::Canary(why));
         }
     };
     let read = canary_read.as_ref().map(|p| format!(", and read {p}")).unwrap_or_default();
     step(
         app,
-        "credential-rotate",
+        AdminAction::CredentialRotate,
         name,
         Decision::Allow,
         format!("canary: the new value authenticates as `{account}`{read}"),
@@ -154,7 +160,7 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     })?;
     step(
         app,
-        "credential-rotate",
+        AdminAction::CredentialRotate,
         name,
         Decision::Allow,
         format!("wrote the new value to {} (mode 0600)", file.display()),
@@ -165,7 +171,8 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until);
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
     let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
-    step(app, "credential-rotate", name, Decision::Allow, format!("swapped in for new requests{overlap}")).await;
+    step(app, AdminAction::CredentialRotate, name, Decision::Allow, format!("swapped in for new requests{overlap}"))
+        .await;
     let fingerprint = crate::support::hex(slot.current().fingerprint());
     let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0)).await {
         Ok(()) if app.store.is_shared() => {
@@ -258,7 +265,7 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
     let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&Selector::Grants(names)).await? };
     let count = revoked.len();
     let what = format!("incident: revoked {count} live phantoms ({of})");
-    write_step(app, Record { revoked, ..line("credential-rotate", name, Decision::Allow, what) }).await;
+    write_step(app, Record { revoked, ..line(AdminAction::CredentialRotate, name, Decision::Allow, what) }).await;
     if !patterns.is_empty() {
         app.store.set_frozen(&patterns, true).await?;
     }
@@ -269,7 +276,11 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
         format!("froze writes to {}", frozen.join(", "))
     };
     let what = format!("incident: {what}");
-    write_step(app, Record { frozen: frozen.clone(), ..line("credential-rotate", name, Decision::Allow, what) }).await;
+    write_step(
+        app,
+        Record { frozen: frozen.clone(), ..line(AdminAction::CredentialRotate, name, Decision::Allow, what) },
+    )
+    .await;
     Ok((count, frozen))
 }
 
@@ -316,7 +327,7 @@ pub async fn follow(app: &App) {
                 slot.swap(next, overlap);
                 step(
                     app,
-                    "credential-follow",
+                    AdminAction::CredentialFollow,
                     &name,
                     Decision::Allow,
                     "swapped in the value another replica rotated to".into(),
@@ -351,7 +362,7 @@ pub async fn reload(app: &App) -> Vec<ReloadOutcome> {
         let next = match read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s)) {
             Ok(c) => Arc::new(c),
             Err(e) => {
-                step(app, "credential-reload", name, Decision::Deny, format!("kept: {e}")).await;
+                step(app, AdminAction::CredentialReload, name, Decision::Deny, format!("kept: {e}")).await;
                 out.push(outcome("kept", Some(e)));
                 continue;
             }
@@ -366,12 +377,12 @@ pub async fn reload(app: &App) -> Vec<ReloadOutcome> {
                 *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((account.clone(), std::time::Instant::now()));
                 let what = format!("swapped in the source's new value (account `{account}`)");
-                step(app, "credential-reload", name, Decision::Allow, what.clone()).await;
+                step(app, AdminAction::CredentialReload, name, Decision::Allow, what.clone()).await;
                 out.push(outcome("swapped", Some(what)));
             }
             Err(why) => {
                 let what = format!("kept the value in use: the source's new value failed the canary: {why}");
-                step(app, "credential-reload", name, Decision::Deny, what.clone()).await;
+                step(app, AdminAction::CredentialReload, name, Decision::Deny, what.clone()).await;
                 out.push(outcome("kept", Some(what)));
             }
         }

@@ -9,4 +9,4 @@ pub mod scan;
 
 pub use body::{BodyError, PublishManifest, PutPackument, PutRevision};
 pub use name::{NameError, PackageName};
-pub use route::{classify, ActionKind, ActionSet, NpmRequest, Op, Route, RouteError};
+pub use route::{classify, ActionKind, ActionSet, NpmRequest, Op, Route, RouteAction, RouteError};

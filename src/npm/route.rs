@@ -161,6 +161,44 @@ impl ActionKind {
     }
 }
 
+/// What a request does, as its route tells it (and the audit log and the metrics name it): one
+/// action, or two that its body decides between (`publish|deprecate`, `unpublish|owner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAction {
+    One(ActionKind),
+    Either(ActionKind, ActionKind),
+}
+
+impl RouteAction {
+    /// Every value a route can give: each action, and the two pairs a body decides between.
+    pub const ALL: [RouteAction; 11] = {
+        use ActionKind::*;
+        [
+            RouteAction::One(Read),
+            RouteAction::One(Publish),
+            RouteAction::One(StagePublish),
+            RouteAction::One(DistTag),
+            RouteAction::One(Deprecate),
+            RouteAction::One(Unpublish),
+            RouteAction::One(Owner),
+            RouteAction::One(Access),
+            RouteAction::One(Whoami),
+            RouteAction::Either(Publish, Deprecate),
+            RouteAction::Either(Unpublish, Owner),
+        ]
+    };
+
+    /// `publish`, or `publish|deprecate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteAction::One(a) => a.as_str(),
+            RouteAction::Either(ActionKind::Publish, ActionKind::Deprecate) => "publish|deprecate",
+            RouteAction::Either(ActionKind::Unpublish, ActionKind::Owner) => "unpublish|owner",
+            RouteAction::Either(a, _) => a.as_str(),
+        }
+    }
+}
+
 /// A set of actions, as a bit set.
 #[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
 pub struct ActionSet(u16);
@@ -627,13 +665,14 @@ impl NpmRequest {
         })
     }
 
-    /// The action as far as the route tells it, for the audit log: the one action, or both
-    /// that the body will decide between.
-    pub fn action_label(&self) -> &'static str {
+    /// The action as far as the route tells it: the one action, or both that the body will
+    /// decide between.
+    pub fn route_action(&self) -> RouteAction {
+        use ActionKind::*;
         match self.op {
-            Op::PutPackument => "publish|deprecate",
-            Op::PutRevision { .. } => "unpublish|owner",
-            _ => self.candidate_actions().iter().next().map_or("read", ActionKind::as_str),
+            Op::PutPackument => RouteAction::Either(Publish, Deprecate),
+            Op::PutRevision { .. } => RouteAction::Either(Unpublish, Owner),
+            _ => RouteAction::One(self.candidate_actions().iter().next().unwrap_or(Read)),
         }
     }
 

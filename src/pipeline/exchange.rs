@@ -6,7 +6,7 @@
 
 use super::Refusal;
 use crate::app::App;
-use crate::audit::{identity_summary, Decision, Event, Record};
+use crate::audit::{identity_summary, Action, Decision, Event, Record};
 use crate::identity::{Audience, Verified};
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use crate::phantom::{PhantomRecord, PhantomToken};
@@ -33,7 +33,7 @@ pub(super) async fn npm_native(
 ) -> Result<Response<Body>, Refusal> {
     rec.event = Event::Exchange;
     rec.path = Some(format!("/-/npm/v1/oidc/token/exchange/package/{}", package.escaped()));
-    rec.action = Some(ActionKind::Publish.as_str());
+    rec.action = Some(Action::npm(ActionKind::Publish));
     rec.package = Some(package.to_string());
     if package.is_legacy() {
         return Err(Refusal::Route(crate::npm::RouteError::LegacyNameWrite));

@@ -8,7 +8,7 @@ mod refusal;
 mod staged;
 mod write;
 
-pub(crate) use refusal::{Refusal, REFUSAL_REASONS};
+pub(crate) use refusal::Refusal;
 
 use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
@@ -58,7 +58,7 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
     let mut rec = Record {
         request_id: request_id.clone(),
         method: Some(audit::method(req.method())),
-        via: matches!(face, Face::Proxy(_)).then_some("proxy"),
+        via: matches!(face, Face::Proxy(_)).then_some(audit::Via::Proxy),
         ..Record::default()
     };
     // The connection boxes this future (`server/conn.rs`), so the pipeline lives on the heap
@@ -69,7 +69,7 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
         Err(refusal) => {
             rec.decision = refusal.decision();
             rec.reason = Some(refusal.detail());
-            refused = Some(refusal.reason());
+            refused = Some(refusal.kind());
             refusal_message = Some(refusal.client_message());
             (refusal.response(), false)
         }
@@ -204,7 +204,7 @@ async fn forward(
     let path = npm.upstream_path();
     rec.path = Some(path.split('?').next().unwrap_or_default().to_owned());
     rec.package = npm.package.as_ref().map(ToString::to_string);
-    rec.action = Some(npm.action_label());
+    rec.action = Some(audit::Action::Npm(npm.route_action()));
     let session = authenticate(app, req.headers(), rec).await?;
     let upstreams = app.upstreams();
     let upstream = match &tunneled {

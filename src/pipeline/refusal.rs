@@ -2,7 +2,7 @@
 //! Details go to the audit log (`detail`), never to the response: `client_message` names every
 //! variant, so a new one cannot echo its text to the caller by default.
 
-use crate::audit::Decision;
+use crate::audit::{Decision, RefusalKind};
 use crate::identity::IdentityError;
 use crate::npm::{BodyError, RouteError};
 use crate::phantom::FormatError;
@@ -90,82 +90,44 @@ const LOGIN_HELP: &str = "this registry has no accounts to log in to: get a shor
     `phantom login --broker <this registry's URL> --packages ... --actions ...`, which writes it into .npmrc \
     (npm >= 11.5.1 publishing from CI with an OIDC ID token needs no login at all)";
 
-/// Every value `Refusal::reason` can take: the `reason` label of `phantom_refusals_total`.
-pub(crate) const REFUSAL_REASONS: [&str; 34] = [
-    "route",
-    "body",
-    "forbidden",
-    "needs_phantom",
-    "bad_request",
-    "not_a_phantom",
-    "bad_phantom",
-    "phantom_not_live",
-    "denied",
-    "uses_exhausted",
-    "writes_in_flight",
-    "frozen",
-    "rate_limited",
-    "stage_required",
-    "no_staged_version",
-    "already_staged",
-    "identity",
-    "replay",
-    "no_grant",
-    "too_large",
-    "unsupported_media",
-    "no_upstream",
-    "state_unavailable",
-    "upstream",
-    "upstream_failed",
-    "upstream_answered_early",
-    "audit_unavailable",
-    "client_body",
-    "client_timeout",
-    "busy",
-    "login",
-    "misdirected",
-    "not_through_proxy",
-    "internal",
-];
-
 impl Refusal {
-    /// The refusal's kind, as the metrics count it (one of `REFUSAL_REASONS`).
-    pub(crate) fn reason(&self) -> &'static str {
+    /// The refusal's kind, as the audit log's metrics count it (`phantom_refusals_total{reason}`).
+    pub(crate) fn kind(&self) -> RefusalKind {
         match self {
-            Refusal::Route(_) => "route",
-            Refusal::Body(_) => "body",
-            Refusal::Forbidden(_) => "forbidden",
-            Refusal::NeedsPhantom => "needs_phantom",
-            Refusal::BadRequest(_) => "bad_request",
-            Refusal::NotAPhantom => "not_a_phantom",
-            Refusal::BadPhantom(_) => "bad_phantom",
-            Refusal::PhantomNotLive(_) => "phantom_not_live",
-            Refusal::Denied(_) => "denied",
-            Refusal::UsesExhausted => "uses_exhausted",
-            Refusal::WritesInFlight => "writes_in_flight",
-            Refusal::Frozen => "frozen",
-            Refusal::RateLimited { .. } => "rate_limited",
-            Refusal::StageRequired => "stage_required",
-            Refusal::NoStagedVersion => "no_staged_version",
-            Refusal::AlreadyStaged => "already_staged",
-            Refusal::Identity(_) => "identity",
-            Refusal::Replay => "replay",
-            Refusal::NoGrant(_) => "no_grant",
-            Refusal::TooLarge => "too_large",
-            Refusal::UnsupportedMedia(_) => "unsupported_media",
-            Refusal::NoUpstream => "no_upstream",
-            Refusal::Store(_) => "state_unavailable",
-            Refusal::Upstream(_) => "upstream",
-            Refusal::UpstreamFailed(_) => "upstream_failed",
-            Refusal::UpstreamAnsweredEarly(_) => "upstream_answered_early",
-            Refusal::AuditUnavailable => "audit_unavailable",
-            Refusal::ClientBody(_) => "client_body",
-            Refusal::ClientTimeout => "client_timeout",
-            Refusal::Busy => "busy",
-            Refusal::Login => "login",
-            Refusal::Misdirected => "misdirected",
-            Refusal::NotThroughProxy => "not_through_proxy",
-            Refusal::Internal(_) => "internal",
+            Refusal::Route(_) => RefusalKind::Route,
+            Refusal::Body(_) => RefusalKind::Body,
+            Refusal::Forbidden(_) => RefusalKind::Forbidden,
+            Refusal::NeedsPhantom => RefusalKind::NeedsPhantom,
+            Refusal::BadRequest(_) => RefusalKind::BadRequest,
+            Refusal::NotAPhantom => RefusalKind::NotAPhantom,
+            Refusal::BadPhantom(_) => RefusalKind::BadPhantom,
+            Refusal::PhantomNotLive(_) => RefusalKind::PhantomNotLive,
+            Refusal::Denied(_) => RefusalKind::Denied,
+            Refusal::UsesExhausted => RefusalKind::UsesExhausted,
+            Refusal::WritesInFlight => RefusalKind::WritesInFlight,
+            Refusal::Frozen => RefusalKind::Frozen,
+            Refusal::RateLimited { .. } => RefusalKind::RateLimited,
+            Refusal::StageRequired => RefusalKind::StageRequired,
+            Refusal::NoStagedVersion => RefusalKind::NoStagedVersion,
+            Refusal::AlreadyStaged => RefusalKind::AlreadyStaged,
+            Refusal::Identity(_) => RefusalKind::Identity,
+            Refusal::Replay => RefusalKind::Replay,
+            Refusal::NoGrant(_) => RefusalKind::NoGrant,
+            Refusal::TooLarge => RefusalKind::TooLarge,
+            Refusal::UnsupportedMedia(_) => RefusalKind::UnsupportedMedia,
+            Refusal::NoUpstream => RefusalKind::NoUpstream,
+            Refusal::Store(_) => RefusalKind::StateUnavailable,
+            Refusal::Upstream(_) => RefusalKind::Upstream,
+            Refusal::UpstreamFailed(_) => RefusalKind::UpstreamFailed,
+            Refusal::UpstreamAnsweredEarly(_) => RefusalKind::UpstreamAnsweredEarly,
+            Refusal::AuditUnavailable => RefusalKind::AuditUnavailable,
+            Refusal::ClientBody(_) => RefusalKind::ClientBody,
+            Refusal::ClientTimeout => RefusalKind::ClientTimeout,
+            Refusal::Busy => RefusalKind::Busy,
+            Refusal::Login => RefusalKind::Login,
+            Refusal::Misdirected => RefusalKind::Misdirected,
+            Refusal::NotThroughProxy => RefusalKind::NotThroughProxy,
+            Refusal::Internal(_) => RefusalKind::Internal,
         }
     }
 

@@ -267,7 +267,7 @@ async fn open<'a>(app: &'a App, session: &Session, npm: &NpmRequest) -> Result<O
     }
     let candidates = npm.candidate_actions();
     if scope.actions.intersect(candidates).is_empty() {
-        return Err(Refusal::Denied(crate::policy::Denial::ActionOutOfScope(npm.action_label())));
+        return Err(Refusal::Denied(crate::policy::Denial::ActionOutOfScope(npm.route_action().as_str())));
     }
     if !candidates.iter().any(ActionKind::is_write) {
         return Ok(None);
@@ -423,7 +423,7 @@ async fn judge(
         // Its request went to the stage route: only a publish belongs there.
         return Err(Refusal::Internal(format!("a body staged as a publish settled as {}", action.kind.as_str())).into());
     }
-    rec.action = Some(action.kind.as_str());
+    rec.action = Some(crate::audit::Action::npm(action.kind));
     rec.version = action.version.clone();
     rec.dist_tags = action.tags.clone();
     let r = &session.record;

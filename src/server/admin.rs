@@ -3,7 +3,7 @@
 //! action is audited.
 
 use super::App;
-use crate::audit::{self, Decision, Event, Record};
+use crate::audit::{self, Action, AdminAction, Decision, Event, Record};
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector};
 use crate::support::clock::rfc3339;
@@ -38,7 +38,7 @@ pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Bo
     };
     let (status, body) = if path == "/metrics" {
         // Only an unauthorized scrape gets here.
-        rec.action = Some("metrics");
+        rec.action = Some(Action::Admin(AdminAction::Metrics));
         rec.reason = Some("missing or wrong admin token".into());
         let msg = "/metrics needs the admin bearer token (Prometheus: `authorization: { credentials_file: ... }`), \
                    unless [admin] metrics = \"open\"";
@@ -88,7 +88,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
     let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
     match (method, path.trim_start_matches("/admin/v1")) {
         (Method::GET, "/phantoms") => {
-            rec.action = Some("list");
+            rec.action = Some(Action::Admin(AdminAction::List));
             let listed = app.store.list(crate::support::clock::unix_now()).await.map_err(unavailable)?;
             let phantoms: Vec<Value> = listed
                 .iter()
@@ -106,7 +106,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             Ok(json!({ "phantoms": phantoms }))
         }
         (Method::POST, "/revoke") => {
-            rec.action = Some("revoke");
+            rec.action = Some(Action::Admin(AdminAction::Revoke));
             let body = read_json(req).await?;
             let selector = match (body.get("id"), body.get("subject"), body.get("repository"), body.get("all")) {
                 (Some(Value::String(id)), None, None, None) => Selector::Id(id.clone()),
@@ -125,7 +125,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
         }
         (Method::GET, "/freeze") => Ok(json!({ "frozen": app.store.frozen_patterns() })),
         (Method::POST, op @ ("/freeze" | "/thaw")) => {
-            rec.action = Some(if op == "/freeze" { "freeze" } else { "thaw" });
+            rec.action = Some(Action::Admin(if op == "/freeze" { AdminAction::Freeze } else { AdminAction::Thaw }));
             let body = read_json(req).await?;
             let patterns: Vec<String> = body
                 .get("packages")
@@ -139,17 +139,17 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             Ok(json!({ "frozen": app.store.frozen_patterns() }))
         }
         (Method::GET, "/credentials") => {
-            rec.action = Some("credential-status");
+            rec.action = Some(Action::Admin(AdminAction::CredentialStatus));
             Ok(json!({ "credentials": crate::credentials::status(app).await }))
         }
         (Method::POST, "/reload") => {
-            rec.action = Some("reload");
+            rec.action = Some(Action::Admin(AdminAction::Reload));
             Ok(reload(app, "admin API").await)
         }
         (Method::POST, p) if p.starts_with("/credentials/") && p.ends_with("/rotate") => {
             let segment = p.trim_start_matches("/credentials/").trim_end_matches("/rotate");
             let name = percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned();
-            rec.action = Some("credential-rotate");
+            rec.action = Some(Action::Admin(AdminAction::CredentialRotate));
             rec.credential = Some(name.chars().take(64).filter(|c| !c.is_control()).collect());
             let rotation = read_rotation(req).await?;
             rec.reason = Some(format!(
@@ -165,7 +165,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             }
         }
         (Method::POST, "/policy/reload") => {
-            rec.action = Some("policy-reload");
+            rec.action = Some(Action::Admin(AdminAction::PolicyReload));
             let grants = app.reload_policy().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
             Ok(json!({ "grants": grants }))
         }
@@ -233,7 +233,7 @@ pub async fn reload(app: &App, trigger: &str) -> Value {
     };
     let rec = Record {
         event: Event::Admin,
-        action: Some("policy-reload"),
+        action: Some(Action::Admin(AdminAction::PolicyReload)),
         decision,
         reason: Some(reason),
         ..Record::default()

@@ -147,7 +147,7 @@ fn audit_refusal(shared: &Shared, status: u16, target: Option<&str>, reason: &st
         request_id: app.new_request_id(),
         method: Some("CONNECT".into()),
         path: target.map(str::to_owned),
-        via: Some("proxy"),
+        via: Some(crate::audit::Via::Proxy),
         decision: Decision::Deny,
         reason: Some(reason.to_owned()),
         status,

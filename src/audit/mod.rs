@@ -10,202 +10,24 @@ use crate::support::clock::rfc3339;
 use crate::support::hex;
 use ring::hmac;
 use serde::Serialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use verify::split_line;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const HASH_KEY: &str = ",\"hash\":\"";
 
-/// Identity claims worth recording (never the token; `jti` is recorded keyed-hashed), with the
-/// issuer's configured name under `issuer`: in byte order, as the summary lists them.
-const SUMMARY_KEYS: &[&str] = &[
-    "actor",
-    "ci_config_ref_uri",
-    "environment",
-    "event_name",
-    "iss",
-    "issuer",
-    "job_id",
-    "job_workflow_ref",
-    "namespace_path",
-    "pipeline_id",
-    "project_id",
-    "project_path",
-    "ref",
-    "repository",
-    "repository_id",
-    "repository_owner",
-    "repository_owner_id",
-    "run_attempt",
-    "run_id",
-    "runner_environment",
-    "sha",
-    "sub",
-    "user_login",
-    "workflow_ref",
-];
+mod record;
+mod verify;
 
-/// What a line is about.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Event {
-    /// A registry request (forwarded or refused).
-    #[default]
-    Request,
-    /// An ID token exchanged for a phantom (or refused).
-    Exchange,
-    /// An admin API call.
-    Admin,
-    /// A notification of a staged version, delivered or given up.
-    Notify,
-}
-
-/// What the broker decided.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    /// Refused by the broker, for the caller's reasons.
-    #[default]
-    Deny,
-    /// Forwarded with a credential (or, for exchanges and admin calls, done).
-    Allow,
-    /// Forwarded without any credential.
-    Anonymous,
-    /// Written ahead of a write the broker is about to release: the write is on record before
-    /// the upstream can act on it. The request's own line follows.
-    Forwarding,
-    /// Failed for reasons not the caller's (upstream, state store, audit log, internal).
-    Error,
-}
-
-/// How a write's request to the upstream ended, when any of it was sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UpstreamRequest {
-    /// The broker released the whole request: the upstream could act on it.
-    Complete,
-    /// Part of the body went upstream, then the broker cut the request off: the upstream never
-    /// had the whole request (nor the body's closing byte).
-    Aborted,
-}
-
-/// One audit line, before it is chained.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Record {
-    pub event: Event,
-    pub request_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub method: Option<std::borrow::Cow<'static, str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    /// Serialized once per identity (at the exchange) and shared by every line about it.
-    pub identity: Option<Arc<RawValue>>,
-    /// The npm action, as far as it is known: before a body decides between two
-    /// (`publish|deprecate`, `unpublish|owner`), both.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub package: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dist_tags: Vec<String>,
-    /// The version went upstream as a staged publish: it is live only once a maintainer
-    /// approves it there.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub staged: bool,
-    /// The upstream's id of the staged version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage_id: Option<String>,
-    /// The staged version's status, as the registry reported it (`validating`, `staged`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage_status: Option<String>,
-    /// The upstream did not have the package: the publish would create it.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub new_package: bool,
-    pub decision: Decision,
-    /// `"proxy"` for a request that came through the forward proxy (absent on the registry face).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub via: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub grant: Option<Arc<str>>,
-    /// For admin actions on a real credential (status, rotation, reload): its name.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_id: Option<Arc<str>>,
-    /// The phantoms an admin action revoked: their ids (keyed hashes), never the tokens.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub revoked: Vec<Arc<str>>,
-    /// The package patterns an admin action froze.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub frozen: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub id_token_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<Arc<str>>,
-    /// For writes: whether the request reached the upstream whole, or was cut off.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_request: Option<UpstreamRequest>,
-    /// For writes: the body bytes the broker handed to the upstream connection.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub upstream_status: Option<u16>,
-    pub status: u16,
-    pub latency_ms: f64,
-}
-
-/// A request method as recorded: the standard ones without an allocation.
-pub fn method(m: &http::Method) -> std::borrow::Cow<'static, str> {
-    use http::Method;
-    let name = match *m {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => return std::borrow::Cow::Owned(m.as_str().to_owned()),
-    };
-    std::borrow::Cow::Borrowed(name)
-}
-
-/// Projects a verified identity's claims onto what the audit log keeps: the issuer's name and
-/// the scalar claims of `SUMMARY_KEYS`, as one JSON object (written once per exchange and
-/// shared by every line about the phantom).
-pub fn identity_summary(issuer: &str, claims: &Map<String, Value>) -> Arc<RawValue> {
-    struct Summary<'a>(&'a str, &'a Map<String, Value>);
-    impl Serialize for Summary<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut map = s.serialize_map(None)?;
-            for &key in SUMMARY_KEYS {
-                if key == "issuer" {
-                    map.serialize_entry(key, self.0)?;
-                } else if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) = self.1.get(key) {
-                    map.serialize_entry(key, v)?;
-                }
-            }
-            map.end()
-        }
-    }
-    // Serialising strings and scalars cannot fail; `{}` is a fallback that is never taken.
-    let raw = serde_json::value::to_raw_value(&Summary(issuer, claims));
-    Arc::from(raw.unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("valid JSON")))
-}
+pub use record::{
+    identity_summary, method, Action, AdminAction, Decision, Event, Record, RefusalKind, UpstreamRequest, Via,
+};
+pub use verify::{find_request, verify, Asked, Verdict};
 
 #[derive(Serialize)]
 struct Chained<'a> {
@@ -469,102 +291,6 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
     }
 }
 
-/// The result of checking a log file.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Intact { lines: u64 },
-    Broken { line: u64, reason: String },
-}
-
-/// What a request's audit line says was asked: the identity's claims as the log keeps them,
-/// the package, the action and the version.
-pub struct Asked {
-    pub claims: Map<String, Value>,
-    pub package: String,
-    pub action: String,
-    pub version: Option<String>,
-    /// The upstream did not have the package (the publish would have created it).
-    pub new_package: bool,
-}
-
-/// The last line of request `id` that names an identity, a package and an action (its
-/// outcome, not the line written ahead of a write).
-pub fn find_request(path: &Path, id: &str) -> std::io::Result<Option<Asked>> {
-    let text = std::fs::read_to_string(path)?;
-    let found = text
-        .lines()
-        .rev()
-        .filter(|l| l.contains(id))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["request_id"] == id && v["decision"] != "forwarding")
-        .filter_map(|v| {
-            let mut claims = v.get("identity")?.as_object()?.clone();
-            claims.remove("issuer");
-            Some(Asked {
-                claims,
-                package: v.get("package")?.as_str()?.to_owned(),
-                action: v.get("action")?.as_str()?.to_owned(),
-                version: v.get("version").and_then(Value::as_str).map(str::to_owned),
-                new_package: v["new_package"] == true,
-            })
-        })
-        .next();
-    Ok(found)
-}
-
-/// Checks every line's hash and its link to the line before.
-pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
-    let file = File::open(path).map_err(|e| AuditError(format!("cannot open {}: {e}", path.display())))?;
-    let mut prev_hash: Option<String> = None;
-    let mut prev_seq = 0u64;
-    let mut n = 0u64;
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.map_err(|e| AuditError(e.to_string()))?;
-        n += 1;
-        let broken = |reason: String| Ok(Verdict::Broken { line: n, reason });
-        let text = match String::from_utf8(line) {
-            Ok(t) => t,
-            Err(_) => return broken("not UTF-8".into()),
-        };
-        let (body, hash, seq, prev) = match split_line(&text) {
-            Ok(parts) => parts,
-            Err(e) => return broken(e),
-        };
-        if sha256_hex(body.as_bytes()) != hash {
-            return broken("its hash does not match its content (the line was altered)".into());
-        }
-        match &prev_hash {
-            None if prev != GENESIS => {
-                return broken(format!("the chain starts mid-way (seq {seq}): earlier lines were removed"))
-            }
-            Some(p) if *p != prev => {
-                return broken("it does not link to the line before (a line before it was removed or altered)".into())
-            }
-            _ => {}
-        }
-        if seq != prev_seq + 1 {
-            return broken(format!("seq {seq} follows seq {prev_seq} (lines were removed)"));
-        }
-        prev_hash = Some(hash);
-        prev_seq = seq;
-    }
-    Ok(Verdict::Intact { lines: n })
-}
-
-/// Splits a line into (hashed body, hash, seq, prev).
-fn split_line(line: &str) -> Result<(String, String, u64, String), String> {
-    let at = line.rfind(HASH_KEY).ok_or("it has no hash")?;
-    let hash = line[at + HASH_KEY.len()..]
-        .strip_suffix("\"}")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("its hash is malformed")?;
-    let body = format!("{}}}", &line[..at]);
-    let doc: Map<String, Value> = serde_json::from_str(&body).map_err(|_| "it is not a JSON object")?;
-    let seq = doc.get("seq").and_then(Value::as_u64).ok_or("it has no seq")?;
-    let prev = doc.get("prev").and_then(Value::as_str).ok_or("it has no prev")?;
-    Ok((body, hash.to_owned(), seq, prev.to_owned()))
-}
-
 /// The last complete line of a file, reading only its tail.
 fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
     let len = file.seek(SeekFrom::End(0))?;
@@ -682,34 +408,5 @@ mod tests {
         assert_ne!(a.token_id(&d), b.token_id(&d));
         assert_eq!(a.token_id(&d).len(), 24);
         assert_ne!(a.token_id(&d), a.id_token_id(&d.0));
-    }
-
-    #[test]
-    fn identity_summary_keeps_the_listed_scalar_claims_in_key_order() {
-        let mut sorted = SUMMARY_KEYS.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted, SUMMARY_KEYS, "SUMMARY_KEYS must be in byte order, without repeats");
-        let claims: Map<String, Value> = serde_json::from_str(
-            r#"{"sub":"repo:o/r:ref:refs/heads/main","repository_id":"123","run_attempt":2,"aud":"npm:x",
-                "jti":"secret-ish","exp":1,"iss":"https://issuer.test","actor":"a\"b","event_name":null,
-                "environment":["prod"],"ref":{"x":1},"sha":true,"unlisted":"x","issuer":"forged"}"#,
-        )
-        .unwrap();
-        let got = identity_summary("ci", &claims);
-        assert_eq!(
-            got.get(),
-            r#"{"actor":"a\"b","iss":"https://issuer.test","issuer":"ci","repository_id":"123","run_attempt":2,"sha":true,"sub":"repo:o/r:ref:refs/heads/main"}"#
-        );
-        // The same as building the object and serialising it (which sorts its keys).
-        let mut reference = Map::new();
-        reference.insert("issuer".into(), Value::String("ci".into()));
-        for key in SUMMARY_KEYS.iter().filter(|k| **k != "issuer") {
-            if let Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) = claims.get(*key) {
-                reference.insert((*key).to_owned(), v.clone());
-            }
-        }
-        assert_eq!(got.get(), serde_json::to_string(&reference).unwrap());
-        assert_eq!(identity_summary("ci", &Map::new()).get(), r#"{"issuer":"ci"}"#);
     }
 }
