@@ -49,6 +49,7 @@ pub mod identity;
 pub mod metrics;
 pub(crate) mod notify;
 pub mod npm;
+pub mod ops;
 pub mod phantom;
 pub mod pipeline;
 pub mod policy;

@@ -484,7 +484,7 @@ async fn serve(config: PathBuf) -> Result<()> {
         let app = app.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let outcome = server::reload(&app, "SIGHUP").await;
+                let outcome = phantom_broker::ops::reload(&app, "SIGHUP").await;
                 tracing::info!(outcome = %outcome, "reloaded on SIGHUP");
             }
         });

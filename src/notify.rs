@@ -7,7 +7,6 @@
 //! has a `secret` (`X-Phantom-Signature: sha256=<hex>`), and carries a `text` line, so a Slack
 //! incoming webhook shows it as is.
 
-use crate::app::App;
 use crate::audit::{Audit, Decision, Event, Record};
 use crate::config::NotifyConfig;
 use crate::support::net::{self, HttpsClient};
@@ -144,8 +143,8 @@ impl Notifier {
 /// Delivers queued notifications, on the runtime it runs on (the admin face's, never a
 /// request's). After `Notifier::close` it delivers what is queued, waits `DRAIN` for deliveries
 /// under way, and puts each one it abandons on record.
-pub(crate) async fn deliver_queued(app: Arc<App>) {
-    let Some(mut waiting) = app.notifier.waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+pub(crate) async fn deliver_queued(notifier: Arc<Notifier>, audit: Arc<Audit>) {
+    let Some(mut waiting) = notifier.waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
     let mut running = tokio::task::JoinSet::new();
     let mut under_way: HashMap<tokio::task::Id, (Arc<Target>, Staged)> = HashMap::new();
     while let Some(delivery) = waiting.recv().await {
@@ -155,10 +154,10 @@ pub(crate) async fn deliver_queued(app: Arc<App>) {
             }
         }
         let (target, staged) = (delivery.target.clone(), delivery.staged.clone());
-        let audit_app = app.clone();
+        let line_audit = audit.clone();
         let handle = running.spawn(async move {
             let line = deliver(&delivery).await;
-            audit_app.audit.write_queued(Arc::new(line));
+            line_audit.write_queued(Arc::new(line));
         });
         under_way.insert(handle.id(), (target, staged));
         while let Some(Ok((id, ()))) = running.try_join_next_with_id() {
@@ -176,7 +175,7 @@ pub(crate) async fn deliver_queued(app: Arc<App>) {
     running.abort_all();
     for (target, staged) in under_way.values() {
         let why = "abandoned: the broker stopped while the delivery was under way".to_owned();
-        app.audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why)));
+        audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why)));
     }
 }
 

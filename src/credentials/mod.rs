@@ -8,12 +8,6 @@
 //! A request holds the credential it started with until it ends, so a swap never changes the
 //! token under a request in flight.
 
-mod rotate;
-mod status;
-
-pub use rotate::{follow, reload, rotate, ReloadOutcome, RotateError, Rotated, Rotation};
-pub use status::{status, StatusRow};
-
 use crate::config::CredentialConfig;
 use crate::policy::{Authorized, Glob};
 use crate::support::secret::read_secret;

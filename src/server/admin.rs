@@ -140,11 +140,11 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
         }
         (Method::GET, "/credentials") => {
             rec.action = Some(Action::Admin(AdminAction::CredentialStatus));
-            Ok(json!({ "credentials": crate::credentials::status(app).await }))
+            Ok(json!({ "credentials": crate::ops::status(app).await }))
         }
         (Method::POST, "/reload") => {
             rec.action = Some(Action::Admin(AdminAction::Reload));
-            Ok(reload(app, "admin API").await)
+            Ok(crate::ops::reload(app, "admin API").await)
         }
         (Method::POST, p) if p.starts_with("/credentials/") && p.ends_with("/rotate") => {
             let segment = p.trim_start_matches("/credentials/").trim_end_matches("/rotate");
@@ -157,7 +157,7 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
                 if rotation.incident { ", incident" } else { "" },
                 rotation.overlap.map(|d| format!(", overlap {}s", d.as_secs())).unwrap_or_default()
             ));
-            match crate::credentials::rotate(app, &name, rotation).await {
+            match crate::ops::rotate(app, &name, rotation).await {
                 Ok(done) => Ok(serde_json::to_value(done).unwrap_or_default()),
                 Err(e) => {
                     Err((StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_string()))
@@ -215,38 +215,9 @@ async fn metrics(app: &App) -> Response<Body> {
         .expect("a metrics response is valid")
 }
 
-/// Re-reads the policy and every credential's source (also on SIGHUP): a bad policy keeps the
-/// one in force, a credential value that fails the canary is not swapped in.
-/// `trigger` says what asked (`admin API`, `SIGHUP`, `file change`): the audit line and the
-/// log say it.
-pub async fn reload(app: &App, trigger: &str) -> Value {
-    let (policy, decision, reason) = match app.reload_policy() {
-        Ok(grants) => {
-            app.metrics.policy_reloaded(true);
-            (json!({ "grants": grants }), Decision::Allow, format!("{trigger}: {grants} grants in force"))
-        }
-        Err(e) => {
-            app.metrics.policy_reloaded(false);
-            tracing::error!(trigger, error = %e, "the policy did not reload: the last good one stays in force");
-            (json!({ "error": e }), Decision::Deny, format!("{trigger}: kept the last good policy: {e}"))
-        }
-    };
-    let rec = Record {
-        event: Event::Admin,
-        action: Some(Action::Admin(AdminAction::PolicyReload)),
-        decision,
-        reason: Some(reason),
-        ..Record::default()
-    };
-    if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
-        tracing::error!(error = %e, "could not audit a policy reload");
-    }
-    json!({ "policy": policy, "credentials": crate::credentials::reload(app).await })
-}
-
 /// The body of a rotation: `{"token": "...", "overlap_seconds": N, "incident": true}`. The
 /// token goes straight into a `Secret`; the bytes it came in are zeroized.
-async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rotation, (StatusCode, String)> {
+async fn read_rotation(req: Request<Incoming>) -> Result<crate::ops::Rotation, (StatusCode, String)> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Body {
@@ -271,7 +242,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::credentials::Rot
     if incident && body.overlap_seconds.is_some_and(|s| s > 0) {
         return Err(bad("an incident rotation keeps no overlap: the old value is revoked first"));
     }
-    Ok(crate::credentials::Rotation {
+    Ok(crate::ops::Rotation {
         token: crate::support::secret::Secret::new(body.token),
         overlap: body.overlap_seconds.filter(|s| *s > 0).map(std::time::Duration::from_secs),
         incident,

@@ -7,7 +7,6 @@ mod tunnel;
 mod watch;
 
 pub use crate::app::App;
-pub use admin::reload;
 
 use crate::state::PhantomStore;
 use crate::support::net;
@@ -89,7 +88,7 @@ pub async fn serve(
     app.issuers.prefetch();
     // Policy files and credential sources reload when they change, until the end of serving.
     let _watching = watch::start(&app);
-    let notifications = tokio::spawn(crate::notify::deliver_queued(app.clone()));
+    let notifications = tokio::spawn(crate::notify::deliver_queued(app.notifier.clone(), app.audit.clone()));
     // A shared store's revocations and freezes, kept current on this replica.
     let syncing = {
         let app = app.clone();
@@ -106,7 +105,7 @@ pub async fn serve(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                crate::credentials::follow(&app).await;
+                crate::ops::follow(&app).await;
             }
         })
     };

@@ -51,7 +51,7 @@ pub(super) fn start(app: &Arc<App>) -> Option<notify::RecommendedWatcher> {
         while rx.recv().await.is_some() {
             tokio::time::sleep(SETTLE).await;
             while rx.try_recv().is_ok() {}
-            let outcome = super::reload(&app, "file change").await;
+            let outcome = crate::ops::reload(&app, "file change").await;
             tracing::info!(outcome = %outcome, "reloaded after a file change");
         }
     });

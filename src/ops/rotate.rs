@@ -14,10 +14,11 @@
 //! the state store (other replicas read it from their own copy of the source: see README).
 
 use super::status::{cached_account, last_known_account, whoami};
-use super::{Credential, Slot, UpstreamAuth};
+use super::{line, step, write_step};
 use crate::app::App;
-use crate::audit::{Action, AdminAction, Decision, Event, Record};
+use crate::audit::{AdminAction, Decision, Record};
 use crate::config::SecretSource;
+use crate::credentials::{Credential, Slot, UpstreamAuth};
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector, StoreError};
 use crate::support::clock::{rfc3339, unix_now};
@@ -85,28 +86,6 @@ impl RotateError {
             RotateError::State(_) => 503,
             RotateError::Write(_) => 500,
         }
-    }
-}
-
-/// One audit line for one step of a rotation or a reload.
-async fn step(app: &App, action: AdminAction, credential: &str, decision: Decision, what: String) {
-    write_step(app, line(action, credential, decision, what)).await;
-}
-
-fn line(action: AdminAction, credential: &str, decision: Decision, what: String) -> Record {
-    Record {
-        event: Event::Admin,
-        action: Some(Action::Admin(action)),
-        credential: Some(credential.to_owned()),
-        decision,
-        reason: Some(what),
-        ..Record::default()
-    }
-}
-
-async fn write_step(app: &App, rec: Record) {
-    if let Err(e) = app.audit.write_confirmed(Arc::new(rec)).await {
-        tracing::error!(error = %e, "could not audit a credential step");
     }
 }
 
@@ -196,12 +175,12 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
 
 /// `Arc::try_unwrap` fails only while another holder exists; none does here, but the value is
 /// rebuilt from its secret rather than panicking if it ever did.
-fn clone_credential(cfg: &crate::config::CredentialConfig, c: &Credential) -> Credential {
+pub(super) fn clone_credential(cfg: &crate::config::CredentialConfig, c: &Credential) -> Credential {
     Credential::from_secret(cfg, Secret::new(c.secret().expose().to_owned())).expect("it was built from the same value")
 }
 
 /// The new value must be the same account's, and able to read what the credential covers.
-async fn canary(
+pub(super) async fn canary(
     app: &App,
     slot: &Slot,
     next: &Arc<Credential>,
@@ -339,53 +318,4 @@ pub async fn follow(app: &App) {
             }
         }
     }
-}
-
-/// What a reload did to one credential.
-#[derive(Debug, Serialize)]
-pub struct ReloadOutcome {
-    pub credential: String,
-    /// `unchanged`, `swapped` or `kept`.
-    pub result: &'static str,
-    pub detail: Option<String>,
-}
-
-/// Re-reads every credential's source; a changed value goes through the same canary as a
-/// rotation and is swapped in (no overlap), a failing one is not.
-pub async fn reload(app: &App) -> Vec<ReloadOutcome> {
-    let mut out = Vec::new();
-    let mut names: Vec<&str> = app.credentials.slots().map(|s| s.config.name.as_str()).collect();
-    names.sort_unstable();
-    for name in names {
-        let Some(slot) = app.credentials.slot(name) else { continue };
-        let outcome = |result, detail: Option<String>| ReloadOutcome { credential: name.to_owned(), result, detail };
-        let next = match read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s)) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                step(app, AdminAction::CredentialReload, name, Decision::Deny, format!("kept: {e}")).await;
-                out.push(outcome("kept", Some(e)));
-                continue;
-            }
-        };
-        if next.fingerprint() == slot.current().fingerprint() {
-            out.push(outcome("unchanged", None));
-            continue;
-        }
-        match canary(app, slot, &next, None).await {
-            Ok((account, _)) => {
-                slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None);
-                *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((account.clone(), std::time::Instant::now()));
-                let what = format!("swapped in the source's new value (account `{account}`)");
-                step(app, AdminAction::CredentialReload, name, Decision::Allow, what.clone()).await;
-                out.push(outcome("swapped", Some(what)));
-            }
-            Err(why) => {
-                let what = format!("kept the value in use: the source's new value failed the canary: {why}");
-                step(app, AdminAction::CredentialReload, name, Decision::Deny, what.clone()).await;
-                out.push(outcome("kept", Some(what)));
-            }
-        }
-    }
-    out
 }

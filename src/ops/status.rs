@@ -2,9 +2,9 @@
 //! can publish, age, days to expiry, last use and the upstream account it authenticates as,
 //! with the warnings a security team acts on. Never a token.
 
-use super::{Credential, Slot, UpstreamAuth};
 use crate::app::App;
 use crate::config::Capability;
+use crate::credentials::{Credential, Slot, UpstreamAuth};
 use crate::support::clock::{date, rfc3339, unix_now};
 use serde::Serialize;
 use std::sync::Arc;
