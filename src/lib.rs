@@ -12,33 +12,33 @@
 //!
 //! # Layout
 //!
-//! In the order a request meets the code:
+//! Folders are layers. Lowest first; a module uses only modules of its own layer and of the
+//! layers below, and no two files import each other (the test `layers` in tests/e2e reads this
+//! list and every path in `src/`):
 //!
-//! - `server`: transport. TLS listeners, worker threads, connections (HTTP/1.1 and HTTP/2),
-//!   graceful drain, the admin face, and the forward proxy's `CONNECT` tunnels.
-//! - `proxy`: which `CONNECT` targets open a tunnel, the leaf certificates the tunnels are
-//!   served with, and what a request inside a tunnel must name (`Host`, upstream).
-//! - `pipeline`: one registry request, top to bottom: classify, authenticate, authorize,
-//!   pass the write gate, swap the credential, forward, relay, audit. Exchanges (ID token in,
-//!   phantom out) and every refusal's status and message live here too.
-//! - `npm`: the registry protocol as plain types: routes, package names, body checks, the
-//!   streaming publish scanner. No I/O.
-//! - `identity`: OIDC ID-token verification, issuers' keys.
-//! - `policy`: grants and their evaluation; `Authorized<T>` is the only way to a credential.
-//!   No I/O.
-//! - `phantom`: the phantom token format and the store of live phantoms (in memory).
-//! - `state`: what the broker remembers between requests, in memory or in a Redis server
-//!   every replica shares.
-//! - `credentials`: the real tokens, reachable only with an `Authorized` request.
-//! - `upstream`: the registries behind the broker, its own connection pool, and the scrubbing
-//!   of every response that carried a credential.
-//! - `audit`: the hash-chained JSON-lines log; `notify`: webhooks told of staged versions.
-//! - `app`: the state every request shares, built once from `config`; `metrics`: the
-//!   Prometheus series the admin face serves.
-//! - Around them: `config`, `net` (TLS and HTTP plumbing), `json` (strict parsing), `secret`,
-//!   `certs`, `login` and `admin_client` (the CLI's own commands), `units`.
-//! - `demo`: `phantom demo`, the whole job on one machine (a local registry, a loopback
-//!   identity provider that only the demo starts, the broker, npm publishing through it).
+//! 1. `support`: plumbing that knows nothing of the broker: TLS and HTTP (`net`), strict JSON,
+//!    secrets and where they come from, durations, the clock, hex, the write-body memory budget.
+//! 2. `npm`, `policy`: pure concepts, no I/O. The registry protocol as types (routes, package
+//!    names, body checks, the streaming publish scanner); grants and their evaluation, where
+//!    `Authorized<T>` is the only way to a credential.
+//! 3. `config`, `identity`, `phantom`: `phantom.toml` as validated types; OIDC ID-token
+//!    verification and issuers' keys; the phantom token, what is known of a live one, and a
+//!    write's fingerprint.
+//! 4. `audit`, `credentials`, `proxy`: the hash-chained log and its labels; the real tokens;
+//!    which `CONNECT` targets open a tunnel and the leaf certificates tunnels are served with.
+//! 5. `metrics`, `notify`, `state`, `upstream`: the Prometheus series; webhooks told of staged
+//!    versions; what the broker remembers between requests (memory, or Redis for every
+//!    replica); the registries behind the broker, their connection pools and the scrubbing of
+//!    every response that carried a credential.
+//! 6. `app`: the state every request shares, built once from the config.
+//! 7. `pipeline`: one registry request, top to bottom: classify, authenticate, authorize, pass
+//!    the write gate, swap the credential, forward, relay, audit; exchanges and refusals too.
+//! 8. `ops`: what an operator does to a running broker: reload, rotate, follow, status.
+//! 9. `server`: listeners, worker threads, connections (HTTP/1.1 and HTTP/2), drain, the admin
+//!    face, the forward proxy's tunnels, the file watcher.
+//!
+//! The binary (`main.rs`, and `cli/` for the CLI's own commands: login, the admin client,
+//! `certs dev`, the demo) uses the library's public face.
 #![forbid(unsafe_code)]
 
 pub(crate) mod app;

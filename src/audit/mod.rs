@@ -8,6 +8,7 @@
 use crate::phantom::TokenDigest;
 use crate::support::clock::rfc3339;
 use crate::support::hex;
+use line::{sha256_hex, split_line, GENESIS, HASH_KEY};
 use ring::hmac;
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -16,14 +17,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use verify::split_line;
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-const HASH_KEY: &str = ",\"hash\":\"";
-
+mod line;
 mod record;
 mod verify;
 
+pub use line::AuditError;
 pub use record::{
     identity_summary, method, Action, AdminAction, Decision, Event, Record, RefusalKind, UpstreamRequest, Via,
 };
@@ -74,10 +73,6 @@ pub struct Audit {
     healthy: Arc<AtomicBool>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
-
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("audit log: {0}")]
-pub struct AuditError(pub String);
 
 /// Lines queued beyond this make submitters wait (back-pressure rather than unbounded memory).
 const QUEUE: usize = 64 * 1024;
@@ -303,10 +298,6 @@ fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
     file.read_to_end(&mut tail)?;
     let text = String::from_utf8_lossy(&tail);
     Ok(text.trim_end_matches('\n').rsplit('\n').next().map(str::to_owned))
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
 
 /// Timestamps for consecutive lines: the date and time of day are formatted once per second,

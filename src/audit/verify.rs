@@ -1,7 +1,7 @@
 //! Reading the log back: `phantom audit verify` (every line's hash and its link to the one
 //! before) and `phantom policy explain --request` (what a request's line says was asked).
 
-use super::{sha256_hex, AuditError, GENESIS, HASH_KEY};
+use super::line::{sha256_hex, split_line, AuditError, GENESIS};
 use serde_json::{Map, Value};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -87,18 +87,4 @@ pub fn verify(path: &Path) -> Result<Verdict, AuditError> {
         prev_seq = seq;
     }
     Ok(Verdict::Intact { lines: n })
-}
-
-/// Splits a line into (hashed body, hash, seq, prev).
-pub(super) fn split_line(line: &str) -> Result<(String, String, u64, String), String> {
-    let at = line.rfind(HASH_KEY).ok_or("it has no hash")?;
-    let hash = line[at + HASH_KEY.len()..]
-        .strip_suffix("\"}")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or("its hash is malformed")?;
-    let body = format!("{}}}", &line[..at]);
-    let doc: Map<String, Value> = serde_json::from_str(&body).map_err(|_| "it is not a JSON object")?;
-    let seq = doc.get("seq").and_then(Value::as_u64).ok_or("it has no seq")?;
-    let prev = doc.get("prev").and_then(Value::as_str).ok_or("it has no prev")?;
-    Ok((body, hash.to_owned(), seq, prev.to_owned()))
 }

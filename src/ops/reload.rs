@@ -3,7 +3,7 @@
 //! force; a credential value that fails the canary is not swapped in. Each outcome is audited.
 
 use super::rotate::{canary, clone_credential};
-use super::step;
+use super::steps::step;
 use crate::app::App;
 use crate::audit::{Action, AdminAction, Decision, Event, Record};
 use crate::credentials::Credential;

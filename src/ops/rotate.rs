@@ -14,7 +14,7 @@
 //! the state store (other replicas read it from their own copy of the source: see README).
 
 use super::status::{cached_account, last_known_account, whoami};
-use super::{line, step, write_step};
+use super::steps::{line, step, write_step};
 use crate::app::App;
 use crate::audit::{AdminAction, Decision, Record};
 use crate::config::SecretSource;

@@ -4,7 +4,7 @@
 //! `publish`) and the broker's generic one (`POST /-/phantom/v1/exchange`, any packages and
 //! actions, intersected with what policy grants). Each ID token is exchanged at most once.
 
-use super::Refusal;
+use super::refusal::Refusal;
 use crate::app::App;
 use crate::audit::{identity_summary, Action, Decision, Event, Record};
 use crate::identity::{Audience, Verified};

@@ -26,7 +26,7 @@
 //! the upstream) is its share of `server.max_buffered_bytes`, taken as it grows. A write whose
 //! share cannot grow is refused with 503; reads never take a share.
 
-use super::Refusal;
+use super::refusal::Refusal;
 use crate::npm::scan::{PublishScanner, ScanError, Scanned};
 use crate::npm::BodyError;
 use crate::phantom::{Fingerprint, Fingerprinter};

@@ -4,7 +4,9 @@
 
 mod exchange;
 pub mod gate;
+mod read;
 mod refusal;
+mod session;
 mod staged;
 mod write;
 
@@ -12,18 +14,15 @@ pub(crate) use refusal::Refusal;
 
 use crate::app::App;
 use crate::audit::{self, Decision, Event, Record};
-use crate::credentials::UpstreamAuth;
 use crate::npm::{self, NpmRequest, Op, Route};
-use crate::phantom::{PhantomRecord, PhantomToken, TokenDigest};
-use crate::policy::{Authorized, Requested};
 use crate::proxy::Tunnel;
-use crate::state::{Lookup, PhantomStore, Selector};
-use crate::support::net::{self, Bearer, Body, BoxError};
-use crate::upstream::{self, Content};
+use crate::state::{PhantomStore, Selector};
+use crate::support::net::{self, Body};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use session::{authenticate, refuse_misplaced_phantoms};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -186,12 +185,6 @@ fn tunneled<'r>(tunnel: &'r Tunnel, req: &'r Request<Incoming>) -> Result<(&'r A
     tunnel.upstream_for(req.uri().path()).ok_or(Refusal::NoUpstream)
 }
 
-/// A caller that presented a live phantom.
-pub(crate) struct Session {
-    pub(crate) digest: TokenDigest,
-    pub(crate) record: Arc<PhantomRecord>,
-}
-
 /// Forwards a registry request to `tunneled` (the upstream a proxy tunnel goes to) or, on the
 /// registry face, to the upstream that owns its package.
 async fn forward(
@@ -221,134 +214,5 @@ async fn forward(
     if let Op::StageView { .. } | Op::StageTarball { .. } = npm.op() {
         return Box::pin(staged::read(app, npm, session, upstream, tunneled.is_some(), req.headers(), rec)).await;
     }
-
-    let permit = authorize_read(app, session.as_ref(), npm);
-    let (npm, mut auth) = match &permit {
-        Permit::Anonymous(npm) => (npm, UpstreamAuth::ANONYMOUS),
-        Permit::Granted(authorized) => {
-            rec.grant = Some(authorized.grant().name.clone());
-            let auth = app.credentials.for_authorized(authorized, &upstream.name).map_err(Refusal::Internal)?;
-            (authorized.get(), auth)
-        }
-    };
-    rec.decision = if auth.credential().is_some() { Decision::Allow } else { Decision::Anonymous };
-    if !app.config.audit.serve_reads_on_failure {
-        if !app.audit.is_healthy() {
-            return Err(Refusal::AuditUnavailable);
-        }
-        if !app.store.is_healthy() {
-            return Err(Refusal::Store(crate::state::StoreError::Unavailable("the state store is unreachable".into())));
-        }
-    }
-    let (mut parts, incoming) = req.into_parts();
-    // On the registry face, packuments' tarball URLs are rewritten to come back through the
-    // broker; the rewrite reads the body, so it is asked for unencoded. Not when npm reads a
-    // packument to send it back changed (`?write=true`: deprecate, unpublish): what it sends
-    // back must be the upstream's own document.
-    let rebase = tunneled.is_none()
-        && !npm.reads_for_write()
-        && npm.method == Method::GET
-        && matches!(npm.op(), Op::Packument | Op::VersionManifest { .. });
-    if rebase {
-        parts.headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
-    let bodiless = http_body::Body::is_end_stream(&incoming);
-    let body = if bodiless {
-        // A read without a body (nearly all) needs no timer and no box.
-        net::empty()
-    } else {
-        // `npm audit` posts a (gzipped) dependency list, relayed as sent, never with a credential.
-        let idle = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
-        Limited::new(idle, app.config.server.max_body_bytes as usize).map_err(BoxError::from).boxed_unsync()
-    };
-    let mut resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
-    // In a rotation's overlap window, a bodiless read the upstream refuses with the credential's
-    // new value goes once more with the previous one (a new token may take a while to be
-    // accepted everywhere upstream). Writes never are: their bodies are not sent twice.
-    if bodiless && matches!(resp.status().as_u16(), 401 | 403) {
-        if let Some(previous) = auth.with_previous() {
-            drop(resp);
-            resp = upstream
-                .send(npm.method.clone(), &path, &parts.headers, Content::AsSent, net::empty(), &previous)
-                .await?;
-            rec.reason = Some("the upstream refused the credential's new value: sent again with the previous one, in its overlap window".into());
-            auth = previous;
-        }
-    }
-    rec.upstream_status = Some(resp.status().as_u16());
-    let resp = upstream::relay(resp, &auth, app.config.server.upstream_timeout)?;
-    if rebase {
-        return Ok(upstream.rebase_tarballs(resp, &app.public_base).await?);
-    }
-    Ok(resp)
-}
-
-/// Looks up the phantom in `Authorization`, if any. Anything else there is refused: other
-/// credentials are never forwarded.
-async fn authenticate(app: &App, headers: &http::HeaderMap, rec: &mut Record) -> Result<Option<Session>, Refusal> {
-    let token = match net::bearer(headers) {
-        Bearer::Absent => return Ok(None),
-        Bearer::Token(token) => token,
-        Bearer::Repeated => return Err(Refusal::BadRequest("more than one Authorization header")),
-        Bearer::NotBearer => return Err(Refusal::NotAPhantom),
-    };
-    let digest = match PhantomToken::parse(token) {
-        Ok(t) => t.digest(),
-        Err(crate::phantom::FormatError::NotPhantom) => return Err(Refusal::NotAPhantom),
-        Err(e) => return Err(Refusal::BadPhantom(e)),
-    };
-    let state = match app.store.lookup(&digest, crate::support::clock::unix_now()).await? {
-        Lookup::Live(record) => {
-            // The keyed id was computed when the phantom was minted.
-            rec.token_id = Some(record.id.clone());
-            rec.identity = Some(record.summary.clone());
-            return Ok(Some(Session { digest, record }));
-        }
-        Lookup::Expired => "expired",
-        Lookup::Revoked => "revoked",
-        Lookup::Unknown => "unknown",
-    };
-    rec.token_id = Some(app.audit.token_id(&digest).into());
-    Err(Refusal::PhantomNotLive(state))
-}
-
-enum Permit {
-    /// Forwarded without any credential.
-    Anonymous(NpmRequest),
-    Granted(Authorized<NpmRequest>),
-}
-
-/// Whether a read goes upstream with the grant's credential or without one. A phantom reads
-/// with its credential what its grant covers (npm reads a package just before writing it);
-/// every other read goes anonymously.
-fn authorize_read(app: &App, session: Option<&Session>, npm: NpmRequest) -> Permit {
-    let Some(session) = session.filter(|_| !npm.always_anonymous()) else {
-        return Permit::Anonymous(npm);
-    };
-    let r = &session.record;
-    let req = Requested {
-        package: npm.package.as_ref(),
-        action: npm::ActionKind::Read,
-        tags: &[],
-        version: None,
-        creates: false,
-    };
-    match app.policy().authorize(&r.identity, &r.grant, &r.scope, req, npm.clone()) {
-        Ok(authorized) => Permit::Granted(authorized),
-        Err(_) => Permit::Anonymous(npm),
-    }
-}
-
-/// Phantoms are accepted only in `Authorization`. One in the query string, `Proxy-Authorization`
-/// or a cookie is refused, so it is never forwarded or logged from there.
-fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
-    let has = |v: &[u8]| memchr::memmem::find(v, crate::phantom::token::PREFIX.as_bytes()).is_some();
-    let in_query = req.uri().query().is_some_and(|q| has(q.as_bytes()));
-    let in_headers = [header::PROXY_AUTHORIZATION, header::COOKIE]
-        .iter()
-        .any(|h| req.headers().get_all(h).iter().any(|v| has(v.as_bytes())));
-    if in_query || in_headers {
-        return Err(Refusal::BadRequest("phantom tokens are accepted only in the Authorization header"));
-    }
-    Ok(())
+    read::forward(app, npm, session, upstream, req, tunneled.is_some(), rec).await
 }

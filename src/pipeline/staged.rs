@@ -8,7 +8,8 @@
 //!   the caller's grant (on the registry face, at that credential's upstream), and relays
 //!   nothing unless that grant lets the caller read the package the item belongs to.
 
-use super::{Refusal, Session};
+use super::refusal::Refusal;
+use super::session::Session;
 use crate::app::App;
 use crate::audit::{Decision, Record};
 use crate::credentials::UpstreamAuth;

@@ -10,8 +10,9 @@
 //! write on record (write-ahead) -> release, or abort -> relay, scrubbed.
 
 use super::gate::{Intake, Released, Stop, UpstreamStart, WriteBody};
+use super::refusal::Refusal;
+use super::session::Session;
 use super::staged::{self, Upstreamed};
-use super::{Refusal, Session};
 use crate::app::App;
 use crate::audit::{Decision, Record, UpstreamRequest};
 use crate::credentials::UpstreamAuth;

@@ -2,7 +2,7 @@
 //! policy reload. Everything under `/admin/v1/` needs the admin bearer token, and every admin
 //! action is audited.
 
-use super::App;
+use crate::app::App;
 use crate::audit::{self, Action, AdminAction, Decision, Event, Record};
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector};

@@ -7,7 +7,8 @@
 //! for the client's next bytes with no buffer of its own. Those bytes start a new hyper
 //! connection on the same stream.
 
-use super::{admin, Shared};
+use super::admin;
+use super::shared::Shared;
 use crate::pipeline;
 use crate::support::net::Body;
 use bytes::{Buf, Bytes};

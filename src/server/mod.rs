@@ -3,6 +3,7 @@
 
 mod admin;
 mod conn;
+mod shared;
 mod tunnel;
 mod watch;
 
@@ -13,6 +14,7 @@ use crate::support::net;
 use crate::upstream::Upstreams;
 use conn::{Drain, Listener};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use shared::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,17 +33,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)?.into_std()
-}
-
-/// What every worker shares.
-struct Shared {
-    app: Arc<App>,
-    acceptor: TlsAcceptor,
-    http1: hyper::server::conn::http1::Builder,
-    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
-    connections: Arc<tokio::sync::Semaphore>,
-    /// The forward proxy's tunnels, when `[proxy]` is configured.
-    tunnels: Option<Arc<crate::proxy::Tunnels>>,
 }
 
 /// Serves until `shutdown` resolves, then drains open connections for a bounded time.

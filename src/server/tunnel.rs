@@ -3,7 +3,7 @@
 //! that host's leaf certificate, after checking that the client's SNI names the same host.
 //! Every refusal is answered (where HTTP still can be) and audited.
 
-use super::Shared;
+use super::shared::Shared;
 use crate::audit::{Decision, Record};
 use crate::proxy::{ConnectError, Tunnel};
 use bytes::BytesMut;

@@ -3,7 +3,7 @@
 //! last event (an editor or a secret manager writes in several steps). A bad policy keeps the
 //! last good one in force, and says so in the log, the audit log and the metrics.
 
-use super::App;
+use crate::app::App;
 use crate::config::SecretSource;
 use notify::{RecursiveMode, Watcher};
 use std::path::PathBuf;

@@ -1,10 +1,10 @@
 //! A phantom's record as the shared store keeps it: JSON, read back through the same checks
 //! that built it (package names parsed, actions known). It holds no token.
 
+use super::store::StoreError;
 use crate::npm::{ActionKind, PackageName};
 use crate::phantom::PhantomRecord;
 use crate::policy::{Identity, Scope};
-use crate::state::StoreError;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};

@@ -27,11 +27,10 @@
 //! refuses writes and exchanges until a poll succeeds again, so it never acts on state it may
 //! have missed.
 
+use super::store::{Listed, Lookup, OpenWrite, RateOutcome, Selector, StoreError, UseOutcome, MAX_OPEN_WRITES};
 use crate::config::RedisConfig;
 use crate::phantom::{Fingerprint, PhantomRecord, TokenDigest};
 use crate::policy::{Glob, Rate};
-use crate::state::MAX_OPEN_WRITES;
-use crate::state::{Listed, Lookup, OpenWrite, RateOutcome, Selector, StoreError, UseOutcome};
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};

@@ -10,7 +10,7 @@
 //! (`X-Forwarded-Host`) are not used: registries honour them unevenly, and one with a
 //! configured public URL ignores them.
 
-use super::ChunkFilter;
+use super::filter::ChunkFilter;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use std::sync::OnceLock;
@@ -195,7 +195,7 @@ mod tests {
         }
         chunks.push_back(Bytes::copy_from_slice(&doc.as_bytes()[last..]));
         let rebase = Rebase::new(Bytes::from_static(FROM.as_bytes()), Bytes::from_static(TO.as_bytes()));
-        let body = crate::upstream::Filtered::new(Chunks(chunks), rebase);
+        let body = super::super::filter::Filtered::new(Chunks(chunks), rebase);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         String::from_utf8(rt.block_on(body.collect()).unwrap().to_bytes().to_vec()).unwrap()
     }

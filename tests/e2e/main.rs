@@ -13,6 +13,7 @@ mod credentials;
 mod demo;
 mod forward_proxy;
 mod json_differential;
+mod layers;
 mod metrics;
 mod npm_actions;
 mod npm_oidc;
