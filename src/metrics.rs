@@ -76,105 +76,54 @@ pub struct Snapshot {
 impl Metrics {
     pub fn new(config: &Config) -> Metrics {
         let mut registry = Registry::with_prefix("phantom");
-        let requests_family = Family::<Labels, Counter>::default();
-        let requests = actions()
-            .flat_map(|a| {
-                DECISIONS
-                    .iter()
-                    .map(move |(_, d)| vec![("action", action_label(a).into()), ("decision", d.to_string())])
-            })
-            .map(|labels| requests_family.get_or_create(&labels).clone())
-            .collect();
-        registry.register("requests", "Registry requests, by npm action and decision", requests_family);
-
-        let exchanges_family = Family::<Labels, Counter>::default();
+        let r = &mut registry;
+        let request_labels = actions().flat_map(|a| {
+            DECISIONS.iter().map(move |(_, d)| vec![("action", action_label(a).into()), ("decision", d.to_string())])
+        });
+        let requests = counters(r, "requests", "Registry requests, by npm action and decision", request_labels);
         let mut issuers: Vec<String> = config.issuers.iter().map(|i| i.name.clone()).collect();
         issuers.push("unknown".into());
-        let exchanges = issuers
+        let exchange_labels = issuers
             .iter()
-            .flat_map(|i| RESULTS.iter().map(move |(_, r)| vec![("issuer", i.clone()), ("result", r.to_string())]))
-            .map(|labels| exchanges_family.get_or_create(&labels).clone())
-            .collect();
-        registry.register("exchanges", "ID tokens exchanged for phantoms, by issuer and result", exchanges_family);
-
-        let refusals_family = Family::<Labels, Counter>::default();
-        let refusals = RefusalKind::ALL
-            .iter()
-            .map(|r| refusals_family.get_or_create(&vec![("reason", r.as_str().to_owned())]).clone())
-            .collect();
-        registry.register("refusals", "Requests the broker refused, by reason", refusals_family);
-
+            .flat_map(|i| RESULTS.iter().map(move |(_, r)| vec![("issuer", i.clone()), ("result", r.to_string())]));
+        let exchanges =
+            counters(r, "exchanges", "ID tokens exchanged for phantoms, by issuer and result", exchange_labels);
+        let reasons = RefusalKind::ALL.iter().map(|k| vec![("reason", k.as_str().to_owned())]);
+        let refusals = counters(r, "refusals", "Requests the broker refused, by reason", reasons);
         let staged = Counter::default();
-        registry.register("staged", "Publishes sent upstream as staged versions", staged.clone());
-
-        let upstream_family = Family::<Labels, Histogram>::new_with_constructor(Histogram::default);
-        let upstream = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                (u.name.as_str().into(), upstream_family.get_or_create(&vec![("upstream", u.name.clone())]).clone())
-            })
-            .collect();
-        registry.register_with_unit(
-            "upstream_duration",
-            "Time from a request's start upstream to its answer's head, by upstream",
-            Unit::Seconds,
-            upstream_family,
-        );
-
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let phantoms_active = gauge(&mut registry, "phantoms_active", "Live phantoms (not expired, not revoked)");
-        let credential_age = Family::<Labels, Gauge>::default();
-        registry.register_with_unit(
-            "credential_age",
-            "Time since a real credential was created (its `created`)",
-            Unit::Seconds,
-            credential_age.clone(),
-        );
-        let credential_expiry = Family::<Labels, Gauge>::default();
-        registry.register_with_unit(
-            "credential_expiry",
-            "Time left until a real credential expires (its `expires`; negative once expired)",
-            Unit::Seconds,
-            credential_expiry.clone(),
-        );
-        let credentials_unscoped =
-            gauge(&mut registry, "credentials_unscoped", "Real credentials without a package scope (`packages`)");
-        let credentials_direct_publish = gauge(
-            &mut registry,
-            "credentials_direct_publish",
-            "Real credentials that can publish directly, not only stage",
-        );
-        let audit_healthy = gauge(&mut registry, "audit_healthy", "1 while the audit log is written, 0 otherwise");
-        let state_healthy = gauge(&mut registry, "state_healthy", "1 while the state store answers, 0 otherwise");
-        let reloads = Family::<Labels, Counter>::default();
-        let policy_reloads = ["ok", "failed"].map(|r| reloads.get_or_create(&vec![("result", r.to_string())]).clone());
-        registry.register(
-            "policy_reloads",
-            "Policy reloads (file change, SIGHUP, admin API): a failed one keeps the last good policy",
-            reloads,
-        );
-
+        r.register("staged", "Publishes that went upstream staged", staged.clone());
+        let reloads = ["ok", "failed"].map(|x| vec![("result", x.to_owned())]);
+        let help = "Policy reloads (file change, SIGHUP, admin API): a failed one keeps the last good policy";
+        let [ok, failed]: [Counter; 2] =
+            counters(r, "policy_reloads", help, reloads.into_iter()).try_into().expect("two results");
         let metrics = Metrics {
-            registry,
+            upstream: upstream_histograms(r, config),
+            phantoms_active: gauge(r, "phantoms_active", "Live phantoms (not expired, not revoked)"),
+            credential_age: seconds(r, "credential_age", "Time since a real credential was created (its `created`)"),
+            credential_expiry: seconds(
+                r,
+                "credential_expiry",
+                "Time left until a real credential expires (its `expires`; negative once expired)",
+            ),
+            credentials_unscoped: gauge(
+                r,
+                "credentials_unscoped",
+                "Real credentials without a package scope (`packages`)",
+            ),
+            credentials_direct_publish: gauge(
+                r,
+                "credentials_direct_publish",
+                "Real credentials that can publish directly, not only stage",
+            ),
+            audit_healthy: gauge(r, "audit_healthy", "1 while the audit log is written, 0 otherwise"),
+            state_healthy: gauge(r, "state_healthy", "1 while the state store answers, 0 otherwise"),
+            policy_reloads: [ok, failed],
             requests,
             exchanges,
             issuers,
             refusals,
             staged,
-            upstream,
-            phantoms_active,
-            credential_age,
-            credential_expiry,
-            credentials_unscoped,
-            credentials_direct_publish,
-            audit_healthy,
-            state_healthy,
-            policy_reloads,
+            registry,
         };
         metrics.credentials(config);
         metrics
@@ -256,6 +205,40 @@ impl Metrics {
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// A family of counters, one made now for each of `labels` (in their order).
+fn counters(r: &mut Registry, name: &str, help: &str, labels: impl Iterator<Item = Labels>) -> Vec<Counter> {
+    let family = Family::<Labels, Counter>::default();
+    let made = labels.map(|l| family.get_or_create(&l).clone()).collect();
+    r.register(name, help, family);
+    made
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::default();
+    r.register(name, help, g.clone());
+    g
+}
+
+/// A family of gauges in seconds, their labels set when scraped.
+fn seconds(r: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    r.register_with_unit(name, help, Unit::Seconds, family.clone());
+    family
+}
+
+/// The upstream latency histogram of each configured upstream.
+fn upstream_histograms(r: &mut Registry, config: &Config) -> HashMap<Arc<str>, Histogram> {
+    let family = Family::<Labels, Histogram>::new_with_constructor(Histogram::default);
+    let made = config
+        .upstreams
+        .iter()
+        .map(|u| (u.name.as_str().into(), family.get_or_create(&vec![("upstream", u.name.clone())]).clone()))
+        .collect();
+    let help = "Time from a request's start upstream to its answer's head, by upstream";
+    r.register_with_unit("upstream_duration", help, Unit::Seconds, family);
+    made
 }
 
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
