@@ -57,7 +57,7 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
     let host = broker.host().ok_or("--broker has no host")?.to_owned();
     match broker.scheme_str() {
         Some("https") => {}
-        Some("http") if phantom_broker::config::is_loopback(&host) => {}
+        Some("http") if phantom_broker::support::net::is_loopback(&host) => {}
         _ => return Err("--broker must be an https:// URL".into()),
     }
     let authority = broker.authority().map(|a| a.as_str().to_owned()).unwrap_or(host.clone());

@@ -1,6 +1,6 @@
 //! `phantom.toml` as written: serde structs, strict (unknown keys are errors).
 
-use super::SecretSource;
+use crate::support::secret::SecretSource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

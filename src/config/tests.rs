@@ -2,6 +2,9 @@
 
 use super::*;
 use crate::policy::presets::Preset;
+use crate::support::net::is_loopback;
+use std::path::PathBuf;
+use std::time::Duration;
 
 const GOOD: &str = r#"
 [server]

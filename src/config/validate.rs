@@ -4,9 +4,16 @@
 use super::raw::{
     RawAdmin, RawConfig, RawCredential, RawIssuer, RawNotify, RawProxy, RawServer, RawState, RawUpstream,
 };
-use super::*;
+use super::types::*;
+use crate::policy::Glob;
+use crate::support::net::is_loopback;
+use crate::support::secret::SecretSource;
 use crate::support::units::parse_duration;
+use http::Uri;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Algorithms an issuer may be allowed: asymmetric only. `none` and HMAC never verify ID tokens.
 const ALLOWED_ALGS: &[(&str, jsonwebtoken::Algorithm)] = {

@@ -5,8 +5,9 @@
 //! fails closed. An unknown `kid` triggers a refetch, at most once per `KID_REFETCH_INTERVAL`.
 //! Only the configured issuer URL is ever fetched: nothing in a token chooses a URL.
 
-use crate::config::{is_loopback, IssuerConfig};
+use crate::config::IssuerConfig;
 use crate::support::json::parse_object;
+use crate::support::net::is_loopback;
 use crate::support::net::{self, HttpsClient};
 use http::Uri;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};

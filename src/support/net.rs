@@ -418,3 +418,9 @@ mod tests {
         assert!(body.frame().await.unwrap().is_err(), "a dropped sender ended the body cleanly");
     }
 }
+
+/// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
