@@ -353,6 +353,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,10 +423,4 @@ mod tests {
         assert_eq!(&body.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"ab");
         assert!(body.frame().await.unwrap().is_err(), "a dropped sender ended the body cleanly");
     }
-}
-
-/// Whether `host` is a loopback name or address (`localhost`, `127.0.0.0/8`, `::1`).
-pub fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
