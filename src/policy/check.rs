@@ -246,160 +246,141 @@ type Lint = (&'static str, Option<&'static str>, Option<String>, String);
 /// The lints of one valid grant: `(rule, key, claim, message)`; `key` and `claim` say where.
 fn lints(raw: &GrantFile, g: &Grant, preset: Option<Preset>) -> Vec<Lint> {
     let mut out: Vec<Lint> = Vec::new();
-    let writes = g.actions.iter().any(|a| a != ActionKind::Read);
-    let publishes = g.actions.contains(ActionKind::Publish) || g.actions.contains(ActionKind::StagePublish);
-    let claim = |name: &str| g.claims.iter().find(|(k, _)| k == name).map(|(_, m)| m);
-    let values = |name: &str| -> Vec<String> {
-        match claim(name) {
-            Some(ClaimMatcher::Exact(v)) => vec![v.clone()],
-            Some(ClaimMatcher::AnyOf(vs)) => vs.clone(),
-            Some(ClaimMatcher::Glob(glob)) => vec![glob.as_str().to_owned()],
-            None => Vec::new(),
-        }
-    };
     if let Some(p) = preset {
-        let pins_id = p.id_claims().iter().any(|c| claim(c).is_some());
-        if !pins_id {
-            let named: Vec<&str> = p.name_claims().iter().copied().filter(|c| claim(c).is_some()).collect();
-            let by = if named.is_empty() {
-                "nothing that names it".to_owned()
-            } else {
-                format!("names only ({})", named.join(", "))
-            };
-            out.push((
-                "mutable-identity",
-                None,
-                None,
-                format!("the identity is pinned by {by}, no immutable id ({})", p.id_claims().join(", ")),
-            ));
-        }
-        for (name, _) in &g.claims {
-            if !p.sends(name) {
-                out.push((
-                    "unknown-claim",
-                    None,
-                    Some(name.clone()),
-                    format!("{} tokens never carry `{name}`", p.name()),
-                ));
-            }
-        }
-        if writes {
+        identity_lints(g, p, &mut out);
+        if writes(g) {
             match p {
-                Preset::Github => {
-                    let events = values("event_name");
-                    if let Some(e) = events.iter().find(|e| e.starts_with("pull_request")) {
-                        out.push((
-                            "pull-request-writes",
-                            None,
-                            Some("event_name".into()),
-                            format!("`{e}` runs may write"),
-                        ));
-                    } else if events.is_empty() {
-                        out.push(("unpinned-event", None, None, "any event may write, pull requests included".into()));
-                    }
-                    if claim("job_workflow_ref").is_none() {
-                        out.push((
-                            "unpinned-workflow",
-                            None,
-                            None,
-                            "any workflow of the repository may write (reusable ones included)".into(),
-                        ));
-                    }
-                }
-                Preset::Gitlab => {
-                    if let Some(e) = values("pipeline_source").iter().find(|e| e.contains("merge_request")) {
-                        out.push((
-                            "pull-request-writes",
-                            None,
-                            Some("pipeline_source".into()),
-                            format!("`{e}` pipelines (forks' too) may write"),
-                        ));
-                    }
-                    if values("ref_protected") != ["true"] {
-                        out.push((
-                            "unprotected-ref",
-                            None,
-                            None,
-                            "unprotected branches (and fork pipelines) may write".into(),
-                        ));
-                    }
-                }
+                Preset::Github => github_write_lints(g, &mut out),
+                Preset::Gitlab => gitlab_write_lints(g, &mut out),
                 _ => {}
             }
         }
-        let hosted = match p {
-            Preset::Github => Some("github-hosted"),
-            Preset::Gitlab => Some("gitlab-hosted"),
-            _ => None,
-        };
-        if let Some(hosted) = hosted.filter(|_| publishes) {
-            if values("runner_environment") != [hosted] {
-                out.push((
-                    "self-hosted-publish",
-                    None,
-                    None,
-                    format!("jobs on self-hosted runners may publish (runner_environment is not \"{hosted}\")"),
-                ));
-            }
+        hosted_lint(g, p, &mut out);
+    }
+    scope_lints(raw, g, &mut out);
+    version_lints(g, &mut out);
+    for (name, m) in &g.claims {
+        if matches!(m, ClaimMatcher::Glob(_)) && IDENTITY_CLAIMS.contains(&name.as_str()) {
+            let message = format!("identity claim `{name}` is matched by a glob");
+            out.push(("glob-identity-claim", None, Some(name.clone()), message));
         }
     }
+    out
+}
+
+fn writes(g: &Grant) -> bool {
+    g.actions.iter().any(|a| a != ActionKind::Read)
+}
+
+fn publishes(g: &Grant) -> bool {
+    g.actions.contains(ActionKind::Publish) || g.actions.contains(ActionKind::StagePublish)
+}
+
+fn claim<'g>(g: &'g Grant, name: &str) -> Option<&'g ClaimMatcher> {
+    g.claims.iter().find(|(k, _)| k == name).map(|(_, m)| m)
+}
+
+/// The values a grant allows for a claim (a glob as its pattern).
+fn values(g: &Grant, name: &str) -> Vec<String> {
+    match claim(g, name) {
+        Some(ClaimMatcher::Exact(v)) => vec![v.clone()],
+        Some(ClaimMatcher::AnyOf(vs)) => vs.clone(),
+        Some(ClaimMatcher::Glob(glob)) => vec![glob.as_str().to_owned()],
+        None => Vec::new(),
+    }
+}
+
+/// An identity pinned by no immutable id, and claims the vendor never sends.
+fn identity_lints(g: &Grant, p: Preset, out: &mut Vec<Lint>) {
+    if !p.id_claims().iter().any(|c| claim(g, c).is_some()) {
+        let named: Vec<&str> = p.name_claims().iter().copied().filter(|c| claim(g, c).is_some()).collect();
+        let by = if named.is_empty() {
+            "nothing that names it".to_owned()
+        } else {
+            format!("names only ({})", named.join(", "))
+        };
+        let message = format!("the identity is pinned by {by}, no immutable id ({})", p.id_claims().join(", "));
+        out.push(("mutable-identity", None, None, message));
+    }
+    for (name, _) in g.claims.iter().filter(|(name, _)| !p.sends(name)) {
+        out.push(("unknown-claim", None, Some(name.clone()), format!("{} tokens never carry `{name}`", p.name())));
+    }
+}
+
+fn github_write_lints(g: &Grant, out: &mut Vec<Lint>) {
+    let events = values(g, "event_name");
+    if let Some(e) = events.iter().find(|e| e.starts_with("pull_request")) {
+        out.push(("pull-request-writes", None, Some("event_name".into()), format!("`{e}` runs may write")));
+    } else if events.is_empty() {
+        out.push(("unpinned-event", None, None, "any event may write, pull requests included".into()));
+    }
+    if claim(g, "job_workflow_ref").is_none() {
+        let message = "any workflow of the repository may write (reusable ones included)".to_owned();
+        out.push(("unpinned-workflow", None, None, message));
+    }
+}
+
+fn gitlab_write_lints(g: &Grant, out: &mut Vec<Lint>) {
+    if let Some(e) = values(g, "pipeline_source").iter().find(|e| e.contains("merge_request")) {
+        let message = format!("`{e}` pipelines (forks' too) may write");
+        out.push(("pull-request-writes", None, Some("pipeline_source".into()), message));
+    }
+    if values(g, "ref_protected") != ["true"] {
+        out.push(("unprotected-ref", None, None, "unprotected branches (and fork pipelines) may write".into()));
+    }
+}
+
+/// A publishing grant that admits self-hosted runners (GitHub and GitLab say which ran a job).
+fn hosted_lint(g: &Grant, p: Preset, out: &mut Vec<Lint>) {
+    let hosted = match p {
+        Preset::Github => "github-hosted",
+        Preset::Gitlab => "gitlab-hosted",
+        _ => return,
+    };
+    if publishes(g) && values(g, "runner_environment") != [hosted] {
+        let message = format!("jobs on self-hosted runners may publish (runner_environment is not \"{hosted}\")");
+        out.push(("self-hosted-publish", None, None, message));
+    }
+}
+
+/// How much a grant covers and for how long: every package, long phantoms, unbounded writes,
+/// new packages under a glob.
+fn scope_lints(raw: &GrantFile, g: &Grant, out: &mut Vec<Lint>) {
     if g.packages.iter().any(|p| p.as_str() == "*") {
         out.push(("wildcard-package", Some("packages"), None, "it covers every package (`*`)".into()));
     }
     if raw.ttl.as_deref().and_then(|t| parse_duration(t).ok()).is_some_and(|t| t > Duration::from_secs(3600)) {
-        out.push((
-            "long-ttl",
-            Some("ttl"),
-            None,
-            format!("its phantoms live {} (over 1h)", raw.ttl.as_deref().unwrap_or_default()),
-        ));
+        let message = format!("its phantoms live {} (over 1h)", raw.ttl.as_deref().unwrap_or_default());
+        out.push(("long-ttl", Some("ttl"), None, message));
     }
-    if writes && g.max_uses.is_none() {
+    if writes(g) && g.max_uses.is_none() {
         out.push(("no-max-uses", None, None, "its phantoms write without a limit until they expire".into()));
     }
-    if publishes && g.rate.is_none() {
+    if publishes(g) && g.rate.is_none() {
         out.push(("no-rate", None, None, "no rate bounds how often an identity publishes a package".into()));
     }
-    if let Some(range) = &g.versions {
-        let why = if !range.is_satisfiable() {
-            Some(format!(
-                "no version satisfies `{}` as npm reads it (its comparators have nothing in common)",
-                range.as_str()
-            ))
-        } else if g.prerelease_only && !range.admits_prereleases() {
-            Some(format!(
-                "with prerelease_only, no version can be published: npm matches no prerelease against `{}`, which \
-                 names none (e.g. `>=1.2.0-0 <1.3.0` takes 1.2.0-beta.1)",
-                range.as_str()
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            out.push(("unsatisfiable-versions", Some("versions"), None, why));
-        }
+    if let Some(glob) = g.packages.iter().find(|p| !p.is_literal()).filter(|_| g.create) {
+        let message =
+            format!("it may create any package `{}` matches: a hijacked job could claim new names", glob.as_str());
+        out.push(("create-under-glob", Some("create"), None, message));
     }
-    if g.create {
-        if let Some(glob) = g.packages.iter().find(|p| !p.is_literal()) {
-            out.push((
-                "create-under-glob",
-                Some("create"),
-                None,
-                format!("it may create any package `{}` matches: a hijacked job could claim new names", glob.as_str()),
-            ));
-        }
-    }
-    for (name, m) in &g.claims {
-        if matches!(m, ClaimMatcher::Glob(_)) && IDENTITY_CLAIMS.contains(&name.as_str()) {
-            out.push((
-                "glob-identity-claim",
-                None,
-                Some(name.clone()),
-                format!("identity claim `{name}` is matched by a glob"),
-            ));
-        }
-    }
-    out
+}
+
+/// A `versions` range no version satisfies, or none a `prerelease_only` grant could publish.
+fn version_lints(g: &Grant, out: &mut Vec<Lint>) {
+    let Some(range) = &g.versions else { return };
+    let why = if !range.is_satisfiable() {
+        format!("no version satisfies `{}` as npm reads it (its comparators have nothing in common)", range.as_str())
+    } else if g.prerelease_only && !range.admits_prereleases() {
+        format!(
+            "with prerelease_only, no version can be published: npm matches no prerelease against `{}`, which \
+             names none (e.g. `>=1.2.0-0 <1.3.0` takes 1.2.0-beta.1)",
+            range.as_str()
+        )
+    } else {
+        return;
+    };
+    out.push(("unsatisfiable-versions", Some("versions"), None, why));
 }
 
 fn between_backticks(message: &str) -> Option<String> {
