@@ -218,56 +218,9 @@ pub(super) fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Re
 }
 
 pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
-    if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("`name` must be 1-128 characters without spaces".into());
-    }
-    if !ctx.issuers.contains(&g.issuer.as_str()) {
-        return Err(format!(
-            "`issuer`: `{}` is not a configured issuer (configured: {})",
-            g.issuer,
-            ctx.issuers.join(", ")
-        ));
-    }
-    if !ctx.credentials.contains(&g.credential.as_str()) {
-        return Err(format!(
-            "`credential`: `{}` is not a configured credential (configured: {})",
-            g.credential,
-            ctx.credentials.join(", ")
-        ));
-    }
-    if g.packages.is_empty() {
-        return Err("`packages` may not be empty".into());
-    }
-    let packages = g
-        .packages
-        .iter()
-        .map(|p| package_pattern(p).map_err(|e| format!("`packages`: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if g.actions.is_empty() {
-        return Err("`actions` may not be empty".into());
-    }
-    let mut actions = ActionSet::default();
-    for a in &g.actions {
-        let kind = ActionKind::parse(a).ok_or_else(|| {
-            let known: Vec<_> = ActionKind::ALL.iter().map(|a| a.as_str()).collect();
-            format!("`actions`: unknown action `{a}` (expected one of {})", known.join(", "))
-        })?;
-        actions.insert(kind);
-    }
-    let dist_tags = match g.dist_tags {
-        None => None,
-        Some(tags) => {
-            let tagged = [ActionKind::Publish, ActionKind::StagePublish, ActionKind::DistTag];
-            if !tagged.iter().any(|a| actions.contains(*a)) {
-                return Err("`dist_tags` applies only to publish, stage-publish and dist-tag".into());
-            }
-            Some(
-                tags.iter()
-                    .map(|t| Glob::new(t).map_err(|e| format!("`dist_tags`: {e}")))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        }
-    };
+    check_references(&g, ctx)?;
+    let (packages, actions) = packages_and_actions(&g)?;
+    let dist_tags = dist_tags(g.dist_tags.as_deref(), actions)?;
     let ttl = match &g.ttl {
         Some(t) => parse_duration(t).map_err(|e| format!("`ttl`: {e}"))?,
         None => ctx.default_ttl,
@@ -278,39 +231,13 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
     if g.max_uses == Some(0) {
         return Err("`max_uses` must be at least 1".into());
     }
-    let publish = match g.publish.as_deref() {
-        None | Some("direct") => PublishMode::Direct,
-        Some("stage") => PublishMode::Stage,
-        Some(other) => return Err(format!("`publish`: `{other}` must be \"direct\" or \"stage\"")),
-    };
-    if publish == PublishMode::Stage && !actions.contains(ActionKind::Publish) {
-        return Err("`publish = \"stage\"` applies to the publish action, which `actions` does not list".into());
-    }
+    let publish = publish_mode(g.publish.as_deref(), actions)?;
     let rate = g.rate.as_deref().map(Rate::parse).transpose().map_err(|e| format!("`rate`: {e}"))?;
-    for n in &g.notify {
-        if !ctx.notify.contains(&n.as_str()) {
-            return Err(format!(
-                "`notify`: `{n}` is not a configured `[notify.NAME]` (configured: {})",
-                ctx.notify.join(", ")
-            ));
-        }
+    if let Some(n) = g.notify.iter().find(|n| !ctx.notify.contains(&n.as_str())) {
+        let configured = ctx.notify.join(", ");
+        return Err(format!("`notify`: `{n}` is not a configured `[notify.NAME]` (configured: {configured})"));
     }
-    let publishes = actions.contains(ActionKind::Publish) || actions.contains(ActionKind::StagePublish);
-    let versions = match &g.versions {
-        None => None,
-        Some(_) if !publishes => {
-            return Err("`versions` applies to publish and stage-publish, which `actions` does not list".into())
-        }
-        Some(text) => Some(VersionRange::parse(text).map_err(|e| format!("`versions`: {e}"))?),
-    };
-    let prerelease_only = g.prerelease_only.unwrap_or(false);
-    if prerelease_only && !publishes {
-        return Err("`prerelease_only` applies to publish and stage-publish, which `actions` does not list".into());
-    }
-    let create = g.create.unwrap_or(false);
-    if create && !publishes {
-        return Err("`create` applies to publish and stage-publish, which `actions` does not list".into());
-    }
+    let (versions, prerelease_only, create) = publish_rules(&g, actions)?;
     if let Some(limits) = ctx.credential_limits.iter().find(|c| c.name == g.credential) {
         within_credential(&packages, actions, publish, limits)?;
     }
@@ -337,6 +264,90 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
         create,
         file: path.to_owned(),
     })
+}
+
+/// The grant's name, and the issuer and credential it names, which the config must define.
+fn check_references(g: &GrantFile, ctx: &PolicyContext<'_>) -> Result<(), String> {
+    if g.name.is_empty() || g.name.len() > 128 || g.name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("`name` must be 1-128 characters without spaces".into());
+    }
+    if !ctx.issuers.contains(&g.issuer.as_str()) {
+        let configured = ctx.issuers.join(", ");
+        return Err(format!("`issuer`: `{}` is not a configured issuer (configured: {configured})", g.issuer));
+    }
+    if !ctx.credentials.contains(&g.credential.as_str()) {
+        let configured = ctx.credentials.join(", ");
+        return Err(format!(
+            "`credential`: `{}` is not a configured credential (configured: {configured})",
+            g.credential
+        ));
+    }
+    Ok(())
+}
+
+fn packages_and_actions(g: &GrantFile) -> Result<(Vec<Glob>, ActionSet), String> {
+    if g.packages.is_empty() {
+        return Err("`packages` may not be empty".into());
+    }
+    let packages = g
+        .packages
+        .iter()
+        .map(|p| package_pattern(p).map_err(|e| format!("`packages`: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if g.actions.is_empty() {
+        return Err("`actions` may not be empty".into());
+    }
+    let mut actions = ActionSet::default();
+    for a in &g.actions {
+        let kind = ActionKind::parse(a).ok_or_else(|| {
+            let known: Vec<_> = ActionKind::ALL.iter().map(|a| a.as_str()).collect();
+            format!("`actions`: unknown action `{a}` (expected one of {})", known.join(", "))
+        })?;
+        actions.insert(kind);
+    }
+    Ok((packages, actions))
+}
+
+fn dist_tags(tags: Option<&[String]>, actions: ActionSet) -> Result<Option<Vec<Glob>>, String> {
+    let Some(tags) = tags else { return Ok(None) };
+    let tagged = [ActionKind::Publish, ActionKind::StagePublish, ActionKind::DistTag];
+    if !tagged.iter().any(|a| actions.contains(*a)) {
+        return Err("`dist_tags` applies only to publish, stage-publish and dist-tag".into());
+    }
+    tags.iter().map(|t| Glob::new(t).map_err(|e| format!("`dist_tags`: {e}"))).collect::<Result<Vec<_>, _>>().map(Some)
+}
+
+fn publish_mode(publish: Option<&str>, actions: ActionSet) -> Result<PublishMode, String> {
+    let mode = match publish {
+        None | Some("direct") => PublishMode::Direct,
+        Some("stage") => PublishMode::Stage,
+        Some(other) => return Err(format!("`publish`: `{other}` must be \"direct\" or \"stage\"")),
+    };
+    if mode == PublishMode::Stage && !actions.contains(ActionKind::Publish) {
+        return Err("`publish = \"stage\"` applies to the publish action, which `actions` does not list".into());
+    }
+    Ok(mode)
+}
+
+/// `versions`, `prerelease_only` and `create`, which apply to a grant that publishes.
+fn publish_rules(g: &GrantFile, actions: ActionSet) -> Result<(Option<VersionRange>, bool, bool), String> {
+    let publishes = actions.contains(ActionKind::Publish) || actions.contains(ActionKind::StagePublish);
+    let only_publishes =
+        |key: &str| format!("`{key}` applies to publish and stage-publish, which `actions` does not list");
+    let versions = match &g.versions {
+        None => None,
+        Some(_) if !publishes => return Err(only_publishes("versions")),
+        Some(text) => Some(VersionRange::parse(text).map_err(|e| format!("`versions`: {e}"))?),
+    };
+    let prerelease_only = g.prerelease_only.unwrap_or(false);
+    if prerelease_only && !publishes {
+        return Err(only_publishes("prerelease_only"));
+    }
+    let create = g.create.unwrap_or(false);
+    if create && !publishes {
+        return Err(only_publishes("create"));
+    }
+    Ok((versions, prerelease_only, create))
 }
 
 /// A grant may not reach packages its credential's token cannot (when the credential names its
