@@ -85,91 +85,108 @@ type AdminResult = Result<Value, (StatusCode, String)>;
 async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResult {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
+    let mut act = |a: AdminAction| rec.action = Some(Action::Admin(a));
     match (method, path.trim_start_matches("/admin/v1")) {
         (Method::GET, "/phantoms") => {
-            rec.action = Some(Action::Admin(AdminAction::List));
-            let listed = app.store.list(crate::support::clock::unix_now()).await.map_err(unavailable)?;
-            let phantoms: Vec<Value> = listed
-                .iter()
-                .map(|l| {
-                    let r = &l.record;
-                    json!({
-                        "id": r.id, "issuer": &*r.identity.issuer, "sub": r.identity.claim("sub"),
-                        "repository": r.identity.claim("repository").or(r.identity.claim("project_path")),
-                        "grant": r.grant, "packages": r.scope.packages.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        "actions": r.scope.actions.names(), "issued": rfc3339(r.issued_at, 0),
-                        "expires": rfc3339(r.expires_at, 0), "uses_left": l.uses_left,
-                    })
-                })
-                .collect();
-            Ok(json!({ "phantoms": phantoms }))
+            act(AdminAction::List);
+            list_phantoms(app).await
         }
         (Method::POST, "/revoke") => {
-            rec.action = Some(Action::Admin(AdminAction::Revoke));
-            let body = read_json(req).await?;
-            let selector = match (body.get("id"), body.get("subject"), body.get("repository"), body.get("all")) {
-                (Some(Value::String(id)), None, None, None) => Selector::Id(id.clone()),
-                (None, Some(Value::String(s)), None, None) => Selector::Subject(s.clone()),
-                (None, None, Some(Value::String(r)), None) => Selector::Repository(r.clone()),
-                (None, None, None, Some(Value::Bool(true))) => Selector::All,
-                _ => {
-                    return Err(bad("give exactly one of {\"id\"}, {\"subject\"}, {\"repository\"} or {\"all\": true}"))
-                }
-            };
-            rec.reason = Some(format!("{selector:?}"));
-            let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
-            let answer = json!({ "revoked": revoked.len(), "ids": revoked });
-            rec.revoked = revoked;
-            Ok(answer)
+            act(AdminAction::Revoke);
+            revoke(app, req, rec).await
         }
         (Method::GET, "/freeze") => Ok(json!({ "frozen": app.store.frozen_patterns() })),
         (Method::POST, op @ ("/freeze" | "/thaw")) => {
-            rec.action = Some(Action::Admin(if op == "/freeze" { AdminAction::Freeze } else { AdminAction::Thaw }));
-            let body = read_json(req).await?;
-            let patterns: Vec<String> = body
-                .get("packages")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                .filter(|v: &Vec<String>| !v.is_empty())
-                .ok_or_else(|| bad("give {\"packages\": [\"pattern\", ...]}"))?;
-            let globs = patterns.iter().map(|p| Glob::new(p)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
-            rec.package = Some(patterns.join(","));
-            app.store.set_frozen(&globs, op == "/freeze").await.map_err(unavailable)?;
-            Ok(json!({ "frozen": app.store.frozen_patterns() }))
+            act(if op == "/freeze" { AdminAction::Freeze } else { AdminAction::Thaw });
+            freeze(app, req, op == "/freeze", rec).await
         }
         (Method::GET, "/credentials") => {
-            rec.action = Some(Action::Admin(AdminAction::CredentialStatus));
+            act(AdminAction::CredentialStatus);
             Ok(json!({ "credentials": crate::ops::status(app).await }))
         }
         (Method::POST, "/reload") => {
-            rec.action = Some(Action::Admin(AdminAction::Reload));
+            act(AdminAction::Reload);
             Ok(crate::ops::reload(app, "admin API").await)
         }
         (Method::POST, p) if p.starts_with("/credentials/") && p.ends_with("/rotate") => {
+            act(AdminAction::CredentialRotate);
             let segment = p.trim_start_matches("/credentials/").trim_end_matches("/rotate");
             let name = percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned();
-            rec.action = Some(Action::Admin(AdminAction::CredentialRotate));
-            rec.credential = Some(name.chars().take(64).filter(|c| !c.is_control()).collect());
-            let rotation = read_rotation(req).await?;
-            rec.reason = Some(format!(
-                "rotation{}{}",
-                if rotation.incident { ", incident" } else { "" },
-                rotation.overlap.map(|d| format!(", overlap {}s", d.as_secs())).unwrap_or_default()
-            ));
-            match crate::ops::rotate(app, &name, rotation).await {
-                Ok(done) => Ok(serde_json::to_value(done).unwrap_or_default()),
-                Err(e) => {
-                    Err((StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_string()))
-                }
-            }
+            rotate(app, req, &name, rec).await
         }
         (Method::POST, "/policy/reload") => {
-            rec.action = Some(Action::Admin(AdminAction::PolicyReload));
+            act(AdminAction::PolicyReload);
             let grants = app.reload_policy().map_err(|e| (StatusCode::BAD_REQUEST, e))?;
             Ok(json!({ "grants": grants }))
         }
         _ => Err((StatusCode::NOT_FOUND, "unknown admin route".into())),
+    }
+}
+
+fn bad(message: &str) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, message.to_owned())
+}
+
+/// Live phantoms: ids, identities, packages, expiry, uses left (never the tokens).
+async fn list_phantoms(app: &App) -> AdminResult {
+    let listed = app.store.list(crate::support::clock::unix_now()).await.map_err(unavailable)?;
+    let phantoms: Vec<Value> = listed
+        .iter()
+        .map(|l| {
+            let r = &l.record;
+            json!({
+                "id": r.id, "issuer": &*r.identity.issuer, "sub": r.identity.claim("sub"),
+                "repository": r.identity.claim("repository").or(r.identity.claim("project_path")),
+                "grant": r.grant, "packages": r.scope.packages.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "actions": r.scope.actions.names(), "issued": rfc3339(r.issued_at, 0),
+                "expires": rfc3339(r.expires_at, 0), "uses_left": l.uses_left,
+            })
+        })
+        .collect();
+    Ok(json!({ "phantoms": phantoms }))
+}
+
+async fn revoke(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResult {
+    let body = read_json(req).await?;
+    let selector = match (body.get("id"), body.get("subject"), body.get("repository"), body.get("all")) {
+        (Some(Value::String(id)), None, None, None) => Selector::Id(id.clone()),
+        (None, Some(Value::String(s)), None, None) => Selector::Subject(s.clone()),
+        (None, None, Some(Value::String(r)), None) => Selector::Repository(r.clone()),
+        (None, None, None, Some(Value::Bool(true))) => Selector::All,
+        _ => return Err(bad("give exactly one of {\"id\"}, {\"subject\"}, {\"repository\"} or {\"all\": true}")),
+    };
+    rec.reason = Some(format!("{selector:?}"));
+    let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
+    let answer = json!({ "revoked": revoked.len(), "ids": revoked });
+    rec.revoked = revoked;
+    Ok(answer)
+}
+
+async fn freeze(app: &App, req: Request<Incoming>, freeze: bool, rec: &mut Record) -> AdminResult {
+    let body = read_json(req).await?;
+    let patterns: Vec<String> = body
+        .get("packages")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .filter(|v: &Vec<String>| !v.is_empty())
+        .ok_or_else(|| bad("give {\"packages\": [\"pattern\", ...]}"))?;
+    let globs = patterns.iter().map(|p| Glob::new(p)).collect::<Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+    rec.package = Some(patterns.join(","));
+    app.store.set_frozen(&globs, freeze).await.map_err(unavailable)?;
+    Ok(json!({ "frozen": app.store.frozen_patterns() }))
+}
+
+async fn rotate(app: &App, req: Request<Incoming>, name: &str, rec: &mut Record) -> AdminResult {
+    rec.credential = Some(name.chars().take(64).filter(|c| !c.is_control()).collect());
+    let rotation = read_rotation(req).await?;
+    rec.reason = Some(format!(
+        "rotation{}{}",
+        if rotation.incident { ", incident" } else { "" },
+        rotation.overlap.map(|d| format!(", overlap {}s", d.as_secs())).unwrap_or_default()
+    ));
+    match crate::ops::rotate(app, name, rotation).await {
+        Ok(done) => Ok(serde_json::to_value(done).unwrap_or_default()),
+        Err(e) => Err((StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), e.to_string())),
     }
 }
 
@@ -226,7 +243,6 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::ops::Rotation, (
         incident: Option<bool>,
         account: Option<String>,
     }
-    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
     let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
     let bytes = zeroize::Zeroizing::new(
         Limited::new(body, 64 * 1024)
@@ -236,8 +252,10 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::ops::Rotation, (
             .to_bytes()
             .to_vec(),
     );
-    let body: Body = serde_json::from_slice(&bytes)
-        .map_err(|_| bad("give {\"token\": \"...\"} and optionally \"overlap_seconds\" and \"incident\""))?;
+    // Parsed strictly (a duplicate key is refused), then read into its fields.
+    let what = "give {\"token\": \"...\"} and optionally \"overlap_seconds\", \"incident\" and \"account\"";
+    let doc = parse_object(&bytes).map_err(|_| bad(what))?;
+    let body: Body = serde_json::from_value(Value::Object(doc)).map_err(|_| bad(what))?;
     let incident = body.incident.unwrap_or(false);
     if incident && body.overlap_seconds.is_some_and(|s| s > 0) {
         return Err(bad("an incident rotation keeps no overlap: the old value is revoked first"));

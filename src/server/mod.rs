@@ -48,14 +48,53 @@ pub async fn serve(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), String> {
+    let shared = shared(&app)?;
+    app.issuers.prefetch();
+    // Policy files and credential sources reload when they change, until the end of serving.
+    let _watching = watch::start(&app);
+    let background = Background::start(&app);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = spawn_workers(&shared, listener, proxy, &stopped)?;
+
+    // The admin face stays on this runtime, with a small connection reserve of its own.
+    let admin_connections = Arc::new(tokio::sync::Semaphore::new(64));
+    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = accept_on(admin.as_ref()) => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = admin_connections.clone().try_acquire_owned() else { continue };
+        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), Listener::Admin);
+    }
+    drop(admin);
+    let _ = stop.send(true);
+    background.sweeper.abort();
+    let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
+    drop(alive);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
+    background.stop(&app).await;
+    // Everything queued for the audit log is written before the process ends.
+    app.audit.close();
+    Ok(())
+}
+
+/// The TLS acceptor, the HTTP/1.1 and HTTP/2 settings and the tunnels every worker serves with.
+fn shared(app: &Arc<App>) -> Result<Arc<Shared>, String> {
     let tls = net::server_config(&app.config.server.tls_cert, &app.config.server.tls_key)?;
-    let client_timeout = app.config.server.client_timeout;
     let mut http1 = hyper::server::conn::http1::Builder::new();
     // The header limit is explicit: the buffer size alone lets a larger head through when it
     // arrives whole in one read.
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout)
+        .header_read_timeout(app.config.server.client_timeout)
         .max_buf_size(64 * 1024)
         .max_header_size(64 * 1024);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -64,7 +103,7 @@ pub async fn serve(
         .max_concurrent_streams(128)
         .max_header_list_size(64 * 1024)
         .max_pending_accept_reset_streams(32);
-    let shared = Arc::new(Shared {
+    Ok(Arc::new(Shared {
         app: app.clone(),
         acceptor: TlsAcceptor::from(tls),
         http1,
@@ -74,53 +113,79 @@ pub async fn serve(
             Some(p) => Some(Arc::new(crate::proxy::Tunnels::new(&app.config, p)?)),
             None => None,
         },
-    });
+    }))
+}
 
-    app.issuers.prefetch();
-    // Policy files and credential sources reload when they change, until the end of serving.
-    let _watching = watch::start(&app);
-    let notifications = tokio::spawn(crate::notify::deliver_queued(app.notifier.clone(), app.audit.clone()));
-    // A shared store's revocations and freezes, kept current on this replica.
-    let syncing = {
-        let app = app.clone();
-        tokio::spawn(async move { app.store.keep_synced().await })
-    };
-    // ... and the credentials other replicas rotated.
-    let following = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            if !app.store.is_shared() {
-                return;
-            }
-            let mut tick = tokio::time::interval(crate::state::SYNC_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                crate::ops::follow(&app).await;
-            }
-        })
-    };
-    let sweeper = {
-        let app = app.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                app.store.sweep(crate::support::clock::unix_now()).await;
-                app.credentials.sweep(crate::support::clock::unix_now());
-            }
-        })
-    };
+/// The tasks that run beside the listeners on the caller's runtime.
+struct Background {
+    notifications: tokio::task::JoinHandle<()>,
+    /// A shared store's revocations and freezes, kept current on this replica.
+    syncing: tokio::task::JoinHandle<()>,
+    /// The credentials other replicas rotated.
+    following: tokio::task::JoinHandle<()>,
+    sweeper: tokio::task::JoinHandle<()>,
+}
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+impl Background {
+    fn start(app: &Arc<App>) -> Background {
+        let notifications = tokio::spawn(crate::notify::deliver_queued(app.notifier.clone(), app.audit.clone()));
+        let syncing = {
+            let app = app.clone();
+            tokio::spawn(async move { app.store.keep_synced().await })
+        };
+        let following = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                if !app.store.is_shared() {
+                    return;
+                }
+                let mut tick = tokio::time::interval(crate::state::SYNC_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    crate::ops::follow(&app).await;
+                }
+            })
+        };
+        let sweeper = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    app.store.sweep(crate::support::clock::unix_now()).await;
+                    app.credentials.sweep(crate::support::clock::unix_now());
+                }
+            })
+        };
+        Background { notifications, syncing, following, sweeper }
+    }
+
+    /// After the drain: the store's tasks end; notifications still queued or under way get
+    /// their chance, then stop.
+    async fn stop(self, app: &App) {
+        self.syncing.abort();
+        self.following.abort();
+        app.notifier.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.notifications).await.is_err() {
+            tracing::warn!("notifications still under way after the drain timeout");
+        }
+    }
+}
+
+/// One thread per worker, each with its own runtime and its own listening sockets (the first
+/// worker takes the ones already bound).
+fn spawn_workers(
+    shared: &Arc<Shared>,
+    listener: std::net::TcpListener,
+    proxy: Option<std::net::TcpListener>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let proxy_addr = match &proxy {
-        Some(p) => Some(p.local_addr().map_err(|e| e.to_string())?),
-        None => None,
-    };
+    let proxy_addr = proxy.as_ref().map(|p| p.local_addr().map_err(|e| e.to_string())).transpose()?;
     let (mut first, mut first_proxy) = (Some(listener), proxy);
     let mut workers = Vec::new();
-    for i in 0..app.config.server.workers {
+    for i in 0..shared.app.config.server.workers {
         let listener = match first.take() {
             Some(l) => l,
             None => bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
@@ -143,41 +208,7 @@ pub async fn serve(
             .map_err(|e| format!("cannot start a worker thread: {e}"))?;
         workers.push(worker);
     }
-
-    // The admin face stays on this runtime, with a small connection reserve of its own.
-    let admin_connections = Arc::new(tokio::sync::Semaphore::new(64));
-    let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
-    tokio::pin!(shutdown);
-    loop {
-        let tcp = tokio::select! {
-            accepted = accept_on(admin.as_ref()) => match accepted {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    accept_failed(e).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let Ok(permit) = admin_connections.clone().try_acquire_owned() else { continue };
-        conn::spawn(&shared, tcp, permit, Drain::new(stopped.clone(), alive.clone()), Listener::Admin);
-    }
-    drop(admin);
-    let _ = stop.send(true);
-    sweeper.abort();
-    let _ = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
-    drop(alive);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, all_closed.recv()).await;
-    syncing.abort();
-    following.abort();
-    // Writes are over: notifications still queued or under way get their chance, then stop.
-    app.notifier.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, notifications).await.is_err() {
-        tracing::warn!("notifications still under way after the drain timeout");
-    }
-    // Everything queued for the audit log is written before the process ends.
-    app.audit.close();
-    Ok(())
+    Ok(workers)
 }
 
 /// One worker: accepts on its own sockets (the registry face's, and the proxy's when there is

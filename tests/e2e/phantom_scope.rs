@@ -186,6 +186,14 @@ fn revocation_freeze_and_listing_through_the_admin_api() {
     let listed = w.admin("GET", "/admin/v1/phantoms", Value::Null);
     assert_eq!(listed.status, 200, "{}", listed.text());
     assert!(!listed.text().contains(&p) && !listed.text().contains("phm_"));
+    // A rotation body is parsed strictly: two `token` keys are refused, as everywhere else.
+    let admin_auth = format!("Bearer {}", w.broker.admin_token);
+    let url = format!("{}admin/v1/credentials/verdaccio-publisher/rotate", w.broker.admin_url);
+    let twice = r#"{"token":"npm_one_value","token":"npm_another_value"}"#;
+    let r =
+        w.http.request("POST", &url, &[("authorization", &admin_auth), ("content-type", "application/json")], twice);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(!r.text().contains("npm_one_value") && !r.text().contains("npm_another_value"), "{}", r.text());
     let entry = &listed.json()["phantoms"][0];
     assert_eq!(entry["repository"], "acme/web");
     assert_eq!(entry["packages"], json!(["pb-r"]));
