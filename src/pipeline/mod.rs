@@ -4,10 +4,12 @@
 
 mod exchange;
 pub mod gate;
+mod rate;
 mod read;
 mod refusal;
 mod session;
 mod staged;
+mod verdict;
 mod write;
 
 pub(crate) use refusal::Refusal;
