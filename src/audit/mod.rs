@@ -195,6 +195,36 @@ impl Drop for Audit {
     }
 }
 
+impl Chain {
+    /// Chains `batch` onto the log and writes it with one call. On failure a partial write is
+    /// cut off, so that the chain stays verifiable once writes work again.
+    fn append(&mut self, batch: &[Job], buf: &mut Vec<u8>, stamp: &mut Stamp) -> Result<(), AuditError> {
+        buf.clear();
+        let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        for job in batch {
+            seq += 1;
+            let ts = stamp.at(job.at);
+            let start = buf.len();
+            serde_json::to_writer(&mut *buf, &Chained { ts, seq, record: &job.record, prev: &prev })
+                .map_err(|e| AuditError(e.to_string()))?;
+            let hash = sha256_hex(&buf[start..]);
+            buf.pop(); // the closing '}'
+            buf.extend_from_slice(HASH_KEY.as_bytes());
+            buf.extend_from_slice(hash.as_bytes());
+            buf.extend_from_slice(b"\"}\n");
+            prev = hash;
+        }
+        if let Err(e) = self.file.write_all(buf) {
+            let _ = self.file.set_len(self.len);
+            return Err(AuditError(format!("write failed: {e}")));
+        }
+        self.seq = seq;
+        self.prev = prev;
+        self.len += buf.len() as u64;
+        Ok(())
+    }
+}
+
 /// The writer thread: takes whatever is queued, chains it, writes it with one call.
 fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc<AtomicBool>) {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
@@ -235,37 +265,10 @@ fn write_loop(mut chain: Chain, rx: std::sync::mpsc::Receiver<Job>, healthy: Arc
             }
             std::thread::sleep(GATHER / 4);
         }
-        buf.clear();
-        let (mut seq, mut prev) = (chain.seq, chain.prev.clone());
-        let mut outcome: Result<(), AuditError> = Ok(());
-        for job in &batch {
-            seq += 1;
-            let ts = stamp.at(job.at);
-            let start = buf.len();
-            if let Err(e) = serde_json::to_writer(&mut buf, &Chained { ts, seq, record: &job.record, prev: &prev }) {
-                outcome = Err(AuditError(e.to_string()));
-                break;
-            }
-            let hash = sha256_hex(&buf[start..]);
-            buf.pop(); // the closing '}'
-            buf.extend_from_slice(HASH_KEY.as_bytes());
-            buf.extend_from_slice(hash.as_bytes());
-            buf.extend_from_slice(b"\"}\n");
-            prev = hash;
-        }
-        if outcome.is_ok() {
-            outcome = chain.file.write_all(&buf).map_err(|e| AuditError(format!("write failed: {e}")));
-        }
+        let outcome = chain.append(&batch, &mut buf, &mut stamp);
         match &outcome {
-            Ok(()) => {
-                chain.seq = seq;
-                chain.prev = prev;
-                chain.len += buf.len() as u64;
-                healthy.store(true, Ordering::Relaxed);
-            }
+            Ok(()) => healthy.store(true, Ordering::Relaxed),
             Err(e) => {
-                // Cut off a partial write so that the chain stays verifiable once writes work.
-                let _ = chain.file.set_len(chain.len);
                 healthy.store(false, Ordering::Relaxed);
                 tracing::error!(error = %e, lines = batch.len(), "could not write the audit log");
             }

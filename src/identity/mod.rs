@@ -193,48 +193,13 @@ impl Issuers {
         }
 
         let leeway = cfg.leeway.as_secs();
-        let exp = number(&claims, "exp")?.ok_or(IdentityError::MissingClaim("exp"))?;
-        let iat = number(&claims, "iat")?.ok_or(IdentityError::MissingClaim("iat"))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(IdentityError::Expired);
-        }
-        if number(&claims, "nbf")?.is_some_and(|nbf| nbf > now + leeway) {
-            return Err(IdentityError::NotYetValid);
-        }
-        if iat > now + leeway {
-            return Err(IdentityError::IssuedInFuture);
-        }
-        if exp > now + MAX_LIFETIME {
-            return Err(IdentityError::TooLongLived);
-        }
+        let exp = check_times(&claims, leeway, now)?;
         let expected = match audience {
             Audience::Exactly(a) => a,
             Audience::IssuerDefault => cfg.audience.as_str(),
         };
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => a == expected,
-            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(expected)),
-            Some(_) => return Err(IdentityError::BadClaimType("aud")),
-            None => return Err(IdentityError::MissingClaim("aud")),
-        };
-        if !aud_ok {
-            return Err(IdentityError::WrongAudience);
-        }
-
-        let replay_key = {
-            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-            ctx.update(cfg.issuer.as_bytes());
-            ctx.update(&[0]);
-            match claims.get("jti").and_then(Value::as_str) {
-                Some(jti) => ctx.update(jti.as_bytes()),
-                // Without a jti, the signed part only: signatures can be malleable (ECDSA's s
-                // and n-s both verify), so the same token must not yield two replay keys.
-                None => ctx.update(&token.as_bytes()[..token.rfind('.').unwrap_or(token.len())]),
-            }
-            let mut out = [0u8; 32];
-            out.copy_from_slice(ctx.finish().as_ref());
-            out
-        };
+        check_audience(&claims, expected)?;
+        let replay_key = replay_key(&cfg.issuer, &claims, token);
         Ok(Verified {
             identity: Identity { issuer: cfg.name.as_str().into(), claims },
             replay_key,
@@ -269,6 +234,57 @@ fn split(token: &str) -> Result<(Object, Object), IdentityError> {
         parse_object(&bytes).map_err(|_| IdentityError::Malformed)
     };
     Ok((decode(h)?, decode(c)?))
+}
+
+/// `exp`, `nbf` and `iat` against `now`, with one leeway; and no token that lives too long.
+/// Returns `exp`.
+fn check_times(claims: &Map<String, Value>, leeway: u64, now: u64) -> Result<u64, IdentityError> {
+    let exp = number(claims, "exp")?.ok_or(IdentityError::MissingClaim("exp"))?;
+    let iat = number(claims, "iat")?.ok_or(IdentityError::MissingClaim("iat"))?;
+    if now > exp.saturating_add(leeway) {
+        return Err(IdentityError::Expired);
+    }
+    if number(claims, "nbf")?.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(IdentityError::NotYetValid);
+    }
+    if iat > now + leeway {
+        return Err(IdentityError::IssuedInFuture);
+    }
+    if exp > now + MAX_LIFETIME {
+        return Err(IdentityError::TooLongLived);
+    }
+    Ok(exp)
+}
+
+/// The audience, exactly (a list must contain it).
+fn check_audience(claims: &Map<String, Value>, expected: &str) -> Result<(), IdentityError> {
+    let ok = match claims.get("aud") {
+        Some(Value::String(a)) => a == expected,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(expected)),
+        Some(_) => return Err(IdentityError::BadClaimType("aud")),
+        None => return Err(IdentityError::MissingClaim("aud")),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentityError::WrongAudience)
+    }
+}
+
+/// What makes a token spent once exchanged: its issuer and `jti`.
+fn replay_key(issuer: &str, claims: &Map<String, Value>, token: &str) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(issuer.as_bytes());
+    ctx.update(&[0]);
+    match claims.get("jti").and_then(Value::as_str) {
+        Some(jti) => ctx.update(jti.as_bytes()),
+        // Without a jti, the signed part only: signatures can be malleable (ECDSA's s and n-s
+        // both verify), so the same token must not yield two replay keys.
+        None => ctx.update(&token.as_bytes()[..token.rfind('.').unwrap_or(token.len())]),
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// A NumericDate claim: a non-negative number (fractions are cut).

@@ -2,11 +2,15 @@
 //!
 //! Free of hyper and tokio, so it can be read, tested by tables, fuzzed and benchmarked alone.
 
+pub mod action;
 pub mod body;
+pub mod classify;
 pub mod name;
 pub mod route;
 pub mod scan;
 
+pub use action::{ActionKind, ActionSet, RouteAction};
 pub use body::{BodyError, PublishManifest, PutPackument, PutRevision};
+pub use classify::classify;
 pub use name::{NameError, PackageName};
-pub use route::{classify, ActionKind, ActionSet, NpmRequest, Op, Route, RouteAction, RouteError};
+pub use route::{NpmRequest, Op, Route, RouteError};

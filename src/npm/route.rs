@@ -1,9 +1,8 @@
-//! Classifies an HTTP request line into one typed npm registry operation.
-//!
-//! Every path the broker forwards is rebuilt from the typed value (`NpmRequest::upstream_path`),
-//! never copied from the request, so the upstream reads exactly what was classified. Anything
-//! that does not parse unambiguously is refused.
+//! A classified registry request as a type: the route, the operation, the package, and the path
+//! the upstream gets, rebuilt from those parts (`NpmRequest::upstream_path`), never copied from
+//! the request; and the parsers of a path's segments. (`classify.rs` makes them.)
 
+use super::action::{ActionKind, ActionSet, RouteAction};
 use super::name::{NameError, PackageName};
 use http::Method;
 
@@ -30,13 +29,13 @@ pub struct NpmRequest {
     pub package: Option<PackageName>,
     pub op: Op,
     /// How a scoped name was written in the path: kept, so the upstream sees the client's form.
-    form: NameForm,
+    pub(super) form: NameForm,
     /// The query string forwarded with reads (never with writes).
-    query: Option<String>,
+    pub(super) query: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NameForm {
+pub(super) enum NameForm {
     /// `@scope%2fname` (also for unscoped names).
     Escaped,
     /// `@scope/name`, as tarball URLs are written.
@@ -101,143 +100,6 @@ pub enum Op {
     AccessSet,
 }
 
-/// npm actions that grants and phantoms name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ActionKind {
-    Read,
-    Publish,
-    StagePublish,
-    DistTag,
-    Deprecate,
-    Unpublish,
-    Owner,
-    Access,
-    Whoami,
-}
-
-impl ActionKind {
-    pub const ALL: [ActionKind; 9] = [
-        ActionKind::Read,
-        ActionKind::Publish,
-        ActionKind::StagePublish,
-        ActionKind::DistTag,
-        ActionKind::Deprecate,
-        ActionKind::Unpublish,
-        ActionKind::Owner,
-        ActionKind::Access,
-        ActionKind::Whoami,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ActionKind::Read => "read",
-            ActionKind::Publish => "publish",
-            ActionKind::StagePublish => "stage-publish",
-            ActionKind::DistTag => "dist-tag",
-            ActionKind::Deprecate => "deprecate",
-            ActionKind::Unpublish => "unpublish",
-            ActionKind::Owner => "owner",
-            ActionKind::Access => "access",
-            ActionKind::Whoami => "whoami",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ActionKind> {
-        ActionKind::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-
-    /// A publish, direct or staged: what adds a version (and may create a package).
-    pub fn publishes(self) -> bool {
-        matches!(self, ActionKind::Publish | ActionKind::StagePublish)
-    }
-
-    /// Writes count against a phantom's `max_uses`.
-    pub fn is_write(self) -> bool {
-        !matches!(self, ActionKind::Read | ActionKind::Whoami)
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-}
-
-/// What a request does, as its route tells it (and the audit log and the metrics name it): one
-/// action, or two that its body decides between (`publish|deprecate`, `unpublish|owner`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteAction {
-    One(ActionKind),
-    Either(ActionKind, ActionKind),
-}
-
-impl RouteAction {
-    /// Every value a route can give: each action, and the two pairs a body decides between.
-    pub const ALL: [RouteAction; 11] = {
-        use ActionKind::*;
-        [
-            RouteAction::One(Read),
-            RouteAction::One(Publish),
-            RouteAction::One(StagePublish),
-            RouteAction::One(DistTag),
-            RouteAction::One(Deprecate),
-            RouteAction::One(Unpublish),
-            RouteAction::One(Owner),
-            RouteAction::One(Access),
-            RouteAction::One(Whoami),
-            RouteAction::Either(Publish, Deprecate),
-            RouteAction::Either(Unpublish, Owner),
-        ]
-    };
-
-    /// `publish`, or `publish|deprecate`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteAction::One(a) => a.as_str(),
-            RouteAction::Either(ActionKind::Publish, ActionKind::Deprecate) => "publish|deprecate",
-            RouteAction::Either(ActionKind::Unpublish, ActionKind::Owner) => "unpublish|owner",
-            RouteAction::Either(a, _) => a.as_str(),
-        }
-    }
-}
-
-/// A set of actions, as a bit set.
-#[derive(Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct ActionSet(u16);
-
-impl ActionSet {
-    pub fn contains(self, a: ActionKind) -> bool {
-        self.0 & a.bit() != 0
-    }
-    pub fn insert(&mut self, a: ActionKind) {
-        self.0 |= a.bit();
-    }
-    pub fn intersect(self, other: ActionSet) -> ActionSet {
-        ActionSet(self.0 & other.0)
-    }
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-    pub fn iter(self) -> impl Iterator<Item = ActionKind> {
-        ActionKind::ALL.into_iter().filter(move |a| self.contains(*a))
-    }
-    pub fn names(self) -> Vec<&'static str> {
-        self.iter().map(ActionKind::as_str).collect()
-    }
-}
-
-impl FromIterator<ActionKind> for ActionSet {
-    fn from_iter<I: IntoIterator<Item = ActionKind>>(iter: I) -> Self {
-        let mut set = ActionSet::default();
-        iter.into_iter().for_each(|a| set.insert(a));
-        set
-    }
-}
-
-impl std::fmt::Debug for ActionSet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.names()).finish()
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("the path is not a valid registry path")]
@@ -271,282 +133,12 @@ impl RouteError {
     }
 }
 
-const MAX_PATH_LEN: usize = 2048;
-
-/// Classifies a request by method, raw (still percent-encoded) path and raw query.
-pub fn classify(method: &Method, path: &str, query: Option<&str>) -> Result<Route, RouteError> {
-    if path.len() > MAX_PATH_LEN || !path.starts_with('/') {
-        return Err(RouteError::BadPath);
-    }
-    if !path.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(RouteError::BadPath);
-    }
-    // libnpmpublish builds `${registry}/-/package/...` from a registry URL that ends in '/'.
-    let path = if path.starts_with("//-/") { &path[1..] } else { path };
-    let segs: Vec<&str> = path[1..].split('/').collect();
-    for s in &segs {
-        if s.is_empty() || is_dot_segment(s) {
-            return Err(RouteError::BadPath);
-        }
-    }
-    if segs[0] == "-" {
-        classify_special(method, &segs[1..], query)
-    } else {
-        classify_package_path(method, &segs, query).map(Route::Registry)
-    }
-}
-
-/// `.` and `..`, each dot raw or percent-encoded (`%2e`, in either case). Checked in place:
-/// every segment of every request passes through here.
-fn is_dot_segment(s: &str) -> bool {
-    let mut rest = s.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() && dots < 3 {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
-            _ => return false,
-        };
-        dots += 1;
-    }
-    rest.is_empty() && (1..=2).contains(&dots)
-}
-
-fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Result<Route, RouteError> {
-    let get = is_read_method(method);
-    let forbidden = |what, path| Ok(Route::Forbidden { what, path, package: None });
-    let simple = |op: Op, query_ok: bool| -> Result<Route, RouteError> {
-        if !get {
-            return Err(RouteError::MethodNotAllowed);
-        }
-        Ok(Route::Registry(NpmRequest {
-            method: method.clone(),
-            package: None,
-            op,
-            form: NameForm::Escaped,
-            query: if query_ok { query.map(str::to_owned) } else { None },
-        }))
-    };
-    match segs {
-        ["ping"] => simple(Op::Ping, true),
-        ["whoami"] => simple(Op::Whoami, false),
-        ["v1", "search"] => simple(Op::Search, true),
-        ["npm", "v1", "oidc", "token", "exchange", "package", name] => {
-            if *method != Method::POST {
-                return Err(RouteError::MethodNotAllowed);
-            }
-            let (package, _) = parse_escaped_name(name)?;
-            Ok(Route::NpmOidcExchange { package })
-        }
-        ["phantom", "v1", "exchange"] => {
-            if *method != Method::POST {
-                return Err(RouteError::MethodNotAllowed);
-            }
-            Ok(Route::PhantomExchange)
-        }
-        ["npm", "v1", "security", rest @ ..] => {
-            let path = match rest {
-                ["advisories", "bulk"] => "/-/npm/v1/security/advisories/bulk",
-                ["audits", "quick"] => "/-/npm/v1/security/audits/quick",
-                ["audits"] => "/-/npm/v1/security/audits",
-                _ => return Err(RouteError::UnknownRoute),
-            };
-            if *method != Method::POST {
-                return Err(RouteError::MethodNotAllowed);
-            }
-            Ok(Route::Registry(NpmRequest {
-                method: Method::POST,
-                package: None,
-                op: Op::SecurityAudit { path },
-                form: NameForm::Escaped,
-                query: None,
-            }))
-        }
-        ["npm", "v1", "tokens", ..] => forbidden("token management", "/-/npm/v1/tokens"),
-        ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings", "/-/npm/v1/user"),
-        ["v1", "login", ..] => forbidden("login", "/-/v1/login"),
-        ["v1", "done", ..] => forbidden("login", "/-/v1/done"),
-        ["user", who] if get && who.starts_with("org.couchdb.user:") => {
-            let name = &who["org.couchdb.user:".len()..];
-            let ok = !name.is_empty()
-                && name.len() <= 214
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'_'));
-            if !ok {
-                return Err(RouteError::BadPath);
-            }
-            simple(Op::UserLookup { name: name.to_owned() }, false)
-        }
-        ["user", ..] => forbidden("user accounts", "/-/user"),
-        ["org", ..] => forbidden("org administration", "/-/org"),
-        ["team", ..] => forbidden("team administration", "/-/team"),
-        ["package", name, "trust", ..] => {
-            let (package, _) = parse_escaped_name(name)?;
-            let (what, path) = ("trusted-publisher configuration", "/-/package/{name}/trust");
-            Ok(Route::Forbidden { what, path, package: Some(package) })
-        }
-        ["package", name, rest @ ..] => {
-            let (package, form) = parse_escaped_name(name)?;
-            let op = match (rest, method) {
-                (["dist-tags"], m) if is_read_method(m) => Op::DistTagsList,
-                (["dist-tags", tag], &Method::PUT | &Method::POST) => Op::DistTagSet { tag: parse_tag(tag)? },
-                (["dist-tags", tag], &Method::DELETE) => Op::DistTagRemove { tag: parse_tag(tag)? },
-                (["visibility"], m) if is_read_method(m) => Op::Visibility,
-                (["collaborators"], m) if is_read_method(m) => Op::Collaborators,
-                (["access"], &Method::POST) => Op::AccessSet,
-                (["dist-tags"] | ["dist-tags", _] | ["visibility"] | ["collaborators"] | ["access"], _) => {
-                    return Err(RouteError::MethodNotAllowed)
-                }
-                _ => return Err(RouteError::UnknownRoute),
-            };
-            package_request(method, package, op, form, query)
-        }
-        ["stage", "package", name] => {
-            if *method != Method::POST {
-                return Err(RouteError::MethodNotAllowed);
-            }
-            let (package, form) = parse_escaped_name(name)?;
-            package_request(method, package, Op::StagePublish, form, query)
-        }
-        ["stage"] if get => stage_list(method, query),
-        ["stage", id] if get => stage_item(method, id, query, |id| Op::StageView { id }),
-        ["stage", id, "tarball"] if get => stage_item(method, id, query, |id| Op::StageTarball { id }),
-        // Approving or discarding a staged version is for humans with 2FA, never the broker.
-        ["stage", ..] => forbidden("staged-publish review", "/-/stage"),
-        _ => Err(RouteError::UnknownRoute),
-    }
-}
-
-/// `GET /-/stage?package=<name>&page=N&perPage=N`, as npm's `stage list` sends it. The query
-/// is parsed and rebuilt: only these three parameters, a valid package name, numbers.
-fn stage_list(method: &Method, query: Option<&str>) -> Result<Route, RouteError> {
-    let (mut package, mut page, mut per_page) = (None, None, None);
-    for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').ok_or(RouteError::UnexpectedQuery)?;
-        let number = || value.parse::<u32>().map_err(|_| RouteError::UnexpectedQuery);
-        let slot = match key {
-            "package" => &mut package,
-            "page" => &mut page,
-            "perPage" => &mut per_page,
-            _ => return Err(RouteError::UnexpectedQuery),
-        };
-        if slot.is_some() {
-            return Err(RouteError::UnexpectedQuery);
-        }
-        *slot = Some(match key {
-            "package" => value.to_owned(),
-            _ => number()?.to_string(),
-        });
-    }
-    let package = match package {
-        // URLSearchParams writes `@` and `/` escaped; no other escape belongs in a name.
-        Some(v) => {
-            let name = v.replace("%40", "@").replace("%2F", "/").replace("%2f", "/");
-            if name.contains('%') {
-                return Err(RouteError::BadEncoding);
-            }
-            Some(PackageName::parse(&name)?)
-        }
-        None => None,
-    };
-    let mut rebuilt: Vec<String> = Vec::new();
-    if let Some(p) = &package {
-        rebuilt.push(format!("package={}", p.as_str().replace('@', "%40").replace('/', "%2F")));
-    }
-    if let Some(n) = page {
-        rebuilt.push(format!("page={n}"));
-    }
-    if let Some(n) = per_page {
-        rebuilt.push(format!("perPage={n}"));
-    }
-    let query = (!rebuilt.is_empty()).then(|| rebuilt.join("&"));
-    Ok(Route::Registry(NpmRequest {
-        method: method.clone(),
-        package,
-        op: Op::StageList,
-        form: NameForm::Escaped,
-        query,
-    }))
-}
-
-/// `GET /-/stage/<id>` and its tarball: the id is a UUID, as npm checks before it asks.
-fn stage_item(method: &Method, id: &str, query: Option<&str>, op: fn(String) -> Op) -> Result<Route, RouteError> {
-    if query.is_some() {
-        return Err(RouteError::UnexpectedQuery);
-    }
-    let groups: Vec<&str> = id.split('-').collect();
-    let uuid =
-        groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    if !uuid {
-        return Err(RouteError::BadPath);
-    }
-    let op = op(id.to_ascii_lowercase());
-    Ok(Route::Registry(NpmRequest { method: method.clone(), package: None, op, form: NameForm::Escaped, query: None }))
-}
-
-fn classify_package_path(method: &Method, segs: &[&str], query: Option<&str>) -> Result<NpmRequest, RouteError> {
-    // The package name takes one segment (`name`, `@scope%2fname`) or two (`@scope/name`).
-    let (package, form, rest) = if segs[0].starts_with('@') && !segs[0].contains('%') {
-        if segs.len() < 2 {
-            return Err(RouteError::BadName(NameError::BadScope));
-        }
-        let package = PackageName::parse(&format!("{}/{}", segs[0], segs[1]))?;
-        (package, NameForm::Slash, &segs[2..])
-    } else {
-        let (package, form) = parse_escaped_name(segs[0])?;
-        (package, form, &segs[1..])
-    };
-    let read = is_read_method(method);
-    let op = match (rest, method) {
-        ([], _) if read => Op::Packument,
-        ([], &Method::PUT) => Op::PutPackument,
-        (["-", file], _) if read => Op::Tarball { file: parse_tarball_file(&package, file)? },
-        (["-rev", rev], &Method::PUT) => Op::PutRevision { rev: parse_rev(rev)? },
-        (["-rev", rev], &Method::DELETE) => Op::UnpublishPackage { rev: parse_rev(rev)? },
-        (["-", file, "-rev", rev], &Method::DELETE) => {
-            Op::UnpublishTarball { file: parse_tarball_file(&package, file)?, rev: parse_rev(rev)? }
-        }
-        ([spec], _) if read && *spec != "-" && *spec != "-rev" => Op::VersionManifest { spec: parse_spec(spec)? },
-        ([] | ["-", _] | ["-rev", _] | ["-", _, "-rev", _] | [_], _) => return Err(RouteError::MethodNotAllowed),
-        _ => return Err(RouteError::UnknownRoute),
-    };
-    match package_request(method, package, op, form, query)? {
-        Route::Registry(r) => Ok(r),
-        _ => unreachable!("package_request builds registry routes"),
-    }
-}
-
-fn package_request(
-    method: &Method,
-    package: PackageName,
-    op: Op,
-    form: NameForm,
-    query: Option<&str>,
-) -> Result<Route, RouteError> {
-    let write = !is_read_method(method);
-    if write && query.is_some() {
-        return Err(RouteError::UnexpectedQuery);
-    }
-    if write && package.is_legacy() {
-        return Err(RouteError::LegacyNameWrite);
-    }
-    let query = match (&op, query) {
-        // `?write=true` asks for the full document with `_rev`; it is still a read.
-        (Op::Packument, Some("write=true")) => Some("write=true".to_owned()),
-        (_, None) => None,
-        _ if !write => return Err(RouteError::UnexpectedQuery),
-        _ => None,
-    };
-    Ok(Route::Registry(NpmRequest { method: method.clone(), package: Some(package), op, form, query }))
-}
-
-fn is_read_method(m: &Method) -> bool {
+pub(super) fn is_read_method(m: &Method) -> bool {
     *m == Method::GET || *m == Method::HEAD
 }
 
 /// `name` or `@scope%2fname` (either case of the escape). Any other `%` is refused.
-fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
+pub(super) fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
     let unescaped = if seg.starts_with('@') {
         let lower = seg.to_ascii_lowercase();
         let at = lower.find("%2f").ok_or(RouteError::BadName(NameError::BadScope))?;
@@ -572,19 +164,19 @@ pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
     }
 }
 
-fn parse_rev(seg: &str) -> Result<String, RouteError> {
+pub(super) fn parse_rev(seg: &str) -> Result<String, RouteError> {
     let ok = !seg.is_empty() && seg.len() <= 128 && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     ok.then(|| seg.to_owned()).ok_or(RouteError::BadPath)
 }
 
-fn parse_spec(seg: &str) -> Result<String, RouteError> {
+pub(super) fn parse_spec(seg: &str) -> Result<String, RouteError> {
     let ok = seg.len() <= 256
         && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+' | b'~'));
     ok.then(|| seg.to_owned()).ok_or(RouteError::BadEncoding)
 }
 
 /// A tarball file must be `<bare name>-<version>.tgz` for the package in the same path.
-fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<String, RouteError> {
+pub(super) fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<String, RouteError> {
     let version = seg
         .strip_suffix(".tgz")
         .and_then(|s| s.strip_prefix(package.bare()))
@@ -719,7 +311,3 @@ impl NpmRequest {
         path
     }
 }
-
-#[cfg(test)]
-#[path = "route_tests.rs"]
-mod tests;

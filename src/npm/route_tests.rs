@@ -1,4 +1,5 @@
 use super::*;
+use crate::npm::{ActionKind, ActionSet};
 
 /// What a request line should become: the op's debug text, the package and the upstream path.
 enum Want {
