@@ -83,104 +83,116 @@ impl PublishScanner {
         let mut i = 0;
         while i < chunk.len() {
             if self.data {
-                // Fast path: base64 up to the closing quote, never copied.
-                let rest = &chunk[i..];
-                let end = base64_run(rest);
-                if end < rest.len() && rest[end] != b'"' {
-                    return Err(ScanError::BadTarballData);
-                }
-                self.data_in_this_string += end as u64;
-                i += end;
-                if i < chunk.len() {
-                    // The closing quote.
-                    self.data = false;
-                    self.in_string = false;
-                    self.data_bytes += self.data_in_this_string;
-                    if self.data_in_this_string > 0 {
-                        self.push(b"x")?;
-                    }
-                    self.push(b"\"")?;
-                    self.after_value();
-                    i += 1;
-                }
+                i += self.tarball_data(&chunk[i..])?;
                 continue;
             }
             let b = chunk[i];
             i += 1;
             if self.in_string {
-                self.push(&[b])?;
-                if self.escaped {
-                    self.escaped = false;
-                    self.key_byte(b);
-                } else if b == b'\\' {
-                    self.escaped = true;
-                    self.key_byte(b);
-                } else if b == b'"' {
-                    self.in_string = false;
-                    match self.key.take() {
-                        Some(key) => {
-                            if let Some(Frame::Object { key: slot, .. }) = self.stack.last_mut() {
-                                *slot = Some(key);
-                            }
-                        }
-                        None => self.after_value(),
-                    }
-                } else {
-                    self.key_byte(b);
-                }
-                continue;
+                self.string_byte(b)?;
+            } else {
+                self.structural(b, start + i as u64 - 1)?;
             }
-            match b {
-                // A publish body is one object: nothing but whitespace may come before or after.
-                b' ' | b'\t' | b'\n' | b'\r' if self.stack.is_empty() => self.push(&[b])?,
-                _ if self.stack.is_empty() && (self.closed_at.is_some() || b != b'{') => {
+        }
+        Ok(())
+    }
+
+    /// Fast path: the tarball's base64 up to its closing quote, never copied. Returns how many
+    /// of `rest`'s bytes it took.
+    fn tarball_data(&mut self, rest: &[u8]) -> Result<usize, ScanError> {
+        let end = base64_run(rest);
+        if end < rest.len() && rest[end] != b'"' {
+            return Err(ScanError::BadTarballData);
+        }
+        self.data_in_this_string += end as u64;
+        if end == rest.len() {
+            return Ok(end);
+        }
+        // The closing quote.
+        self.data = false;
+        self.in_string = false;
+        self.data_bytes += self.data_in_this_string;
+        if self.data_in_this_string > 0 {
+            self.push(b"x")?;
+        }
+        self.push(b"\"")?;
+        self.after_value();
+        Ok(end + 1)
+    }
+
+    /// A byte inside a string (a key, or a value other than tarball data).
+    fn string_byte(&mut self, b: u8) -> Result<(), ScanError> {
+        self.push(&[b])?;
+        if self.escaped {
+            self.escaped = false;
+            self.key_byte(b);
+        } else if b == b'\\' {
+            self.escaped = true;
+            self.key_byte(b);
+        } else if b == b'"' {
+            self.in_string = false;
+            match self.key.take() {
+                Some(key) => {
+                    if let Some(Frame::Object { key: slot, .. }) = self.stack.last_mut() {
+                        *slot = Some(key);
+                    }
+                }
+                None => self.after_value(),
+            }
+        } else {
+            self.key_byte(b);
+        }
+        Ok(())
+    }
+
+    /// A byte outside strings, at offset `at` of the body.
+    fn structural(&mut self, b: u8, at: u64) -> Result<(), ScanError> {
+        match b {
+            // A publish body is one object: nothing but whitespace may come before or after.
+            b' ' | b'\t' | b'\n' | b'\r' if self.stack.is_empty() => self.push(&[b])?,
+            _ if self.stack.is_empty() && (self.closed_at.is_some() || b != b'{') => {
+                return Err(ScanError::Malformed);
+            }
+            b'"' => {
+                self.push(&[b])?;
+                self.in_string = true;
+                let is_key = matches!(self.stack.last(), Some(Frame::Object { expect_key: true, .. }));
+                if is_key {
+                    self.key = Some(Vec::new());
+                    if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+                        *expect_key = false;
+                    }
+                } else if self.at_tarball_data() {
+                    self.data = true;
+                    self.data_in_this_string = 0;
+                }
+            }
+            b'{' | b'[' => {
+                if self.stack.len() >= MAX_DEPTH {
                     return Err(ScanError::Malformed);
                 }
-                b'"' => {
-                    self.push(&[b])?;
-                    self.in_string = true;
-                    let is_key = matches!(self.stack.last(), Some(Frame::Object { expect_key: true, .. }));
-                    if is_key {
-                        self.key = Some(Vec::new());
-                        if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
-                            *expect_key = false;
-                        }
-                    } else if self.at_tarball_data() {
-                        self.data = true;
-                        self.data_in_this_string = 0;
-                    }
-                }
-                b'{' | b'[' => {
-                    if self.stack.len() >= MAX_DEPTH {
-                        return Err(ScanError::Malformed);
-                    }
-                    self.push(&[b])?;
-                    self.stack.push(if b == b'{' {
-                        Frame::Object { expect_key: true, key: None }
-                    } else {
-                        Frame::Array
-                    });
-                }
-                b'}' | b']' => {
-                    // A close must match what is open (the strict parse would refuse it anyway).
-                    match (self.stack.pop(), b) {
-                        (Some(Frame::Object { .. }), b'}') | (Some(Frame::Array), b']') => {}
-                        _ => return Err(ScanError::Malformed),
-                    }
-                    self.push(&[b])?;
-                    if self.stack.is_empty() {
-                        self.closed_at = Some(start + i as u64 - 1);
-                    }
-                    self.after_value();
-                }
-                b',' => {
-                    self.push(&[b])?;
-                    if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
-                        *expect_key = true;
-                    }
-                }
-                _ => self.push(&[b])?,
+                self.push(&[b])?;
+                self.stack.push(if b == b'{' { Frame::Object { expect_key: true, key: None } } else { Frame::Array });
             }
+            b'}' | b']' => {
+                // A close must match what is open (the strict parse would refuse it anyway).
+                match (self.stack.pop(), b) {
+                    (Some(Frame::Object { .. }), b'}') | (Some(Frame::Array), b']') => {}
+                    _ => return Err(ScanError::Malformed),
+                }
+                self.push(&[b])?;
+                if self.stack.is_empty() {
+                    self.closed_at = Some(at);
+                }
+                self.after_value();
+            }
+            b',' => {
+                self.push(&[b])?;
+                if let Some(Frame::Object { expect_key, .. }) = self.stack.last_mut() {
+                    *expect_key = true;
+                }
+            }
+            _ => self.push(&[b])?,
         }
         Ok(())
     }
