@@ -4,8 +4,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 mod cli;
 
-use cli::{admin_client, certs, demo, login};
-use phantom_broker::{audit, config::Config, policy, server};
+use cli::admin_client::{self, AdminArgs};
+use cli::credentials::CredentialsCommand;
+use cli::policy::PolicyCommand;
+use cli::{certs, demo, login};
+use phantom_broker::{audit, config::Config, server};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,13 +21,6 @@ struct Cli {
     log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum CheckFormat {
-    Text,
-    Json,
-    Github,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,16 +93,6 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct AdminArgs {
-    /// The broker's config: the admin address and token come from its [admin] section.
-    #[arg(long, default_value = "phantom.toml")]
-    config: PathBuf,
-    /// Extra CA certificates to trust for the admin listener (e.g. certs/ca.pem).
-    #[arg(long)]
-    ca_file: Option<PathBuf>,
-}
-
-#[derive(clap::Args)]
 #[group(required = true, multiple = false)]
 struct RevokeWhich {
     /// A token id, as the audit log and `phantom phantoms` show it.
@@ -121,41 +107,6 @@ struct RevokeWhich {
     /// Every live phantom.
     #[arg(long)]
     all: bool,
-}
-
-#[derive(Subcommand)]
-enum CredentialsCommand {
-    /// One row per credential: upstream, class, packages, what it can publish, age, days to
-    /// expiry, last use, the upstream account, and warnings.
-    Status {
-        /// The rows as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Swap in a new value, minted upstream by a person: canaried, written to the credential's
-    /// file, audited.
-    Rotate {
-        name: String,
-        /// A file holding the new token (never give it on the command line).
-        #[arg(long)]
-        from_file: PathBuf,
-        /// Keep the old value for this long (e.g. 24h): reads the upstream refuses with the new
-        /// one are tried again with it.
-        #[arg(long)]
-        overlap: Option<String>,
-        /// Revoke first: every live phantom of the credential's grants is revoked and their
-        /// packages frozen before the swap; no overlap.
-        #[arg(long, conflicts_with = "overlap")]
-        incident: bool,
-        /// The upstream account the new value must authenticate as, when the current value can
-        /// no longer say (already revoked upstream) and the broker has not asked it before.
-        #[arg(long)]
-        account: Option<String>,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
 }
 
 #[derive(Subcommand)]
@@ -177,53 +128,6 @@ enum CertsCommand {
 enum AuditCommand {
     /// Check the hash chain and name the first altered or removed line.
     Verify { path: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Parse and validate the config and every policy file.
-    Check {
-        #[arg(long, default_value = "phantom.toml")]
-        config: PathBuf,
-        /// `text` (file:line:col: severity[rule]: message), `json`, or `github` (workflow
-        /// annotations on the policy pull request's lines).
-        #[arg(long, value_enum, default_value = "text")]
-        format: CheckFormat,
-        /// Fail on warnings too.
-        #[arg(long)]
-        deny_warnings: bool,
-    },
-    /// The `npm trust ...` commands that would configure npm's own trusted publishing for the
-    /// grants npm could serve (GitHub, GitLab, CircleCI), and why not for the others.
-    Trust {
-        #[arg(long, default_value = "phantom.toml")]
-        config: PathBuf,
-    },
-    /// Show, grant by grant, why an identity may or may not do an action on a package.
-    Explain {
-        #[arg(long, default_value = "phantom.toml")]
-        config: PathBuf,
-        /// A refused (or allowed) request's id, as `npm notice phantom: ... (request ID)` and the
-        /// audit log show it: its identity, package, action and version come from the audit log.
-        #[arg(long, conflicts_with_all = ["claims", "package", "action"])]
-        request: Option<String>,
-        /// The audit log to look the request up in (default: the config's `audit.path`).
-        #[arg(long, requires = "request")]
-        audit: Option<PathBuf>,
-        /// A JSON file with the ID token's claims.
-        #[arg(long, required_unless_present = "request")]
-        claims: Option<PathBuf>,
-        #[arg(long, required_unless_present = "request")]
-        package: Option<String>,
-        #[arg(long, required_unless_present = "request")]
-        action: Option<String>,
-        /// The version a publish would add (checked against `versions` and `prerelease_only`).
-        #[arg(long)]
-        version: Option<String>,
-        /// The upstream does not have the package yet: the publish would create it (`create`).
-        #[arg(long)]
-        new_package: bool,
-    },
 }
 
 /// Set once logging is set up: in JSON mode every line on stderr is a JSON object, errors too.
@@ -269,7 +173,7 @@ fn run() -> Result<()> {
                 bail!("{}: line {line}: {reason}", path.display())
             }
         },
-        Command::Policy { command } => policy_command(command),
+        Command::Policy { command } => cli::policy::run(command),
         Command::Revoke { which, admin } => {
             let body = match which {
                 RevokeWhich { id: Some(id), .. } => serde_json::json!({ "id": id }),
@@ -277,12 +181,13 @@ fn run() -> Result<()> {
                 RevokeWhich { repository: Some(r), .. } => serde_json::json!({ "repository": r }),
                 _ => serde_json::json!({ "all": true }),
             };
-            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/revoke", Some(body)))?;
+            let answer =
+                rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/revoke", Some(body)))?;
             println!("revoked {} phantom(s)", answer["revoked"]);
             Ok(())
         }
         Command::Phantoms { admin } => {
-            let answer = rt.block_on(admin_call(&admin, http::Method::GET, "/admin/v1/phantoms", None))?;
+            let answer = rt.block_on(admin_client::call_with(&admin, http::Method::GET, "/admin/v1/phantoms", None))?;
             println!("{}", serde_json::to_string_pretty(&answer["phantoms"])?);
             Ok(())
         }
@@ -292,13 +197,15 @@ fn run() -> Result<()> {
         }
         Command::Freeze { pattern, admin } => {
             let body = serde_json::json!({ "packages": pattern });
-            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/freeze", Some(body)))?;
+            let answer =
+                rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/freeze", Some(body)))?;
             println!("frozen: {}", answer["frozen"]);
             Ok(())
         }
         Command::Thaw { pattern, admin } => {
             let body = serde_json::json!({ "packages": pattern });
-            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/thaw", Some(body)))?;
+            let answer =
+                rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/thaw", Some(body)))?;
             println!("frozen: {}", answer["frozen"]);
             Ok(())
         }
@@ -308,9 +215,9 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => rt.block_on(demo::run(args, shutdown_signal())).map_err(anyhow::Error::msg),
-        Command::Credentials { command } => rt.block_on(credentials_command(command)),
+        Command::Credentials { command } => rt.block_on(cli::credentials::run(command)),
         Command::Reload { admin } => {
-            let answer = rt.block_on(admin_call(&admin, http::Method::POST, "/admin/v1/reload", None))?;
+            let answer = rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/reload", None))?;
             println!("{}", serde_json::to_string_pretty(&answer)?);
             Ok(())
         }
@@ -351,99 +258,6 @@ fn init_logging(format: Option<LogFormat>, file: Option<std::fs::File>, serving:
         }));
     }
     let _ = JSON_LOGS.set(json_on_stderr);
-}
-
-async fn admin_call(
-    admin: &AdminArgs,
-    method: http::Method,
-    path: &str,
-    body: Option<serde_json::Value>,
-) -> Result<serde_json::Value> {
-    let config = Config::load(&admin.config)?;
-    admin_client::call(&config, admin.ca_file.as_deref(), method, path, body).await.map_err(anyhow::Error::msg)
-}
-
-async fn credentials_command(command: CredentialsCommand) -> Result<()> {
-    match command {
-        CredentialsCommand::Status { json, admin } => {
-            let answer = admin_call(&admin, http::Method::GET, "/admin/v1/credentials", None).await?;
-            let rows = answer["credentials"].as_array().cloned().unwrap_or_default();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-                return Ok(());
-            }
-            let cell = |v: &serde_json::Value| match v {
-                serde_json::Value::Null => "-".to_owned(),
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            println!(
-                "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} PACKAGES",
-                "CREDENTIAL", "UPSTREAM", "CLASS", "PUBLISH", "AGE (d)", "EXPIRY (d)", "ACCOUNT", "LAST USE"
-            );
-            for r in &rows {
-                let packages: Vec<String> = r["packages"].as_array().into_iter().flatten().map(cell).collect();
-                println!(
-                    "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} {}",
-                    cell(&r["name"]),
-                    cell(&r["upstream"]),
-                    cell(&r["class"]),
-                    cell(&r["publish"]),
-                    cell(&r["age_days"]),
-                    cell(&r["days_to_expiry"]),
-                    cell(&r["account"]),
-                    cell(&r["last_used"]),
-                    if packages.is_empty() { "(unscoped)".to_owned() } else { packages.join(", ") }
-                );
-            }
-            for r in &rows {
-                for w in r["warnings"].as_array().into_iter().flatten() {
-                    println!("warning: {}: {}", cell(&r["name"]), cell(w));
-                }
-            }
-            Ok(())
-        }
-        CredentialsCommand::Rotate { name, from_file, overlap, incident, account, admin } => {
-            let overlap = overlap
-                .as_deref()
-                .map(phantom_broker::support::units::parse_duration)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--overlap: {e}"))?;
-            let config = Config::load(&admin.config)?;
-            let done = admin_client::rotate(
-                &config,
-                admin.ca_file.as_deref(),
-                &name,
-                &from_file,
-                overlap,
-                incident,
-                account.as_deref(),
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            println!("rotated {name}: the new value authenticates as {}", done["account"]);
-            if let Some(p) = done["canary_read"].as_str() {
-                println!("  canary: it reads {p}");
-            }
-            if let Some(f) = done["file"].as_str() {
-                println!("  written to {f} (mode 0600)");
-            }
-            if let Some(replicas) = done["replicas"].as_str() {
-                println!("  replicas: {replicas}");
-            }
-            match done["overlap_until"].as_str() {
-                Some(t) => println!("  the old value stays for reads the upstream refuses with the new one until {t}"),
-                None => println!("  the old value is dropped once requests in flight finish"),
-            }
-            if incident {
-                println!("  incident: revoked {} phantoms; froze {}", done["revoked"], done["frozen"]);
-                if let Some(t) = done["thaw"].as_str() {
-                    println!("  once the incident is over: {t} --config {}", admin.config.display());
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 async fn serve(config: PathBuf) -> Result<()> {
@@ -506,139 +320,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
-}
-
-/// How an allowed action goes: a publish staged for approval, a rate, notifications.
-fn how(grant: Option<&policy::Grant>, action: phantom_broker::npm::ActionKind) -> String {
-    let Some(g) = grant else { return String::new() };
-    let mut notes = Vec::new();
-    if action == phantom_broker::npm::ActionKind::Publish && g.publish == policy::PublishMode::Stage {
-        notes.push(
-            "staged: `npm publish` goes upstream as `npm stage publish`, live once a maintainer approves it".to_owned(),
-        );
-    }
-    if matches!(action, phantom_broker::npm::ActionKind::Publish | phantom_broker::npm::ActionKind::StagePublish) {
-        notes.push(if g.create {
-            "may create a package the upstream does not have yet (create = true)".to_owned()
-        } else {
-            "only packages the upstream already has: a first publish is refused (no create = true)".to_owned()
-        });
-    }
-    if let Some(rate) = g.rate {
-        notes.push(format!(
-            "at most {} writes per package every {}s, shared by every identity the grant admits",
-            rate.max,
-            rate.window.as_secs()
-        ));
-    }
-    if !g.notify.is_empty() {
-        notes.push(format!("staged versions notify {}", g.notify.join(", ")));
-    }
-    if notes.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", notes.join("; "))
-    }
-}
-
-fn policy_command(command: PolicyCommand) -> Result<()> {
-    let load = |path: &PathBuf| -> Result<(Config, policy::Policy)> {
-        let config = Config::load(path)?;
-        let policy = config.load_policy()?;
-        Ok((config, policy))
-    };
-    match command {
-        PolicyCommand::Check { config, format, deny_warnings } => {
-            use phantom_broker::policy::check::{self, Severity};
-            let config = Config::load(&config)?;
-            let findings = config.check_policy();
-            match format {
-                CheckFormat::Text => print!("{}", check::text(&findings)),
-                CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
-                CheckFormat::Github => print!("{}", check::github(&findings)),
-            }
-            let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
-            let (errors, warnings, notes) = (count(Severity::Error), count(Severity::Warning), count(Severity::Note));
-            if format == CheckFormat::Text {
-                // The same load as `serve`: its count of grants when it would start.
-                let grants = config.load_policy().map(|p| p.len()).unwrap_or(0);
-                let n = |count: usize, what: &str| format!("{count} {what}{}", if count == 1 { "" } else { "s" });
-                let notes = if notes > 0 { format!(", {}", n(notes, "note")) } else { String::new() };
-                println!(
-                    "{}: {}, {}, {}{notes}",
-                    config.policy_dir.display(),
-                    n(grants, "grant"),
-                    n(errors, "error"),
-                    n(warnings, "warning")
-                );
-            }
-            if errors > 0 || (deny_warnings && warnings > 0) {
-                // The findings said it all: exit 1 without another line.
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        PolicyCommand::Trust { config } => {
-            let (config, policy) = load(&config)?;
-            let mut grants: Vec<&policy::Grant> = policy.grants().collect();
-            grants.sort_by(|a, b| a.name.cmp(&b.name));
-            let preset_of = |issuer: &str| config.issuers.iter().find(|i| i.name == issuer).and_then(|i| i.preset);
-            print!("{}", policy::trust::trust_script(&grants, &preset_of));
-            Ok(())
-        }
-        PolicyCommand::Explain { config, request, audit, claims, package, action, version, new_package } => {
-            let (config, policy) = load(&config)?;
-            let (claims, package, action, version, new_package) = match request {
-                Some(id) => {
-                    let path = audit.unwrap_or_else(|| config.audit.path.clone());
-                    let asked = audit::find_request(&path, &id)
-                        .with_context(|| format!("cannot read {}", path.display()))?
-                        .with_context(|| format!("request {id} is not in {}", path.display()))?;
-                    println!(
-                        "request {id}: {} {} by {}",
-                        asked.action,
-                        asked.package,
-                        asked.claims.get("sub").and_then(|s| s.as_str()).unwrap_or("an unnamed identity")
-                    );
-                    let new_package = asked.new_package || new_package;
-                    (asked.claims, asked.package, asked.action, asked.version.or(version), new_package)
-                }
-                None => {
-                    let claims = claims.unwrap_or_default();
-                    let text = std::fs::read_to_string(&claims)
-                        .with_context(|| format!("cannot read {}", claims.display()))?;
-                    let claims = phantom_broker::support::json::parse_object(text.as_bytes())
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", "claims"))?;
-                    (claims, package.unwrap_or_default(), action.unwrap_or_default(), version, new_package)
-                }
-            };
-            let iss = claims.get("iss").and_then(|v| v.as_str()).unwrap_or_default();
-            let issuer = config
-                .issuers
-                .iter()
-                .find(|i| i.issuer == iss)
-                .with_context(|| format!("the claims' iss `{iss}` is not a configured issuer"))?;
-            let identity = policy::Identity { issuer: issuer.name.as_str().into(), claims };
-            let package = phantom_broker::npm::PackageName::parse(&package)?;
-            // Before its body decided, a write is recorded with both candidates: the first is
-            // the one npm means (a publish, an unpublish).
-            let action = action.split('|').next().unwrap_or_default().to_owned();
-            let action = phantom_broker::npm::ActionKind::parse(&action)
-                .with_context(|| format!("unknown action `{action}`"))?;
-            let mut allowed = false;
-            for (grant, verdict) in policy.explain(&identity, &package, action, version.as_deref(), new_package) {
-                match verdict {
-                    Ok(()) => {
-                        allowed = true;
-                        println!("allow  {grant}{}", how(policy.grant(&grant), action));
-                    }
-                    Err(why) => println!("deny   {grant}: {why}"),
-                }
-            }
-            if !allowed {
-                bail!("denied: no grant allows {} on {package}", action.as_str());
-            }
-            Ok(())
-        }
-    }
 }

@@ -7,8 +7,30 @@ use phantom_broker::config::Config;
 use phantom_broker::support::net;
 use phantom_broker::support::secret::read_secret;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Where the admin API is: the broker's own config names it.
+#[derive(clap::Args)]
+pub(crate) struct AdminArgs {
+    /// The broker's config: the admin address and token come from its [admin] section.
+    #[arg(long, default_value = "phantom.toml")]
+    pub(crate) config: PathBuf,
+    /// Extra CA certificates to trust for the admin listener (e.g. certs/ca.pem).
+    #[arg(long)]
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+/// One admin API call, addressed by the config `admin` names.
+pub(crate) async fn call_with(
+    admin: &AdminArgs,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let config = Config::load(&admin.config)?;
+    call(&config, admin.ca_file.as_deref(), method, path, body).await.map_err(anyhow::Error::msg)
+}
 
 pub(crate) async fn call(
     config: &Config,

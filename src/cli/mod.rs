@@ -3,11 +3,15 @@
 //!
 //! - `admin_client`: the admin API from the CLI (`phantom phantoms`, `revoke`, `freeze`,
 //!   `credentials`, `reload`).
+//! - `credentials`: `phantom credentials status | rotate`.
+//! - `policy`: `phantom policy check | trust | explain`.
 //! - `login`: `phantom login`, an ID token in, a phantom into `.npmrc` out.
 //! - `certs`: `phantom certs dev`, a development CA and server certificate.
 //! - `demo`: `phantom demo`, the whole job on one machine.
 
 pub(crate) mod admin_client;
 pub(crate) mod certs;
+pub(crate) mod credentials;
 pub(crate) mod demo;
 pub(crate) mod login;
+pub(crate) mod policy;

@@ -259,45 +259,58 @@ impl WriteBody {
                 );
             }
             fingerprint.update(&data);
-            match &mut self.way {
-                Way::Whole(buf) => {
-                    if buf.len() + data.len() > buf.capacity() {
-                        buf.reserve_exact(data.len().max(buf.len() / 4));
-                    }
-                    buf.extend_from_slice(&data);
-                    let held = buf.capacity();
-                    if !self.share.cover(held) {
-                        return Err(Refusal::Busy.into());
-                    }
+            self.take(data, &mut out).await?;
+        }
+        let checked = self.finish_read()?;
+        Ok(Checked { bytes: checked, fingerprint: fingerprint.finish() })
+    }
+
+    /// One frame of the body: kept whole, scanned and streamed, or scanned and held until the
+    /// tarball shows, each within the write's share of memory.
+    async fn take(&mut self, data: Bytes, out: &mut Vec<Bytes>) -> Result<(), Stop> {
+        match &mut self.way {
+            Way::Whole(buf) => {
+                if buf.len() + data.len() > buf.capacity() {
+                    buf.reserve_exact(data.len().max(buf.len() / 4));
                 }
-                Way::Streaming { gate, upstream } => {
-                    self.streamed = true;
-                    gate.push(data, &mut out).map_err(scan_refusal)?;
-                    if !self.share.cover(IN_FLIGHT + gate.held_bytes()) {
-                        return Err(Refusal::Busy.into());
-                    }
-                    for piece in out.drain(..) {
-                        self.sent += piece.len() as u64;
-                        upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
-                    }
-                }
-                Way::Deferred { gate, pending, pending_len, .. } => {
-                    gate.push(data, &mut out).map_err(scan_refusal)?;
-                    *pending_len += out.iter().map(Bytes::len).sum::<usize>();
-                    pending.append(&mut out);
-                    if !self.share.cover(IN_FLIGHT + gate.held_bytes() + *pending_len) {
-                        return Err(Refusal::Busy.into());
-                    }
-                    if gate.has_tarball_data() {
-                        self.start_upstream().await?;
-                    }
-                }
-                Way::Held { .. } | Way::Read(_) | Way::Done => {
-                    return Err(Refusal::Internal("a body read twice".into()).into());
+                buf.extend_from_slice(&data);
+                let held = buf.capacity();
+                if !self.share.cover(held) {
+                    return Err(Refusal::Busy.into());
                 }
             }
+            Way::Streaming { gate, upstream } => {
+                self.streamed = true;
+                gate.push(data, out).map_err(scan_refusal)?;
+                if !self.share.cover(IN_FLIGHT + gate.held_bytes()) {
+                    return Err(Refusal::Busy.into());
+                }
+                for piece in out.drain(..) {
+                    self.sent += piece.len() as u64;
+                    upstream.send(piece).await.map_err(|_| Stop::UpstreamGone)?;
+                }
+            }
+            Way::Deferred { gate, pending, pending_len, .. } => {
+                gate.push(data, out).map_err(scan_refusal)?;
+                *pending_len += out.iter().map(Bytes::len).sum::<usize>();
+                pending.append(out);
+                if !self.share.cover(IN_FLIGHT + gate.held_bytes() + *pending_len) {
+                    return Err(Refusal::Busy.into());
+                }
+                if gate.has_tarball_data() {
+                    self.start_upstream().await?;
+                }
+            }
+            Way::Held { .. } | Way::Read(_) | Way::Done => {
+                return Err(Refusal::Internal("a body read twice".into()).into());
+            }
         }
-        let checked = match std::mem::replace(&mut self.way, Way::Done) {
+        Ok(())
+    }
+
+    /// The body ended: what the checks read, and what is left to send after the verdict.
+    fn finish_read(&mut self) -> Result<Bytes, Stop> {
+        Ok(match std::mem::replace(&mut self.way, Way::Done) {
             Way::Whole(buf) => {
                 let bytes = Bytes::from(buf);
                 self.way = Way::Read(bytes.clone());
@@ -321,8 +334,7 @@ impl WriteBody {
                 whole
             }
             _ => return Err(Refusal::Internal("a body read twice".into()).into()),
-        };
-        Ok(Checked { bytes: checked, fingerprint: fingerprint.finish() })
+        })
     }
 
     /// Memory the write holds besides its body (the parsed checks, a packument fetched to compare
