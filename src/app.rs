@@ -111,7 +111,7 @@ impl App {
     }
 
     /// Re-reads the policy directory. On any error the policy in force is kept.
-    pub fn reload_policy(&self) -> Result<usize, String> {
+    pub(crate) fn reload_policy(&self) -> Result<usize, String> {
         let policy = self.config.load_policy().map_err(|e| e.to_string())?;
         let n = policy.len();
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
@@ -119,7 +119,7 @@ impl App {
     }
 
     /// Whether writes to `package` are frozen.
-    pub fn is_frozen(&self, package: &crate::npm::PackageName) -> bool {
+    pub(crate) fn is_frozen(&self, package: &crate::npm::PackageName) -> bool {
         self.store.is_frozen(package)
     }
 

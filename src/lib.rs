@@ -46,12 +46,12 @@ pub mod audit;
 pub mod config;
 pub mod credentials;
 pub mod identity;
-pub mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod notify;
 pub mod npm;
 pub mod ops;
 pub mod phantom;
-pub mod pipeline;
+pub(crate) mod pipeline;
 pub mod policy;
 pub(crate) mod proxy;
 pub mod server;
@@ -62,3 +62,7 @@ pub(crate) mod upstream;
 /// For the fuzz targets (`fuzz/`): the tarball-URL rewrite over a body in chunks.
 #[doc(hidden)]
 pub use upstream::rebase_chunks;
+
+/// For the fuzz targets (`fuzz/`): the write gate over a body in any framing.
+#[doc(hidden)]
+pub use pipeline::gate::StreamGate;

@@ -65,7 +65,7 @@ pub struct Metrics {
 }
 
 /// What a scrape reads from the rest of the broker.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub now: u64,
     /// `None` when the state store could not count them.
     pub phantoms_active: Option<u64>,
@@ -183,7 +183,7 @@ impl Metrics {
     }
 
     /// The exposition: the gauges set from `snap` and the config, then every series.
-    pub fn render(&self, config: &Config, snap: &Snapshot) -> String {
+    pub(crate) fn render(&self, config: &Config, snap: &Snapshot) -> String {
         let now = snap.now as i64;
         for c in &config.credentials {
             let labels = vec![("credential", c.name.clone()), ("class", c.class.map(String::from).unwrap_or_default())];
@@ -241,7 +241,7 @@ fn upstream_histograms(r: &mut Registry, config: &Config) -> HashMap<Arc<str>, H
     made
 }
 
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[derive(serde::Deserialize)]
 struct IssuerOnly<'a> {
@@ -253,7 +253,7 @@ const BOUNDS: [f64; 14] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 /// A histogram of atomics (the crate's own takes a mutex per observation).
 #[derive(Clone, Default, Debug)]
-pub struct Histogram(Arc<Buckets>);
+pub(crate) struct Histogram(Arc<Buckets>);
 
 #[derive(Default, Debug)]
 struct Buckets {
@@ -263,7 +263,7 @@ struct Buckets {
 }
 
 impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
+    pub(crate) fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let i = BOUNDS.iter().position(|b| secs <= *b).unwrap_or(BOUNDS.len());
         self.0.counts[i].fetch_add(1, Ordering::Relaxed);

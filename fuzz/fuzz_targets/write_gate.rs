@@ -1,4 +1,4 @@
-//! One publish body, framed many ways through the write gate (`pipeline::gate::StreamGate`),
+//! One publish body, framed many ways through the write gate (`StreamGate`, from `pipeline::gate`),
 //! as the broker streams it upstream:
 //! - what the gate lets out before the verdict is a prefix of the body that never holds the
 //!   byte closing the top-level value, nor the last byte: the upstream never has a whole
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use phantom_broker::npm::body::check_put_packument;
 use phantom_broker::npm::PackageName;
-use phantom_broker::pipeline::gate::StreamGate;
+use phantom_broker::StreamGate;
 
 #[derive(Debug, PartialEq)]
 struct Outcome {

@@ -135,7 +135,7 @@ impl Audit {
     }
 
     /// A keyed hash of an ID token's replay key.
-    pub fn id_token_id(&self, replay_key: &[u8; 32]) -> String {
+    pub(crate) fn id_token_id(&self, replay_key: &[u8; 32]) -> String {
         self.keyed(b"id-token", replay_key)
     }
 
@@ -162,7 +162,7 @@ impl Audit {
     }
 
     /// Appends one line and waits (asynchronously) until it is written.
-    pub async fn write_confirmed(&self, record: Arc<Record>) -> Result<(), AuditError> {
+    pub(crate) async fn write_confirmed(&self, record: Arc<Record>) -> Result<(), AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.submit(record, Reply::Async(tx))?;
         rx.await.map_err(|_| AuditError("the audit writer stopped".into()))?
@@ -184,7 +184,7 @@ impl Audit {
     }
 
     /// Whether the last write succeeded.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 }

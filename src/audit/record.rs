@@ -10,17 +10,17 @@ use std::sync::Arc;
 /// Declares a label: an enum, each variant's text, and the list of them all, derived from the
 /// enum (the metrics make a series for each value; no list is kept by hand).
 macro_rules! label {
-    ($(#[$doc:meta])* pub enum $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
+    ($(#[$doc:meta])* $vis:vis enum $name:ident { $($(#[$vdoc:meta])* $variant:ident => $text:literal,)* }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
+        $vis enum $name {
             $($(#[$vdoc])* $variant,)*
         }
 
         impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+            $vis const ALL: &'static [$name] = &[$($name::$variant,)*];
 
-            pub fn as_str(self) -> &'static str {
+            $vis fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)*
                 }

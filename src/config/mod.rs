@@ -24,11 +24,11 @@ impl Config {
         validate::validate(raw, path, base).map_err(err)
     }
 
-    pub fn issuer_names(&self) -> Vec<&str> {
+    pub(crate) fn issuer_names(&self) -> Vec<&str> {
         self.issuers.iter().map(|i| i.name.as_str()).collect()
     }
 
-    pub fn credential_names(&self) -> Vec<&str> {
+    pub(crate) fn credential_names(&self) -> Vec<&str> {
         self.credentials.iter().map(|c| c.name.as_str()).collect()
     }
 

@@ -67,7 +67,7 @@ impl Credential {
     }
 
     /// The token's bytes, for cutting it out of responses.
-    pub fn scrub_pattern(&self) -> &Arc<Zeroizing<Vec<u8>>> {
+    pub(crate) fn scrub_pattern(&self) -> &Arc<Zeroizing<Vec<u8>>> {
         &self.scrub
     }
 

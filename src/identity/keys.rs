@@ -38,7 +38,7 @@ pub enum Family {
 }
 
 impl Family {
-    pub fn for_alg(alg: Algorithm) -> Option<Family> {
+    pub(crate) fn for_alg(alg: Algorithm) -> Option<Family> {
         use Algorithm::*;
         match alg {
             RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some(Family::Rsa),

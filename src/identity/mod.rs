@@ -22,10 +22,9 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// ID tokens larger than this are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Tokens that claim to live longer than this are refused: they would pin replay-cache entries.
 const MAX_LIFETIME: u64 = 24 * 3600;
 
@@ -111,7 +110,7 @@ impl Issuers {
     }
 
     /// Fetches every issuer's keys in the background, so the first exchange does not wait.
-    pub fn prefetch(&self) {
+    pub(crate) fn prefetch(&self) {
         for cache in self.by_iss.values() {
             let cache = cache.clone();
             tokio::spawn(async move {
@@ -122,7 +121,7 @@ impl Issuers {
 
     /// Whether each issuer has keys to verify with now (fetching them if they are stale), by
     /// the issuer's configured name.
-    pub async fn keys_usable(&self) -> Vec<(String, bool)> {
+    pub(crate) async fn keys_usable(&self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         for cache in self.by_iss.values() {
             let usable = tokio::time::timeout(cache.config().fetch_timeout, cache.keys(false)).await;
@@ -205,10 +204,6 @@ impl Issuers {
             replay_key,
             replay_until: exp.saturating_add(leeway).saturating_add(1),
         })
-    }
-
-    pub fn leeway_of(&self, iss: &str) -> Option<Duration> {
-        self.by_iss.get(iss).map(|c| c.config().leeway)
     }
 }
 

@@ -4,6 +4,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::json;
+use std::time::Duration;
 
 // Port 1 on loopback refuses connections: a refetch fails fast and never leaves the machine.
 const ISS: &str = "https://127.0.0.1:1";

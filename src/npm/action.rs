@@ -51,7 +51,7 @@ impl ActionKind {
     }
 
     /// Writes count against a phantom's `max_uses`.
-    pub fn is_write(self) -> bool {
+    pub(crate) fn is_write(self) -> bool {
         !matches!(self, ActionKind::Read | ActionKind::Whoami)
     }
 
@@ -109,7 +109,7 @@ impl ActionSet {
     pub fn insert(&mut self, a: ActionKind) {
         self.0 |= a.bit();
     }
-    pub fn intersect(self, other: ActionSet) -> ActionSet {
+    pub(crate) fn intersect(self, other: ActionSet) -> ActionSet {
         ActionSet(self.0 & other.0)
     }
     pub fn is_empty(self) -> bool {

@@ -2,11 +2,11 @@
 //!
 //! Free of hyper and tokio, so it can be read, tested by tables, fuzzed and benchmarked alone.
 
-pub mod action;
+mod action;
 pub mod body;
-pub mod classify;
-pub mod name;
-pub mod route;
+mod classify;
+mod name;
+mod route;
 pub mod scan;
 
 pub use action::{ActionKind, ActionSet, RouteAction};

@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// The longest package name the public npm registry accepts.
-pub const MAX_NAME_LEN: usize = 214;
+pub(super) const MAX_NAME_LEN: usize = 214;
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PackageName {

@@ -153,7 +153,7 @@ pub(super) fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), R
 }
 
 /// Dist-tags as npm writes them (`encodeURIComponent`): the characters that need no escape.
-pub fn parse_tag(seg: &str) -> Result<String, RouteError> {
+pub(super) fn parse_tag(seg: &str) -> Result<String, RouteError> {
     let ok = !seg.is_empty()
         && seg.len() <= 128
         && seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
@@ -192,13 +192,13 @@ pub(super) fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<Str
 impl NpmRequest {
     /// The action this request performs, before the body is read. Body-dependent operations
     /// (`PutPackument`, `PutRevision`) report the action their body must still confirm.
-    pub fn op(&self) -> &Op {
+    pub(crate) fn op(&self) -> &Op {
         &self.op
     }
 
     /// Writes that carry a JSON body (checked before anything decisive is forwarded). Other
     /// writes take no body at all.
-    pub fn takes_body(&self) -> bool {
+    pub(crate) fn takes_body(&self) -> bool {
         matches!(
             self.op,
             Op::PutPackument | Op::PutRevision { .. } | Op::StagePublish | Op::DistTagSet { .. } | Op::AccessSet
@@ -225,13 +225,13 @@ impl NpmRequest {
     }
 
     /// Reads that are never sent with a credential, whoever asks.
-    pub fn always_anonymous(&self) -> bool {
+    pub(crate) fn always_anonymous(&self) -> bool {
         matches!(self.op, Op::Ping | Op::Search | Op::SecurityAudit { .. } | Op::UserLookup { .. })
     }
 
     /// The actions this request may turn out to be, before its body is read: a write whose
     /// phantom allows none of them is refused without reading the body.
-    pub fn candidate_actions(&self) -> ActionSet {
+    pub(crate) fn candidate_actions(&self) -> ActionSet {
         use ActionKind::*;
         let list: &[ActionKind] = match self.op {
             Op::Whoami => &[Whoami],
@@ -248,7 +248,7 @@ impl NpmRequest {
 
     /// A publish (`PUT /<name>`) as a staged publish of the same package
     /// (`POST /-/stage/package/<name>`), for grants that stage their publishes.
-    pub fn as_staged(&self) -> Option<NpmRequest> {
+    pub(crate) fn as_staged(&self) -> Option<NpmRequest> {
         (self.op == Op::PutPackument).then(|| NpmRequest {
             method: Method::POST,
             op: Op::StagePublish,
@@ -259,7 +259,7 @@ impl NpmRequest {
 
     /// The action as far as the route tells it: the one action, or both that the body will
     /// decide between.
-    pub fn route_action(&self) -> RouteAction {
+    pub(crate) fn route_action(&self) -> RouteAction {
         use ActionKind::*;
         match self.op {
             Op::PutPackument => RouteAction::Either(Publish, Deprecate),
@@ -270,7 +270,7 @@ impl NpmRequest {
 
     /// A packument read with `?write=true`: npm reads it to send it back changed (deprecate,
     /// unpublish).
-    pub fn reads_for_write(&self) -> bool {
+    pub(crate) fn reads_for_write(&self) -> bool {
         self.query.as_deref() == Some("write=true")
     }
 

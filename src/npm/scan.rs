@@ -199,18 +199,18 @@ impl PublishScanner {
 
     /// The offset of the byte that closed the body's top-level object (or array), if one has:
     /// a document that the upstream could parse ends there.
-    pub fn closed_at(&self) -> Option<u64> {
+    pub(crate) fn closed_at(&self) -> Option<u64> {
         self.closed_at
     }
 
     /// Tarball data bytes seen so far (the string being read included): a body with any is
     /// shaped as a publish.
-    pub fn tarball_bytes(&self) -> u64 {
+    pub(crate) fn tarball_bytes(&self) -> u64 {
         self.data_bytes + if self.data { self.data_in_this_string } else { 0 }
     }
 
     /// Memory the skeleton holds (its capacity).
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.skeleton.capacity()
     }
 

@@ -1,9 +1,9 @@
 //! Phantom tokens: their format, what the broker knows of a live one, and the fingerprint that
 //! tells a retry from a new write. (Where live phantoms are kept is `state`.)
 
-pub mod fingerprint;
-pub mod record;
-pub mod token;
+mod fingerprint;
+mod record;
+pub(crate) mod token;
 
 pub use fingerprint::{Fingerprint, Fingerprinter};
 pub use record::PhantomRecord;

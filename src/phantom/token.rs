@@ -8,10 +8,10 @@ use std::fmt;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-pub const PREFIX: &str = "phm_";
+pub(crate) const PREFIX: &str = "phm_";
 const RANDOM_LEN: usize = 43;
 const CHECK_LEN: usize = 6;
-pub const TOKEN_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECK_LEN;
+pub(crate) const TOKEN_LEN: usize = PREFIX.len() + RANDOM_LEN + CHECK_LEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A phantom token. Redacted in `Debug`, zeroized on drop.

@@ -84,12 +84,12 @@ impl StreamGate {
     }
 
     /// Memory the gate holds: the skeleton and the held bytes.
-    pub fn held_bytes(&self) -> usize {
+    pub(crate) fn held_bytes(&self) -> usize {
         self.scanner.held_bytes() + self.held_len
     }
 
     /// Whether the body has shown tarball data (it is shaped as a publish).
-    pub fn has_tarball_data(&self) -> bool {
+    pub(crate) fn has_tarball_data(&self) -> bool {
         self.scanner.tarball_bytes() > 0
     }
 

@@ -3,7 +3,7 @@
 //! path, refusals included, and every refusal records what was classified by then.
 
 mod exchange;
-pub mod gate;
+pub(crate) mod gate;
 mod rate;
 mod read;
 mod refusal;

@@ -34,7 +34,7 @@ pub struct Finding {
 }
 
 /// Every rule, with its severity and fix: the list `policy check` can report.
-pub const RULES: &[(&str, Severity, &str)] = &[
+pub(crate) const RULES: &[(&str, Severity, &str)] = &[
     ("toml-syntax", Severity::Error, "fix the TOML syntax at this position"),
     ("unknown-key", Severity::Error, "remove the key, or correct its spelling (see the README's policy reference)"),
     ("invalid-value", Severity::Error, "give the key a value of the kind the README's policy reference shows"),
@@ -130,7 +130,7 @@ pub fn check(dir: &Path, ctx: &PolicyContext<'_>, presets: &[(&str, Option<Prese
 
 /// The note that an issuer was recognised by its URL as a vendor's: at its `[issuer.NAME]`
 /// table in the config file (`config_text`).
-pub fn recognised_issuer(config: &Path, config_text: &str, name: &str, url: &str, preset: Preset) -> Finding {
+pub(crate) fn recognised_issuer(config: &Path, config_text: &str, name: &str, url: &str, preset: Preset) -> Finding {
     let header = [format!("[issuer.{name}]"), format!("[issuer.\"{name}\"]")];
     let line = config_text.lines().position(|l| header.iter().any(|h| l.trim() == h)).map_or(1, |n| n + 1);
     let message = format!(

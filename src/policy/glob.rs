@@ -30,7 +30,7 @@ impl Glob {
         &self.pattern
     }
 
-    pub fn is_literal(&self) -> bool {
+    pub(crate) fn is_literal(&self) -> bool {
         !self.pattern.contains('*')
     }
 

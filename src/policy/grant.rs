@@ -98,12 +98,12 @@ impl Grant {
         self.packages.iter().any(|g| g.matches(package.as_str()))
     }
 
-    pub fn allows_tag(&self, tag: &str) -> bool {
+    pub(crate) fn allows_tag(&self, tag: &str) -> bool {
         self.dist_tags.as_ref().is_none_or(|tags| tags.iter().any(|g| g.matches(tag)))
     }
 
     /// Whether a publish of `version` fits the grant's version rules; the refusal says which.
-    pub fn allows_version(&self, version: Option<&str>) -> Result<(), String> {
+    pub(crate) fn allows_version(&self, version: Option<&str>) -> Result<(), String> {
         if self.versions.is_none() && !self.prerelease_only {
             return Ok(());
         }

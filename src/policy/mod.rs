@@ -70,7 +70,7 @@ impl<T> Authorized<T> {
     }
     /// The permitted value, for an authorization that must be made again (a write's exact
     /// action, once its body has been read).
-    pub fn into_inner(self) -> T {
+    pub(crate) fn into_inner(self) -> T {
         self.inner
     }
 }
@@ -145,7 +145,7 @@ impl Policy {
     }
 
     /// Loads every `*.toml` in `dir`, in file-name order.
-    pub fn load_dir(dir: &Path, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
+    pub(crate) fn load_dir(dir: &Path, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
         let err = |file: &Path, message: String| PolicyError { file: file.display().to_string(), message };
         let entries = std::fs::read_dir(dir).map_err(|e| err(dir, format!("cannot read the policy directory: {e}")))?;
         let mut files = Vec::new();
@@ -219,7 +219,7 @@ impl Policy {
 
     /// For the generic exchange: the grant giving the largest part of what was asked, and that
     /// part (packages x actions). Ties go to the grant that comes first.
-    pub fn best_grant(
+    pub(crate) fn best_grant(
         &self,
         identity: &Identity,
         packages: &[PackageName],
@@ -285,7 +285,12 @@ impl Policy {
     /// id): the grant must still exist and match the identity, which lets the broker look the
     /// item up with the grant's credential. Nothing is relayed before `authorize` allowed the
     /// package the item turns out to belong to.
-    pub fn authorize_lookup<T>(&self, identity: &Identity, grant: &str, inner: T) -> Result<Authorized<T>, Denial> {
+    pub(crate) fn authorize_lookup<T>(
+        &self,
+        identity: &Identity,
+        grant: &str,
+        inner: T,
+    ) -> Result<Authorized<T>, Denial> {
         let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
         matches_identity(g, identity)?;
         Ok(Authorized { inner, grant: g.clone() })
@@ -295,7 +300,7 @@ impl Policy {
     /// checked): the grant must still match, the package must be in scope, and one of
     /// `candidates` (the actions the body may turn out to be) must be allowed. The exact action
     /// and its tags are authorized with `authorize` before anything decisive is released.
-    pub fn authorize_provisional<T>(
+    pub(crate) fn authorize_provisional<T>(
         &self,
         identity: &Identity,
         grant: &str,

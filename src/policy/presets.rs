@@ -59,7 +59,7 @@ impl Preset {
     /// or CircleCI's `https://oidc.circleci.com/org/<organisation id>`. An issuer written as
     /// that URL is that vendor's, whether or not its config says `preset`. (A self-managed
     /// GitLab, GitHub Enterprise Server or a cluster has a URL of its own: it needs `preset`.)
-    pub fn recognise(url: &str) -> Option<Preset> {
+    pub(crate) fn recognise(url: &str) -> Option<Preset> {
         let url = url.trim_end_matches('/');
         let (scheme, rest) = url.split_once("://")?;
         if !scheme.eq_ignore_ascii_case("https") {
@@ -106,7 +106,7 @@ impl Preset {
     }
 
     /// Claims that name the identity by an id that is never reused: a grant should pin one.
-    pub fn id_claims(self) -> &'static [&'static str] {
+    pub(crate) fn id_claims(self) -> &'static [&'static str] {
         match self {
             Preset::Github => &["repository_id", "repository_owner_id"],
             Preset::Gitlab => &["project_id", "namespace_id", "job_project_id", "job_namespace_id"],
@@ -118,7 +118,7 @@ impl Preset {
     }
 
     /// Claims that name the identity by a name someone else can take once it is freed.
-    pub fn name_claims(self) -> &'static [&'static str] {
+    pub(crate) fn name_claims(self) -> &'static [&'static str] {
         match self {
             Preset::Github => &["repository", "repository_owner", "sub", "actor"],
             Preset::Gitlab => {
@@ -231,7 +231,7 @@ const KUBERNETES_CLAIMS: &[&str] = &["kubernetes.io"];
 /// Claims that say who the caller is, on any issuer: a glob on one of them admits whoever can
 /// get a matching name. (Not `job_workflow_ref`: a tag-triggered workflow's ends in the tag,
 /// which a glob after a literal repository and file rightly matches.)
-pub const IDENTITY_CLAIMS: &[&str] = &[
+pub(crate) const IDENTITY_CLAIMS: &[&str] = &[
     "sub",
     "repository",
     "repository_id",

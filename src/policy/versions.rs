@@ -70,23 +70,23 @@ impl VersionRange {
     }
 
     /// Whether any version at all satisfies it (`>2.0.0 <1.0.0` and `1.2.3 1.2.4` do not).
-    pub fn is_satisfiable(&self) -> bool {
+    pub(crate) fn is_satisfiable(&self) -> bool {
         !self.alternatives.is_empty()
     }
 
     /// Whether a prerelease can satisfy it: only if a comparator names one.
-    pub fn admits_prereleases(&self) -> bool {
+    pub(crate) fn admits_prereleases(&self) -> bool {
         self.names_prerelease && self.is_satisfiable()
     }
 
     /// Whether `version` satisfies the range, as `semver.satisfies(version, range)` says.
-    pub fn satisfies(&self, version: &Version) -> bool {
+    pub(crate) fn satisfies(&self, version: &Version) -> bool {
         self.alternatives.iter().any(|r| r.satisfies(version))
     }
 
     /// Whether `version` would satisfy it if prereleases were judged by their place alone (npm's
     /// `includePrerelease`): for saying why a prerelease was refused.
-    pub fn satisfies_ignoring_prerelease_rule(&self, version: &Version) -> bool {
+    pub(crate) fn satisfies_ignoring_prerelease_rule(&self, version: &Version) -> bool {
         self.alternatives.iter().any(|r| r.satisfies_with_prerelease(version, true))
     }
 }

@@ -8,7 +8,7 @@
 mod memory;
 mod record;
 mod redis;
-pub mod store;
+pub(crate) mod store;
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// How often a replica on the shared store reads its `epoch` (revocations and freezes).
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 pub enum Store {
     Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>> },
@@ -41,14 +41,14 @@ impl Store {
     }
 
     /// Whether the store answers: always for memory; for Redis, whether its last call did.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         match self {
             Store::Memory { .. } => true,
             Store::Redis(r) => r.is_healthy(),
         }
     }
 
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self, Store::Redis(_))
     }
 
@@ -63,7 +63,7 @@ impl Store {
 
     /// Keeps a shared store's revocations and freezes current on this replica, until the
     /// process ends; returns at once for memory.
-    pub async fn keep_synced(&self) {
+    pub(crate) async fn keep_synced(&self) {
         let Store::Redis(r) = self else { return };
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +74,7 @@ impl Store {
     }
 
     /// Tells the other replicas a credential's new value (its fingerprint): memory has none.
-    pub async fn announce_credential(
+    pub(crate) async fn announce_credential(
         &self,
         name: &str,
         fingerprint: &str,
@@ -87,7 +87,7 @@ impl Store {
     }
 
     /// The credentials' values the replicas announced: (name, fingerprint, overlap_until).
-    pub async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
         match self {
             Store::Memory { .. } => Ok(Vec::new()),
             Store::Redis(r) => r.announced_credentials().await,
@@ -95,7 +95,7 @@ impl Store {
     }
 
     /// Live phantoms, for the metrics.
-    pub async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
+    pub(crate) async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
         match self {
             Store::Memory { store, .. } => Ok(store.list(now).await?.len() as u64),
             Store::Redis(r) => r.count_live(now).await,
@@ -110,16 +110,16 @@ impl Store {
     }
 
     /// Whether writes to `package` are frozen (as this replica last read the freezes).
-    pub fn is_frozen(&self, package: &PackageName) -> bool {
+    pub(crate) fn is_frozen(&self, package: &PackageName) -> bool {
         self.frozen().iter().any(|g| g.matches(package.as_str()))
     }
 
-    pub fn frozen_patterns(&self) -> Vec<String> {
+    pub(crate) fn frozen_patterns(&self) -> Vec<String> {
         self.frozen().iter().map(|g| g.as_str().to_owned()).collect()
     }
 
     /// Freezes (or thaws) writes to the packages the patterns match, on every replica.
-    pub async fn set_frozen(&self, patterns: &[Glob], freeze: bool) -> Result<(), StoreError> {
+    pub(crate) async fn set_frozen(&self, patterns: &[Glob], freeze: bool) -> Result<(), StoreError> {
         match self {
             Store::Memory { frozen, .. } => {
                 let mut frozen = frozen.write().unwrap_or_else(|p| p.into_inner());

@@ -6,28 +6,28 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// `server.max_buffered_bytes`, shared by every write in flight, counted in KiB.
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     permits: Arc<Semaphore>,
 }
 
 /// Shares grow in steps of this many KiB, so that a growing body does not ask at every read.
-pub const STEP_KIB: usize = 64;
+pub(crate) const STEP_KIB: usize = 64;
 
 impl MemoryBudget {
-    pub fn new(bytes: u64) -> MemoryBudget {
+    pub(crate) fn new(bytes: u64) -> MemoryBudget {
         let kib = usize::try_from(bytes / 1024).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
         MemoryBudget { permits: Arc::new(Semaphore::new(kib)) }
     }
 
     /// A new write's share, covering `bytes` to start with; `None` past the budget.
-    pub fn share(&self, bytes: usize) -> Option<Share> {
+    pub(crate) fn share(&self, bytes: usize) -> Option<Share> {
         let mut share = Share { permits: self.permits.clone(), held: None, kib: 0 };
         share.cover(bytes).then_some(share)
     }
 }
 
 /// One write's part of the budget, given back when it is dropped.
-pub struct Share {
+pub(crate) struct Share {
     permits: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
     kib: usize,
@@ -35,12 +35,12 @@ pub struct Share {
 
 impl Share {
     /// Grows the share by `bytes` more; false if the budget has no room.
-    pub fn grow(&mut self, bytes: usize) -> bool {
+    pub(crate) fn grow(&mut self, bytes: usize) -> bool {
         self.cover((self.kib * 1024).saturating_add(bytes))
     }
 
     /// Grows the share to cover `bytes` (it never shrinks); false if the budget has no room.
-    pub fn cover(&mut self, bytes: usize) -> bool {
+    pub(crate) fn cover(&mut self, bytes: usize) -> bool {
         let need = bytes.div_ceil(1024);
         if need <= self.kib {
             return true;

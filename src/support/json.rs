@@ -45,7 +45,7 @@ const PER_VALUE: usize = 96;
 /// About how much memory `parse_strict(bytes)` takes at most: the text, plus `PER_VALUE` for each
 /// value, key and element, counted in one pass that skips strings. A memory budget is charged
 /// this before the parse: a document of small values (`[0,0,0,...]`) takes many times its size.
-pub fn parsed_size(bytes: &[u8]) -> usize {
+pub(crate) fn parsed_size(bytes: &[u8]) -> usize {
     let (mut values, mut in_string, mut escaped) = (1usize, false, false);
     for &b in bytes {
         if in_string {

@@ -2,7 +2,7 @@
 //! (`net`), strict JSON (`json`), secrets and where they come from (`secret`), durations
 //! (`units`), the wall clock (`clock`), hex, and the memory budget of write bodies (`budget`).
 
-pub mod budget;
+pub(crate) mod budget;
 pub mod clock;
 pub mod json;
 pub mod net;

@@ -181,7 +181,7 @@ pub async fn get_json(client: &HttpsClient, uri: &Uri, timeout: Duration, max: u
 /// only when its sender says so (`BodySender::finish`): a sender dropped for any other reason
 /// (a refusal, a failed read, a caller that went away) fails the body, and the peer never sees
 /// the request complete.
-pub struct ChannelBody {
+pub(crate) struct ChannelBody {
     rx: tokio::sync::mpsc::Receiver<Chunk>,
     ended: bool,
 }
@@ -192,17 +192,17 @@ enum Chunk {
 }
 
 /// Feeds a `ChannelBody`.
-pub struct BodySender {
+pub(crate) struct BodySender {
     tx: tokio::sync::mpsc::Sender<Chunk>,
 }
 
 /// The body's reader (the upstream connection) is gone.
 #[derive(Debug)]
-pub struct ReaderGone;
+pub(crate) struct ReaderGone;
 
 impl ChannelBody {
     /// A body, and the sender that feeds it.
-    pub fn new() -> (BodySender, ChannelBody) {
+    pub(crate) fn new() -> (BodySender, ChannelBody) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         (BodySender { tx }, ChannelBody { rx, ended: false })
     }
@@ -210,12 +210,12 @@ impl ChannelBody {
 
 impl BodySender {
     /// Sends the next bytes, waiting while the channel is full.
-    pub async fn send(&self, data: Bytes) -> Result<(), ReaderGone> {
+    pub(crate) async fn send(&self, data: Bytes) -> Result<(), ReaderGone> {
         self.tx.send(Chunk::Data(data)).await.map_err(|_| ReaderGone)
     }
 
     /// Ends the body: the request is complete.
-    pub async fn finish(self) -> Result<(), ReaderGone> {
+    pub(crate) async fn finish(self) -> Result<(), ReaderGone> {
         self.tx.send(Chunk::End).await.map_err(|_| ReaderGone)
     }
 }
@@ -252,7 +252,7 @@ impl http_body::Body for ChannelBody {
 /// The timer is armed only while the body waits for its sender: a frame that is ready when
 /// polled (a small response arrives whole) costs no clock read and no timer. The quiet time is
 /// counted from the first poll that finds nothing to read.
-pub struct IdleTimeout<B> {
+pub(crate) struct IdleTimeout<B> {
     inner: B,
     timeout: Duration,
     /// Made at the first wait and reused (re-armed) for each later one.
@@ -261,14 +261,14 @@ pub struct IdleTimeout<B> {
 }
 
 impl<B> IdleTimeout<B> {
-    pub fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
+    pub(crate) fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
         IdleTimeout { inner, timeout, deadline: None, armed: false }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent nothing for too long")]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 impl<B> http_body::Body for IdleTimeout<B>
 where
@@ -342,7 +342,7 @@ pub fn bearer(headers: &http::HeaderMap) -> Bearer<'_> {
 }
 
 /// An error and its causes on one line (hyper's errors hide the interesting part in `source`).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

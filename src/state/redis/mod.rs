@@ -27,12 +27,15 @@
 //! refuses writes and exchanges until a poll succeeds again, so it never acts on state it may
 //! have missed.
 
+mod scripts;
+
 use super::store::{Listed, Lookup, OpenWrite, RateOutcome, Selector, StoreError, UseOutcome, MAX_OPEN_WRITES};
 use crate::config::RedisConfig;
 use crate::phantom::{Fingerprint, PhantomRecord, TokenDigest};
 use crate::policy::{Glob, Rate};
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
+use scripts::Scripts;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -83,66 +86,6 @@ struct Live {
     /// The last write was spent and has not succeeded upstream: it may be sent again.
     resend: bool,
 }
-
-struct Scripts {
-    consume: redis::Script,
-    settle: redis::Script,
-    revoke: redis::Script,
-    rate: redis::Script,
-    give_back: redis::Script,
-}
-
-/// Spends one use: `{"notlive"}`, `{"retry"}`, `{"exhausted"}` or `{"counted", used, max}`.
-const CONSUME: &str = r"
-local h = redis.call('HMGET', KEYS[1], 'exp', 'max', 'u', 'fp', 'ok', 'rv')
-if not h[1] or h[6] == '1' or tonumber(ARGV[2]) >= tonumber(h[1]) then return {'notlive'} end
-if h[4] == ARGV[1] and h[5] == '0' then return {'retry'} end
-local used = tonumber(h[3])
-if h[2] ~= '' and used >= tonumber(h[2]) then return {'exhausted'} end
-used = used + 1
-redis.call('HSET', KEYS[1], 'u', used, 'fp', ARGV[1], 'ok', '0')
-return {'counted', used, h[2]}
-";
-
-/// Records how the last write ended, if it is still the last one.
-const SETTLE: &str = r"
-if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then redis.call('HSET', KEYS[1], 'ok', ARGV[2]) end
-return 1
-";
-
-/// Revokes one phantom if it still exists (a lapsed one is not brought back). KEYS: the
-/// phantom, `live`, `epoch`.
-const REVOKE: &str = r"
-local gone = redis.call('HGET', KEYS[1], 'rv')
-if not gone or gone == '1' then return 0 end
-redis.call('HSET', KEYS[1], 'rv', '1')
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('INCR', KEYS[3])
-return 1
-";
-
-/// A sliding window: `{1}` counted (or room, when only looking), `{0, ms}` full for `ms` more.
-/// ARGV: now, window (ms), max, take (0/1), a member unique to this write.
-const RATE: &str = r"
-local now, window, max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZCARD', KEYS[1]) >= max then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {0, math.max(1, tonumber(oldest[2]) + window - now)}
-end
-if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[1], now, ARGV[5])
-  if redis.call('PTTL', KEYS[1]) < window then redis.call('PEXPIRE', KEYS[1], window) end
-end
-return {1}
-";
-
-/// Takes back one write counted at exactly ARGV[1].
-const GIVE_BACK: &str = r"
-local m = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1], 'LIMIT', 0, 1)
-if m[1] then redis.call('ZREM', KEYS[1], m[1]) end
-return 1
-";
 
 impl RedisStore {
     /// Prepares the connection (made lazily, and remade whenever it fails). Needs a Tokio
@@ -199,17 +142,11 @@ impl RedisStore {
             frozen: RwLock::new(Arc::new(Vec::new())),
             cache: DashMap::new(),
             open: DashMap::new(),
-            scripts: Scripts {
-                consume: redis::Script::new(CONSUME),
-                settle: redis::Script::new(SETTLE),
-                revoke: redis::Script::new(REVOKE),
-                rate: redis::Script::new(RATE),
-                give_back: redis::Script::new(GIVE_BACK),
-            },
+            scripts: Scripts::new(),
         })
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
@@ -282,7 +219,7 @@ impl RedisStore {
     }
 
     /// Adds (or, with `frozen` false, removes) package patterns, and tells every replica.
-    pub async fn set_frozen(&self, patterns: &[String], frozen: bool) -> Result<(), StoreError> {
+    pub(crate) async fn set_frozen(&self, patterns: &[String], frozen: bool) -> Result<(), StoreError> {
         self.synced()?;
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
@@ -385,7 +322,7 @@ impl RedisStore {
         Ok(Ok(live))
     }
 
-    pub async fn consume_use(
+    pub(crate) async fn consume_use(
         &self,
         digest: &TokenDigest,
         fingerprint: Fingerprint,
@@ -421,7 +358,7 @@ impl RedisStore {
 
     /// Opens on the uses the lookup just read (or this replica's own spends since), when they
     /// are less than `LOOKUP_CACHE` old; otherwise it reads them.
-    pub async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
+    pub(crate) async fn open_write(&self, digest: &TokenDigest, now: u64) -> Result<OpenWrite, StoreError> {
         self.synced()?;
         let cached = self.cache.get(digest).filter(|c| c.at.elapsed() < LOOKUP_CACHE).map(|c| c.live.clone());
         let Live { record, max, used, resend } = match cached {
@@ -450,7 +387,7 @@ impl RedisStore {
         Ok(OpenWrite::Opened)
     }
 
-    pub fn close_write(&self, digest: &TokenDigest) {
+    pub(crate) fn close_write(&self, digest: &TokenDigest) {
         self.open.remove_if_mut(digest, |_, open| {
             *open = open.saturating_sub(1);
             *open == 0
@@ -535,7 +472,7 @@ impl RedisStore {
     }
 
     /// Live phantoms (for the metrics): the index's count, revoked ones excluded.
-    pub async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
+    pub(crate) async fn count_live(&self, now: u64) -> Result<u64, StoreError> {
         let mut conn = self.conn.clone();
         self.call(
             redis::cmd("ZCOUNT").arg(self.named("live")).arg(format!("({now}")).arg("+inf").query_async(&mut conn),
@@ -543,7 +480,7 @@ impl RedisStore {
         .await
     }
 
-    pub async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
+    pub(crate) async fn claim_id_token(&self, key: [u8; 32], until: u64, now: u64) -> Result<bool, StoreError> {
         self.synced()?;
         let mut conn = self.conn.clone();
         let ms = until.saturating_sub(now).max(1) * 1000;
@@ -577,7 +514,7 @@ impl RedisStore {
         })
     }
 
-    pub async fn rate_give_back(&self, key: &str, at_ms: u64) -> Result<(), StoreError> {
+    pub(crate) async fn rate_give_back(&self, key: &str, at_ms: u64) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.scripts.give_back.key(self.rate_key(key));
         invocation.arg(at_ms);
@@ -591,7 +528,7 @@ impl RedisStore {
 
     /// Tells every replica that credential `name` now has the value whose SHA-256 is
     /// `fingerprint` (never the value itself), kept before it until `overlap_until` (0: not).
-    pub async fn announce_credential(
+    pub(crate) async fn announce_credential(
         &self,
         name: &str,
         fingerprint: &str,
@@ -605,7 +542,7 @@ impl RedisStore {
     }
 
     /// The credentials' values as last announced: name -> (fingerprint, overlap_until).
-    pub async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
         let mut conn = self.conn.clone();
         let all: Vec<(String, String)> =
             self.call(redis::cmd("HGETALL").arg(self.named("credentials")).query_async(&mut conn)).await?;
@@ -619,7 +556,7 @@ impl RedisStore {
     }
 
     /// Redis expires what it holds; this replica drops only its own stale cache entries.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.cache.retain(|_, c| c.at.elapsed() < LOOKUP_CACHE);
     }
 }
