@@ -1,19 +1,20 @@
 //! The real registry credentials: read at start from a file or an environment variable, and
-//! swapped for new values by a rotation or a reload (`rotate.rs`), with their inventory and
-//! warnings (`status.rs`).
+//! swapped for new values by a rotation or a reload (`ops::rotate`, `ops::reload`).
 //!
 //! A credential is reachable only through `Credentials::for_authorized`, which takes proof that
-//! policy permitted the request and returns an `UpstreamAuth`, the only value the upstream
-//! client sends a credential from: there is no path from an unchecked request to a real token.
+//! policy permitted a request and returns an `UpstreamAuth` for that request (its method and
+//! path with the credential), the only value the upstream client sends: there is no path from
+//! an unchecked request to a real token, nor from a checked one to another request.
 //! A request holds the credential it started with until it ends, so a swap never changes the
 //! token under a request in flight.
 
 use crate::config::CredentialConfig;
+use crate::npm::NpmRequest;
 use crate::policy::{Authorized, Glob};
 use crate::support::secret::read_secret;
 use crate::support::secret::Secret;
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::HeaderValue;
+use http::{HeaderValue, Method};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,11 +87,16 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// How one upstream request authenticates: anonymously, or with the credential of the grant
-/// that authorized it. Only `Credentials::for_authorized` makes one that carries a credential.
-/// It holds the credential for as long as the request runs, a rotation notwithstanding.
+/// One upstream request as it will be sent: its method and path, rebuilt from the classified
+/// request that policy authorized (or that goes anonymously), and the credential it carries.
+/// Only `Credentials::for_authorized` makes one with a caller's grant's credential, from that
+/// grant's proof for that very request, so a credential is never spent on another request
+/// than the one it was authorized for. It holds the credential for as long as the request
+/// runs, a rotation notwithstanding.
 #[derive(Debug, Clone)]
 pub(crate) struct UpstreamAuth {
+    method: Method,
+    path: String,
     credential: Option<Arc<Credential>>,
     /// The value before the last rotation, during its overlap window: a read the upstream
     /// refuses with `credential` may be tried again with it.
@@ -98,22 +104,51 @@ pub(crate) struct UpstreamAuth {
 }
 
 impl UpstreamAuth {
-    /// No credential: `Authorization` is not sent upstream.
-    pub(crate) const ANONYMOUS: UpstreamAuth = UpstreamAuth { credential: None, previous: None };
+    /// `request` without a credential: `Authorization` is not sent upstream.
+    pub(crate) fn anonymous(request: &NpmRequest) -> UpstreamAuth {
+        UpstreamAuth { method: request.method.clone(), path: request.upstream_path(), credential: None, previous: None }
+    }
+
+    /// The broker's own read with `credential` (the account check and the read of a rotation's
+    /// canary): never on a caller's behalf, so no policy decision stands behind it, and never
+    /// anything but a `GET`.
+    pub(crate) fn for_broker(credential: Arc<Credential>, read: &NpmRequest) -> UpstreamAuth {
+        UpstreamAuth { method: Method::GET, path: read.upstream_path(), credential: Some(credential), previous: None }
+    }
+
+    /// A read the broker makes with this request's credential to check it (does the package
+    /// exist, the packument a write is compared with, a new stage's status): a `GET`, whatever
+    /// this request is.
+    pub(crate) fn then_get(&self, read: &NpmRequest) -> UpstreamAuth {
+        UpstreamAuth {
+            method: Method::GET,
+            path: read.upstream_path(),
+            credential: self.credential.clone(),
+            previous: None,
+        }
+    }
+
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path and query, from the classified request.
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
 
     pub(crate) fn credential(&self) -> Option<&Credential> {
         self.credential.as_deref()
     }
 
-    /// The broker's own requests with `credential` (the account check and the read of a
-    /// rotation's canary): never on a caller's behalf, so no policy decision stands behind them.
-    pub(crate) fn for_broker(credential: Arc<Credential>) -> UpstreamAuth {
-        UpstreamAuth { credential: Some(credential), previous: None }
-    }
-
     /// The same request with the previous value of the credential, in its overlap window.
     pub(crate) fn with_previous(&self) -> Option<UpstreamAuth> {
-        self.previous.as_ref().map(|p| UpstreamAuth { credential: Some(p.clone()), previous: None })
+        self.previous.as_ref().map(|p| UpstreamAuth {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            credential: Some(p.clone()),
+            previous: None,
+        })
     }
 }
 
@@ -195,13 +230,23 @@ impl Credentials {
 
     /// How a request that policy authorized authenticates to `upstream`: with its grant's
     /// credential, which must belong to that upstream.
-    pub(crate) fn for_authorized<T>(&self, authorized: &Authorized<T>, upstream: &str) -> Result<UpstreamAuth, String> {
+    pub(crate) fn for_authorized(
+        &self,
+        authorized: &Authorized<NpmRequest>,
+        upstream: &str,
+    ) -> Result<UpstreamAuth, String> {
         let grant = authorized.grant();
+        let request = authorized.get();
         match self.by_name.get(&grant.credential) {
             Some(slot) if slot.config.upstream == upstream => {
                 let now = crate::support::clock::unix_now();
                 slot.last_used.store(now, Ordering::Relaxed);
-                Ok(UpstreamAuth { credential: Some(slot.current()), previous: slot.overlap(now).map(|(c, _)| c) })
+                Ok(UpstreamAuth {
+                    method: request.method.clone(),
+                    path: request.upstream_path(),
+                    credential: Some(slot.current()),
+                    previous: slot.overlap(now).map(|(c, _)| c),
+                })
             }
             Some(_) => Err(format!("grant `{}`'s credential does not serve upstream `{upstream}`", grant.name)),
             None => Err(format!("grant `{}` names an unknown credential", grant.name)),
@@ -235,7 +280,18 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::npm::PackageName;
     use crate::support::secret::SecretSource;
+
+    #[test]
+    fn the_brokers_checks_with_a_writes_credential_are_reads() {
+        let web = PackageName::parse("web").unwrap();
+        let write = UpstreamAuth { method: Method::PUT, path: "/web".into(), credential: None, previous: None };
+        let check = write.then_get(&NpmRequest::packument(&web, true));
+        assert_eq!((check.method(), check.path()), (&Method::GET, "/web?write=true"));
+        let anonymous = UpstreamAuth::anonymous(&NpmRequest::whoami());
+        assert!(anonymous.credential().is_none() && anonymous.with_previous().is_none());
+    }
 
     #[test]
     fn debug_is_redacted_and_sources_are_read() {

@@ -246,6 +246,42 @@ impl NpmRequest {
         list.iter().copied().collect()
     }
 
+    /// The broker's own read of `package`'s packument; `for_write` reads it as npm does before
+    /// it sends it back changed (`?write=true`).
+    pub(crate) fn packument(package: &PackageName, for_write: bool) -> NpmRequest {
+        NpmRequest {
+            method: Method::GET,
+            package: Some(package.clone()),
+            op: Op::Packument,
+            form: NameForm::Escaped,
+            query: for_write.then(|| "write=true".to_owned()),
+        }
+    }
+
+    /// `GET /-/whoami`: the account a credential authenticates as.
+    pub(crate) fn whoami() -> NpmRequest {
+        NpmRequest { method: Method::GET, package: None, op: Op::Whoami, form: NameForm::Escaped, query: None }
+    }
+
+    /// `GET /-/stage/<id>`: one staged version, when `id` is a stage id.
+    pub(crate) fn stage_view(id: &str) -> Option<NpmRequest> {
+        super::classify::is_stage_id(id).then(|| NpmRequest {
+            method: Method::GET,
+            package: None,
+            op: Op::StageView { id: id.to_ascii_lowercase() },
+            form: NameForm::Escaped,
+            query: None,
+        })
+    }
+
+    /// For a staged version's view or tarball: the view of that item, which names its package.
+    pub(crate) fn stage_item(&self) -> Option<NpmRequest> {
+        match &self.op {
+            Op::StageView { id } | Op::StageTarball { id } => NpmRequest::stage_view(id),
+            _ => None,
+        }
+    }
+
     /// A publish (`PUT /<name>`) as a staged publish of the same package
     /// (`POST /-/stage/package/<name>`), for grants that stage their publishes.
     pub(crate) fn as_staged(&self) -> Option<NpmRequest> {

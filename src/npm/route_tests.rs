@@ -276,3 +276,26 @@ fn staged_versions_are_reads_and_their_review_is_never_forwarded() {
     check("DELETE", &format!("/-/stage/{id}"), Want::Forbidden);
     check("POST", "/-/stage", Want::Forbidden);
 }
+
+#[test]
+fn the_brokers_own_reads_are_gets_of_classified_paths() {
+    let web = PackageName::parse("@acme/web").unwrap();
+    let read = NpmRequest::packument(&web, false);
+    assert_eq!((read.method.as_str(), read.upstream_path().as_str()), ("GET", "/@acme%2fweb"));
+    assert_eq!(NpmRequest::packument(&web, true).upstream_path(), "/@acme%2fweb?write=true");
+    assert_eq!(NpmRequest::whoami().upstream_path(), "/-/whoami");
+    let id = "4C00C615-1E36-4201-A75C-47B46B8FD83F";
+    let view = NpmRequest::stage_view(id).unwrap();
+    assert_eq!(view.upstream_path(), "/-/stage/4c00c615-1e36-4201-a75c-47b46b8fd83f");
+    // A stage id is a UUID: nothing else becomes a path.
+    for bad in ["", "../../-/whoami", "4c00c615-1e36-4201-a75c-47b46b8fd83f/approve", "not-a-uuid"] {
+        assert!(NpmRequest::stage_view(bad).is_none(), "{bad:?}");
+    }
+    // A staged tarball's item is its view; other requests have none.
+    let path = format!("/-/stage/{id}/tarball").to_ascii_lowercase();
+    let Ok(Route::Registry(tarball)) = classify(&Method::GET, &path, None) else {
+        panic!("a staged tarball classifies")
+    };
+    assert_eq!(tarball.stage_item().unwrap().upstream_path(), view.upstream_path());
+    assert!(read.stage_item().is_none());
+}

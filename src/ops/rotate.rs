@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::audit::{AdminAction, Decision, Record};
 use crate::config::SecretSource;
 use crate::credentials::{Credential, Slot, UpstreamAuth};
+use crate::npm::{NpmRequest, PackageName};
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector, StoreError};
 use crate::support::clock::{rfc3339, unix_now};
@@ -214,10 +215,9 @@ pub(super) async fn canary(
     };
     let upstreams = app.upstreams();
     let upstream = upstreams.named(&slot.config.upstream).ok_or("the credential's upstream is gone")?;
-    let path = format!("/{}", package.replace('/', "%2f"));
-    let auth = UpstreamAuth::for_broker(next.clone());
-    let (status, _) =
-        upstream.fetch_json(&path, &auth, 16 << 20).await.map_err(|e| format!("reading {package}: {e}"))?;
+    let name = PackageName::parse(package).map_err(|e| format!("the canary {package}: {e}"))?;
+    let auth = UpstreamAuth::for_broker(next.clone(), &NpmRequest::packument(&name, false));
+    let (status, _) = upstream.fetch_json(&auth, 16 << 20).await.map_err(|e| format!("reading {package}: {e}"))?;
     // Not there yet is fine; refused is not.
     if status >= 400 && status != 404 {
         return Err(format!("the new value cannot read {package} (the upstream answered {status})"));

@@ -5,6 +5,7 @@
 use crate::app::App;
 use crate::config::Capability;
 use crate::credentials::{Credential, Slot, UpstreamAuth};
+use crate::npm::NpmRequest;
 use crate::support::clock::{date, rfc3339, unix_now};
 use serde::Serialize;
 use std::sync::Arc;
@@ -119,8 +120,8 @@ pub(crate) fn last_known_account(slot: &Slot) -> Option<String> {
 pub(crate) async fn whoami(app: &App, upstream: &str, credential: Arc<Credential>) -> Result<String, String> {
     let upstreams = app.upstreams();
     let upstream = upstreams.named(upstream).ok_or_else(|| format!("no upstream `{upstream}`"))?;
-    let auth = UpstreamAuth::for_broker(credential);
-    let (status, body) = upstream.fetch_json("/-/whoami", &auth, 64 * 1024).await.map_err(|e| e.to_string())?;
+    let auth = UpstreamAuth::for_broker(credential, &NpmRequest::whoami());
+    let (status, body) = upstream.fetch_json(&auth, 64 * 1024).await.map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("GET /-/whoami answered {status}"));
     }

@@ -26,10 +26,9 @@ pub(super) async fn forward(
     tunneled: bool,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
-    let path = npm.upstream_path();
     let permit = authorize_read(app, session.as_ref(), npm);
     let (npm, mut auth) = match &permit {
-        Permit::Anonymous(npm) => (npm, UpstreamAuth::ANONYMOUS),
+        Permit::Anonymous(npm) => (npm, UpstreamAuth::anonymous(npm)),
         Permit::Granted(authorized) => {
             rec.grant = Some(authorized.grant().name.clone());
             let auth = app.credentials.for_authorized(authorized, &upstream.name).map_err(Refusal::Internal)?;
@@ -66,16 +65,14 @@ pub(super) async fn forward(
         let idle = net::IdleTimeout::new(incoming, app.config.server.client_timeout);
         Limited::new(idle, app.config.server.max_body_bytes as usize).map_err(BoxError::from).boxed_unsync()
     };
-    let mut resp = upstream.send(npm.method.clone(), &path, &parts.headers, Content::AsSent, body, &auth).await?;
+    let mut resp = upstream.send(&parts.headers, Content::AsSent, body, &auth).await?;
     // In a rotation's overlap window, a bodiless read the upstream refuses with the credential's
     // new value goes once more with the previous one (a new token may take a while to be
     // accepted everywhere upstream). Writes never are: their bodies are not sent twice.
     if bodiless && matches!(resp.status().as_u16(), 401 | 403) {
         if let Some(previous) = auth.with_previous() {
             drop(resp);
-            resp = upstream
-                .send(npm.method.clone(), &path, &parts.headers, Content::AsSent, net::empty(), &previous)
-                .await?;
+            resp = upstream.send(&parts.headers, Content::AsSent, net::empty(), &previous).await?;
             rec.reason = Some("the upstream refused the credential's new value: sent again with the previous one, in its overlap window".into());
             auth = previous;
         }

@@ -41,33 +41,23 @@ pub(super) async fn read(
     headers: &HeaderMap,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
-    let (id, tarball) = match npm.op() {
-        Op::StageView { id } => (id.clone(), false),
-        Op::StageTarball { id } => (id.clone(), true),
-        _ => return Err(Refusal::Internal("not a staged item".into())),
-    };
+    let tarball = matches!(npm.op(), Op::StageTarball { .. });
+    let item = npm.stage_item().ok_or(Refusal::Internal("not a staged item".into()))?;
     if !app.audit.is_healthy() && !app.config.audit.serve_reads_on_failure {
         return Err(Refusal::AuditUnavailable);
     }
     let Some(session) = session else {
         // Without a phantom, as any read: anonymously (the registry decides).
         rec.decision = Decision::Anonymous;
-        let resp = upstream
-            .send(
-                npm.method.clone(),
-                &npm.upstream_path(),
-                headers,
-                Content::None,
-                net::empty(),
-                &UpstreamAuth::ANONYMOUS,
-            )
-            .await?;
+        let auth = UpstreamAuth::anonymous(&npm);
+        let resp = upstream.send(headers, Content::None, net::empty(), &auth).await?;
         rec.upstream_status = Some(resp.status().as_u16());
-        return Ok(upstream::relay(resp, &UpstreamAuth::ANONYMOUS, app.config.server.upstream_timeout)?);
+        return Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?);
     };
     let r = &session.record;
     let policy = app.policy();
-    let lookup = policy.authorize_lookup(&r.identity, &r.grant, ()).map_err(Refusal::Denied)?;
+    // The item is read first (its view names the package), with the grant's credential.
+    let lookup = policy.authorize_lookup(&r.identity, &r.grant, item).map_err(Refusal::Denied)?;
     // The id names no package, so no upstream: on the registry face it is asked of the upstream
     // the grant's credential is for (a tunnel has its own).
     let upstreams = app.upstreams();
@@ -78,7 +68,7 @@ pub(super) async fn read(
     rec.upstream = Some(upstream.name.clone());
     // A credential for another upstream than the tunnel's cannot have the item.
     let auth = app.credentials.for_authorized(&lookup, &upstream.name).map_err(|_| Refusal::NoStagedVersion)?;
-    let (status, item) = upstream.fetch_json(&format!("/-/stage/{id}"), &auth, MAX_ITEM).await?;
+    let (status, item) = upstream.fetch_json(&auth, MAX_ITEM).await?;
     rec.upstream_status = Some(status);
     if status == 404 {
         return Err(Refusal::NoStagedVersion);
@@ -117,9 +107,8 @@ pub(super) async fn read(
             .map_err(|e| Refusal::Internal(e.to_string()))?;
         return Ok(resp);
     }
-    let npm = authorized.get();
-    let resp =
-        upstream.send(npm.method.clone(), &npm.upstream_path(), headers, Content::None, net::empty(), &auth).await?;
+    let auth = app.credentials.for_authorized(&authorized, &upstream.name).map_err(Refusal::Internal)?;
+    let resp = upstream.send(headers, Content::None, net::empty(), &auth).await?;
     rec.upstream_status = Some(resp.status().as_u16());
     Ok(upstream::relay(resp, &auth, app.config.server.upstream_timeout)?)
 }
@@ -208,8 +197,8 @@ fn is_token(s: &str, max: usize) -> bool {
 /// A new staged version's status (`validating` while the registry's checks run, then `staged`),
 /// read with the grant's credential (`GET /-/stage/<id>`); `None` when it cannot be read soon.
 async fn stage_status(at: &Upstreamed<'_>, id: &str) -> Option<String> {
-    let path = format!("/-/stage/{id}");
-    let read = at.upstream.fetch_json(&path, at.auth, MAX_ITEM);
+    let read = at.auth.then_get(&NpmRequest::stage_view(id)?);
+    let read = at.upstream.fetch_json(&read, MAX_ITEM);
     let (status, item) = tokio::time::timeout(STAGE_STATUS_WAIT, read).await.ok()?.ok()?;
     if status != 200 {
         return None;

@@ -169,7 +169,7 @@ async fn creates_package(
     if app.known_packages.has(&upstream.name, package) {
         return Ok(false);
     }
-    let has = upstream.has_package(package, auth).await?;
+    let has = upstream.has_package(package, &auth.then_get(&NpmRequest::packument(package, false))).await?;
     if has {
         app.known_packages.learn(&upstream.name, package);
     }
@@ -237,8 +237,8 @@ async fn compare_with_upstream(
     body: &mut WriteBody,
 ) -> Result<(), Refusal> {
     let package = npm.package.as_ref().ok_or(Refusal::Internal("a package write without a package".into()))?;
-    let path = format!("/{}?write=true", package.escaped());
-    let (status, current) = upstream.fetch_json(&path, auth, app.config.server.max_body_bytes as usize).await?;
+    let read = auth.then_get(&NpmRequest::packument(package, true));
+    let (status, current) = upstream.fetch_json(&read, app.config.server.max_body_bytes as usize).await?;
     if status != 200 {
         return Err(Refusal::Upstream(UpstreamError::Failed(format!("the packument answered {status}"))));
     }

@@ -20,7 +20,7 @@ use crate::audit::{Decision, Record, UpstreamRequest};
 use crate::credentials::UpstreamAuth;
 use crate::npm::{body, ActionKind, NpmRequest, Op};
 use crate::phantom::{Fingerprinter, TokenDigest};
-use crate::policy::{Authorized, PublishMode};
+use crate::policy::Authorized;
 use crate::state::{OpenWrite, PhantomStore};
 use crate::support::net::Body;
 use crate::upstream::{self, Content, Pooled, Upstream, UpstreamError};
@@ -47,9 +47,9 @@ pub(super) async fn forward(
     let (parts, incoming) = req.into_parts();
     let content = content(&parts.headers, &npm)?;
     let (provisional, auth) = authorize_provisional(app, &session, upstream, npm, rec).await?;
-    let out = Outgoing::new(&provisional, parts.headers, content);
+    let out = Outgoing::new(app, upstream, &provisional, parts.headers, content)?;
     let intake = intake(app, provisional.get(), &out.route, &out.headers)?;
-    let fingerprinter = Fingerprinter::of(out.method.as_str(), &out.path);
+    let fingerprinter = Fingerprinter::of(auth.method().as_str(), auth.path());
     let (mut body, start) = WriteBody::open(&app.write_memory, intake, fingerprinter)?;
     let ctx = Ctx { app, session: &session, upstream, auth: &auth };
     let decided = decide(&ctx, provisional, &mut body, incoming, rec);
@@ -73,7 +73,7 @@ pub(super) async fn forward(
     let sent = match (sent, released) {
         (Some(sent), Released::Streamed) => sent,
         (None, Released::Whole(whole)) if out.stages(verdict.action) => out.send_staged(&ctx, whole).await,
-        (None, Released::Whole(whole)) => out.send_checked(&ctx, verdict.request.get(), whole).await,
+        (None, Released::Whole(whole)) => out.send_as_sent(&ctx, whole).await,
         _ => return Err(Refusal::Internal("a write released otherwise than it was opened".into())),
     };
     settle_use(&ctx, &verdict, &body, &sent, rec).await?;
@@ -116,9 +116,10 @@ enum WriteRoute {
     StageOnPublish(Box<Staging>),
 }
 
-/// The stage route's request for a `PUT /<name>`, and its headers.
+/// The stage route's request for a `PUT /<name>` (authorized as the publish it is), and its
+/// headers.
 struct Staging {
-    request: NpmRequest,
+    auth: UpstreamAuth,
     headers: HeaderMap,
 }
 
@@ -128,29 +129,31 @@ struct Outgoing {
     route: WriteRoute,
     headers: HeaderMap,
     content: Content,
-    method: http::Method,
-    path: String,
     may_publish: bool,
 }
 
 impl Outgoing {
-    fn new(provisional: &Authorized<NpmRequest>, headers: HeaderMap, content: Content) -> Outgoing {
+    fn new(
+        app: &App,
+        upstream: &Upstream,
+        provisional: &Authorized<NpmRequest>,
+        headers: HeaderMap,
+        content: Content,
+    ) -> Result<Outgoing, Refusal> {
         let npm = provisional.get();
-        let route = match npm.op() {
-            Op::StagePublish => WriteRoute::Stage,
-            Op::PutPackument if provisional.grant().publish == PublishMode::Stage => match npm.as_staged() {
-                Some(staged) => {
-                    // The `npm-command` npm's own `npm stage publish` sends.
-                    let mut h = headers.clone();
-                    h.insert("npm-command", HeaderValue::from_static("stage"));
-                    WriteRoute::StageOnPublish(Box::new(Staging { request: staged, headers: h }))
-                }
-                None => WriteRoute::Direct,
-            },
+        let route = match (npm.op(), provisional.as_staged()) {
+            (Op::StagePublish, _) => WriteRoute::Stage,
+            (Op::PutPackument, Some(staged)) => {
+                let auth = app.credentials.for_authorized(&staged, &upstream.name).map_err(Refusal::Internal)?;
+                // The `npm-command` npm's own `npm stage publish` sends.
+                let mut h = headers.clone();
+                h.insert("npm-command", HeaderValue::from_static("stage"));
+                WriteRoute::StageOnPublish(Box::new(Staging { auth, headers: h }))
+            }
             _ => WriteRoute::Direct,
         };
         let may_publish = matches!(npm.op(), Op::PutPackument | Op::StagePublish);
-        Outgoing { route, headers, content, method: npm.method.clone(), path: npm.upstream_path(), may_publish }
+        Ok(Outgoing { route, headers, content, may_publish })
     }
 
     /// Whether what the registry answers may need explaining (`E_STAGE_REQUIRED`, a staged
@@ -168,25 +171,16 @@ impl Outgoing {
         }
     }
 
+    /// The write as the caller sent it (the request its phantom's grant authorized).
     async fn send_as_sent(&self, ctx: &Ctx<'_>, body: Body) -> Result<Response<Pooled>, UpstreamError> {
-        ctx.upstream.send(self.method.clone(), &self.path, &self.headers, self.content, body, ctx.auth).await
-    }
-
-    async fn send_checked(
-        &self,
-        ctx: &Ctx<'_>,
-        npm: &NpmRequest,
-        body: Body,
-    ) -> Result<Response<Pooled>, UpstreamError> {
-        ctx.upstream.send(npm.method.clone(), &npm.upstream_path(), &self.headers, self.content, body, ctx.auth).await
+        ctx.upstream.send(&self.headers, self.content, body, ctx.auth).await
     }
 
     /// A publish to the stage route: translated (`StageOnPublish`), or as the caller sent it.
     async fn send_staged(&self, ctx: &Ctx<'_>, body: Body) -> Result<Response<Pooled>, UpstreamError> {
         match &self.route {
             WriteRoute::StageOnPublish(staging) => {
-                let (npm, headers) = (&staging.request, &staging.headers);
-                ctx.upstream.send(npm.method.clone(), &npm.upstream_path(), headers, self.content, body, ctx.auth).await
+                ctx.upstream.send(&staging.headers, self.content, body, &staging.auth).await
             }
             _ => self.send_as_sent(ctx, body).await,
         }

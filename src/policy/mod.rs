@@ -15,7 +15,7 @@ pub use glob::Glob;
 pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};
 pub use versions::VersionRange;
 
-use crate::npm::{ActionKind, ActionSet, PackageName};
+use crate::npm::{ActionKind, ActionSet, NpmRequest, PackageName};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,6 +72,17 @@ impl<T> Authorized<T> {
     /// action, once its body has been read).
     pub(crate) fn into_inner(self) -> T {
         self.inner
+    }
+}
+
+impl Authorized<NpmRequest> {
+    /// A publish under a grant that stages its publishes, as what it goes upstream as: the
+    /// staged publish of the same package (`npm stage publish`).
+    pub(crate) fn as_staged(&self) -> Option<Authorized<NpmRequest>> {
+        if self.grant.publish != PublishMode::Stage {
+            return None;
+        }
+        self.inner.as_staged().map(|inner| Authorized { inner, grant: self.grant.clone() })
     }
 }
 

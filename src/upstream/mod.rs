@@ -123,23 +123,23 @@ impl Upstream {
         })
     }
 
-    /// Sends one request. `path` comes from the classifier; `auth`'s credential, if any, goes
-    /// into `Authorization` for this request only.
+    /// Sends one request: the method and path `auth` was made for (from the classified
+    /// request policy authorized), and its credential, if any, in `Authorization` for this
+    /// request only.
     pub(crate) async fn send(
         &self,
-        method: Method,
-        path: &str,
         incoming: &HeaderMap,
         content: Content,
         body: Body,
         auth: &UpstreamAuth,
     ) -> Result<Response<Pooled>, UpstreamError> {
+        let method = auth.method();
         // A bodiless GET or HEAD may go again on a new connection if a kept one closed before
         // answering it (RFC 9110, 9.2.2): the upstream closing an idle connection just as the
         // request went out is not the caller's failure.
         let replayable = http_body::Body::is_end_stream(&body) && (method == Method::GET || method == Method::HEAD);
-        let req = self.request(method.clone(), path, incoming, content, body, auth)?;
-        let again = || self.request(method.clone(), path, incoming, content, net::empty(), auth).ok();
+        let req = self.request(incoming, content, body, auth)?;
+        let again = || self.request(incoming, content, net::empty(), auth).ok();
         let again: Option<&(dyn Fn() -> Option<Request<Body>> + Sync)> = if replayable { Some(&again) } else { None };
         let started = std::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, self.pool.send(req, again)).await;
@@ -155,21 +155,23 @@ impl Upstream {
     /// the content headers and the credential.
     fn request(
         &self,
-        method: Method,
-        path: &str,
         incoming: &HeaderMap,
         content: Content,
         body: Body,
         auth: &UpstreamAuth,
     ) -> Result<Request<Body>, UpstreamError> {
+        let path = auth.path();
         let uri = if self.prefix.is_empty() {
             Uri::try_from(path)
         } else {
             Uri::try_from(format!("{}{}", self.prefix, path))
         };
         let uri = uri.map_err(|e| UpstreamError::Failed(e.to_string()))?;
-        let mut req =
-            Request::builder().method(method).uri(uri).body(body).map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(auth.method().clone())
+            .uri(uri)
+            .body(body)
+            .map_err(|e| UpstreamError::Failed(e.to_string()))?;
         let headers = req.headers_mut();
         headers.insert(header::HOST, self.host.clone());
         for (name, value) in incoming {
@@ -240,16 +242,12 @@ impl Upstream {
         Ok(Response::from_parts(parts, body.boxed_unsync()))
     }
 
-    /// GETs a document with the credential, for checks that compare against upstream state.
-    pub(crate) async fn fetch_json(
-        &self,
-        path: &str,
-        auth: &UpstreamAuth,
-        max: usize,
-    ) -> Result<(u16, Bytes), UpstreamError> {
+    /// Reads a JSON document (`auth` is a read the broker makes), for checks that compare
+    /// against upstream state.
+    pub(crate) async fn fetch_json(&self, auth: &UpstreamAuth, max: usize) -> Result<(u16, Bytes), UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let resp = self.send(Method::GET, path, &headers, Content::None, net::empty(), auth).await?;
+        let resp = self.send(&headers, Content::None, net::empty(), auth).await?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), max)
             .collect()
@@ -261,14 +259,14 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// Whether the upstream has `package`, read with `auth`'s credential (npm's own check before
-    /// a publish): 200 yes, 404 no, anything else is an error (the caller fails closed).
+    /// Whether the upstream has `package`, read as `auth` (its packument, with the credential:
+    /// npm's own check before a publish): 200 yes, 404 no, anything else is an error (the
+    /// caller fails closed).
     pub(crate) async fn has_package(&self, package: &PackageName, auth: &UpstreamAuth) -> Result<bool, UpstreamError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/vnd.npm.install-v1+json"));
-        let path = format!("/{}", package.escaped());
         // Only the status is read; the body is dropped with the response.
-        let resp = self.send(Method::GET, &path, &headers, Content::None, net::empty(), auth).await?;
+        let resp = self.send(&headers, Content::None, net::empty(), auth).await?;
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
