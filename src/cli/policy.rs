@@ -176,7 +176,14 @@ fn explain(args: ExplainArgs) -> Result<()> {
     let action = action.split('|').next().unwrap_or_default().to_owned();
     let action = ActionKind::parse(&action).with_context(|| format!("unknown action `{action}`"))?;
     let mut allowed = false;
-    for (grant, verdict) in policy.explain(&identity, &package, action, version.as_deref(), new_package) {
+    let asked = policy::Requested {
+        package: Some(&package),
+        action,
+        tags: &[],
+        version: version.as_deref(),
+        creates: new_package,
+    };
+    for (grant, verdict) in policy.explain(&identity, &asked) {
         match verdict {
             Ok(()) => {
                 allowed = true;

@@ -255,6 +255,14 @@ impl Policy {
         best.map(|(g, s, _)| (g, s))
     }
 
+    /// The one grant lookup at the moment of use: the grant a phantom was minted under must
+    /// still exist and still match the identity.
+    fn live_grant(&self, identity: &Identity, grant: &str) -> Result<&Arc<Grant>, Denial> {
+        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
+        matches_identity(g, identity)?;
+        Ok(g)
+    }
+
     /// Re-evaluates, at the moment of use, the grant a phantom was minted under: the grant must
     /// still exist and match the identity, and the request must fit both it and the phantom.
     pub fn authorize<T>(
@@ -265,30 +273,8 @@ impl Policy {
         req: Requested<'_>,
         inner: T,
     ) -> Result<Authorized<T>, Denial> {
-        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
-        matches_identity(g, identity)?;
-        if let Some(package) = req.package {
-            if !scope.packages.contains(package) || !g.covers_package(package) {
-                return Err(Denial::PackageOutOfScope);
-            }
-        }
-        // Any action on a package lets its phantom read that package (npm reads before it writes).
-        let action_ok = match req.action {
-            ActionKind::Read => req.package.is_some(),
-            a => scope.actions.contains(a) && g.actions.contains(a),
-        };
-        if !action_ok {
-            return Err(Denial::ActionOutOfScope(req.action.as_str()));
-        }
-        if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
-            return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
-        }
-        if req.action.publishes() {
-            g.allows_version(req.version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))?;
-            if req.creates && !g.create {
-                return Err(Denial::CreateNotAllowed(g.name.to_string()));
-            }
-        }
+        let g = self.live_grant(identity, grant)?;
+        evaluate(g, Some(scope), &req)?;
         Ok(Authorized { inner, grant: g.clone() })
     }
 
@@ -302,8 +288,7 @@ impl Policy {
         grant: &str,
         inner: T,
     ) -> Result<Authorized<T>, Denial> {
-        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
-        matches_identity(g, identity)?;
+        let g = self.live_grant(identity, grant)?;
         Ok(Authorized { inner, grant: g.clone() })
     }
 
@@ -320,11 +305,8 @@ impl Policy {
         candidates: ActionSet,
         inner: T,
     ) -> Result<Authorized<T>, Denial> {
-        let g = self.by_name.get(grant).map(|&i| &self.grants[i]).ok_or_else(|| Denial::GrantGone(grant.to_owned()))?;
-        matches_identity(g, identity)?;
-        if package.is_some_and(|p| !scope.packages.contains(p) || !g.covers_package(p)) {
-            return Err(Denial::PackageOutOfScope);
-        }
+        let g = self.live_grant(identity, grant)?;
+        covers(g, Some(scope), package)?;
         if scope.actions.intersect(g.actions).intersect(candidates).is_empty() {
             let first = candidates.iter().next().map_or("write", ActionKind::as_str);
             return Err(Denial::ActionOutOfScope(first));
@@ -332,35 +314,50 @@ impl Policy {
         Ok(Authorized { inner, grant: g.clone() })
     }
 
-    /// Grant by grant, whether `identity` may do `action` on `package` (publishing `version`,
-    /// when one is known; creating the package, with `creates`), and why not.
-    pub fn explain(
-        &self,
-        identity: &Identity,
-        package: &PackageName,
-        action: ActionKind,
-        version: Option<&str>,
-        creates: bool,
-    ) -> Vec<(String, Result<(), Denial>)> {
+    /// Grant by grant, whether `identity` may do `req` and why not: the evaluator `authorize`
+    /// runs, asked before any phantom exists.
+    pub fn explain(&self, identity: &Identity, req: &Requested<'_>) -> Vec<(String, Result<(), Denial>)> {
         self.grants
             .iter()
-            .map(|g| {
-                let verdict = matches_identity(g, identity).and_then(|()| {
-                    if !g.covers_package(package) {
-                        Err(Denial::PackageOutOfScope)
-                    } else if !g.actions.contains(action) && action != ActionKind::Read {
-                        Err(Denial::ActionOutOfScope(action.as_str()))
-                    } else if action.publishes() && creates && !g.create {
-                        Err(Denial::CreateNotAllowed(g.name.to_string()))
-                    } else if action.publishes() && version.is_some() {
-                        g.allows_version(version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))
-                    } else {
-                        Ok(())
-                    }
-                });
-                (g.name.to_string(), verdict)
-            })
+            .map(|g| (g.name.to_string(), matches_identity(g, identity).and_then(|()| evaluate(g, None, req))))
             .collect()
+    }
+}
+
+/// The evaluator: whether grant `g` allows `req`, within the phantom's `scope` when there is
+/// one. Without one (`explain`, before any phantom exists), a version the question does not
+/// name is not in question; with one, a publish that names no version is judged as such.
+fn evaluate(g: &Grant, scope: Option<&Scope>, req: &Requested<'_>) -> Result<(), Denial> {
+    covers(g, scope, req.package)?;
+    // Any action on a package lets its phantom read that package (npm reads before it writes).
+    let action_ok = match req.action {
+        ActionKind::Read => req.package.is_some(),
+        a => scope.is_none_or(|s| s.actions.contains(a)) && g.actions.contains(a),
+    };
+    if !action_ok {
+        return Err(Denial::ActionOutOfScope(req.action.as_str()));
+    }
+    if let Some(tag) = req.tags.iter().find(|t| !g.allows_tag(t)) {
+        return Err(Denial::TagNotAllowed(tag.clone(), g.name.to_string()));
+    }
+    if req.action.publishes() {
+        if scope.is_some() || req.version.is_some() {
+            g.allows_version(req.version).map_err(|why| Denial::VersionNotAllowed(g.name.to_string(), why))?;
+        }
+        if req.creates && !g.create {
+            return Err(Denial::CreateNotAllowed(g.name.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `package` is the grant's, and the phantom's when there is one.
+fn covers(g: &Grant, scope: Option<&Scope>, package: Option<&PackageName>) -> Result<(), Denial> {
+    match package {
+        Some(p) if !g.covers_package(p) || scope.is_some_and(|s| !s.packages.contains(p)) => {
+            Err(Denial::PackageOutOfScope)
+        }
+        _ => Ok(()),
     }
 }
 

@@ -394,3 +394,32 @@ repository_id = "123456789"
     let err = grant::parse_file(&PathBuf::from("p.toml"), &no_publish, &CTX).unwrap_err();
     assert!(err.contains("`versions` applies to publish"), "{err}");
 }
+
+#[test]
+fn explain_and_authorize_give_one_verdict() {
+    let p = policy();
+    let ids = [github(json!({})), github(json!({"ref": "refs/heads/feature"}))];
+    let packages = ["@acme/web", "@acme/other", "left-pad"];
+    let actions = [ActionKind::Publish, ActionKind::DistTag, ActionKind::Deprecate, ActionKind::Read];
+    let mut allowed = 0;
+    for identity in &ids {
+        for name in packages {
+            let package = pkg(name);
+            for action in actions {
+                for creates in [false, true] {
+                    let req = Requested { package: Some(&package), action, tags: &[], version: Some("1.0.0"), creates };
+                    for (grant, explained) in p.explain(identity, &req) {
+                        let g = p.grant(&grant).unwrap();
+                        // A phantom for this package with all of the grant's actions.
+                        let scope = Scope { packages: vec![package.clone()], actions: g.actions };
+                        let authorized = p.authorize(identity, &grant, &scope, req, ()).map(|_| ());
+                        assert_eq!(explained, authorized, "{grant} {name} {action:?} creates={creates}");
+                        allowed += usize::from(explained.is_ok());
+                    }
+                }
+            }
+        }
+    }
+    // Some of each: the table is not all denials.
+    assert!(allowed > 0 && allowed < ids.len() * packages.len() * actions.len() * 2 * 2);
+}
