@@ -16,8 +16,8 @@ use crate::support::clock::rfc3339;
 use crate::support::json::parse_object;
 use crate::support::net::{self, Body};
 use crate::support::secret::IdToken;
-use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, Response, StatusCode};
+
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -113,12 +113,7 @@ struct Asked {
 }
 
 async fn read_request(req: Request<Incoming>, idle: Duration) -> Result<Asked, Refusal> {
-    let body = net::IdleTimeout::new(req.into_body(), idle);
-    let bytes = match Limited::new(body, MAX_EXCHANGE_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Refusal::TooLarge),
-        Err(e) => return Err(Refusal::ClientBody(net::error_chain(&*e))),
-    };
+    let bytes = net::read_body(net::IdleTimeout::new(req.into_body(), idle), MAX_EXCHANGE_BODY).await?;
     let bad = Refusal::BadRequest("the body must be {\"packages\": [...], \"actions\": [...], \"ttl_seconds\": N}");
     let doc = parse_object(&bytes).map_err(|_| Refusal::BadRequest("the body must be a JSON object"))?;
     let asked: ExchangeRequest = serde_json::from_value(doc.into()).map_err(|_| bad)?;
@@ -212,11 +207,5 @@ async fn mint(
 /// The response carrying a phantom. (Its keys are written in byte order, as they always were.)
 fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Body> {
     // Strings and string lists always serialise; were it otherwise, no empty 201 would go out.
-    let body = serde_json::to_vec(body).expect("a phantom response serialises");
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(net::full(body))
-        .expect("a JSON response is valid")
+    net::json_reply(status, serde_json::to_vec(body).expect("a phantom response serialises"))
 }

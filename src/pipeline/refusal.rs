@@ -10,7 +10,7 @@ use crate::policy::Denial;
 use crate::state::StoreError;
 use crate::support::net::{self, Body};
 use crate::upstream::UpstreamError;
-use http::{header, Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,16 @@ pub(crate) enum Refusal {
 const LOGIN_HELP: &str = "this registry has no accounts to log in to: get a short-lived token for this job with \
     `phantom login --broker <this registry's URL> --packages ... --actions ...`, which writes it into .npmrc \
     (npm >= 11.5.1 publishing from CI with an OIDC ID token needs no login at all)";
+
+impl From<net::ReadError> for Refusal {
+    fn from(e: net::ReadError) -> Refusal {
+        match e {
+            net::ReadError::TooLarge(_) => Refusal::TooLarge,
+            net::ReadError::Timeout => Refusal::ClientTimeout,
+            net::ReadError::Failed(why) => Refusal::ClientBody(why),
+        }
+    }
+}
 
 impl Refusal {
     /// The refusal's kind, as the audit log's metrics count it (`phantom_refusals_total{reason}`).
@@ -272,21 +282,24 @@ impl Refusal {
         let msg = self.client_message();
         // npm prints `error`; the contract names `message`: send both.
         let body = serde_json::json!({ "error": msg, "message": msg }).to_string();
-        let mut resp = Response::builder()
-            .status(self.status())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::CACHE_CONTROL, "no-store");
+        let mut resp = net::json_reply(self.status(), body);
+        let headers = resp.headers_mut();
         match self {
-            Refusal::Busy => resp = resp.header(header::RETRY_AFTER, "1"),
+            Refusal::Busy => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             // npm prints an `npm-notice` header as a notice line, even on a failed login.
-            Refusal::Login => resp = resp.header("npm-notice", format!("phantom: {LOGIN_HELP}")),
+            Refusal::Login => {
+                let notice = HeaderValue::from_str(&format!("phantom: {LOGIN_HELP}"));
+                headers.insert("npm-notice", notice.expect("the login help is one line of text"));
+            }
             Refusal::RateLimited { retry_after, .. } => {
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-                resp = resp.header(header::RETRY_AFTER, secs.max(1));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
             _ => {}
         }
-        resp.body(net::full(body)).expect("a static response is valid")
+        resp
     }
 }
 

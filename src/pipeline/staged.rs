@@ -99,13 +99,7 @@ pub(super) async fn read(
     rec.grant = Some(authorized.grant().name.clone());
     rec.decision = Decision::Allow;
     if !tarball {
-        let body = crate::upstream::scrubbed(item, &auth);
-        let resp = Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(net::full(body))
-            .map_err(|e| Refusal::Internal(e.to_string()))?;
-        return Ok(resp);
+        return Ok(net::json_reply(StatusCode::OK, crate::upstream::scrubbed(item, &auth)));
     }
     let auth = app.credentials.for_authorized(&authorized, &upstream.name).map_err(Refusal::Internal)?;
     let resp = upstream.send(headers, Content::None, net::empty(), &auth).await?;

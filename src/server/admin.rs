@@ -10,7 +10,7 @@ use crate::support::clock::rfc3339;
 use crate::support::json::parse_object;
 use crate::support::net::{self, Body};
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -243,15 +243,7 @@ async fn read_rotation(req: Request<Incoming>) -> Result<crate::ops::Rotation, (
         incident: Option<bool>,
         account: Option<String>,
     }
-    let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
-    let bytes = zeroize::Zeroizing::new(
-        Limited::new(body, 64 * 1024)
-            .collect()
-            .await
-            .map_err(|_| bad("the body could not be read"))?
-            .to_bytes()
-            .to_vec(),
-    );
+    let bytes = zeroize::Zeroizing::new(read(req).await.map_err(|_| bad("the body could not be read"))?.to_vec());
     // Parsed strictly (a duplicate key is refused), then read into its fields.
     let what = "give {\"token\": \"...\"} and optionally \"overlap_seconds\", \"incident\" and \"account\"";
     let doc = parse_object(&bytes).map_err(|_| bad(what))?;
@@ -272,21 +264,16 @@ fn unavailable(e: crate::state::StoreError) -> (StatusCode, String) {
     (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
+/// An admin request's body: at most 64 KiB, within 10 s.
+async fn read(req: Request<Incoming>) -> Result<bytes::Bytes, net::ReadError> {
+    net::read_body(net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10)), 64 * 1024).await
+}
+
 async fn read_json(req: Request<Incoming>) -> Result<serde_json::Map<String, Value>, (StatusCode, String)> {
-    let body = net::IdleTimeout::new(req.into_body(), std::time::Duration::from_secs(10));
-    let bytes = Limited::new(body, 64 * 1024)
-        .collect()
-        .await
-        .map_err(|_| (StatusCode::BAD_REQUEST, "the body could not be read".to_owned()))?
-        .to_bytes();
+    let bytes = read(req).await.map_err(|_| (StatusCode::BAD_REQUEST, "the body could not be read".to_owned()))?;
     parse_object(&bytes).map_err(|_| (StatusCode::BAD_REQUEST, "the body must be a JSON object".to_owned()))
 }
 
 fn reply(status: StatusCode, body: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(net::full(body.to_string()))
-        .expect("a JSON response is valid")
+    net::json_reply(status, body.to_string())
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full, Limited};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -43,6 +43,66 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The one JSON response the broker writes itself (an exchange, a refusal, the admin API, a
+/// staged item): `Content-Type: application/json`, never cached.
+pub fn json_reply(status: http::StatusCode, json: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(json));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the body came too slowly")]
+    Timeout,
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The one body reader for bodies the broker keeps whole (an exchange, an admin request, an
+/// answer it reads before relaying it): at most `max` bytes. A write's body goes through the
+/// write gate instead; a slow sender is cut off by wrapping `body` in `IdleTimeout`.
+pub async fn read_body<B>(body: B, max: usize) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(body);
+    // One data frame (most bodies) is kept as it came; more are gathered.
+    let mut first: Option<Bytes> = None;
+    let mut more = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            let e: BoxError = e.into();
+            if e.is::<BodyTimeout>() {
+                ReadError::Timeout
+            } else {
+                ReadError::Failed(error_chain(&*e))
+            }
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        let held = first.as_ref().map_or(0, Bytes::len) + more.len();
+        if held + data.len() > max {
+            return Err(ReadError::TooLarge(max));
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(data),
+            None => more.extend_from_slice(&data),
+            Some(kept) => {
+                more.extend_from_slice(&kept);
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| more.freeze()))
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -147,17 +207,10 @@ pub async fn fetch(
     let work = async {
         let resp: Response<_> = client.request(req).await.map_err(|e| FetchError::Failed(error_chain(&e)))?;
         let (parts, body) = resp.into_parts();
-        let bytes = Limited::new(body, max)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.is::<http_body_util::LengthLimitError>() {
-                    FetchError::TooLarge(max)
-                } else {
-                    FetchError::Failed(e.to_string())
-                }
-            })?
-            .to_bytes();
+        let bytes = read_body(body, max).await.map_err(|e| match e {
+            ReadError::TooLarge(max) => FetchError::TooLarge(max),
+            other => FetchError::Failed(other.to_string()),
+        })?;
         Ok((parts, bytes))
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| FetchError::Timeout)?
@@ -383,6 +436,31 @@ mod tests {
         }
         assert_eq!(read(&[]), Err("Absent".to_owned()));
         assert_eq!(read(&["Bearer a", "Bearer a"]), Err("Repeated".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn the_body_reader_keeps_frames_in_order_within_its_bound() {
+        let frames = |parts: &[&'static [u8]]| {
+            let (tx, body) = ChannelBody::new();
+            let parts = parts.to_vec();
+            tokio::spawn(async move {
+                for p in parts {
+                    tx.send(Bytes::from_static(p)).await.unwrap();
+                }
+                tx.finish().await.unwrap();
+            });
+            body
+        };
+        assert_eq!(&read_body(frames(&[b"whole"]), 5).await.unwrap()[..], b"whole");
+        assert_eq!(&read_body(frames(&[b"a", b"", b"bc", b"d"]), 4).await.unwrap()[..], b"abcd");
+        assert_eq!(&read_body(frames(&[]), 4).await.unwrap()[..], b"");
+        assert!(matches!(read_body(frames(&[b"ab", b"cde"]), 4).await, Err(ReadError::TooLarge(4))));
+        // A quiet sender is a timeout, told apart from a broken one.
+        let (tx, body) = ChannelBody::new();
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        let read = read_body(IdleTimeout::new(body, Duration::from_millis(50)), 10).await;
+        assert!(matches!(read, Err(ReadError::Timeout)), "{read:?}");
+        drop(tx);
     }
 
     #[tokio::test]

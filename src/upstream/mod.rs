@@ -5,7 +5,7 @@ use crate::config::UpstreamConfig;
 use crate::credentials::UpstreamAuth;
 use crate::npm::PackageName;
 use crate::support::net::{self, Body};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -228,11 +228,9 @@ impl Upstream {
         let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
         if length.is_some_and(|n| n <= WHOLE_REBASE) {
             // The upstream's framing holds it to the length it announced.
-            let whole = body
-                .collect()
+            let whole = net::read_body(body, WHOLE_REBASE)
                 .await
-                .map_err(|e| UpstreamError::Failed(format!("reading the packument: {}", net::error_chain(&*e))))?
-                .to_bytes();
+                .map_err(|e| UpstreamError::Failed(format!("reading the packument: {e}")))?;
             let out = rebase::rebase_whole(whole, &self.tarball_base, to);
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
             return Ok(Response::from_parts(parts, net::full(out)));
@@ -249,11 +247,7 @@ impl Upstream {
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let resp = self.send(&headers, Content::None, net::empty(), auth).await?;
         let status = resp.status().as_u16();
-        let body = http_body_util::Limited::new(resp.into_body(), max)
-            .collect()
-            .await
-            .map_err(|e| UpstreamError::Failed(e.to_string()))?
-            .to_bytes();
+        let body = net::read_body(resp.into_body(), max).await.map_err(|e| UpstreamError::Failed(e.to_string()))?;
         Ok((status, body))
     }
 }
@@ -384,19 +378,9 @@ pub(crate) async fn read_relayed(
     resp: Response<Body>,
     max: usize,
 ) -> Result<(http::response::Parts, Bytes), UpstreamError> {
-    let (mut parts, mut body) = resp.into_parts();
-    let mut bytes = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame =
-            frame.map_err(|e| UpstreamError::Failed(format!("reading the answer: {}", net::error_chain(&*e))))?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > max {
-                return Err(UpstreamError::Failed(format!("the answer is larger than {max} bytes")));
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
-    let bytes = bytes.freeze();
+    let (mut parts, body) = resp.into_parts();
+    let bytes =
+        net::read_body(body, max).await.map_err(|e| UpstreamError::Failed(format!("reading the answer: {e}")))?;
     // The caller gets these bytes whole: their length is counted again when they are sent.
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok((parts, bytes))

@@ -425,6 +425,11 @@ fn hostile_connections() {
     write!(slow, "PUT /pb-conn HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"_id\"").unwrap();
     let r = raw::read_all(&mut slow, Duration::from_secs(6));
     assert_eq!(r.status, Some(408), "a slow body was not cut off: {r:?}");
+    // An exchange's body is read by the same reader, and cut off the same way.
+    let mut slow = raw::connect(w.broker.port, &w.certs.ca, &[b"http/1.1"]);
+    write!(slow, "POST /-/phantom/v1/exchange HTTP/1.1\r\nhost: x\r\nauthorization: Bearer x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"packages\"").unwrap();
+    let r = raw::read_all(&mut slow, Duration::from_secs(6));
+    assert_eq!(r.status, Some(408), "a slow exchange body was not cut off: {r:?}");
 
     // More connections than the limit: the extra ones are closed at once; the broker stays up.
     let mut held: Vec<raw::Tls> = Vec::new();
