@@ -213,16 +213,11 @@ fn stage_list(method: &Method, query: Option<&str>) -> Result<Route, RouteError>
 }
 
 /// `GET /-/stage/<id>` and its tarball: the id is a UUID, as npm checks before it asks.
-/// A stage id is a UUID.
-pub(super) fn is_stage_id(id: &str) -> bool {
-    id.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
-}
-
 fn stage_item(method: &Method, id: &str, query: Option<&str>, op: fn(String) -> Op) -> Result<Route, RouteError> {
     if query.is_some() {
         return Err(RouteError::UnexpectedQuery);
     }
-    if !is_stage_id(id) {
+    if !super::route::is_stage_id(id) {
         return Err(RouteError::BadPath);
     }
     let op = op(id.to_ascii_lowercase());

@@ -189,6 +189,11 @@ pub(super) fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<Str
     Ok(seg.to_owned())
 }
 
+/// A stage id is a UUID.
+pub(super) fn is_stage_id(id: &str) -> bool {
+    id.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 impl NpmRequest {
     /// The action this request performs, before the body is read. Body-dependent operations
     /// (`PutPackument`, `PutRevision`) report the action their body must still confirm.
@@ -265,7 +270,7 @@ impl NpmRequest {
 
     /// `GET /-/stage/<id>`: one staged version, when `id` is a stage id.
     pub(crate) fn stage_view(id: &str) -> Option<NpmRequest> {
-        super::classify::is_stage_id(id).then(|| NpmRequest {
+        is_stage_id(id).then(|| NpmRequest {
             method: Method::GET,
             package: None,
             op: Op::StageView { id: id.to_ascii_lowercase() },

@@ -11,7 +11,7 @@
 //!    which is kept for the overlap window when one is asked for.
 //!
 //! Every step is audited. The new value never reaches a log line, an audit line, an answer or
-//! the state store (other replicas read it from their own copy of the source: see README).
+//! the state store (other replicas read it from their own copy of the source: see docs/operations.md).
 
 use super::status::{cached_account, last_known_account, whoami};
 use super::steps::{line, step, write_step};

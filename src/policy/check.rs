@@ -36,8 +36,8 @@ pub struct Finding {
 /// Every rule, with its severity and fix: the list `policy check` can report.
 pub(crate) const RULES: &[(&str, Severity, &str)] = &[
     ("toml-syntax", Severity::Error, "fix the TOML syntax at this position"),
-    ("unknown-key", Severity::Error, "remove the key, or correct its spelling (see the README's policy reference)"),
-    ("invalid-value", Severity::Error, "give the key a value of the kind the README's policy reference shows"),
+    ("unknown-key", Severity::Error, "remove the key, or correct its spelling (see docs/policy.md)"),
+    ("invalid-value", Severity::Error, "give the key a value of the kind docs/policy.md shows"),
     ("unknown-issuer", Severity::Error, "name an `[issuer.NAME]` of phantom.toml"),
     ("unknown-credential", Severity::Error, "name a `[credential.NAME]` of phantom.toml"),
     (

@@ -16,8 +16,13 @@ struct Source {
 
 /// The layers as lib.rs lists them: the modules of each numbered item, lowest first.
 fn layers(lib: &str) -> Vec<Vec<String>> {
-    lib.lines()
-        .filter_map(|l| l.strip_prefix("//! "))
+    numbered_layers(lib.lines().filter_map(|l| l.strip_prefix("//! ")))
+}
+
+/// The modules of each numbered item (`1. \`a\`, \`b\`: ...`) among `lines`: lib.rs's list, or
+/// the same list in docs/how-it-works.md.
+pub(crate) fn numbered_layers<'a>(lines: impl Iterator<Item = &'a str>) -> Vec<Vec<String>> {
+    lines
         .filter_map(|l| {
             let (number, rest) = l.split_once(". ")?;
             number.parse::<usize>().ok()?;

@@ -13,6 +13,7 @@ mod cli;
 mod clients;
 mod credentials;
 mod demo;
+mod docs;
 mod forward_proxy;
 mod json_differential;
 mod layers;

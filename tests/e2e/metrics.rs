@@ -111,7 +111,7 @@ fn metrics_count_what_the_broker_did() {
 
 /// `/metrics` names the credentials, grants and packages an attacker would aim at: without the
 /// admin token (none, or a wrong one) it is refused and the refusal is audited; Prometheus
-/// itself, configured as the README says (`authorization: { credentials_file: ... }`), scrapes
+/// itself, configured as docs/admin-api.md says (`authorization: { credentials_file: ... }`), scrapes
 /// it, and the same job without the file is refused.
 #[test]
 fn metrics_need_the_admin_token() {

@@ -361,12 +361,12 @@ fn a_vendors_issuer_url_is_its_preset() {
     assert!(said.contains("`issuer.gh.preset`: `gitlab` contradicts the issuer URL https://token.actions.githubusercontent.com/, which is the issuer of GitHub Actions (preset `github`)"), "{said}");
 }
 
-/// The README's worked examples for the other CI vendors are real: each `toml` block that
+/// The worked examples for the other CI vendors (docs/ci.md) are real: each `toml` block that
 /// declares an issuer and a grant, added to the shipped config and policy, checks clean with
 /// warnings denied.
 #[test]
-fn the_readmes_vendor_examples_check_clean() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+fn the_ci_docs_vendor_examples_check_clean() {
+    let readme = std::fs::read_to_string(repo().join("docs/ci.md")).unwrap();
     let blocks: Vec<&str> = readme
         .split("```toml\n")
         .skip(1)
@@ -377,7 +377,7 @@ fn the_readmes_vendor_examples_check_clean() {
         .iter()
         .filter_map(|b| b.lines().find_map(|l| l.strip_prefix("preset = \"")?.strip_suffix('"')))
         .collect();
-    assert_eq!(issuers, ["gitlab", "circleci", "buildkite"], "the README's vendor examples");
+    assert_eq!(issuers, ["gitlab", "circleci", "buildkite"], "docs/ci.md's vendor examples");
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = std::fs::read_to_string(repo().join("phantom.toml")).unwrap();
