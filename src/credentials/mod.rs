@@ -19,6 +19,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use memchr::memmem;
+use yoke::{Yoke, Yokeable};
 use zeroize::Zeroizing;
 
 pub struct Credential {
@@ -30,8 +32,9 @@ pub struct Credential {
     /// `Bearer <token>`, marked sensitive so HTTP/2 never indexes it in HPACK tables. (A
     /// `HeaderValue` cannot be zeroized; this one copy lives as long as the credential.)
     authorization: HeaderValue,
-    /// The token's bytes, shared by every response scrubber instead of copied per response.
-    scrub: Arc<Zeroizing<Vec<u8>>>,
+    /// The token's bytes and a searcher for them, shared by every response scrubber instead of
+    /// copied or built per response.
+    scrub: Arc<ScrubPattern>,
     /// SHA-256 of the token: compares two values without holding both in the clear, and names
     /// a value to other replicas.
     fingerprint: [u8; 32],
@@ -42,7 +45,7 @@ impl Credential {
         let mut authorization = HeaderValue::from_str(&format!("Bearer {}", secret.expose()))
             .map_err(|_| format!("credential `{}`: the token has characters a header cannot carry", cfg.name))?;
         authorization.set_sensitive(true);
-        let scrub = Arc::new(Zeroizing::new(secret.expose().as_bytes().to_vec()));
+        let scrub = Arc::new(ScrubPattern::new(secret.expose().as_bytes().to_vec()));
         let digest = ring::digest::digest(&ring::digest::SHA256, secret.expose().as_bytes());
         let mut fingerprint = [0u8; 32];
         fingerprint.copy_from_slice(digest.as_ref());
@@ -68,12 +71,37 @@ impl Credential {
     }
 
     /// The token's bytes, for cutting it out of responses.
-    pub(crate) fn scrub_pattern(&self) -> &Arc<Zeroizing<Vec<u8>>> {
+    pub(crate) fn scrub_pattern(&self) -> &Arc<ScrubPattern> {
         &self.scrub
     }
 
     pub fn fingerprint(&self) -> &[u8; 32] {
         &self.fingerprint
+    }
+}
+
+/// A credential's bytes, as the scrubber looks for them: a substring searcher built once per
+/// value (not per response or per chunk), borrowing the bytes it searches for, which are
+/// zeroized when the last response that uses them ends.
+pub(crate) struct ScrubPattern(Yoke<Searcher<'static>, Arc<Zeroizing<Vec<u8>>>>);
+
+#[derive(Yokeable)]
+pub(crate) struct Searcher<'a>(memmem::Finder<'a>);
+
+impl ScrubPattern {
+    pub(crate) fn new(bytes: Vec<u8>) -> ScrubPattern {
+        let bytes = Arc::new(Zeroizing::new(bytes));
+        ScrubPattern(Yoke::attach_to_cart(bytes, |b| Searcher(memmem::Finder::new(&b[..]))))
+    }
+
+    /// Where the credential first occurs in `haystack`.
+    pub(crate) fn find(&self, haystack: &[u8]) -> Option<usize> {
+        self.0.get().0.find(haystack)
+    }
+
+    /// The credential's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.0.get().0.needle()
     }
 }
 

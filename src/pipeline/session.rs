@@ -55,7 +55,9 @@ pub(super) async fn authenticate(
 /// Phantoms are accepted only in `Authorization`. One in the query string, `Proxy-Authorization`
 /// or a cookie is refused, so it is never forwarded or logged from there.
 pub(super) fn refuse_misplaced_phantoms(req: &Request<Incoming>) -> Result<(), Refusal> {
-    let has = |v: &[u8]| memchr::memmem::find(v, crate::phantom::token::PREFIX.as_bytes()).is_some();
+    static PREFIX: std::sync::OnceLock<memchr::memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| memchr::memmem::Finder::new(crate::phantom::token::PREFIX));
+    let has = |v: &[u8]| prefix.find(v).is_some();
     let in_query = req.uri().query().is_some_and(|q| has(q.as_bytes()));
     let in_headers = [header::PROXY_AUTHORIZATION, header::COOKIE]
         .iter()

@@ -1,30 +1,34 @@
 //! What a relayed body passes through on its way to the caller: the scrubbing of the real
 //! credential out of every byte, and (`rebase.rs`) the tarball-URL rewrite.
 
-use crate::credentials::UpstreamAuth;
+use crate::credentials::{ScrubPattern, UpstreamAuth};
 use crate::support::net::BoxError;
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
-use memchr::memmem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use zeroize::Zeroizing;
 
 /// `bytes` fetched with `auth`'s credential, with every occurrence of it overwritten.
 pub(crate) fn scrubbed(bytes: Bytes, auth: &UpstreamAuth) -> Bytes {
     let Some(credential) = auth.credential() else { return bytes };
     let secret = credential.scrub_pattern();
-    if memmem::find(&bytes, &secret[..]).is_none() {
+    if secret.find(&bytes).is_none() {
         return bytes;
     }
     let mut out = BytesMut::from(&bytes[..]);
-    let mut from = 0;
-    while let Some(i) = memmem::find(&out[from..], &secret[..]) {
-        out[from + i..from + i + secret.len()].fill(b'*');
-        from += i + secret.len();
-    }
+    overwrite(secret, &mut out);
     out.freeze()
+}
+
+/// Overwrites every occurrence of the secret in `buf` with `*`.
+fn overwrite(secret: &ScrubPattern, buf: &mut [u8]) {
+    let n = secret.bytes().len();
+    let mut from = 0;
+    while let Some(i) = secret.find(&buf[from..]) {
+        buf[from + i..from + i + n].fill(b'*');
+        from += i + n;
+    }
 }
 
 /// What a relayed body's bytes pass through on their way to the caller: it may hold bytes back
@@ -99,13 +103,13 @@ where
 /// Overwrites every occurrence of a secret with `*`, across chunk boundaries. Lengths are kept,
 /// so `Content-Length` stays right.
 pub(crate) struct Scrub {
-    secret: Arc<Zeroizing<Vec<u8>>>,
+    secret: Arc<ScrubPattern>,
     /// Bytes held back because a secret could start in them and end in the next chunk.
     held: BytesMut,
 }
 
 impl Scrub {
-    pub(crate) fn new(secret: Arc<Zeroizing<Vec<u8>>>) -> Scrub {
+    pub(crate) fn new(secret: Arc<ScrubPattern>) -> Scrub {
         Scrub { secret, held: BytesMut::new() }
     }
 }
@@ -116,19 +120,16 @@ impl ChunkFilter for Scrub {
     /// Most chunks neither contain the secret nor end with a possible start of it: those pass
     /// through without a copy.
     fn push(&mut self, chunk: Bytes, last: bool) -> Bytes {
-        let n = self.secret.len();
-        if self.held.is_empty() && memmem::find(&chunk, &self.secret[..]).is_none() {
+        let secret = self.secret.bytes();
+        let n = secret.len();
+        if self.held.is_empty() && self.secret.find(&chunk).is_none() {
             let tail = &chunk[chunk.len().saturating_sub(n - 1)..];
-            if last || memchr::memchr(self.secret[0], tail).is_none() {
+            if last || memchr::memchr(secret[0], tail).is_none() {
                 return chunk;
             }
         }
         self.held.extend_from_slice(&chunk);
-        let mut from = 0;
-        while let Some(i) = memmem::find(&self.held[from..], &self.secret[..]) {
-            self.held[from + i..from + i + n].fill(b'*');
-            from += i + n;
-        }
+        overwrite(&self.secret, &mut self.held);
         let keep = if last { 0 } else { (n - 1).min(self.held.len()) };
         let release = self.held.len() - keep;
         self.held.split_to(release).freeze()
@@ -164,7 +165,7 @@ mod tests {
 
     async fn scrub_with(chunks: &[&str], secret: &str, knows_end: bool) -> String {
         let body = Chunks(chunks.iter().map(|c| Bytes::from(c.to_string())).collect(), knows_end);
-        let scrub = Filtered::new(body, Scrub::new(Arc::new(Zeroizing::new(secret.as_bytes().to_vec()))));
+        let scrub = Filtered::new(body, Scrub::new(Arc::new(ScrubPattern::new(secret.as_bytes().to_vec()))));
         let bytes = scrub.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

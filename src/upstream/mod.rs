@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::BodyExt;
-use memchr::memmem;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -357,16 +356,17 @@ pub(crate) fn relay(
         return Err(UpstreamError::Encoded);
     }
     let pattern = credential.scrub_pattern();
-    // Only a value at least as long as the credential can hold it (most are shorter), so the
-    // searcher is built only when one is.
-    if parts.headers.values().any(|v| v.len() >= pattern.len()) {
-        let finder = memmem::Finder::new(&pattern[..]);
-        let leaking: Vec<HeaderName> =
-            parts.headers.iter().filter(|(_, v)| finder.find(v.as_bytes()).is_some()).map(|(n, _)| n.clone()).collect();
-        for name in leaking {
-            tracing::warn!(header = %name, "dropped a response header that carried the real credential");
-            parts.headers.remove(name);
-        }
+    // Only a value at least as long as the credential can hold it (most are shorter).
+    let n = pattern.bytes().len();
+    let leaking: Vec<HeaderName> = parts
+        .headers
+        .iter()
+        .filter(|(_, v)| v.len() >= n && pattern.find(v.as_bytes()).is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in leaking {
+        tracing::warn!(header = %name, "dropped a response header that carried the real credential");
+        parts.headers.remove(name);
     }
     let body = Filtered::new(body, Scrub::new(pattern.clone()));
     Ok(Response::from_parts(parts, body.boxed_unsync()))
