@@ -15,11 +15,11 @@ use crate::support::secret::read_secret;
 use crate::support::secret::Secret;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderValue, Method};
+use memchr::memmem;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use memchr::memmem;
 use yoke::{Yoke, Yokeable};
 use zeroize::Zeroizing;
 

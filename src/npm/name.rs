@@ -36,6 +36,18 @@ pub enum NameError {
 impl PackageName {
     /// Parses `name` or `@scope/name` (already unescaped).
     pub fn parse(input: &str) -> Result<Self, NameError> {
+        let (slash, legacy) = PackageName::check(input)?;
+        Ok(PackageName { full: input.into(), slash, legacy })
+    }
+
+    /// `parse`, keeping the string it is given.
+    pub(crate) fn parse_owned(input: String) -> Result<Self, NameError> {
+        let (slash, legacy) = PackageName::check(&input)?;
+        Ok(PackageName { full: input.into_boxed_str(), slash, legacy })
+    }
+
+    /// Where the scope's `/` is, and whether the name is one npm only allows as a legacy name.
+    fn check(input: &str) -> Result<(Option<usize>, bool), NameError> {
         if input.is_empty() {
             return Err(NameError::Empty);
         }
@@ -57,7 +69,7 @@ impl PackageName {
         if slash.is_none() && matches!(bare, "node_modules" | "favicon.ico") {
             return Err(NameError::Reserved);
         }
-        Ok(PackageName { full: input.into(), slash, legacy })
+        Ok((slash, legacy))
     }
 
     pub fn as_str(&self) -> &str {

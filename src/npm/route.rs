@@ -140,8 +140,12 @@ pub(super) fn is_read_method(m: &Method) -> bool {
 /// `name` or `@scope%2fname` (either case of the escape). Any other `%` is refused.
 pub(super) fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), RouteError> {
     let unescaped = if seg.starts_with('@') {
-        let lower = seg.to_ascii_lowercase();
-        let at = lower.find("%2f").ok_or(RouteError::BadName(NameError::BadScope))?;
+        // `%2f` or `%2F`, found without a lowercased copy.
+        let at = seg
+            .as_bytes()
+            .windows(3)
+            .position(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'))
+            .ok_or(RouteError::BadName(NameError::BadScope))?;
         format!("{}/{}", &seg[..at], &seg[at + 3..])
     } else {
         seg.to_owned()
@@ -149,7 +153,7 @@ pub(super) fn parse_escaped_name(seg: &str) -> Result<(PackageName, NameForm), R
     if unescaped.contains('%') {
         return Err(RouteError::BadEncoding);
     }
-    Ok((PackageName::parse(&unescaped)?, NameForm::Escaped))
+    Ok((PackageName::parse_owned(unescaped)?, NameForm::Escaped))
 }
 
 /// Dist-tags as npm writes them (`encodeURIComponent`): the characters that need no escape.

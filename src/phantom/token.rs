@@ -48,12 +48,24 @@ impl PhantomToken {
             }
         }
         let check = checksum(&s.as_bytes()[PREFIX.len()..]);
-        s.push_str(&check);
+        s.push_str(std::str::from_utf8(&check).expect("base62 is ASCII"));
         PhantomToken(s)
     }
 
     /// Checks the shape and checksum, in time that does not depend on where a mismatch is.
     pub fn parse(s: &str) -> Result<PhantomToken, FormatError> {
+        PhantomToken::check(s)?;
+        Ok(PhantomToken(Zeroizing::new(s.to_owned())))
+    }
+
+    /// The digest of a token a caller presented, checked as `parse` checks it, without a copy
+    /// of the token.
+    pub fn digest_of(s: &str) -> Result<TokenDigest, FormatError> {
+        PhantomToken::check(s)?;
+        Ok(digest_bytes(s.as_bytes()))
+    }
+
+    fn check(s: &str) -> Result<(), FormatError> {
         if !s.starts_with(PREFIX) {
             return Err(FormatError::NotPhantom);
         }
@@ -63,10 +75,10 @@ impl PhantomToken {
         }
         let (random, check) = b[PREFIX.len()..].split_at(RANDOM_LEN);
         let want = checksum(random);
-        if !bool::from(want.as_bytes().ct_eq(check)) {
+        if !bool::from(want[..].ct_eq(check)) {
             return Err(FormatError::Checksum);
         }
-        Ok(PhantomToken(Zeroizing::new(s.to_owned())))
+        Ok(())
     }
 
     pub fn expose(&self) -> &str {
@@ -74,21 +86,25 @@ impl PhantomToken {
     }
 
     pub fn digest(&self) -> TokenDigest {
-        let d = digest::digest(&digest::SHA256, self.0.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        TokenDigest(out)
+        digest_bytes(self.0.as_bytes())
     }
 }
 
-fn checksum(random: &[u8]) -> String {
+fn checksum(random: &[u8]) -> [u8; CHECK_LEN] {
     let mut n = crc32fast::hash(random) as u64;
     let mut out = [b'0'; CHECK_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ASCII")
+    out
+}
+
+fn digest_bytes(token: &[u8]) -> TokenDigest {
+    let d = digest::digest(&digest::SHA256, token);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    TokenDigest(out)
 }
 
 impl fmt::Debug for PhantomToken {
@@ -150,6 +166,6 @@ mod tests {
     #[test]
     fn checksum_is_stable() {
         // CRC32("hello") = 0x3610a686, in this base62 alphabet (computed independently).
-        assert_eq!(checksum(b"hello"), "0zNvy2");
+        assert_eq!(&checksum(b"hello"), b"0zNvy2");
     }
 }

@@ -55,9 +55,8 @@ pub(crate) async fn handle(app: Arc<App>, req: Request<Incoming>, face: Face) ->
 
 async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Body> {
     let started = Instant::now();
-    let request_id = app.new_request_id();
     let mut rec = Record {
-        request_id: request_id.clone(),
+        request_id: app.new_request_id(),
         method: Some(audit::method(req.method())),
         via: matches!(face, Face::Proxy(_)).then_some(audit::Via::Proxy),
         ..Record::default()
@@ -90,19 +89,19 @@ async fn serve(app: Arc<App>, req: Request<Incoming>, face: Face) -> Response<Bo
         app.audit.write_queued(rec.clone());
     }
     app.metrics.record(&rec, refused);
-    if forwarded {
-        response = watch_body(response, &app, rec);
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    if let Ok(v) = HeaderValue::from_str(&rec.request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
     // npm prints an `npm-notice` header as `npm notice ...`, for refusals too: the caller reads
     // why, and the request id an admin finds the grant-by-grant detail with
     // (`phantom policy explain --request ID`).
     if let (Some(message), false) = (refusal_message, response.headers().contains_key("npm-notice")) {
-        if let Ok(v) = HeaderValue::from_str(&format!("phantom: {message} (request {request_id})")) {
+        if let Ok(v) = HeaderValue::from_str(&format!("phantom: {message} (request {})", rec.request_id)) {
             response.headers_mut().insert("npm-notice", v);
         }
+    }
+    if forwarded {
+        response = watch_body(response, &app, rec);
     }
     response
 }

@@ -99,15 +99,13 @@ fn authorize_read(app: &App, session: Option<&Session>, npm: NpmRequest) -> Perm
         return Permit::Anonymous(npm);
     };
     let r = &session.record;
-    let req = Requested {
-        package: npm.package.as_ref(),
-        action: npm::ActionKind::Read,
-        tags: &[],
-        version: None,
-        creates: false,
-    };
-    match app.policy().authorize(&r.identity, &r.grant, &r.scope, req, npm.clone()) {
+    match app.policy().authorize_or_return(&r.identity, &r.grant, &r.scope, npm, read_of) {
         Ok(authorized) => Permit::Granted(authorized),
-        Err(_) => Permit::Anonymous(npm),
+        Err((_, npm)) => Permit::Anonymous(npm),
     }
+}
+
+/// A read, as policy weighs it: of its package (any action on a package lets its phantom read it).
+fn read_of(npm: &NpmRequest) -> Requested<'_> {
+    Requested { package: npm.package.as_ref(), action: npm::ActionKind::Read, tags: &[], version: None, creates: false }
 }

@@ -278,6 +278,24 @@ impl Policy {
         Ok(Authorized { inner, grant: g.clone() })
     }
 
+    /// `authorize` of what `inner` asks (`asked` reads it), giving `inner` back with the denial:
+    /// a read that then goes anonymously, with no copy of the request made to keep it.
+    pub(crate) fn authorize_or_return<T>(
+        &self,
+        identity: &Identity,
+        grant: &str,
+        scope: &Scope,
+        inner: T,
+        asked: impl for<'a> FnOnce(&'a T) -> Requested<'a>,
+    ) -> Result<Authorized<T>, (Denial, T)> {
+        let verdict =
+            self.live_grant(identity, grant).and_then(|g| evaluate(g, Some(scope), &asked(&inner)).map(|()| g));
+        match verdict {
+            Ok(g) => Ok(Authorized { inner, grant: g.clone() }),
+            Err(denial) => Err((denial, inner)),
+        }
+    }
+
     /// For a read whose package only the upstream knows (a staged version, asked for by its
     /// id): the grant must still exist and match the identity, which lets the broker look the
     /// item up with the grant's credential. Nothing is relayed before `authorize` allowed the

@@ -231,7 +231,9 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Failed(format!("reading the packument: {e}")))?;
             let out = rebase::rebase_whole(whole, &self.tarball_base, to);
-            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            if length != Some(out.len()) {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            }
             return Ok(Response::from_parts(parts, net::full(out)));
         }
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -333,13 +335,17 @@ pub(crate) fn relay(
     let (mut parts, body) = resp.into_parts();
     // An upstream that stops sending mid-body must not hold the client forever.
     let body = net::IdleTimeout::new(body, idle);
+    // Headers `Connection` names are hop-by-hop too; only those present are named (no copy of
+    // a name is made for `keep-alive`, the usual token, which is dropped below anyway).
     let connection_listed: Vec<HeaderName> = parts
         .headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && parts.headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in &DROPPED_RESPONSE_HEADERS {
         parts.headers.remove(name);
