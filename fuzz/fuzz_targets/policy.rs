@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use phantom_broker::npm::{ActionKind, PackageName};
-use phantom_broker::policy::{Identity, Policy, PolicyContext};
+use phantom_broker::policy::{Identity, Policy, PolicyContext, Requested};
 use std::path::Path;
 use std::time::Duration;
 
@@ -31,6 +31,13 @@ fuzz_target!(|data: &[u8]| {
                 assert!(g.ttl <= CTX.max_ttl && !g.claims.is_empty());
             }
         }
-        let _ = policy.explain(&identity, &pkg, ActionKind::Publish, Some("1.0.0-rc.1"), true);
+        let asked = Requested {
+            package: Some(&pkg),
+            action: ActionKind::Publish,
+            tags: &[],
+            version: Some("1.0.0-rc.1"),
+            creates: true,
+        };
+        let _ = policy.explain(&identity, &asked);
     }
 });
