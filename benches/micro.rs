@@ -193,6 +193,7 @@ fn identity(c: &mut Criterion) {
         leeway: Duration::from_secs(30),
         jwks_cache: Duration::from_secs(3600),
         fetch_timeout: Duration::from_secs(1),
+        device: None,
     };
     let issuers = rt.block_on(async { Issuers::new(std::slice::from_ref(&cfg)).unwrap() });
     let mut group = c.benchmark_group("id-token verify");

@@ -133,6 +133,7 @@ impl Serialize for Action {
 const SUMMARY_KEYS: &[&str] = &[
     "actor",
     "ci_config_ref_uri",
+    "email",
     "environment",
     "event_name",
     "iss",

@@ -24,9 +24,19 @@ pub(crate) struct LoginArgs {
     /// Actions to ask for: publish, dist-tag, deprecate, unpublish, ... (comma-separated or repeated).
     #[arg(long, value_delimiter = ',', required = true)]
     pub(crate) actions: Vec<String>,
-    /// Ask for a shorter lifetime than the grant's.
-    #[arg(long)]
+    /// Ask for a shorter lifetime than the grant's, in seconds.
+    #[arg(long, conflicts_with = "ttl")]
     pub(crate) ttl_seconds: Option<u64>,
+    /// Ask for a shorter lifetime than the grant's, e.g. 15m.
+    #[arg(long, value_parser = ttl)]
+    pub(crate) ttl: Option<std::time::Duration>,
+    /// Sign a person in first, with the organisation's OpenID Connect provider (the device
+    /// authorization grant: open the URL printed, enter the code), instead of a CI ID token.
+    #[arg(long, requires = "issuer", conflicts_with_all = ["id_token_file", "audience"])]
+    pub(crate) device: bool,
+    /// With --device: which of the broker's issuers for people to sign in with.
+    #[arg(long, requires = "device")]
+    pub(crate) issuer: Option<String>,
     /// The .npmrc to write (default: $NPM_CONFIG_USERCONFIG, else ~/.npmrc).
     #[arg(long)]
     pub(crate) npmrc: Option<PathBuf>,
@@ -64,16 +74,25 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
     let base_path = format!("{}/", broker.path().trim_end_matches('/'));
     let client = net::https_client(net::client_config(args.ca_file.as_deref())?, TIMEOUT);
 
-    let audience =
-        args.audience.clone().unwrap_or_else(|| format!("npm:{}", host.trim_start_matches('[').trim_end_matches(']')));
-    let id_token = id_token(&client, args.id_token_file.as_deref(), &audience).await?;
+    let id_token = match &args.issuer {
+        Some(name) => {
+            let issuer =
+                super::device::people_issuer(&client, &format!("{}://{authority}{base_path}", scheme(&broker)), name)
+                    .await?;
+            super::device::sign_in(&client, &issuer).await?
+        }
+        None => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let audience = args.audience.clone().unwrap_or_else(|| format!("npm:{host}"));
+            id_token(&client, args.id_token_file.as_deref(), &audience).await?
+        }
+    };
 
-    let exchange: Uri =
-        format!("{}://{authority}{base_path}-/phantom/v1/exchange", broker.scheme_str().unwrap_or("https"))
-            .parse()
-            .map_err(|_| "cannot build the exchange URL")?;
+    let exchange: Uri = format!("{}://{authority}{base_path}-/phantom/v1/exchange", scheme(&broker))
+        .parse()
+        .map_err(|_| "cannot build the exchange URL")?;
     let mut body = serde_json::json!({ "packages": args.packages, "actions": args.actions });
-    if let Some(ttl) = args.ttl_seconds {
+    if let Some(ttl) = args.ttl_seconds.or(args.ttl.map(|t| t.as_secs())) {
         body["ttl_seconds"] = ttl.into();
     }
     let req = Request::builder()
@@ -123,6 +142,14 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
         }
     }
     Ok(summary)
+}
+
+fn scheme(broker: &Uri) -> &str {
+    broker.scheme_str().unwrap_or("https")
+}
+
+fn ttl(text: &str) -> Result<std::time::Duration, String> {
+    phantom_broker::support::units::parse_duration(text)
 }
 
 /// The `//host[:port]/path/` key npm files a registry's token under.

@@ -13,5 +13,6 @@ pub(crate) mod admin_client;
 pub(crate) mod certs;
 pub(crate) mod credentials;
 pub(crate) mod demo;
+pub(crate) mod device;
 pub(crate) mod login;
 pub(crate) mod policy;

@@ -88,6 +88,14 @@ pub(super) struct RawIssuer {
     pub(super) leeway: Option<String>,
     pub(super) jwks_cache: Option<String>,
     pub(super) fetch_timeout: Option<String>,
+    pub(super) device: Option<RawDevice>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDevice {
+    pub(super) client_id: String,
+    pub(super) scopes: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -148,3 +148,34 @@ fn loopback_hosts() {
         assert!(!is_loopback(h), "{h}");
     }
 }
+
+#[test]
+fn issuers_for_people_have_a_device_client() {
+    let people = "\n[issuer.corp]\nissuer = \"https://idp.example.com\"\nalgorithms = [\"RS256\"]\n";
+    let with = |device: &str| Config::parse(Path::new("p.toml"), &format!("{GOOD}{people}{device}\n"));
+    let c = with("device = { client_id = \"phantom-cli\" }").unwrap();
+    let corp = c.issuers.iter().find(|i| i.name == "corp").unwrap();
+    let device = corp.device.as_ref().unwrap();
+    assert_eq!(device.client_id, "phantom-cli");
+    assert_eq!(device.scopes, ["email", "profile"]);
+    // A person's ID token is for the client they signed in with.
+    assert_eq!(corp.audience, "phantom-cli");
+    assert!(c.issuers.iter().find(|i| i.name == "github").unwrap().device.is_none());
+
+    let c = with("audience = \"people\"\ndevice = { client_id = \"cli\", scopes = [\"openid\", \"groups\"] }").unwrap();
+    let corp = c.issuers.iter().find(|i| i.name == "corp").unwrap();
+    assert_eq!(
+        (corp.audience.as_str(), corp.device.as_ref().unwrap().scopes.as_slice()),
+        ("people", &["groups".to_owned()][..])
+    );
+
+    for (bad, says) in [
+        ("device = { client_id = \"\" }", "device.client_id"),
+        ("device = { client_id = \"a b\" }", "device.client_id"),
+        ("device = { client_id = \"x\", scopes = [\"a b\"] }", "device.scopes"),
+        ("device = { client_id = \"x\", secret = \"s\" }", "unknown field"),
+    ] {
+        let err = with(bad).unwrap_err().to_string();
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

@@ -153,6 +153,17 @@ pub struct IssuerConfig {
     pub leeway: Duration,
     pub jwks_cache: Duration,
     pub fetch_timeout: Duration,
+    /// `device = { client_id, scopes }`: people sign in with this issuer from the CLI, by the
+    /// device authorization grant (RFC 8628), as this public client.
+    pub device: Option<DeviceClient>,
+}
+
+/// The public client the CLI signs people in as (`phantom login --device`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceClient {
+    pub client_id: String,
+    /// Scopes asked for besides `openid`: the ones whose claims the grants match on.
+    pub scopes: Vec<String>,
 }
 
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! names the key. Relative paths are relative to the config file's directory.
 
 use super::raw::{
-    RawAdmin, RawConfig, RawCredential, RawIssuer, RawNotify, RawProxy, RawServer, RawState, RawUpstream,
+    RawAdmin, RawConfig, RawCredential, RawDevice, RawIssuer, RawNotify, RawProxy, RawServer, RawState, RawUpstream,
 };
 use super::types::*;
 use crate::policy::Glob;
@@ -226,8 +226,16 @@ fn issuers(raw: BTreeMap<String, RawIssuer>, server: &ServerConfig, b: &Base<'_>
             })?;
             algorithms.push(alg);
         }
+        let device = device_client(&name, i.device)?;
+        // A person's ID token is for the client they signed in with.
+        let audience = match (&i.audience, &device) {
+            (Some(a), _) => a.clone(),
+            (None, Some(d)) => d.client_id.clone(),
+            (None, None) => server.npm_audience(),
+        };
         issuers.push(IssuerConfig {
-            audience: i.audience.clone().unwrap_or_else(|| server.npm_audience()),
+            audience,
+            device,
             issuer,
             preset,
             preset_from_url,
@@ -245,6 +253,24 @@ fn issuers(raw: BTreeMap<String, RawIssuer>, server: &ServerConfig, b: &Base<'_>
         });
     }
     Ok(issuers)
+}
+
+/// `device = { client_id, scopes }`: a public client's id, and scopes as OAuth writes them.
+fn device_client(issuer: &str, raw: Option<RawDevice>) -> Result<Option<DeviceClient>, String> {
+    let Some(raw) = raw else { return Ok(None) };
+    let token =
+        |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if !token(&raw.client_id) {
+        return Err(format!(
+            "`issuer.{issuer}.device.client_id` must be a non-empty client id without spaces or quotes"
+        ));
+    }
+    let default = || ["email", "profile"].map(str::to_owned).to_vec();
+    let scopes: Vec<String> = raw.scopes.unwrap_or_else(default).into_iter().filter(|s| s != "openid").collect();
+    if scopes.len() > 16 || !scopes.iter().all(|s| token(s)) {
+        return Err(format!("`issuer.{issuer}.device.scopes`: at most 16 scope names, without spaces or quotes"));
+    }
+    Ok(Some(DeviceClient { client_id: raw.client_id, scopes }))
 }
 
 fn credentials(

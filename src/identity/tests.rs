@@ -37,6 +37,7 @@ fn fixture() -> Fixture {
         leeway: Duration::from_secs(30),
         jwks_cache: Duration::from_secs(3600),
         fetch_timeout: Duration::from_secs(2),
+        device: None,
     };
     let issuers = Issuers::new(&[cfg]).unwrap();
     let jwks = json!({ "keys": [public_jwk.clone(), {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}] });

@@ -81,6 +81,8 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
             }
             Ok(Route::PhantomExchange)
         }
+        ["phantom", "v1", "issuers"] if get => Ok(Route::PhantomIssuers),
+        ["phantom", "v1", "issuers"] => Err(RouteError::MethodNotAllowed),
         ["npm", "v1", "security", rest @ ..] => security_audit(method, rest),
         ["npm", "v1", "tokens", ..] => forbidden("token management", "/-/npm/v1/tokens"),
         ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings", "/-/npm/v1/user"),

@@ -13,6 +13,8 @@ pub enum Route {
     NpmOidcExchange { package: PackageName },
     /// The broker's own exchange: `POST /-/phantom/v1/exchange`.
     PhantomExchange,
+    /// The issuers people may sign in with from the CLI: `GET /-/phantom/v1/issuers`.
+    PhantomIssuers,
     /// Endpoints that are never forwarded with a real credential (tokens, login, users, trust,
     /// org and team administration, profile and 2FA, stage review). `path` is the route's fixed
     /// prefix, with `{name}` for the package when there is one: what follows in the request's

@@ -6,6 +6,7 @@ enum Want {
     Reg(&'static str, Option<&'static str>, &'static str),
     Npm(&'static str),
     Phantom,
+    PhantomIssuers,
     Forbidden,
     Err(RouteError),
 }
@@ -29,6 +30,7 @@ fn check(method: &str, path: &str, want: Want) {
             assert_eq!(package.as_str(), pkg, "{ctx}")
         }
         (Want::Phantom, Ok(Route::PhantomExchange)) => {}
+        (Want::PhantomIssuers, Ok(Route::PhantomIssuers)) => {}
         (Want::Forbidden, Ok(Route::Forbidden { .. })) => {}
         (Want::Err(e), Err(got)) => assert_eq!(got, e, "{ctx}"),
         (_, _) => panic!("unexpected classification: {ctx}"),
@@ -122,6 +124,9 @@ fn broker_endpoints() {
     check("POST", "/-/npm/v1/oidc/token/exchange/package/left-pad", Want::Npm("left-pad"));
     check("GET", "/-/npm/v1/oidc/token/exchange/package/left-pad", Want::Err(RouteError::MethodNotAllowed));
     check("POST", "/-/phantom/v1/exchange", Want::Phantom);
+    check("GET", "/-/phantom/v1/issuers", Want::PhantomIssuers);
+    check("POST", "/-/phantom/v1/issuers", Want::Err(RouteError::MethodNotAllowed));
+    check("GET", "/-/phantom/v1/issuers/x", Want::Err(RouteError::UnknownRoute));
     check("GET", "/-/phantom/v1/exchange", Want::Err(RouteError::MethodNotAllowed));
 }
 

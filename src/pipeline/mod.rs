@@ -4,6 +4,7 @@
 
 mod exchange;
 pub(crate) mod gate;
+mod people;
 mod rate;
 mod read;
 mod refusal;
@@ -145,6 +146,8 @@ async fn process(app: &App, req: Request<Incoming>, face: &Face, rec: &mut Recor
         Route::NpmOidcExchange { .. } | Route::PhantomExchange if upstream.is_some() => Err(Refusal::NotThroughProxy),
         Route::NpmOidcExchange { package } => Box::pin(exchange::npm_native(app, package, req, rec)).await,
         Route::PhantomExchange => Box::pin(exchange::generic(app, req, rec)).await,
+        Route::PhantomIssuers if upstream.is_some() => Err(Refusal::NotThroughProxy),
+        Route::PhantomIssuers => Ok(people::issuers(app, rec)),
         Route::Forbidden { what, path, package } => {
             // Recorded by its fixed prefix: what follows (ids, names, a token in `npm logout`'s
             // path) is the caller's text and never reaches the log.

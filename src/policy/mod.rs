@@ -384,9 +384,14 @@ fn matches_identity(g: &Grant, identity: &Identity) -> Result<(), Denial> {
         return Err(Denial::IssuerMismatch(g.name.to_string()));
     }
     for (key, matcher) in &g.claims {
-        match identity.claim(key) {
-            Some(v) if matcher.matches(v) => {}
-            _ => return Err(Denial::ClaimMismatch(key.clone())),
+        // A list-valued claim (a person's `groups`) matches when one of its strings does.
+        let ok = match identity.claims.get(key) {
+            Some(Value::String(v)) => matcher.matches(v),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(|v| matcher.matches(v)),
+            _ => false,
+        };
+        if !ok {
+            return Err(Denial::ClaimMismatch(key.clone()));
         }
     }
     Ok(())

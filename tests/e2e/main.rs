@@ -20,6 +20,7 @@ mod layers;
 mod metrics;
 mod npm_actions;
 mod npm_oidc;
+mod people;
 mod phantom_scope;
 mod policy_check;
 mod policy_reload;

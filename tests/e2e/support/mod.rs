@@ -10,6 +10,7 @@
 pub(crate) mod counting;
 pub(crate) mod framing;
 pub(crate) mod hostile;
+pub(crate) mod people;
 pub(crate) mod public_registry;
 pub(crate) mod raw;
 pub(crate) mod recording;
@@ -88,6 +89,32 @@ pub(crate) struct Proc(Child);
 impl Proc {
     pub(crate) fn new(child: Child) -> Proc {
         Proc(child)
+    }
+
+    /// Waits at most `limit` for the child to exit (it is killed past that): its status and
+    /// what it printed on stdout.
+    pub(crate) fn wait_with_output(mut self, limit: Duration) -> (std::process::ExitStatus, Vec<u8>) {
+        use std::io::Read;
+        let mut stdout = self.0.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(out) = stdout.as_mut() {
+                let _ = out.read_to_end(&mut bytes);
+            }
+            bytes
+        });
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.0.kill();
+                break self.0.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (status, reader.join().unwrap())
     }
 }
 
