@@ -1,13 +1,13 @@
 //! Grant files (`policies/*.toml`): parsing and validation into `Grant`s.
 
+use super::approvers::Approvers;
+use super::claims::ClaimMatcher;
 use super::glob::Glob;
 use super::versions::{self, VersionRange};
 use crate::npm::{ActionKind, ActionSet, PackageName};
 use crate::support::units::parse_duration;
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,6 +41,9 @@ pub struct Grant {
     pub prerelease_only: bool,
     /// A publish (direct or staged) may create a package the upstream does not have yet.
     pub create: bool,
+    /// `hold = "NAME"`: every write under this grant is checked and then held until the
+    /// `[approvers.NAME]` approve it.
+    pub hold: Option<String>,
     pub file: PathBuf,
 }
 
@@ -72,24 +75,6 @@ impl Rate {
             return Err(format!("`{s}`: the count must be at least 1 and the window between 1s and 31d"));
         }
         Ok(Rate { max, window })
-    }
-}
-
-/// How a claim value matches: exactly, any of a list, or an explicit glob. No regex.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimMatcher {
-    Exact(String),
-    AnyOf(Vec<String>),
-    Glob(Glob),
-}
-
-impl ClaimMatcher {
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            ClaimMatcher::Exact(s) => s == value,
-            ClaimMatcher::AnyOf(list) => list.iter().any(|s| s == value),
-            ClaimMatcher::Glob(g) => g.matches(value),
-        }
     }
 }
 
@@ -181,6 +166,8 @@ impl Capability {
 struct PolicyFile {
     #[serde(default)]
     grant: Vec<GrantFile>,
+    #[serde(default)]
+    approvers: BTreeMap<String, super::approvers::ApproversFile>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -201,20 +188,33 @@ pub(super) struct GrantFile {
     versions: Option<String>,
     prerelease_only: Option<bool>,
     pub(super) create: Option<bool>,
+    hold: Option<String>,
     #[serde(default)]
     claims: BTreeMap<String, ClaimMatcher>,
 }
 
-/// Parses and validates one policy file. Errors name the grant and the key.
-pub(super) fn parse_file(path: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Vec<Grant>, String> {
+/// Parses and validates one policy file: its grants and its `[approvers.NAME]`. Errors name the
+/// grant (or approvers) and the key.
+pub(super) fn parse_file(
+    path: &Path,
+    text: &str,
+    ctx: &PolicyContext<'_>,
+) -> Result<(Vec<Grant>, Vec<Approvers>), String> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
-    file.grant
+    let grants = file
+        .grant
         .into_iter()
         .map(|g| {
             let name = g.name.clone();
             validate(g, path, ctx).map_err(|e| format!("grant `{name}`: {e}"))
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let approvers = file
+        .approvers
+        .into_iter()
+        .map(|(name, raw)| super::approvers::validate(name, raw, path, ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((grants, approvers))
 }
 
 pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Result<Grant, String> {
@@ -246,6 +246,9 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
              (on a public CI, every repository)"
             .into());
     }
+    if g.hold.is_some() && !actions.iter().any(ActionKind::is_write) {
+        return Err("`hold` applies to writes, which `actions` does not list".into());
+    }
     Ok(Grant {
         name: g.name.into(),
         issuer: g.issuer,
@@ -262,6 +265,7 @@ pub(super) fn validate(g: GrantFile, path: &Path, ctx: &PolicyContext<'_>) -> Re
         versions,
         prerelease_only,
         create,
+        hold: g.hold,
         file: path.to_owned(),
     })
 }
@@ -390,50 +394,5 @@ fn package_pattern(p: &str) -> Result<Glob, String> {
         Ok(name) if !name.is_legacy() => Ok(glob),
         Ok(_) => Err(format!("`{p}` has upper case or legacy characters")),
         Err(e) => Err(format!("`{p}` is not a package name or pattern: {e}")),
-    }
-}
-
-impl<'de> Deserialize<'de> for ClaimMatcher {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ClaimVisitor)
-    }
-}
-
-struct ClaimVisitor;
-
-impl<'de> Visitor<'de> for ClaimVisitor {
-    type Value = ClaimMatcher;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string, a list of strings, or { glob = \"...\" }")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<ClaimMatcher, E> {
-        Ok(ClaimMatcher::Exact(v.to_owned()))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ClaimMatcher, A::Error> {
-        let mut list = Vec::new();
-        while let Some(s) = seq.next_element::<String>()? {
-            list.push(s);
-        }
-        if list.is_empty() {
-            return Err(de::Error::custom("a claim list may not be empty"));
-        }
-        Ok(ClaimMatcher::AnyOf(list))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ClaimMatcher, A::Error> {
-        let key: String = map.next_key()?.ok_or_else(|| de::Error::custom("expected { glob = \"...\" }"))?;
-        if key != "glob" {
-            return Err(de::Error::custom(format!(
-                "unknown key `{key}` in a claim table: expected `glob` (regular expressions are not supported)"
-            )));
-        }
-        let pattern: String = map.next_value()?;
-        if map.next_key::<String>()?.is_some() {
-            return Err(de::Error::custom("a claim table takes only `glob`"));
-        }
-        Glob::new(&pattern).map(ClaimMatcher::Glob).map_err(de::Error::custom)
     }
 }

@@ -4,15 +4,19 @@
 //! unless a grant matches. A permitted request is returned as `Authorized<T>`, which only this
 //! module can construct; the credential swap accepts nothing else.
 
+mod approvers;
 pub mod check;
+mod claims;
 mod glob;
 mod grant;
 pub mod presets;
 pub mod trust;
 mod versions;
 
+pub use approvers::{Approvers, DEFAULT_HOLD_TTL};
+pub use claims::ClaimMatcher;
 pub use glob::Glob;
-pub use grant::{Capability, ClaimMatcher, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};
+pub use grant::{Capability, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};
 pub use versions::VersionRange;
 
 use crate::npm::{ActionKind, ActionSet, NpmRequest, PackageName};
@@ -127,11 +131,27 @@ pub struct Policy {
     scoped: HashMap<Box<str>, Vec<usize>>,
     /// Grants whose pattern has a `*` in the scope, or an unscoped `*`.
     wide: Vec<usize>,
+    /// `[approvers.NAME]`, by name.
+    approvers: HashMap<String, Arc<Approvers>>,
 }
 
 impl Policy {
     pub fn new(grants: Vec<Grant>) -> Result<Policy, String> {
+        Policy::with_approvers(grants, Vec::new())
+    }
+
+    /// Grants and the `[approvers.NAME]` their `hold` keys name (each name once, across files).
+    pub fn with_approvers(grants: Vec<Grant>, approvers: Vec<Approvers>) -> Result<Policy, String> {
         let mut p = Policy::default();
+        for a in approvers {
+            if p.approvers.insert(a.name.to_string(), Arc::new(a)).is_some() {
+                return Err("an `[approvers.NAME]` name is used twice".into());
+            }
+        }
+        if let Some(g) = grants.iter().find(|g| g.hold.as_ref().is_some_and(|h| !p.approvers.contains_key(h))) {
+            let named = g.hold.as_deref().unwrap_or_default();
+            return Err(format!("grant `{}`: `hold`: there is no `[approvers.{named}]` in the policy files", g.name));
+        }
         for (i, g) in grants.into_iter().enumerate() {
             if p.by_name.insert(g.name.to_string(), i).is_some() {
                 return Err(format!("grant name `{}` is used twice", g.name));
@@ -167,18 +187,21 @@ impl Policy {
             }
         }
         files.sort();
-        let mut grants = Vec::new();
+        let (mut grants, mut approvers) = (Vec::new(), Vec::new());
         for file in &files {
             let text = std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))?;
-            grants.extend(grant::parse_file(file, &text, ctx).map_err(|m| err(file, m))?);
+            let (g, a) = grant::parse_file(file, &text, ctx).map_err(|m| err(file, m))?;
+            grants.extend(g);
+            approvers.extend(a);
         }
-        Policy::new(grants).map_err(|m| err(dir, m))
+        Policy::with_approvers(grants, approvers).map_err(|m| err(dir, m))
     }
 
     /// Parses one policy file's text (as `load_dir` does for each file), e.g. for tools and fuzzing.
     pub fn from_toml(name: &Path, text: &str, ctx: &PolicyContext<'_>) -> Result<Policy, PolicyError> {
         let err = |message: String| PolicyError { file: name.display().to_string(), message };
-        Policy::new(grant::parse_file(name, text, ctx).map_err(err)?).map_err(err)
+        let (grants, approvers) = grant::parse_file(name, text, ctx).map_err(err)?;
+        Policy::with_approvers(grants, approvers).map_err(err)
     }
 
     pub fn len(&self) -> usize {
@@ -192,6 +215,11 @@ impl Policy {
     /// The grant of this name, if the policy in force has one.
     pub fn grant(&self, name: &str) -> Option<&Grant> {
         self.by_name.get(name).map(|&i| &*self.grants[i])
+    }
+
+    /// The `[approvers.NAME]` of this name.
+    pub fn approvers(&self, name: &str) -> Option<&Arc<Approvers>> {
+        self.approvers.get(name)
     }
 
     pub fn grants(&self) -> impl Iterator<Item = &Grant> {
@@ -383,18 +411,7 @@ fn matches_identity(g: &Grant, identity: &Identity) -> Result<(), Denial> {
     if *g.issuer != *identity.issuer {
         return Err(Denial::IssuerMismatch(g.name.to_string()));
     }
-    for (key, matcher) in &g.claims {
-        // A list-valued claim (a person's `groups`) matches when one of its strings does.
-        let ok = match identity.claims.get(key) {
-            Some(Value::String(v)) => matcher.matches(v),
-            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(|v| matcher.matches(v)),
-            _ => false,
-        };
-        if !ok {
-            return Err(Denial::ClaimMismatch(key.clone()));
-        }
-    }
-    Ok(())
+    claims::claims_match(&g.claims, &identity.claims).map_err(|key| Denial::ClaimMismatch(key.to_owned()))
 }
 
 /// `@acme/web-*` -> `acme`; `@*/x` and `*` -> None.

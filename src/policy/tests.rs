@@ -40,7 +40,7 @@ project_path = "tools/left-pad"
 "#;
 
 fn policy() -> Policy {
-    let grants = grant::parse_file(&PathBuf::from("p.toml"), POLICY, &CTX).unwrap();
+    let grants = grant::parse_file(&PathBuf::from("p.toml"), POLICY, &CTX).unwrap().0;
     Policy::new(grants).unwrap()
 }
 
@@ -231,7 +231,7 @@ credential = "acme-publish"
 
 #[test]
 fn duplicate_grant_names_are_refused() {
-    let mut grants = grant::parse_file(&PathBuf::from("p.toml"), POLICY, &CTX).unwrap();
+    let mut grants = grant::parse_file(&PathBuf::from("p.toml"), POLICY, &CTX).unwrap().0;
     grants.push(grants[0].clone());
     assert!(Policy::new(grants).unwrap_err().contains("used twice"));
 }
@@ -244,7 +244,7 @@ fn index_finds_grants_without_scanning() {
             "[[grant]]\nname = \"g{i}\"\nissuer = \"github\"\npackages = [\"@s{i}/*\", \"p{i}\"]\nactions = [\"publish\"]\ncredential = \"other\"\n[grant.claims]\nsub = \"s{i}\"\n"
         ));
     }
-    let p = Policy::new(grant::parse_file(&PathBuf::from("p.toml"), &text, &CTX).unwrap()).unwrap();
+    let p = Policy::new(grant::parse_file(&PathBuf::from("p.toml"), &text, &CTX).unwrap().0).unwrap();
     assert_eq!(p.candidates(&pkg("@s1500/x")), vec![1500]);
     assert_eq!(p.candidates(&pkg("p7")), vec![7]);
     assert!(p.candidates(&pkg("zzz")).is_empty());
@@ -277,7 +277,7 @@ fn provisional_authorization() {
 fn rates_and_publish_modes_parse() {
     let text = "[[grant]]\nname = \"g\"\nissuer = \"github\"\npackages = [\"@acme/web\"]\nactions = [\"publish\"]\n\
                 credential = \"acme-publish\"\npublish = \"stage\"\nrate = \"5/1h\"\n[grant.claims]\nsub = \"x\"\n";
-    let g = &grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap()[0];
+    let g = &grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap().0[0];
     assert_eq!(g.publish, crate::policy::PublishMode::Stage);
     assert_eq!(g.rate, Some(crate::policy::Rate { max: 5, window: Duration::from_secs(3600) }));
     assert_eq!(crate::policy::Rate::parse("84/6m").unwrap().window, Duration::from_secs(360));
@@ -358,7 +358,7 @@ prerelease_only = true
 [grant.claims]
 repository_id = "123456789"
 "#;
-    let p = Policy::new(grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap()).unwrap();
+    let p = Policy::new(grant::parse_file(&PathBuf::from("p.toml"), text, &CTX).unwrap().0).unwrap();
     let id = github(json!({}));
     let web = pkg("@acme/web");
     let scope = Scope {
@@ -428,4 +428,49 @@ fn explain_and_authorize_give_one_verdict() {
     }
     // Some of each: the table is not all denials.
     assert!(allowed > 0 && allowed < ids.len() * packages.len() * actions.len() * 2 * 2);
+}
+
+#[test]
+fn approvers_and_holds() {
+    let text = r#"
+[approvers.release-managers]
+issuer = "gitlab"
+claims = { groups = "release-managers" }
+required = 2
+hold_ttl = "2h"
+
+[[grant]]
+name = "held"
+issuer = "github"
+packages = ["@acme/web"]
+actions = ["publish", "dist-tag"]
+credential = "acme-publish"
+hold = "release-managers"
+[grant.claims]
+repository_id = "123456789"
+"#;
+    let p = Policy::from_toml(Path::new("p.toml"), text, &CTX).unwrap();
+    assert_eq!(p.grant("held").unwrap().hold.as_deref(), Some("release-managers"));
+    let a = p.approvers("release-managers").unwrap();
+    assert_eq!((a.required, a.hold_ttl), (2, Duration::from_secs(7200)));
+    let person = |groups: Value| json!({"sub": "bob", "groups": groups}).as_object().unwrap().clone();
+    assert!(a.admits("gitlab", &person(json!(["web", "release-managers"]))));
+    assert!(a.admits("gitlab", &person(json!("release-managers"))));
+    assert!(!a.admits("gitlab", &person(json!(["web"]))));
+    assert!(!a.admits("github", &person(json!(["release-managers"]))), "another issuer");
+
+    let cases = [
+        (text.replace("hold = \"release-managers\"", "hold = \"nobody\""), "no `[approvers.nobody]`"),
+        (text.replace("required = 2", "required = 0"), "`required`"),
+        (text.replace("required = 2", "required = 11"), "`required`"),
+        (text.replace("hold_ttl = \"2h\"", "hold_ttl = \"10s\""), "`hold_ttl`"),
+        (text.replace("issuer = \"gitlab\"", "issuer = \"corp\""), "not a configured issuer"),
+        (text.replace("claims = { groups = \"release-managers\" }", ""), "`claims` may not be empty"),
+        (text.replace("required = 2", "required = 2\nvote = 1"), "unknown field `vote`"),
+        (text.replace("actions = [\"publish\", \"dist-tag\"]", "actions = [\"read\"]"), "`hold` applies to writes"),
+    ];
+    for (bad, says) in cases {
+        let err = Policy::from_toml(Path::new("p.toml"), &bad, &CTX).unwrap_err().to_string();
+        assert!(err.contains(says), "{says}: {err}");
+    }
 }
