@@ -75,8 +75,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Exchange this CI job's OIDC ID token for a phantom and write it into .npmrc.
+    /// Exchange this CI job's OIDC ID token (or, with --device, a person's) for a phantom and
+    /// write it into .npmrc.
     Login(login::LoginArgs),
+    /// The held writes you may approve (signs you in with the organisation's provider).
+    Holds {
+        #[command(flatten)]
+        person: cli::holds::PersonArgs,
+    },
+    /// Approve a held write (signs you in); the last approval it needs forwards it.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        person: cli::holds::PersonArgs,
+    },
+    /// Reject a held write (signs you in): its bytes are dropped.
+    Reject {
+        id: String,
+        #[command(flatten)]
+        person: cli::holds::PersonArgs,
+    },
     /// The real credentials: inventory and rotation (through the admin API).
     Credentials {
         #[command(subcommand)]
@@ -215,6 +233,9 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => rt.block_on(demo::run(args, shutdown_signal())).map_err(anyhow::Error::msg),
+        Command::Holds { person } => people(&rt, cli::holds::Ask::List, person),
+        Command::Approve { id, person } => people(&rt, cli::holds::Ask::Approve(id), person),
+        Command::Reject { id, person } => people(&rt, cli::holds::Ask::Reject(id), person),
         Command::Credentials { command } => rt.block_on(cli::credentials::run(command)),
         Command::Reload { admin } => {
             let answer = rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/reload", None))?;
@@ -320,4 +341,10 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
+}
+
+fn people(rt: &tokio::runtime::Runtime, ask: cli::holds::Ask, person: cli::holds::PersonArgs) -> anyhow::Result<()> {
+    let out = rt.block_on(cli::holds::run(ask, person)).map_err(anyhow::Error::msg)?;
+    println!("{out}");
+    Ok(())
 }

@@ -33,11 +33,12 @@ fn action_label(a: Option<RouteAction>) -> &'static str {
 fn actions() -> impl Iterator<Item = Option<RouteAction>> {
     RouteAction::ALL.into_iter().map(Some).chain([None])
 }
-const DECISIONS: [(Decision, &str); 4] = [
+const DECISIONS: [(Decision, &str); 5] = [
     (Decision::Allow, "allow"),
     (Decision::Anonymous, "anonymous"),
     (Decision::Deny, "deny"),
     (Decision::Error, "error"),
+    (Decision::Held, "held"),
 ];
 const RESULTS: [(Decision, &str); 3] =
     [(Decision::Allow, "allow"), (Decision::Deny, "deny"), (Decision::Error, "error")];
@@ -54,6 +55,7 @@ pub struct Metrics {
     staged: Counter,
     upstream: HashMap<Arc<str>, Histogram>,
     phantoms_active: Gauge,
+    holds: Family<Labels, Gauge>,
     credential_age: Family<Labels, Gauge>,
     credential_expiry: Family<Labels, Gauge>,
     credentials_unscoped: Gauge,
@@ -69,6 +71,8 @@ pub(crate) struct Snapshot {
     pub now: u64,
     /// `None` when the state store could not count them.
     pub phantoms_active: Option<u64>,
+    /// Held writes by state (`None` when the state store could not list them).
+    pub holds: Option<Vec<(&'static str, u64)>>,
     pub audit_healthy: bool,
     pub state_healthy: bool,
 }
@@ -99,6 +103,15 @@ impl Metrics {
         let metrics = Metrics {
             upstream: upstream_histograms(r, config),
             phantoms_active: gauge(r, "phantoms_active", "Live phantoms (not expired, not revoked)"),
+            holds: {
+                let f = Family::<Labels, Gauge>::default();
+                r.register(
+                    "holds",
+                    "Held writes kept, by state (held, forwarding, forwarded, rejected, expired)",
+                    f.clone(),
+                );
+                f
+            },
             credential_age: seconds(r, "credential_age", "Time since a real credential was created (its `created`)"),
             credential_expiry: seconds(
                 r,
@@ -169,7 +182,7 @@ impl Metrics {
                     self.exchanges[issuer * RESULTS.len() + r].inc();
                 }
             }
-            Event::Admin | Event::Notify => {}
+            Event::Admin | Event::Notify | Event::Hold => {}
         }
     }
 
@@ -197,6 +210,9 @@ impl Metrics {
         // When the store cannot count them, the last count stands (and state_healthy says why).
         if let Some(n) = snap.phantoms_active {
             self.phantoms_active.set(n as i64);
+        }
+        for (state, n) in snap.holds.iter().flatten() {
+            self.holds.get_or_create(&vec![("state", (*state).to_owned())]).set(*n as i64);
         }
         self.audit_healthy.set(i64::from(snap.audit_healthy));
         self.state_healthy.set(i64::from(snap.state_healthy));
@@ -344,7 +360,13 @@ path = "a.jsonl"
         let config = Config::parse(std::path::Path::new("p.toml"), text).unwrap();
         let m = Metrics::new(&config);
         // 2026-12-02T00:00:00Z: 31 days after it was created, 60 before it expires.
-        let snap = Snapshot { now: 1_796_169_600, phantoms_active: Some(2), audit_healthy: true, state_healthy: false };
+        let snap = Snapshot {
+            now: 1_796_169_600,
+            phantoms_active: Some(2),
+            holds: Some(vec![("held", 1), ("forwarded", 0)]),
+            audit_healthy: true,
+            state_healthy: false,
+        };
         let out = m.render(&config, &snap);
         for line in [
             "phantom_credential_age_seconds{credential=\"release\",class=\"A\"} 2678400\n",

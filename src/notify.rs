@@ -49,11 +49,29 @@ pub(crate) struct Staged {
     pub(crate) identity: Option<Arc<RawValue>>,
     pub(crate) grant: Arc<str>,
     pub(crate) request_id: String,
+    /// Not staged upstream but held by the broker for its grant's approvers (`event: "held"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) held: Option<Held>,
+}
+
+/// A write the broker holds until approvers approve it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Held {
+    pub(crate) id: String,
+    pub(crate) action: &'static str,
+    pub(crate) approvers: String,
+    pub(crate) required: u32,
 }
 
 impl Staged {
     /// How a maintainer makes it live.
     pub(crate) fn approve_hint(&self) -> String {
+        if let Some(h) = &self.held {
+            return format!(
+                "{} of `{}` approve it with `phantom approve {}` (the requester does not count)",
+                h.required, h.approvers, h.id
+            );
+        }
         match (&self.stage_id, self.status.as_deref()) {
             (Some(id), Some("validating")) => format!(
                 "the registry is still validating it: once `npm stage view {id}` shows status staged, a maintainer \
@@ -195,15 +213,27 @@ struct Body<'a> {
 
 fn body(staged: &Staged) -> Vec<u8> {
     let approve_hint = staged.approve_hint();
-    let id = staged.stage_id.as_deref().unwrap_or("unknown");
-    let status = staged.status.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
-    let text = format!(
-        "{}@{} is staged (id {id}{status}, grant `{}`): {approve_hint}",
-        staged.package, staged.version, staged.grant
-    );
+    let (event, text) = match &staged.held {
+        Some(h) => (
+            "held",
+            format!(
+                "a {} of {}@{} is held for approval (id {}, grant `{}`): {approve_hint}",
+                h.action, staged.package, staged.version, h.id, staged.grant
+            ),
+        ),
+        None => {
+            let id = staged.stage_id.as_deref().unwrap_or("unknown");
+            let status = staged.status.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
+            let text = format!(
+                "{}@{} is staged (id {id}{status}, grant `{}`): {approve_hint}",
+                staged.package, staged.version, staged.grant
+            );
+            ("staged", text)
+        }
+    };
     // Strings and a raw JSON value always serialise.
     let sent_at = crate::support::clock::unix_now();
-    serde_json::to_vec(&Body { event: "staged", sent_at, staged, approve_hint, text }).unwrap_or_default()
+    serde_json::to_vec(&Body { event, sent_at, staged, approve_hint, text }).unwrap_or_default()
 }
 
 /// `sha256=<hex>` of the body under the target's key.
@@ -261,7 +291,7 @@ fn outcome(target: &Target, staged: &Staged, decision: Decision, reason: String)
         identity: staged.identity.clone(),
         package: Some(staged.package.clone()),
         version: Some(staged.version.clone()),
-        staged: true,
+        staged: staged.held.is_none(),
         stage_id: staged.stage_id.clone(),
         grant: Some(staged.grant.clone()),
         upstream: Some(target.name.clone()),
@@ -286,8 +316,16 @@ mod tests {
             identity: Some(RawValue::from_string(r#"{"sub":"repo:acme/web"}"#.into()).unwrap().into()),
             grant: "release".into(),
             request_id: "r1".into(),
+            held: None,
         };
+        let held = Held { id: "h1".into(), action: "dist-tag", approvers: "rm".into(), required: 2 };
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body(&Staged { held: Some(held), ..staged.clone() })).unwrap();
+        assert_eq!((doc["event"].as_str(), doc["held"]["id"].as_str()), (Some("held"), Some("h1")));
+        assert!(doc["text"].as_str().unwrap().starts_with("a dist-tag of @acme/web@1.2.3 is held"), "{doc}");
+        assert!(doc["approve_hint"].as_str().unwrap().contains("phantom approve h1"), "{doc}");
         let doc: serde_json::Value = serde_json::from_slice(&body(&staged)).unwrap();
+        assert_eq!(doc["event"], "staged");
         assert_eq!(doc["package"], "@acme/web");
         assert_eq!(doc["identity"]["sub"], "repo:acme/web");
         assert!(doc["approve_hint"].as_str().unwrap().contains("npm stage approve 4c00c615"));

@@ -24,7 +24,8 @@ mod verify;
 
 pub use line::AuditError;
 pub use record::{
-    identity_summary, method, Action, AdminAction, Decision, Event, Record, RefusalKind, UpstreamRequest, Via,
+    identity_summary, method, Action, AdminAction, Decision, Event, HoldLine, HoldStep, Record, RefusalKind,
+    UpstreamRequest, Via,
 };
 pub use verify::{find_request, verify, Asked, Verdict};
 

@@ -57,6 +57,8 @@ label! {
         CredentialRotate => "credential-rotate",
         CredentialReload => "credential-reload",
         CredentialFollow => "credential-follow",
+        Holds => "holds",
+        HoldReject => "hold-reject",
     }
 }
 
@@ -96,6 +98,7 @@ label! {
         Login => "login",
         Misdirected => "misdirected",
         NotThroughProxy => "not_through_proxy",
+        Hold => "hold",
         Internal => "internal",
     }
 }
@@ -171,6 +174,9 @@ pub enum Event {
     Admin,
     /// A notification of a staged version, delivered or given up.
     Notify,
+    /// A step of a held write after it was held: an approval, a rejection, the forward, the
+    /// expiry (`hold.step`).
+    Hold,
 }
 
 /// What the broker decided.
@@ -189,6 +195,39 @@ pub enum Decision {
     Forwarding,
     /// Failed for reasons not the caller's (upstream, state store, audit log, internal).
     Error,
+    /// Checked in full and held, its exact bytes kept, until approvers approve it.
+    Held,
+}
+
+label! {
+    /// What happened to a held write.
+    pub enum HoldStep {
+        Held => "held",
+        /// A person's approval (`decision` says whether it counted).
+        Approve => "approve",
+        /// A person's or an operator's rejection.
+        Reject => "reject",
+        /// The approvals were enough: forwarded, with the upstream's answer.
+        Forwarded => "forwarded",
+        /// The forward got no answer: held again, approvals kept.
+        Retry => "retry",
+        Expired => "expired",
+    }
+}
+
+/// A held write's line: which hold, what happened, and who approved it so far.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldLine {
+    pub id: String,
+    pub step: HoldStep,
+    pub approvals: u32,
+    pub required: u32,
+    /// The approvers so far, each `{"identity": {...}, "at": "..."}` (on the forward's line).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<Value>,
+    /// Who asked for the write (on lines whose `identity` is an approver's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Arc<RawValue>>,
 }
 
 /// How a write's request to the upstream ended, when any of it was sent.
@@ -270,6 +309,9 @@ pub struct Record {
     pub upstream_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// A held write: its id and step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Box<HoldLine>>,
     pub status: u16,
     pub latency_ms: f64,
 }

@@ -66,6 +66,7 @@ pub(super) struct RawServer {
     pub(super) max_buffered_bytes: Option<u64>,
     pub(super) workers: Option<usize>,
     pub(super) freeze_on_burst: Option<bool>,
+    pub(super) max_held_bytes: Option<u64>,
 }
 
 #[derive(Deserialize)]

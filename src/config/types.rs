@@ -116,6 +116,8 @@ pub struct ServerConfig {
     /// A write refused for passing its grant's `rate` also freezes the package, until an admin
     /// thaws it.
     pub freeze_on_burst: bool,
+    /// The bytes of every write held for approval at once, across replicas (in the state store).
+    pub max_held_bytes: u64,
 }
 
 impl ServerConfig {

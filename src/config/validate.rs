@@ -116,6 +116,7 @@ fn server(s: &RawServer, b: &Base<'_>) -> Result<ServerConfig, String> {
         max_buffered_bytes: s.max_buffered_bytes.unwrap_or(1024 * 1024 * 1024),
         workers: s.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         freeze_on_burst: s.freeze_on_burst.unwrap_or(false),
+        max_held_bytes: s.max_held_bytes.unwrap_or(64 * 1024 * 1024),
     };
     if server.workers == 0 || server.workers > 256 {
         return Err("`server.workers` must be between 1 and 256".into());

@@ -3,8 +3,8 @@
 
 use super::name::{NameError, PackageName};
 use super::route::{
-    is_read_method, parse_escaped_name, parse_rev, parse_spec, parse_tag, parse_tarball_file, NameForm, NpmRequest, Op,
-    Route, RouteError,
+    is_hold_id, is_read_method, parse_escaped_name, parse_rev, parse_spec, parse_tag, parse_tarball_file, NameForm,
+    NpmRequest, Op, Route, RouteError,
 };
 use http::Method;
 
@@ -83,6 +83,13 @@ fn classify_special(method: &Method, segs: &[&str], query: Option<&str>) -> Resu
         }
         ["phantom", "v1", "issuers"] if get => Ok(Route::PhantomIssuers),
         ["phantom", "v1", "issuers"] => Err(RouteError::MethodNotAllowed),
+        ["phantom", "v1", "holds"] if get => Ok(Route::PeopleHolds),
+        ["phantom", "v1", "holds", id, verb @ ("approve" | "reject")] if is_hold_id(id) => {
+            if *method != Method::POST {
+                return Err(RouteError::MethodNotAllowed);
+            }
+            Ok(Route::HoldDecision { id: (*id).to_owned(), approve: *verb == "approve" })
+        }
         ["npm", "v1", "security", rest @ ..] => security_audit(method, rest),
         ["npm", "v1", "tokens", ..] => forbidden("token management", "/-/npm/v1/tokens"),
         ["npm", "v1", "user", ..] => forbidden("profile and 2FA settings", "/-/npm/v1/user"),

@@ -15,6 +15,11 @@ pub enum Route {
     PhantomExchange,
     /// The issuers people may sign in with from the CLI: `GET /-/phantom/v1/issuers`.
     PhantomIssuers,
+    /// The held writes a person may approve: `GET /-/phantom/v1/holds`.
+    PeopleHolds,
+    /// A person's approval or rejection of a held write: `POST /-/phantom/v1/holds/<id>/approve`
+    /// (or `/reject`).
+    HoldDecision { id: String, approve: bool },
     /// Endpoints that are never forwarded with a real credential (tokens, login, users, trust,
     /// org and team administration, profile and 2FA, stage review). `path` is the route's fixed
     /// prefix, with `{name}` for the package when there is one: what follows in the request's
@@ -196,6 +201,11 @@ pub(super) fn parse_tarball_file(package: &PackageName, seg: &str) -> Result<Str
 }
 
 /// A stage id is a UUID.
+/// A held write's id, as the broker makes them: 24 lower-case hex digits.
+pub fn is_hold_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 pub(super) fn is_stage_id(id: &str) -> bool {
     id.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }

@@ -142,7 +142,7 @@ async fn read_request(req: Request<Incoming>, idle: Duration) -> Result<Asked, R
 }
 
 /// The ID token from `Authorization: Bearer`.
-fn bearer_id_token(req: &Request<Incoming>) -> Result<IdToken, Refusal> {
+pub(super) fn bearer_id_token(req: &Request<Incoming>) -> Result<IdToken, Refusal> {
     match net::bearer(req.headers()) {
         net::Bearer::Token(token) => Ok(IdToken::new(token.to_owned())),
         _ => Err(Refusal::Identity(crate::identity::IdentityError::Malformed)),
@@ -150,7 +150,7 @@ fn bearer_id_token(req: &Request<Incoming>) -> Result<IdToken, Refusal> {
 }
 
 /// Verifies the ID token and records it as spent; a second exchange of it is refused.
-async fn verify_once(
+pub(super) async fn verify_once(
     app: &App,
     token: &IdToken,
     audience: Audience<'_>,

@@ -4,6 +4,7 @@
 
 mod exchange;
 pub(crate) mod gate;
+mod held;
 mod people;
 mod rate;
 mod read;
@@ -148,6 +149,9 @@ async fn process(app: &App, req: Request<Incoming>, face: &Face, rec: &mut Recor
         Route::PhantomExchange => Box::pin(exchange::generic(app, req, rec)).await,
         Route::PhantomIssuers if upstream.is_some() => Err(Refusal::NotThroughProxy),
         Route::PhantomIssuers => Ok(people::issuers(app, rec)),
+        Route::PeopleHolds | Route::HoldDecision { .. } if upstream.is_some() => Err(Refusal::NotThroughProxy),
+        Route::PeopleHolds => Box::pin(people::holds(app, req, rec)).await,
+        Route::HoldDecision { id, approve } => Box::pin(people::decide(app, &id, approve, req, rec)).await,
         Route::Forbidden { what, path, package } => {
             // Recorded by its fixed prefix: what follows (ids, names, a token in `npm logout`'s
             // path) is the caller's text and never reaches the log.

@@ -81,8 +81,47 @@ pub(crate) enum Refusal {
     Misdirected,
     #[error("token exchanges are not offered through the proxy")]
     NotThroughProxy,
+    #[error("held write: {0}")]
+    Hold(HoldRefusal),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a held write's step (keeping it, approving, rejecting) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HoldRefusal {
+    #[error("the held writes already fill server.max_held_bytes")]
+    Full,
+    #[error("no such held write")]
+    Unknown,
+    #[error("this person is not one of the hold's approvers")]
+    NotApprover,
+    #[error("the requester of a held write may not approve it")]
+    Requester,
+    #[error("this person has approved it already")]
+    Twice,
+    #[error("the held write is {}", .0.as_str())]
+    Closed(crate::state::holds::HoldState),
+    #[error("the held write expired")]
+    Expired,
+    #[error("the hold's [approvers] section is no longer in the policy")]
+    ApproversGone,
+}
+
+impl HoldRefusal {
+    /// Fixed texts, and a hold's state by name.
+    fn client_message(self) -> Cow<'static, str> {
+        match self {
+            HoldRefusal::Full => Cow::Borrowed(
+                "the broker holds as many writes for approval as server.max_held_bytes allows; try again once some \
+                 are approved or rejected",
+            ),
+            HoldRefusal::ApproversGone => Cow::Borrowed(
+                "the approvers this write was held for are no longer in the broker's policy: reject it and write again",
+            ),
+            h => Cow::Owned(h.to_string()),
+        }
+    }
 }
 
 /// What `npm login` and `npm adduser` are told: there is nothing to log in to.
@@ -137,6 +176,7 @@ impl Refusal {
             Refusal::Login => RefusalKind::Login,
             Refusal::Misdirected => RefusalKind::Misdirected,
             Refusal::NotThroughProxy => RefusalKind::NotThroughProxy,
+            Refusal::Hold(_) => RefusalKind::Hold,
             Refusal::Internal(_) => RefusalKind::Internal,
         }
     }
@@ -171,6 +211,13 @@ impl Refusal {
             Refusal::Misdirected => 421,
             Refusal::Login => 403,
             Refusal::NotThroughProxy => 403,
+            Refusal::Hold(h) => match h {
+                HoldRefusal::Full => 503,
+                HoldRefusal::Unknown => 404,
+                HoldRefusal::NotApprover | HoldRefusal::Requester => 403,
+                HoldRefusal::Twice | HoldRefusal::Closed(_) | HoldRefusal::ApproversGone => 409,
+                HoldRefusal::Expired => 410,
+            },
             Refusal::Internal(_) => 500,
         };
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -268,6 +315,7 @@ impl Refusal {
                 "phantoms are not exchanged through the proxy: run `phantom login --proxy` against the broker's \
                  registry URL, which writes the phantom for this registry host into .npmrc"
             }
+            Refusal::Hold(h) => return h.client_message(),
             Refusal::Internal(_) => "internal error",
         };
         Cow::Borrowed(fixed)

@@ -170,6 +170,7 @@ pub(super) async fn publish_reply(
         identity: rec.identity.clone(),
         grant: grant.name.clone(),
         request_id: rec.request_id.clone(),
+        held: None,
     };
     if staged.stage_id.is_none() {
         rec.reason = Some("the registry staged the version without a usable stage id".into());

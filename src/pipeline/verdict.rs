@@ -20,15 +20,15 @@ use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// What a checked body turned out to do.
-struct Action {
-    kind: ActionKind,
-    version: Option<String>,
-    tags: Vec<String>,
+pub(super) struct Action {
+    pub(super) kind: ActionKind,
+    pub(super) version: Option<String>,
+    pub(super) tags: Vec<String>,
     /// A comparison with the upstream packument, made once the credential may be used.
-    against_upstream: Option<UpstreamCheck>,
+    pub(super) against_upstream: Option<UpstreamCheck>,
 }
 
-enum UpstreamCheck {
+pub(super) enum UpstreamCheck {
     /// A deprecate sends the whole packument back: only `deprecated` fields may differ.
     Deprecate(serde_json::Map<String, serde_json::Value>),
     /// A version removal: only versions (and the tags naming them) may go.
@@ -53,6 +53,9 @@ pub(super) struct Ctx<'a> {
     pub(super) session: &'a Session,
     pub(super) upstream: &'a Upstream,
     pub(super) auth: &'a UpstreamAuth,
+    /// The write is held for approval, not released upstream now (`held.rs`): its release is
+    /// written ahead then.
+    pub(super) holds: bool,
 }
 
 /// Reads the body through the gate and decides. An allowed write is released (a streamed one's
@@ -91,7 +94,7 @@ async fn judge(
     incoming: Incoming,
     rec: &mut Record,
 ) -> Result<Verdict, Stop> {
-    let Ctx { app, session, upstream, auth } = *ctx;
+    let Ctx { app, session, upstream, auth, holds } = *ctx;
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
     let g = provisional.grant();
     let (credential, publish, may_create) = (g.credential.clone(), g.publish, g.create);
@@ -130,7 +133,8 @@ async fn judge(
         return Err(Refusal::Denied(crate::policy::Denial::GrantGone(r.grant.clone())).into());
     }
     if let Some(check) = &action.against_upstream {
-        Box::pin(compare_with_upstream(app, upstream, authorized.get(), check, &checked.bytes, auth, body)).await?;
+        Box::pin(compare_with_upstream(app, upstream, authorized.get(), check, &checked.bytes, auth, Some(body)))
+            .await?;
     }
     let (mut spent, mut rate_slot) = (None, None);
     if action.kind.is_write() {
@@ -143,6 +147,9 @@ async fn judge(
         }
         let recorded = async {
             spend_use(app, session, checked.fingerprint).await?;
+            if holds {
+                return Ok(());
+            }
             // Write-ahead: a write is released only once it is on record.
             let intent = Record { decision: Decision::Forwarding, status: 0, ..rec.clone() };
             app.audit.write_confirmed(Arc::new(intent)).await.map_err(|_| Refusal::AuditUnavailable)
@@ -177,7 +184,7 @@ async fn creates_package(
 }
 
 /// What a write does, from its route and its checked body (or a publish's skeleton).
-fn settle(npm: &NpmRequest, checked: &[u8]) -> Result<Action, Refusal> {
+pub(super) fn settle(npm: &NpmRequest, checked: &[u8]) -> Result<Action, Refusal> {
     let plain = |kind| Action { kind, version: None, tags: Vec::new(), against_upstream: None };
     let package = npm.package.as_ref().ok_or(Refusal::Internal("a write route without a package".into()));
     Ok(match npm.op() {
@@ -226,15 +233,16 @@ async fn spend_use(app: &App, session: &Session, fingerprint: Fingerprint) -> Re
 }
 
 /// Compares a deprecate or a version removal with the upstream packument (fetched with the
-/// credential, `?write=true`), so that neither can change more than it says.
-async fn compare_with_upstream(
+/// credential, `?write=true`), so that neither can change more than it says. The packument's
+/// memory counts against the write's `body` when there is one (a held write's release has none).
+pub(super) async fn compare_with_upstream(
     app: &App,
     upstream: &Upstream,
     npm: &NpmRequest,
     check: &UpstreamCheck,
     checked: &Bytes,
     auth: &UpstreamAuth,
-    body: &mut WriteBody,
+    body: Option<&mut WriteBody>,
 ) -> Result<(), Refusal> {
     let package = npm.package.as_ref().ok_or(Refusal::Internal("a package write without a package".into()))?;
     let read = auth.then_get(&NpmRequest::packument(package, true));
@@ -242,7 +250,9 @@ async fn compare_with_upstream(
     if status != 200 {
         return Err(Refusal::Upstream(UpstreamError::Failed(format!("the packument answered {status}"))));
     }
-    body.hold(current.len() + json::parsed_size(&current))?;
+    if let Some(body) = body {
+        body.hold(current.len() + json::parsed_size(&current))?;
+    }
     let current = json::parse_object(&current)
         .map_err(|_| Refusal::Upstream(UpstreamError::Failed("the packument is not JSON".into())))?;
     match check {

@@ -51,7 +51,7 @@ pub(super) async fn forward(
     let intake = intake(app, provisional.get(), &out.route, &out.headers)?;
     let fingerprinter = Fingerprinter::of(auth.method().as_str(), auth.path());
     let (mut body, start) = WriteBody::open(&app.write_memory, intake, fingerprinter)?;
-    let ctx = Ctx { app, session: &session, upstream, auth: &auth };
+    let ctx = Ctx { app, session: &session, upstream, auth: &auth, holds: out.holds() };
     let decided = decide(&ctx, provisional, &mut body, incoming, rec);
     let (sent, decided) = match start {
         // A streamed write's request starts now; the gate holds back its end until the verdict.
@@ -71,6 +71,12 @@ pub(super) async fn forward(
         Err(stop) => return stopped(app, out.may_publish(), stop, sent, &body, &auth, rec).await,
     };
     let sent = match (sent, released) {
+        (None, Released::Whole(whole)) if out.holds() => {
+            if let Some(fingerprint) = verdict.spent {
+                app.store.settle(&session.digest, fingerprint, true).await?;
+            }
+            return super::held::keep(&ctx, &verdict, whole, rec).await;
+        }
         (Some(sent), Released::Streamed) => sent,
         (None, Released::Whole(whole)) if out.stages(verdict.action) => out.send_staged(&ctx, whole).await,
         (None, Released::Whole(whole)) => out.send_as_sent(&ctx, whole).await,
@@ -114,6 +120,9 @@ enum WriteRoute {
     /// A `PUT /<name>` under a grant that stages its publishes: a publish goes to the stage
     /// route, as `npm stage publish` would send it; anything else (a deprecate) as sent.
     StageOnPublish(Box<Staging>),
+    /// Under a grant with `hold`: checked whole, then kept until its approvers approve it
+    /// (`held.rs`), which forwards it as one of the routes above.
+    Hold,
 }
 
 /// The stage route's request for a `PUT /<name>` (authorized as the publish it is), and its
@@ -141,7 +150,9 @@ impl Outgoing {
         content: Content,
     ) -> Result<Outgoing, Refusal> {
         let npm = provisional.get();
+        let holds = provisional.grant().hold.is_some() && npm.candidate_actions().iter().any(ActionKind::is_write);
         let route = match (npm.op(), provisional.as_staged()) {
+            _ if holds => WriteRoute::Hold,
             (Op::StagePublish, _) => WriteRoute::Stage,
             (Op::PutPackument, Some(staged)) => {
                 let auth = app.credentials.for_authorized(&staged, &upstream.name).map_err(Refusal::Internal)?;
@@ -167,8 +178,13 @@ impl Outgoing {
         match self.route {
             WriteRoute::Stage => true,
             WriteRoute::StageOnPublish(_) => action == ActionKind::Publish,
-            WriteRoute::Direct => false,
+            WriteRoute::Direct | WriteRoute::Hold => false,
         }
+    }
+
+    /// Whether the write is held for approval rather than sent.
+    fn holds(&self) -> bool {
+        matches!(self.route, WriteRoute::Hold)
     }
 
     /// The write as the caller sent it (the request its phantom's grant authorized).
@@ -364,6 +380,8 @@ fn intake(app: &App, npm: &NpmRequest, route: &WriteRoute, headers: &HeaderMap) 
     let max = app.config.server.max_body_bytes;
     let max_skeleton = MAX_SKELETON.min(max) as usize;
     let intake = match npm.op() {
+        // A held write is kept whole, within what may be held at all.
+        _ if matches!(route, WriteRoute::Hold) => Intake::Whole { limit: max.min(app.config.server.max_held_bytes) },
         // A `PUT /<name>` may be a publish (to stage) or a deprecate (to send as it is): the body
         // tells which before its request starts.
         Op::PutPackument if matches!(route, WriteRoute::StageOnPublish(_)) => {

@@ -3,7 +3,6 @@
 //! one person twice (the broker's held-write page enforces both).
 
 use super::claims::{claims_match, ClaimMatcher};
-use super::grant::PolicyContext;
 use crate::support::units::parse_duration;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -49,18 +48,13 @@ pub(super) struct ApproversFile {
     hold_ttl: Option<String>,
 }
 
-pub(super) fn validate(
-    name: String,
-    raw: ApproversFile,
-    path: &Path,
-    ctx: &PolicyContext<'_>,
-) -> Result<Approvers, String> {
+pub(super) fn validate(name: String, raw: ApproversFile, path: &Path, issuers: &[&str]) -> Result<Approvers, String> {
     let err = |m: String| format!("approvers `{name}`: {m}");
     if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(err("the name must be 1-128 characters without spaces".into()));
     }
-    if !ctx.issuers.contains(&raw.issuer.as_str()) {
-        let configured = ctx.issuers.join(", ");
+    if !issuers.contains(&raw.issuer.as_str()) {
+        let configured = issuers.join(", ");
         return Err(err(format!("`issuer`: `{}` is not a configured issuer (configured: {configured})", raw.issuer)));
     }
     if raw.claims.is_empty() {
@@ -74,8 +68,8 @@ pub(super) fn validate(
         Some(t) => parse_duration(t).map_err(|e| err(format!("`hold_ttl`: {e}")))?,
         None => DEFAULT_HOLD_TTL,
     };
-    if hold_ttl < Duration::from_secs(60) || hold_ttl > MAX_HOLD_TTL {
-        return Err(err("`hold_ttl` must be between 1m and 30d".into()));
+    if hold_ttl.is_zero() || hold_ttl > MAX_HOLD_TTL {
+        return Err(err("`hold_ttl` must be more than zero and at most 30d".into()));
     }
     Ok(Approvers {
         name: name.into(),

@@ -212,7 +212,7 @@ pub(super) fn parse_file(
     let approvers = file
         .approvers
         .into_iter()
-        .map(|(name, raw)| super::approvers::validate(name, raw, path, ctx))
+        .map(|(name, raw)| super::approvers::validate(name, raw, path, ctx.issuers))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((grants, approvers))
 }

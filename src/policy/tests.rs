@@ -463,7 +463,7 @@ repository_id = "123456789"
         (text.replace("hold = \"release-managers\"", "hold = \"nobody\""), "no `[approvers.nobody]`"),
         (text.replace("required = 2", "required = 0"), "`required`"),
         (text.replace("required = 2", "required = 11"), "`required`"),
-        (text.replace("hold_ttl = \"2h\"", "hold_ttl = \"10s\""), "`hold_ttl`"),
+        (text.replace("hold_ttl = \"2h\"", "hold_ttl = \"31d\""), "`hold_ttl`"),
         (text.replace("issuer = \"gitlab\"", "issuer = \"corp\""), "not a configured issuer"),
         (text.replace("claims = { groups = \"release-managers\" }", ""), "`claims` may not be empty"),
         (text.replace("required = 2", "required = 2\nvote = 1"), "unknown field `vote`"),

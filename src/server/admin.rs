@@ -96,6 +96,26 @@ async fn route(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminResu
             revoke(app, req, rec).await
         }
         (Method::GET, "/freeze") => Ok(json!({ "frozen": app.store.frozen_patterns() })),
+        (Method::GET, "/holds") => {
+            act(AdminAction::Holds);
+            let holds =
+                crate::ops::holds::list(app).await.map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+            Ok(json!({ "holds": holds }))
+        }
+        (Method::POST, p) if p.starts_with("/holds/") && p.ends_with("/reject") => {
+            act(AdminAction::HoldReject);
+            let id = p.trim_start_matches("/holds/").trim_end_matches("/reject");
+            if !crate::npm::is_hold_id(id) {
+                return Err((StatusCode::NOT_FOUND, "no such held write".into()));
+            }
+            use crate::ops::holds::Rejected;
+            match crate::ops::holds::reject(app, id, rec).await {
+                Ok(Rejected::Rejected) => Ok(json!({ "id": id, "state": "rejected" })),
+                Ok(Rejected::Unknown) => Err((StatusCode::NOT_FOUND, "no such held write".into())),
+                Ok(Rejected::NotHeld(state)) => Err((StatusCode::CONFLICT, format!("the held write is {state}"))),
+                Err(e) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
+            }
+        }
         (Method::POST, op @ ("/freeze" | "/thaw")) => {
             act(if op == "/freeze" { AdminAction::Freeze } else { AdminAction::Thaw });
             freeze(app, req, op == "/freeze", rec).await
@@ -217,10 +237,16 @@ async fn readyz(app: &App) -> Response<Body> {
 /// unless `[admin] metrics = "open"`.
 async fn metrics(app: &App) -> Response<Body> {
     let now = crate::support::clock::unix_now();
-    let active = tokio::time::timeout(std::time::Duration::from_secs(2), app.store.count_live(now)).await;
+    let limit = std::time::Duration::from_secs(2);
+    let active = tokio::time::timeout(limit, app.store.count_live(now)).await;
+    let holds = tokio::time::timeout(limit, app.store.hold_list(now)).await.ok().and_then(Result::ok).map(|list| {
+        use crate::state::holds::HoldState;
+        HoldState::ALL.map(|s| (s.as_str(), list.iter().filter(|h| h.state == s).count() as u64)).to_vec()
+    });
     let snap = crate::metrics::Snapshot {
         now,
         phantoms_active: active.ok().and_then(Result::ok),
+        holds,
         audit_healthy: app.audit.is_healthy(),
         state_healthy: app.store.is_healthy(),
     };

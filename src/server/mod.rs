@@ -155,6 +155,7 @@ impl Background {
                     tick.tick().await;
                     app.store.sweep(crate::support::clock::unix_now()).await;
                     app.credentials.sweep(crate::support::clock::unix_now());
+                    crate::ops::holds::expire(&app).await;
                 }
             })
         };

@@ -5,6 +5,7 @@
 //! keeps it in a Redis server that every replica shares (`redis.rs`), so that they act as
 //! one broker. Both fail closed: a store that cannot answer refuses writes and exchanges.
 
+pub mod holds;
 mod memory;
 mod record;
 mod redis;
@@ -27,7 +28,7 @@ use std::time::Duration;
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 pub enum Store {
-    Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>> },
+    Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>>, holds: holds::MemoryHolds },
     Redis(Box<RedisStore>),
 }
 
@@ -35,7 +36,9 @@ impl Store {
     /// Needs a Tokio runtime for a Redis store (its connection's task runs there).
     pub fn new(cfg: &StateConfig) -> Result<Store, String> {
         Ok(match cfg {
-            StateConfig::Memory => Store::Memory { store: MemoryStore::new(), frozen: RwLock::default() },
+            StateConfig::Memory => {
+                Store::Memory { store: MemoryStore::new(), frozen: RwLock::default(), holds: Default::default() }
+            }
             StateConfig::Redis(r) => Store::Redis(Box::new(RedisStore::new(r)?)),
         })
     }
@@ -226,6 +229,93 @@ impl PhantomStore for Store {
         match self {
             Store::Memory { store, .. } => store.sweep(now).await,
             Store::Redis(r) => r.sweep(),
+        }
+    }
+}
+
+/// Held writes (`holds.rs`), on whichever store the broker runs with.
+impl Store {
+    /// Keeps a checked write and its exact bytes. False when it does not fit
+    /// (`max_held_bytes` across every held write, or `MAX_HOLDS`).
+    pub(crate) async fn hold_put(&self, write: &holds::HeldWrite, body: bytes::Bytes, max_bytes: u64) -> holds::Put {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.put(write, body, max_bytes)),
+            Store::Redis(r) => r.hold_put(write, body, max_bytes).await,
+        }
+    }
+
+    /// A hold's state (never its bytes). Past its time, a write still held is shown expired;
+    /// the sweep (or the next approval) closes it.
+    pub(crate) async fn hold_status(&self, id: &str, now: u64) -> Result<Option<holds::HoldStatus>, StoreError> {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.lock().get(id).map(|e| e.view(now))),
+            Store::Redis(r) => r.hold_status(id, now).await,
+        }
+    }
+
+    /// The exact bytes of a hold that is being forwarded.
+    pub(crate) async fn hold_body(&self, id: &str) -> Result<Option<bytes::Bytes>, StoreError> {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.lock().get(id).and_then(|e| e.body.clone())),
+            Store::Redis(r) => r.hold_body(id).await,
+        }
+    }
+
+    /// Every hold kept, newest first.
+    pub(crate) async fn hold_list(&self, now: u64) -> Result<Vec<holds::HoldStatus>, StoreError> {
+        let mut list = match self {
+            Store::Memory { holds, .. } => holds.lock().values().map(|e| e.view(now)).collect(),
+            Store::Redis(r) => r.hold_list(now).await?,
+        };
+        list.sort_by(|a: &holds::HoldStatus, b| {
+            b.write.created.cmp(&a.write.created).then(a.write.id.cmp(&b.write.id))
+        });
+        Ok(list)
+    }
+
+    /// One person's approval, atomically: see `Approve`.
+    pub(crate) async fn hold_approve(
+        &self,
+        id: &str,
+        approval: holds::Approval,
+        now: u64,
+    ) -> Result<holds::Approve, StoreError> {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.approve(id, approval, now)),
+            Store::Redis(r) => r.hold_approve(id, approval, now).await,
+        }
+    }
+
+    /// Rejects a hold that is still waiting; its bytes are dropped.
+    pub(crate) async fn hold_reject(
+        &self,
+        id: &str,
+        by: holds::Approval,
+        now: u64,
+    ) -> Result<holds::Reject, StoreError> {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.reject(id, by, now)),
+            Store::Redis(r) => r.hold_reject(id, by, now).await,
+        }
+    }
+
+    /// Ends the forward `Approve::Ready` started.
+    pub(crate) async fn hold_finish(&self, id: &str, how: holds::Finish, now: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { holds, .. } => {
+                holds.finish(id, how, now);
+                Ok(())
+            }
+            Store::Redis(r) => r.hold_finish(id, how, now).await,
+        }
+    }
+
+    /// Expires the holds past their time (returned, to be audited) and forgets finished ones
+    /// after `RETAIN`.
+    pub(crate) async fn hold_sweep(&self, now: u64) -> Result<Vec<Arc<holds::HeldWrite>>, StoreError> {
+        match self {
+            Store::Memory { holds, .. } => Ok(holds.sweep(now)),
+            Store::Redis(r) => r.hold_sweep(now).await,
         }
     }
 }

@@ -128,3 +128,282 @@ fn a_person_signs_in_and_hands_an_agent_a_narrowed_phantom() {
     canaries.push(&phantom);
     w.assert_secrets_contained(&canaries);
 }
+
+const HELD_POLICY: &str = r#"
+[approvers.release-managers]
+issuer = "corp"
+claims = { groups = "release-managers" }
+required = 2
+
+[approvers.quick]
+issuer = "corp"
+claims = { groups = "release-managers" }
+hold_ttl = "2s"
+
+[[grant]]
+name = "held-ci"
+issuer = "github"
+packages = ["@held/app"]
+actions = ["publish", "dist-tag"]
+create = true
+credential = "verdaccio-publisher"
+hold = "release-managers"
+[grant.claims]
+repository_id = "123456789"
+
+[[grant]]
+name = "held-person"
+issuer = "corp"
+packages = ["@held/mine"]
+actions = ["publish"]
+create = true
+credential = "verdaccio-publisher"
+hold = "release-managers"
+[grant.claims]
+groups = "web-team"
+
+[[grant]]
+name = "quick-ci"
+issuer = "github"
+packages = ["@held/quick"]
+actions = ["publish"]
+create = true
+credential = "verdaccio-publisher"
+hold = "quick"
+[grant.claims]
+repository_id = "123456789"
+"#;
+
+/// The hold id an npm notice named.
+fn hold_id(out: &std::process::Output) -> String {
+    let printed = text(out);
+    let at = printed.find("(hold ").unwrap_or_else(|| panic!("no hold id in: {printed}"));
+    let id = &printed[at + 6..at + 30];
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{printed}");
+    id.to_owned()
+}
+
+/// `phantom <verb> [ID]` as `who`, signed in with the device flow.
+fn person(idp: &Idp, w: &World, broker: &str, who: &str, verb: &str, id: Option<&str>) -> std::process::Output {
+    let ca = w.certs.ca.display().to_string();
+    let mut args = vec![verb];
+    args.extend(id);
+    args.extend(["--broker", broker, "--issuer", "corp", "--ca-file", &ca]);
+    let out = idp.run_signed_in(&args, who);
+    w.record_output(&out);
+    out
+}
+
+/// A held write waits for two distinct release managers, then exactly its checked bytes reach
+/// Verdaccio, once; the requester, one person twice, a non-approver, a rejection and an expiry
+/// each do what a two-person rule must. A held dist-tag move likewise.
+#[test]
+fn held_writes_wait_for_two_distinct_people() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (idp, w) = people_world(tmp.path(), HELD_POLICY, false);
+    let url = w.broker.url.clone();
+    let says = |out: &std::process::Output, what: &str| {
+        assert!(text(out).contains(what), "expected {what:?} in: {}", text(out));
+    };
+
+    // A CI job publishes: npm is told it is held, and nothing reaches Verdaccio.
+    let pkg = w.package("@held/app", "1.0.0");
+    let out = w.npm(&pkg, &["publish"], Some(&serde_json::json!({})));
+    assert!(out.status.success(), "{}", text(&out));
+    says(&out, "held for approval");
+    let id = hold_id(&out);
+    assert_eq!(w.upstream_packument("@held%2fapp").status, 404, "a held publish reached the registry");
+
+    let out = person(&idp, &w, &url, "bob", "holds", None);
+    assert!(out.status.success(), "{}", text(&out));
+    says(&out, &format!("{id}  publish @held/app@1.0.0 by repo:acme/web"));
+    let out = person(&idp, &w, &url, "alice", "approve", Some(&id));
+    assert!(!out.status.success());
+    says(&out, "403");
+    says(&out, "not one of the hold's approvers");
+    let out = person(&idp, &w, &url, "bob", "approve", Some(&id));
+    assert!(out.status.success(), "{}", text(&out));
+    says(&out, "held (1 of 2 approvals)");
+    let out = person(&idp, &w, &url, "bob", "approve", Some(&id));
+    says(&out, "409");
+    says(&out, "approved it already");
+    assert_eq!(w.upstream_packument("@held%2fapp").status, 404, "one person's two approvals released it");
+    let out = person(&idp, &w, &url, "carol", "approve", Some(&id));
+    assert!(out.status.success(), "{}", text(&out));
+    says(&out, "forwarded (2 of 2 approvals)");
+    let packument = w.upstream_packument("@held%2fapp");
+    assert_eq!(packument.status, 200);
+    let out = person(&idp, &w, &url, "dave", "approve", Some(&id));
+    says(&out, "409");
+    says(&out, "is forwarded");
+
+    // Exactly the checked bytes, once: Verdaccio's tarball is the one npm declared, and the
+    // forward sent the bytes the hold kept.
+    let doc = packument.json();
+    assert_eq!(doc["versions"].as_object().unwrap().len(), 1);
+    let tarball = doc["versions"]["1.0.0"]["dist"]["tarball"].as_str().unwrap().to_owned();
+    let tarball = tarball.replacen(&w.broker.url, &w.verdaccio.url, 1);
+    let bytes = w.http.request("GET", &tarball, &[], "").body;
+    let sha512 = ring::digest::digest(&ring::digest::SHA512, &bytes);
+    let integrity = format!("sha512-{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, sha512));
+    assert_eq!(doc["versions"]["1.0.0"]["dist"]["integrity"], integrity.as_str());
+    let audit = w.broker.audit_lines();
+    let of = |step: &str| -> Vec<&serde_json::Value> {
+        audit.iter().filter(|l| l["hold"]["id"] == id.as_str() && l["hold"]["step"] == step).collect()
+    };
+    let (held, forwarded) = (of("held"), of("forwarded"));
+    assert_eq!((held.len(), forwarded.len()), (1, 1), "one hold, one forward");
+    assert_eq!(held[0]["decision"], "held");
+    assert_eq!(forwarded[0]["upstream_status"], 201);
+    assert_eq!(forwarded[0]["identity"]["sub"], "repo:acme/web:ref:refs/heads/main", "the requester");
+    let approvers: Vec<&str> = forwarded[0]["hold"]["approved_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["identity"]["sub"].as_str().unwrap())
+        .collect();
+    assert_eq!(approvers, ["bob", "carol"]);
+    let approved: Vec<_> = of("approve").into_iter().filter(|l| l["decision"] == "allow").collect();
+    assert_eq!(approved.len(), 2, "each approval on record");
+    assert_eq!(approved[0]["hold"]["requester"]["sub"], "repo:acme/web:ref:refs/heads/main");
+    assert!(
+        audit.iter().any(|l| l["hold"]["id"] == id.as_str()
+            && l["reason"].as_str().is_some_and(|r| r.contains("approved it already"))),
+        "the second approval by one person is on record"
+    );
+    assert!(forwarded[0]["upstream_bytes"].as_u64().is_some_and(|n| n > 1000), "{:?}", forwarded[0]);
+
+    // A held dist-tag move, with a phantom from `phantom login`.
+    w.login("@held/app", "dist-tag");
+    let dir = w.root().join("tagging");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = w.npm(&dir, &["dist-tag", "add", "@held/app@1.0.0", "next"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let tag_id = hold_id(&out);
+    assert!(w.upstream_packument("@held%2fapp").json()["dist-tags"].get("next").is_none());
+    assert!(person(&idp, &w, &url, "dave", "approve", Some(&tag_id)).status.success());
+    let out = person(&idp, &w, &url, "bob", "approve", Some(&tag_id));
+    says(&out, "forwarded");
+    assert_eq!(w.upstream_packument("@held%2fapp").json()["dist-tags"]["next"], "1.0.0");
+
+    // A person's own held write: they cannot approve it; a rejection ends it.
+    let npmrc = w.root().join("dave-npmrc");
+    std::fs::write(&npmrc, format!("registry={}\ncafile={}\n", w.broker.url, w.certs.ca.display())).unwrap();
+    let ca = w.certs.ca.display().to_string();
+    let args = [
+        "login",
+        "--broker",
+        &url,
+        "--device",
+        "--issuer",
+        "corp",
+        "--packages",
+        "@held/mine",
+        "--actions",
+        "publish",
+        "--ca-file",
+        &ca,
+        "--npmrc",
+        npmrc.to_str().unwrap(),
+    ];
+    let out = idp.run_signed_in(&args, "dave");
+    w.record_output(&out);
+    assert!(out.status.success(), "{}", text(&out));
+    let mine = w.package("@held/mine", "1.0.0");
+    let out = w.npm_with(&npmrc, &mine, &["publish"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let own = hold_id(&out);
+    let out = person(&idp, &w, &url, "dave", "approve", Some(&own));
+    says(&out, "403");
+    says(&out, "requester of a held write may not approve it");
+    let out = person(&idp, &w, &url, "bob", "holds", None);
+    says(&out, &own);
+    assert!(person(&idp, &w, &url, "bob", "reject", Some(&own)).status.success());
+    let out = person(&idp, &w, &url, "carol", "approve", Some(&own));
+    says(&out, "is rejected");
+    assert_eq!(w.upstream_packument("@held%2fmine").status, 404);
+
+    // An expired hold (hold_ttl 2s) cannot be approved.
+    let quick = w.package("@held/quick", "1.0.0");
+    let out = w.npm(&quick, &["publish"], Some(&serde_json::json!({})));
+    let late = hold_id(&out);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = person(&idp, &w, &url, "bob", "approve", Some(&late));
+    says(&out, "410");
+    assert_eq!(w.upstream_packument("@held%2fquick").status, 404);
+
+    // The operator's view: every hold and its state; a rejection of a finished one is refused.
+    let listed = w.admin("GET", "/admin/v1/holds", serde_json::Value::Null).json();
+    let state = |hid: &str| {
+        listed["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["id"] == hid)
+            .map(|h| h["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(
+        [state(&id), state(&tag_id), state(&own), state(&late)].map(Option::unwrap),
+        ["forwarded", "forwarded", "rejected", "expired"]
+    );
+    assert_eq!(w.admin("POST", &format!("/admin/v1/holds/{id}/reject"), serde_json::Value::Null).status, 409);
+    let metrics = w.admin("GET", "/metrics", serde_json::Value::Null).text();
+    assert!(metrics.contains("phantom_holds{state=\"forwarded\"} 2"), "{metrics}");
+
+    let issued = idp.issued();
+    assert!(issued.len() >= 12, "every step signed a person in");
+    let canaries: Vec<&str> = issued.iter().map(String::as_str).collect();
+    w.assert_secrets_contained(&canaries);
+}
+
+/// On the shared store, a held write survives its replica's restart: approvals on either
+/// replica count toward one hold, and the one that makes them enough forwards it, once. Redis
+/// holds the checked bytes and the approvals, never a token.
+#[test]
+fn held_writes_survive_a_replica_restart_on_redis() {
+    use crate::support::redis::Redis;
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = dev_certs(&tmp.path().join("certs"));
+    let idp = Idp::start(&tmp.path().join("idp"), &certs);
+    let redis = Redis::start(&tmp.path().join("redis"), &certs);
+    let key = tmp.path().join("audit-key");
+    std::fs::write(&key, "a9f1c2e4b6d8a0f1c3e5b7d9a1f2c4e6\n").unwrap();
+    let policy = format!("{DEFAULT_POLICY}\n{HELD_POLICY}");
+    let mut w = World::start_with(Options {
+        policy: policy.clone(),
+        extra: format!("{}\n{}", idp.issuer_config(), redis.state_table()),
+        audit: format!("key = {{ file = \"{}\" }}", key.display()),
+        certs: Some(certs),
+        ..Options::default()
+    });
+    let b = w.replica(&policy);
+
+    let pkg = w.package("@held/app", "2.0.0");
+    let out = w.npm(&pkg, &["publish"], Some(&serde_json::json!({})));
+    assert!(out.status.success(), "{}", text(&out));
+    let id = hold_id(&out);
+    w.broker.restart();
+    let url_a = w.broker.url.clone();
+    let out = person(&idp, &w, &url_a, "bob", "approve", Some(&id));
+    assert!(text(&out).contains("held (1 of 2 approvals)"), "{}", text(&out));
+    // The same person at the other replica is still one person.
+    let out = person(&idp, &w, &b.url, "bob", "approve", Some(&id));
+    assert!(text(&out).contains("approved it already"), "{}", text(&out));
+    assert_eq!(w.upstream_packument("@held%2fapp").status, 404);
+    let out = person(&idp, &w, &b.url, "carol", "approve", Some(&id));
+    assert!(text(&out).contains("forwarded (2 of 2 approvals)"), "{}", text(&out));
+    let doc = w.upstream_packument("@held%2fapp").json();
+    assert_eq!(doc["versions"].as_object().map(|v| v.len()), Some(1), "{doc}");
+    let forwarded = b.audit_lines().into_iter().filter(|l| l["hold"]["step"] == "forwarded").count();
+    assert_eq!(forwarded, 1);
+    assert!(w.broker.audit_lines().iter().all(|l| l["hold"]["step"] != "forwarded"));
+
+    let dump = redis.dump("pbtest:");
+    assert!(dump.contains(&format!("pbtest:hold:{id} hash")), "{dump}");
+    let issued = idp.issued();
+    for secret in issued.iter().map(String::as_str).chain([w.verdaccio.token.as_str()]) {
+        assert!(!dump.contains(secret), "a secret is in Redis");
+    }
+    let canaries: Vec<&str> = issued.iter().map(String::as_str).collect();
+    w.assert_secrets_contained(&canaries);
+}

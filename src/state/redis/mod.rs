@@ -27,6 +27,7 @@
 //! refuses writes and exchanges until a poll succeeds again, so it never acts on state it may
 //! have missed.
 
+mod holds;
 mod scripts;
 
 use super::store::{Listed, Lookup, OpenWrite, RateOutcome, Selector, StoreError, UseOutcome, MAX_OPEN_WRITES};
@@ -66,6 +67,7 @@ pub struct RedisStore {
     /// spend itself is shared and atomic.)
     open: DashMap<TokenDigest, u32>,
     scripts: Scripts,
+    holds: scripts::HoldScripts,
 }
 
 /// What this replica last read of a live phantom: its record, for reads, and its uses, for
@@ -143,6 +145,7 @@ impl RedisStore {
             cache: DashMap::new(),
             open: DashMap::new(),
             scripts: Scripts::new(),
+            holds: scripts::HoldScripts::new(),
         })
     }
 
