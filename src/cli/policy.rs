@@ -187,7 +187,7 @@ fn explain(args: ExplainArgs) -> Result<()> {
         match verdict {
             Ok(()) => {
                 allowed = true;
-                println!("allow  {grant}{}", how(policy.grant(&grant), action));
+                println!("allow  {grant}{}", how(&policy, policy.grant(&grant), action));
             }
             Err(why) => println!("deny   {grant}: {why}"),
         }
@@ -198,10 +198,17 @@ fn explain(args: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// How an allowed action goes: a publish staged for approval, a rate, notifications.
-fn how(grant: Option<&Grant>, action: ActionKind) -> String {
+/// How an allowed action goes: held for approvers, a publish staged for approval, a rate,
+/// notifications.
+fn how(policy: &Policy, grant: Option<&Grant>, action: ActionKind) -> String {
     let Some(g) = grant else { return String::new() };
     let mut notes = Vec::new();
+    if let (Some(name), true) = (&g.hold, action.is_write()) {
+        let required = policy.approvers(name).map_or(0, |a| a.required);
+        notes.push(format!(
+            "held: checked, then kept until {required} of `[approvers.{name}]` approve it (never the requester)"
+        ));
+    }
     if action == ActionKind::Publish && g.publish == PublishMode::Stage {
         notes.push(
             "staged: `npm publish` goes upstream as `npm stage publish`, live once a maintainer approves it".to_owned(),

@@ -51,7 +51,7 @@ impl ActionKind {
     }
 
     /// Writes count against a phantom's `max_uses`.
-    pub(crate) fn is_write(self) -> bool {
+    pub fn is_write(self) -> bool {
         !matches!(self, ActionKind::Read | ActionKind::Whoami)
     }
 

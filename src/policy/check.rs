@@ -49,6 +49,8 @@ pub(crate) const RULES: &[(&str, Severity, &str)] = &[
     ("read-only-credential", Severity::Error, "grant only `read`, or use a credential that can publish"),
     ("empty-claims", Severity::Error, "pin the caller in [grant.claims] (repository_id, repository_owner_id, ...)"),
     ("duplicate-grant", Severity::Error, "give each grant a name of its own"),
+    ("unknown-approvers", Severity::Error, "name an `[approvers.NAME]` of the policy files in `hold`"),
+    ("duplicate-approvers", Severity::Error, "give each [approvers.NAME] a name of its own, in one file"),
     (
         "mutable-identity",
         Severity::Warning,
@@ -112,7 +114,7 @@ pub fn check(dir: &Path, ctx: &PolicyContext<'_>, presets: &[(&str, Option<Prese
         }
     };
     files.sort();
-    let mut names: Vec<(String, PathBuf)> = Vec::new();
+    let mut seen = Seen::default();
     for file in files {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
@@ -121,7 +123,13 @@ pub fn check(dir: &Path, ctx: &PolicyContext<'_>, presets: &[(&str, Option<Prese
                 continue;
             }
         };
-        check_file(&file, &text, ctx, presets, &mut names, &mut out);
+        check_file(&file, &text, ctx, presets, &mut seen, &mut out);
+    }
+    // A grant's `hold` may name approvers of any file.
+    for (name, missing) in seen.holds {
+        if !seen.approvers.contains(&name) {
+            out.push(missing);
+        }
     }
     // In reading order: by file, line and column (then rule, for findings at one place).
     out.sort_by(|a, b| (&a.file, a.line, a.col, a.rule).cmp(&(&b.file, b.line, b.col, b.rule)));
@@ -146,12 +154,21 @@ fn finding(file: &Path, line: usize, col: usize, id: &str, message: String) -> F
     Finding { file: file.to_owned(), line, col, severity, rule, message, fix }
 }
 
+/// What the files read so far define, for the checks across files.
+#[derive(Default)]
+struct Seen {
+    grants: Vec<(String, PathBuf)>,
+    approvers: Vec<String>,
+    /// Each grant's `hold`, and the finding if no file defines those approvers.
+    holds: Vec<(String, Finding)>,
+}
+
 fn check_file(
     file: &Path,
     text: &str,
     ctx: &PolicyContext<'_>,
     presets: &[(&str, Option<Preset>)],
-    names: &mut Vec<(String, PathBuf)>,
+    seen: &mut Seen,
     out: &mut Vec<Finding>,
 ) {
     let doc: toml::Table = match toml::from_str(text) {
@@ -162,15 +179,18 @@ fn check_file(
             return;
         }
     };
-    for key in doc.keys().filter(|k| *k != "grant") {
+    for key in doc.keys().filter(|k| *k != "grant" && *k != "approvers") {
         let (line, col) = top_level(text, key);
         out.push(finding(
             file,
             line,
             col,
             "unknown-key",
-            format!("unknown key `{key}`: a policy file holds [[grant]] tables"),
+            format!("unknown key `{key}`: a policy file holds [[grant]] and [approvers.NAME] tables"),
         ));
+    }
+    if let Some(approvers) = doc.get("approvers") {
+        check_approvers(file, text, approvers, ctx, seen, out);
     }
     let grants = match doc.get("grant") {
         None => return,
@@ -209,17 +229,56 @@ fn check_file(
                 continue;
             }
         };
-        if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+        if let Some(hold) = &checked.hold {
+            let (line, col) = at(Some("hold"), None);
+            let message = format!("grant `{name}`: `hold`: no policy file has `[approvers.{hold}]`");
+            seen.holds.push((hold.clone(), finding(file, line, col, "unknown-approvers", message)));
+        }
+        if let Some((_, first)) = seen.grants.iter().find(|(n, _)| *n == name) {
             let (line, col) = at(Some("name"), None);
             let message = format!("grant `{name}` is also defined in {}", first.display());
             out.push(finding(file, line, col, "duplicate-grant", message));
             continue;
         }
-        names.push((name, file.to_owned()));
+        seen.grants.push((name, file.to_owned()));
         let preset = presets.iter().find(|(n, _)| *n == checked.issuer).and_then(|(_, p)| *p);
         for (id, key, claim, message) in lints(&raw, &checked, preset) {
             let (line, col) = at(key, claim.as_deref());
             out.push(finding(file, line, col, id, format!("grant `{}`: {message}", checked.name)));
+        }
+    }
+}
+
+/// Each `[approvers.NAME]`: valid, and defined once across the files.
+fn check_approvers(
+    file: &Path,
+    text: &str,
+    approvers: &toml::Value,
+    ctx: &PolicyContext<'_>,
+    seen: &mut Seen,
+    out: &mut Vec<Finding>,
+) {
+    let Some(table) = approvers.as_table() else {
+        let (line, col) = top_level(text, "approvers");
+        out.push(finding(file, line, col, "invalid-value", "`approvers` must be [approvers.NAME] tables".into()));
+        return;
+    };
+    for (name, value) in table {
+        let header = [format!("[approvers.{name}]"), format!("[approvers.\"{name}\"]")];
+        let line = text.lines().position(|l| header.iter().any(|h| l.trim() == h)).map_or(1, |n| n + 1);
+        let checked = super::approvers::ApproversFile::deserialize(value.clone())
+            .map_err(|e| format!("approvers `{name}`: {}", e.message()))
+            .and_then(|raw| super::approvers::validate(name.clone(), raw, file, ctx.issuers));
+        match checked {
+            Err(message) => {
+                let id = if message.contains("unknown field") { "unknown-key" } else { "invalid-value" };
+                out.push(finding(file, line, 1, id, message));
+            }
+            Ok(_) if seen.approvers.contains(name) => {
+                let message = format!("`[approvers.{name}]` is defined in more than one file");
+                out.push(finding(file, line, 1, "duplicate-approvers", message));
+            }
+            Ok(_) => seen.approvers.push(name.clone()),
         }
     }
 }
@@ -424,6 +483,9 @@ fn locate(text: &str, index: usize, key: Option<&str>, claim: Option<&str>) -> (
         let trimmed = line.trim_start();
         let col = line.len() - trimmed.len() + 1;
         if trimmed.starts_with('[') {
+            if !trimmed.starts_with("[grant.") {
+                break;
+            }
             in_claims = trimmed.starts_with("[grant.claims]");
             if in_claims && claim.is_some() {
                 fallback = (n + 1, col);

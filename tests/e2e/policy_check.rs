@@ -34,6 +34,9 @@ const GOLDEN: &[(&str, &str, &str)] = &[
     ("policies/20-lints.toml:58:1", "warning", "unsatisfiable-versions"),
     ("policies/20-lints.toml:68:1", "warning", "create-under-glob"),
     ("policies/30-duplicate.toml:2:1", "error", "duplicate-grant"),
+    ("policies/35-holds.toml:1:1", "error", "duplicate-approvers"),
+    ("policies/35-holds.toml:6:1", "error", "invalid-value"),
+    ("policies/35-holds.toml:19:1", "error", "unknown-approvers"),
     ("policies/40-syntax.toml:2:13", "error", "toml-syntax"),
 ];
 
@@ -79,7 +82,7 @@ fn every_rule_at_its_place_in_three_formats() {
         GOLDEN.iter().map(|(p, s, r)| (p.to_string(), s.to_string(), r.to_string())).collect();
     assert_eq!(found, golden, "{text}");
     assert_eq!(text.lines().filter(|l| l.starts_with("  fix: ")).count(), GOLDEN.len(), "a finding without its fix");
-    assert!(text.ends_with("policies: 0 grants, 11 errors, 16 warnings\n"), "{text}");
+    assert!(text.ends_with("policies: 0 grants, 14 errors, 16 warnings\n"), "{text}");
     assert!(text.contains("policies/10-errors.toml:81:1: error[invalid-value]: grant `cargo-range`: `versions`: `>=1.0.0, <2.0.0` joins comparators with a comma (Cargo's form): npm ranges join them with a space (`>=1.0.0 <2.0.0`)"), "{text}");
     assert!(text.contains("policies/20-lints.toml:11:1: warning[unknown-claim]: grant `gh-names-only`: github tokens never carry `branch`\n"));
 
@@ -121,7 +124,7 @@ fn every_rule_at_its_place_in_three_formats() {
 fn exit_codes_follow_errors_and_deny_warnings() {
     // Warnings only: 0, unless warnings are denied.
     let dir = fixture();
-    for f in ["10-errors.toml", "30-duplicate.toml", "40-syntax.toml"] {
+    for f in ["10-errors.toml", "30-duplicate.toml", "35-holds.toml", "40-syntax.toml"] {
         std::fs::remove_file(dir.path().join("policies").join(f)).unwrap();
     }
     let out = check(dir.path(), &[]);
@@ -326,7 +329,7 @@ fn a_vendors_issuer_url_is_its_preset() {
     assert!(notes[0]["message"].as_str().unwrap().contains("is the issuer of GitHub Actions"), "{}", notes[0]);
     let text = String::from_utf8(check(url.path(), &[]).stdout).unwrap();
     assert!(text.starts_with("phantom.toml:10:1: note[recognised-issuer]: issuer `gh`: https://token.actions.githubusercontent.com/ is the issuer of GitHub Actions"), "{text}");
-    assert!(text.ends_with("policies: 0 grants, 11 errors, 16 warnings, 1 note\n"), "{text}");
+    assert!(text.ends_with("policies: 0 grants, 14 errors, 16 warnings, 1 note\n"), "{text}");
     let github = String::from_utf8(check(url.path(), &["--format", "github"]).stdout).unwrap();
     assert!(github.starts_with("::notice file=phantom.toml,line=10,col=1,title=recognised-issuer::"), "{github}");
 
