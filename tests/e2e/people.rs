@@ -407,3 +407,138 @@ fn held_writes_survive_a_replica_restart_on_redis() {
     let canaries: Vec<&str> = issued.iter().map(String::as_str).collect();
     w.assert_secrets_contained(&canaries);
 }
+
+/// A held body, framed every way a hostile caller could (HTTP/1.1 lengths and chunks, HTTP/2
+/// frames of any size), is kept only if it passes every check, and what the upstream finally
+/// gets is exactly the bytes that were checked. Bodies the checks refuse are not kept, and
+/// nothing of them reaches the upstream.
+#[test]
+fn held_bodies_in_hostile_framings_release_exactly_what_was_checked() {
+    use crate::support::framing::{self, Framing};
+    use crate::support::recording::{End, Recording};
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = dev_certs(&tmp.path().join("certs"));
+    let idp = Idp::start(&tmp.path().join("idp"), &certs);
+    let rec = Recording::start(&certs.cert, &certs.key);
+    let canary = format!("held-canary-{}", crate::support::free_port());
+    let secret = tmp.path().join("recording-token");
+    std::fs::write(&secret, &canary).unwrap();
+    let extra = format!(
+        "{}\n[upstream.recording]\nurl = \"{}\"\nscopes = [\"@rec\"]\nca_file = \"{{ca}}\"\n\n\
+         [credential.recording]\nupstream = \"recording\"\nsource = {{ file = \"{}\" }}\n",
+        idp.issuer_config(),
+        rec.url(),
+        secret.display()
+    );
+    let policy = r#"
+[approvers.one]
+issuer = "corp"
+claims = { groups = "release-managers" }
+
+[[grant]]
+name = "rec-held"
+issuer = "github"
+packages = ["@rec/tool"]
+actions = ["publish"]
+create = true
+credential = "recording"
+hold = "one"
+[grant.claims]
+repository_id = "123456789"
+
+[[grant]]
+name = "rec-staged"
+issuer = "github"
+packages = ["@rec/staged"]
+actions = ["publish"]
+publish = "stage"
+create = true
+credential = "recording"
+hold = "one"
+[grant.claims]
+repository_id = "123456789"
+"#;
+    let w = World::start_with(Options { policy: policy.into(), extra, certs: Some(certs), ..Options::default() });
+    let phantom = w.phantom(&["@rec/tool"], &["publish"], None);
+    let auth = format!("Bearer {phantom}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    rec.set_packument("@rec%2ftool", &serde_json::json!({"name": "@rec/tool", "versions": {}}));
+    let body = |version: &str| crate::support::publish_body("@rec/tool", "@rec/tool", version, "latest");
+    let send = |b: &[u8], h: &[(&str, &str)], f: &Framing| {
+        framing::send(w.broker.port, &w.certs.ca, "PUT", "/@rec%2ftool", h, b, f)
+    };
+
+    let mut kept = Vec::new();
+    for (i, f) in Framing::all().iter().enumerate() {
+        let sent = body(&format!("1.0.{i}"));
+        let a = send(sent.as_bytes(), &headers, f);
+        assert_eq!(a.status, 202, "{f:?}: {}", a.body);
+        let id = serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["held"].as_str().unwrap().to_owned();
+        kept.push((id, sent));
+    }
+    let length = Framing::Length(vec![1, 7, 4093]);
+    let good = body("2.0.0");
+    let doubled = good.replacen("\"versions\":", "\"versions\":{},\"versions\":", 1);
+    let renamed = body("2.0.0").replace("\"name\":\"@rec/tool\"", "\"name\":\"@rec/other\"");
+    for (what, b, h, want) in [
+        ("a key twice", doubled.as_str(), &headers[..], 400),
+        ("another name in the body", renamed.as_str(), &headers[..], 400),
+        (
+            "a charset other than UTF-8",
+            good.as_str(),
+            &[headers[0], ("content-type", "application/json; charset=utf-16")][..],
+            415,
+        ),
+    ] {
+        let a = send(b.as_bytes(), h, &length);
+        assert_eq!(a.status, want, "{what}: {}", a.body);
+    }
+    let listed = w.admin("GET", "/admin/v1/holds", serde_json::Value::Null).json();
+    assert_eq!(listed["holds"].as_array().unwrap().len(), kept.len(), "a refused body was kept: {listed}");
+    rec.settle();
+    assert!(rec.writes().is_empty(), "a held write reached the upstream before its approval");
+
+    let url = w.broker.url.clone();
+    for (id, sent) in &kept {
+        rec.clear();
+        let out = person(&idp, &w, &url, "bob", "approve", Some(id));
+        assert!(text(&out).contains("forwarded (1 of 1 approvals)"), "{}", text(&out));
+        rec.settle();
+        let writes = rec.writes();
+        assert_eq!(writes.len(), 1, "one forward per hold");
+        assert_eq!(writes[0].end, End::Complete);
+        assert_eq!(writes[0].target, "/@rec%2ftool");
+        assert_eq!(writes[0].header("authorization"), Some(format!("Bearer {canary}")));
+        assert!(writes[0].body == sent.as_bytes(), "the upstream got other bytes than were checked");
+    }
+
+    // Under a grant that stages its publishes, the approved publish goes to the stage route, as
+    // `npm stage publish` sends it, with exactly the bytes checked.
+    let stager = w.phantom(&["@rec/staged"], &["publish"], None);
+    let auth = format!("Bearer {stager}");
+    let sent = crate::support::publish_body("@rec/staged", "@rec/staged", "1.0.0", "latest");
+    let h = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    let a = framing::send(w.broker.port, &w.certs.ca, "PUT", "/@rec%2fstaged", &h, sent.as_bytes(), &length);
+    assert_eq!(a.status, 202, "{}", a.body);
+    let id = serde_json::from_str::<serde_json::Value>(&a.body).unwrap()["held"].as_str().unwrap().to_owned();
+    rec.clear();
+    assert!(person(&idp, &w, &url, "carol", "approve", Some(&id)).status.success());
+    rec.settle();
+    let writes = rec.writes();
+    assert_eq!(writes.len(), 1);
+    assert_eq!((writes[0].method.as_str(), writes[0].target.as_str()), ("POST", "/-/stage/package/@rec%2fstaged"));
+    assert_eq!(writes[0].header("npm-command").as_deref(), Some("stage"));
+    assert!(writes[0].body == sent.as_bytes(), "the stage route got other bytes than were checked");
+    let staged =
+        w.broker.audit_lines().into_iter().find(|l| l["hold"]["id"] == id.as_str() && l["hold"]["step"] == "forwarded");
+    assert_eq!(staged.expect("the forward is on record")["staged"], true);
+
+    let issued = idp.issued();
+    let mut canaries: Vec<&str> = issued.iter().map(String::as_str).collect();
+    canaries.push(&canary);
+    w.assert_secrets_contained(&canaries);
+    // The phantom reached its caller (the exchange's answer) and nowhere the broker writes.
+    let log = std::fs::read_to_string(w.broker.dir.join("broker.log")).unwrap();
+    let audit = std::fs::read_to_string(w.broker.dir.join("audit/phantom.jsonl")).unwrap();
+    assert!(!log.contains(&phantom) && !audit.contains(&phantom));
+}
