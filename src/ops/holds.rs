@@ -4,8 +4,8 @@
 
 use crate::app::App;
 use crate::audit::{Decision, Event, HoldStep, Record};
-use crate::state::holds::{party_key, Approval, Reject};
-use crate::state::StoreError;
+use crate::state::holds::{party_key, Approval, HeldWrite, HoldState, Reject};
+use crate::state::{Selector, StoreError};
 use crate::support::clock::unix_now;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -42,6 +42,45 @@ pub async fn reject(app: &App, id: &str, rec: &mut Record) -> Result<Rejected, S
         Reject::Unknown => Rejected::Unknown,
         Reject::Closed(state) => Rejected::NotHeld(state.as_str()),
     })
+}
+
+/// Rejects every write still held that a revocation reaches: made with a phantom it revoked
+/// (`revoked`, their ids), or by an identity or grant it names, so that a revoked caller's held
+/// writes cannot be approved into the registry. One audit line each; returns their ids.
+pub async fn reject_revoked(app: &App, which: &Selector, revoked: &[Arc<str>]) -> Result<Vec<String>, StoreError> {
+    let now = unix_now();
+    let mut rejected = Vec::new();
+    for held in app.store.hold_list(now).await? {
+        let w = &held.write;
+        if held.state != HoldState::Held || !(revoked.iter().any(|id| **id == *w.token_id) || picks(which, w)) {
+            continue;
+        }
+        let mut rec = Record {
+            event: Event::Hold,
+            request_id: w.request_id.clone(),
+            identity: Some(w.requester_summary.clone().into()),
+            decision: Decision::Allow,
+            reason: Some("rejected: the phantom or identity that asked for it was revoked".into()),
+            ..Record::default()
+        };
+        if reject(app, &w.id, &mut rec).await? == Rejected::Rejected {
+            app.audit.write_queued(Arc::new(rec));
+            rejected.push(w.id.clone());
+        }
+    }
+    Ok(rejected)
+}
+
+/// Whether a revocation's selector names the identity or grant of a held write.
+fn picks(which: &Selector, w: &HeldWrite) -> bool {
+    let claim = |k: &str| w.claims.get(k).and_then(Value::as_str);
+    match which {
+        Selector::Id(id) => w.token_id == *id,
+        Selector::Subject(s) => claim("sub") == Some(s.as_str()),
+        Selector::Repository(r) => claim("repository") == Some(r.as_str()) || claim("project_path") == Some(r.as_str()),
+        Selector::Grants(names) => names.contains(&w.grant),
+        Selector::All => true,
+    }
 }
 
 /// Expires the held writes past their time, one audit line each.

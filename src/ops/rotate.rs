@@ -241,7 +241,11 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
         (grants.iter().map(|g| g.name.to_string()).collect::<Vec<_>>(), patterns)
     };
     let of = if names.is_empty() { "no grant uses it".to_owned() } else { format!("grants {}", names.join(", ")) };
-    let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&Selector::Grants(names)).await? };
+    let selector = Selector::Grants(names.clone());
+    let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&selector).await? };
+    if !names.is_empty() {
+        super::holds::reject_revoked(app, &selector, &revoked).await?;
+    }
     let count = revoked.len();
     let what = format!("incident: revoked {count} live phantoms ({of})");
     write_step(app, Record { revoked, ..line(AdminAction::CredentialRotate, name, Decision::Allow, what) }).await;

@@ -177,7 +177,8 @@ async fn revoke(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminRes
     };
     rec.reason = Some(format!("{selector:?}"));
     let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
-    let answer = json!({ "revoked": revoked.len(), "ids": revoked });
+    let holds = crate::ops::holds::reject_revoked(app, &selector, &revoked).await.map_err(unavailable)?;
+    let answer = json!({ "revoked": revoked.len(), "ids": revoked, "holds_rejected": holds });
     rec.revoked = revoked;
     Ok(answer)
 }

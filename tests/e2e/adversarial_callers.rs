@@ -134,7 +134,11 @@ fn hostile_identity_tokens() {
         ("exp just past the 30 s leeway", rsa(json!({"iat": now() - 400, "exp": now() - 35})), 401),
         ("larger than 16 KiB", rsa(json!({"padding": "x".repeat(17 * 1024)})), 401),
         ("signed by another configured issuer's key", other_key, 401),
-        ("repository as an array (no grant matches)", rsa(json!({"repository_id": ["123456789"]})), 403),
+        // A list-valued claim matches when it holds the grant's value (a person's `groups`); one
+        // that does not, or the value as another type, matches nothing.
+        ("repository_id as a list without ours", rsa(json!({"repository_id": ["999", "1234567890"]})), 403),
+        ("repository_id as a number", rsa(json!({"repository_id": 123456789})), 403),
+        ("repository_id in a nested list", rsa(json!({"repository_id": [["123456789"]]})), 403),
     ];
     for (what, token, status) in &cases {
         let r = exchange(token);

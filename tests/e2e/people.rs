@@ -398,6 +398,16 @@ fn held_writes_survive_a_replica_restart_on_redis() {
     assert_eq!(forwarded, 1);
     assert!(w.broker.audit_lines().iter().all(|l| l["hold"]["step"] != "forwarded"));
 
+    // A revocation reaches the held writes of what it revokes: they can no longer be approved.
+    let pkg = w.package("@held/app", "2.1.0");
+    let out = w.npm(&pkg, &["publish"], Some(&serde_json::json!({})));
+    let revoked_id = hold_id(&out);
+    let r = w.admin("POST", "/admin/v1/revoke", serde_json::json!({"subject": "repo:acme/web:ref:refs/heads/main"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["holds_rejected"], serde_json::json!([revoked_id]));
+    let out = person(&idp, &w, &b.url, "bob", "approve", Some(&revoked_id));
+    assert!(text(&out).contains("is rejected"), "{}", text(&out));
+
     let dump = redis.dump("pbtest:");
     assert!(dump.contains(&format!("pbtest:hold:{id} hash")), "{dump}");
     let issued = idp.issued();
