@@ -61,7 +61,11 @@ pub(crate) async fn run(ask: Ask, args: PersonArgs) -> Result<String, String> {
         Ask::Approve(id) | Ask::Reject(id) => {
             let state = answer.get("state").and_then(Value::as_str).unwrap_or("?");
             let n = |k: &str| answer.get(k).and_then(Value::as_u64).unwrap_or(0);
-            format!("hold {id}: {state} ({} of {} approvals)", n("approvals"), n("required"))
+            let answered = match answer.get("upstream_status").and_then(Value::as_u64) {
+                Some(status) => format!("; the registry answered {status}"),
+                None => String::new(),
+            };
+            format!("hold {id}: {state} ({} of {} approvals{answered})", n("approvals"), n("required"))
         }
     })
 }

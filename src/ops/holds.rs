@@ -85,7 +85,13 @@ fn picks(which: &Selector, w: &HeldWrite) -> bool {
 
 /// Expires the held writes past their time, one audit line each.
 pub async fn expire(app: &App) {
-    let Ok(expired) = app.store.hold_sweep(unix_now()).await else { return };
+    let expired = match app.store.hold_sweep(unix_now()).await {
+        Ok(expired) => expired,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not expire held writes: tried again at the next sweep");
+            return;
+        }
+    };
     for w in expired {
         let mut rec = Record {
             event: Event::Hold,

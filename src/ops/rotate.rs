@@ -244,7 +244,10 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
     let selector = Selector::Grants(names.clone());
     let revoked = if names.is_empty() { Vec::new() } else { app.store.revoke(&selector).await? };
     if !names.is_empty() {
-        super::holds::reject_revoked(app, &selector, &revoked).await?;
+        // The revocation and the freeze go on whatever becomes of the held writes.
+        if let Err(e) = super::holds::reject_revoked(app, &selector, &revoked).await {
+            tracing::error!(error = %e, "an incident rotation could not reject the held writes of what it revoked");
+        }
     }
     let count = revoked.len();
     let what = format!("incident: revoked {count} live phantoms ({of})");

@@ -10,13 +10,14 @@
 //! with the real credential -> the upstream's answer on record.
 
 use super::refusal::{HoldRefusal, Refusal};
-use super::verdict::{compare_with_upstream, settle, Ctx, Verdict};
+use super::verdict::{compare_with_upstream, creates_package, settle, Ctx, Verdict};
 use crate::app::App;
 use crate::audit::{Decision, HoldStep, Record};
 use crate::notify::{Held, Staged};
 use crate::npm::{classify, ActionKind, PackageName, Route};
 use crate::policy::{Identity, Requested, Scope};
 use crate::state::holds::{party_key, HeldWrite, HoldStatus};
+use crate::state::PhantomStore;
 use crate::support::clock::unix_now;
 use crate::support::json;
 use crate::support::net::{self, Body};
@@ -43,9 +44,14 @@ pub(super) async fn keep(
         grant.hold.clone().ok_or_else(|| Refusal::Internal("a held write under a grant without `hold`".into()))?;
     let approvers = app.policy().approvers(&name).cloned().ok_or(Refusal::Hold(HoldRefusal::ApproversGone))?;
     let bytes = whole.collect().await.map_err(|e| Refusal::Internal(format!("a checked body: {e}")))?.to_bytes();
+    // A write that takes no body goes upstream without one, whatever came with it.
+    let bytes = if verdict.request.get().takes_body() { bytes } else { bytes::Bytes::new() };
     let r = &ctx.session.record;
     let npm = verdict.request.get();
     let now = unix_now();
+    // The requester never counts as an approver: it must be told apart from them.
+    let sub = r.identity.claim("sub").filter(|s| !s.is_empty());
+    let sub = sub.ok_or(Refusal::Identity(crate::identity::IdentityError::MissingClaim("sub")))?;
     let write = HeldWrite {
         id: new_id(app),
         created: now,
@@ -54,12 +60,13 @@ pub(super) async fn keep(
         required: approvers.required,
         issuer: r.identity.issuer.to_string(),
         claims: r.identity.claims.clone(),
-        requester: party_key(&r.identity.issuer, r.identity.claim("sub").unwrap_or_default()),
+        requester: party_key(&r.identity.issuer, sub),
         requester_summary: boxed(&r.summary),
         grant: r.grant.clone(),
         scope_packages: r.scope.packages.iter().map(ToString::to_string).collect(),
         scope_actions: r.scope.actions.names().into_iter().map(str::to_owned).collect(),
         token_id: r.id.to_string(),
+        phantom: ctx.session.digest.0,
         request_id: rec.request_id.clone(),
         upstream: ctx.upstream.name.to_string(),
         method: npm.method.to_string(),
@@ -134,10 +141,24 @@ pub(super) async fn release(app: &App, held: &HoldStatus, rec: &mut Record) -> R
         version: action.version.as_deref(),
         creates: w.creates,
     };
-    let authorized =
-        app.policy().authorize(&identity, &w.grant, &scope, requested, npm.clone()).map_err(Refusal::Denied)?;
+    let policy = app.policy();
+    let authorized = policy.authorize(&identity, &w.grant, &scope, requested, npm.clone()).map_err(Refusal::Denied)?;
+    // The grant must still hold its writes for these approvers, and they must be enough now.
+    let g = authorized.grant();
+    let approvers = policy.approvers(&w.approvers).filter(|_| g.hold.as_deref() == Some(w.approvers.as_str()));
+    let required = approvers.ok_or(Refusal::Hold(HoldRefusal::ApproversGone))?.required.max(w.required);
+    if (held.approvals.len() as u32) < required {
+        return Err(Refusal::Hold(HoldRefusal::NeedsMore(required)));
+    }
+    let may_create = g.create;
+    drop(policy);
     if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
         return Err(Refusal::Frozen);
+    }
+    // A phantom revoked since it asked (an incident) releases nothing.
+    let digest = crate::phantom::TokenDigest(w.phantom);
+    if matches!(app.store.lookup(&digest, unix_now()).await?, crate::state::Lookup::Revoked) {
+        return Err(Refusal::PhantomNotLive("revoked"));
     }
     let upstreams = app.upstreams();
     let upstream = upstreams.named(&w.upstream).ok_or(Refusal::NoUpstream)?;
@@ -150,6 +171,12 @@ pub(super) async fn release(app: &App, held: &HoldStatus, rec: &mut Record) -> R
         _ => (app.credentials.for_authorized(&authorized, &upstream.name), action.kind == ActionKind::StagePublish),
     };
     let auth = auth.map_err(Refusal::Internal)?;
+    // Whether it creates the package is asked again: the upstream may have lost it since.
+    if let (Some(p), true, false) = (&package, action.kind.publishes(), may_create) {
+        if creates_package(app, upstream, p, &auth).await? {
+            return Err(Refusal::Denied(crate::policy::Denial::CreateNotAllowed(w.grant.clone())));
+        }
+    }
     if let Some(check) = &action.against_upstream {
         compare_with_upstream(app, upstream, authorized.get(), check, &body, &auth, None).await?;
     }
@@ -183,8 +210,9 @@ fn boxed(raw: &RawValue) -> Box<RawValue> {
     RawValue::from_string(raw.get().to_owned()).unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{}"))
 }
 
-/// 96 random bits, as hex (`npm::is_hold_id`): what `phantom approve` names.
-fn new_id(app: &App) -> String {
+/// 96 random bits, as hex (`npm::is_hold_id`): what `phantom approve` names, and a forward's
+/// lease token.
+pub(super) fn new_id(app: &App) -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 12];
     // The system's randomness does not fail on Linux; were it to, a zero id collides and the

@@ -8,7 +8,7 @@ use super::{exchange, held};
 use crate::app::App;
 use crate::audit::{Decision, Event, HoldLine, HoldStep, Record};
 use crate::identity::Audience;
-use crate::state::holds::{party_key, Approval, Approve, Finish, HoldState, HoldStatus, Reject};
+use crate::state::holds::{party_key, Approval, Approve, Finish, HoldState, HoldStatus, Reject, RELEASE_LIMIT};
 use crate::support::clock::{rfc3339, unix_now};
 use crate::support::net::{self, Body};
 use http::{Request, Response, StatusCode};
@@ -98,7 +98,8 @@ pub(super) async fn decide(
             Reject::Unknown => Err(Refusal::Hold(HoldRefusal::Unknown)),
         };
     }
-    let count = match app.store.hold_approve(id, mark, now).await? {
+    let lease = held::new_id(app);
+    let count = match app.store.hold_approve(id, mark, now, &lease).await? {
         Approve::Counted(n) => {
             set_approvals(rec, n);
             rec.decision = Decision::Allow;
@@ -115,21 +116,23 @@ pub(super) async fn decide(
     rec.decision = Decision::Allow;
     // This approval is on record before the forward it starts.
     app.audit.write_queued(Arc::new(rec.clone()));
-    let status = forward(app, id, &held, rec).await?;
+    let status = forward(app, id, &held, rec, &lease).await?;
     rec.upstream_status = Some(status);
     rec.hold = None;
-    rec.event = Event::Hold;
-    let mut resp = decided(id, HoldState::Forwarded, &held, Some(count));
-    *resp.status_mut() = StatusCode::OK;
-    let _ = status;
-    Ok(resp)
+    let body = serde_json::json!({
+        "id": id, "state": HoldState::Forwarded.as_str(), "approvals": count, "required": held.write.required,
+        "upstream_status": status,
+    });
+    Ok(net::json_reply(StatusCode::OK, body.to_string()))
 }
 
-/// Forwards a hold its last approval made ready, and ends it: answered, or held again (its
-/// approvals kept) when the forward got no answer or was refused. On record either way.
-async fn forward(app: &App, id: &str, held: &HoldStatus, approval: &Record) -> Result<u16, Refusal> {
+/// Forwards a hold its last approval made ready (under `lease`), and ends it: answered, or held
+/// again (its approvals kept) when the forward got no answer, took too long or was refused. On
+/// record in every case, a store that cannot record the end included.
+async fn forward(app: &App, id: &str, held: &HoldStatus, approval: &Record, lease: &str) -> Result<u16, Refusal> {
     let now = unix_now();
-    let latest = app.store.hold_status(id, now).await?.unwrap_or_else(|| held.clone());
+    // With every approval, as the store has them now (this one's included).
+    let latest = app.store.hold_status(id, now).await.ok().flatten().unwrap_or_else(|| held.clone());
     let w = &latest.write;
     let mut rec = Record {
         event: Event::Hold,
@@ -149,12 +152,15 @@ async fn forward(app: &App, id: &str, held: &HoldStatus, approval: &Record) -> R
         })
         .collect();
     let line = |step| HoldLine { approved_by, ..w.line(step, latest.approvals.len() as u32) };
-    let outcome = held::release(app, &latest, &mut rec).await;
+    let outcome = match tokio::time::timeout(RELEASE_LIMIT, held::release(app, &latest, &mut rec)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(Refusal::Upstream(crate::upstream::UpstreamError::Timeout)),
+    };
     let finish = match &outcome {
         Ok(status) => Finish::Answered(*status),
         Err(_) => Finish::Retry,
     };
-    app.store.hold_finish(id, finish, unix_now()).await?;
+    let unrecorded = app.store.hold_finish(id, finish, unix_now(), lease).await.err();
     match &outcome {
         Ok(status) => {
             rec.decision = if *status < 500 { Decision::Allow } else { Decision::Error };
@@ -167,6 +173,13 @@ async fn forward(app: &App, id: &str, held: &HoldStatus, approval: &Record) -> R
             rec.status = refusal.status().as_u16();
             rec.hold = Some(Box::new(line(HoldStep::Retry)));
         }
+    }
+    if let Some(e) = unrecorded {
+        let said = rec.reason.take().map(|r| format!("{r}; ")).unwrap_or_default();
+        rec.reason = Some(format!(
+            "{said}the state store did not record how the forward ended ({e}): the hold \
+             stays marked as being forwarded until its lease ends"
+        ));
     }
     app.audit.write_queued(Arc::new(rec));
     outcome
@@ -189,7 +202,10 @@ async fn signed_in(app: &App, req: &Request<Incoming>, rec: &mut Record) -> Resu
     let token = exchange::bearer_id_token(req)?;
     let verified = exchange::verify_once(app, &token, Audience::IssuerDefault, rec).await?;
     let identity = verified.identity;
-    let key = party_key(&identity.issuer, identity.claim("sub").unwrap_or_default());
+    // Approvals are counted per person: one without a subject cannot be told apart.
+    let sub = identity.claim("sub").filter(|s| !s.is_empty());
+    let sub = sub.ok_or(Refusal::Identity(crate::identity::IdentityError::MissingClaim("sub")))?;
+    let key = party_key(&identity.issuer, sub);
     Ok(Person { issuer: identity.issuer, claims: identity.claims, key })
 }
 

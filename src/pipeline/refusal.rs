@@ -104,8 +104,10 @@ pub(crate) enum HoldRefusal {
     Closed(crate::state::holds::HoldState),
     #[error("the held write expired")]
     Expired,
-    #[error("the hold's [approvers] section is no longer in the policy")]
+    #[error("the hold's [approvers] section is no longer in the policy, or its grant no longer holds for it")]
     ApproversGone,
+    #[error("the approvers now require {0} approvals")]
+    NeedsMore(u32),
 }
 
 impl HoldRefusal {
@@ -215,7 +217,10 @@ impl Refusal {
                 HoldRefusal::Full => 503,
                 HoldRefusal::Unknown => 404,
                 HoldRefusal::NotApprover | HoldRefusal::Requester => 403,
-                HoldRefusal::Twice | HoldRefusal::Closed(_) | HoldRefusal::ApproversGone => 409,
+                HoldRefusal::Twice
+                | HoldRefusal::Closed(_)
+                | HoldRefusal::ApproversGone
+                | HoldRefusal::NeedsMore(_) => 409,
                 HoldRefusal::Expired => 410,
             },
             Refusal::Internal(_) => 500,

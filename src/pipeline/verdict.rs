@@ -97,7 +97,7 @@ async fn judge(
     let Ctx { app, session, upstream, auth, holds } = *ctx;
     let checked = body.read(incoming, app.config.server.client_timeout).await?;
     let g = provisional.grant();
-    let (credential, publish, may_create) = (g.credential.clone(), g.publish, g.create);
+    let (credential, publish, may_create, hold) = (g.credential.clone(), g.publish, g.create, g.hold.clone());
     let npm = provisional.into_inner();
     // The checks parse what they read: that memory is the write's too.
     body.hold(json::parsed_size(&checked.bytes))?;
@@ -127,9 +127,9 @@ async fn judge(
     let authorized =
         app.policy().authorize(&r.identity, &r.grant, &r.scope, requested, npm).map_err(Refusal::Denied)?;
     let g = authorized.grant();
-    if g.credential != credential || g.publish != publish || g.create != may_create {
+    if g.credential != credential || g.publish != publish || g.create != may_create || g.hold != hold {
         // The policy was reloaded mid-write: the request already carries the old credential,
-        // or went to the route the old grant chose.
+        // or went to the route (held or not) the old grant chose.
         return Err(Refusal::Denied(crate::policy::Denial::GrantGone(r.grant.clone())).into());
     }
     if let Some(check) = &action.against_upstream {
@@ -167,7 +167,7 @@ async fn judge(
 /// Whether a publish of `package` creates it: the upstream does not have it yet (read with the
 /// grant's credential, as npm itself reads before it publishes). A package seen a moment ago is
 /// not asked again; when the upstream cannot say, the write fails closed.
-async fn creates_package(
+pub(super) async fn creates_package(
     app: &App,
     upstream: &Upstream,
     package: &PackageName,

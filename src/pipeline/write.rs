@@ -72,10 +72,15 @@ pub(super) async fn forward(
     };
     let sent = match (sent, released) {
         (None, Released::Whole(whole)) if out.holds() => {
+            let kept = super::held::keep(&ctx, &verdict, whole, rec).await;
+            // A write that could not be held did not happen: sent again, it is a retry.
             if let Some(fingerprint) = verdict.spent {
-                app.store.settle(&session.digest, fingerprint, true).await?;
+                app.store.settle(&session.digest, fingerprint, kept.is_ok()).await?;
             }
-            return super::held::keep(&ctx, &verdict, whole, rec).await;
+            if kept.is_err() {
+                give_back(app, verdict.rate_slot.as_ref()).await;
+            }
+            return kept;
         }
         (Some(sent), Released::Streamed) => sent,
         (None, Released::Whole(whole)) if out.stages(verdict.action) => out.send_staged(&ctx, whole).await,
@@ -380,8 +385,10 @@ fn intake(app: &App, npm: &NpmRequest, route: &WriteRoute, headers: &HeaderMap) 
     let max = app.config.server.max_body_bytes;
     let max_skeleton = MAX_SKELETON.min(max) as usize;
     let intake = match npm.op() {
-        // A held write is kept whole, within what may be held at all.
-        _ if matches!(route, WriteRoute::Hold) => Intake::Whole { limit: max.min(app.config.server.max_held_bytes) },
+        // A held write is kept whole: within its route's own limit and what may be held at all.
+        Op::PutPackument | Op::StagePublish | Op::PutRevision { .. } if matches!(route, WriteRoute::Hold) => {
+            Intake::Whole { limit: max.min(app.config.server.max_held_bytes) }
+        }
         // A `PUT /<name>` may be a publish (to stage) or a deprecate (to send as it is): the body
         // tells which before its request starts.
         Op::PutPackument if matches!(route, WriteRoute::StageOnPublish(_)) => {

@@ -177,9 +177,15 @@ async fn revoke(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminRes
     };
     rec.reason = Some(format!("{selector:?}"));
     let revoked = app.store.revoke(&selector).await.map_err(unavailable)?;
-    let holds = crate::ops::holds::reject_revoked(app, &selector, &revoked).await.map_err(unavailable)?;
-    let answer = json!({ "revoked": revoked.len(), "ids": revoked, "holds_rejected": holds });
-    rec.revoked = revoked;
+    rec.revoked = revoked.clone();
+    let mut answer = json!({ "revoked": revoked.len(), "ids": revoked });
+    match crate::ops::holds::reject_revoked(app, &selector, &revoked).await {
+        Ok(holds) => answer["holds_rejected"] = json!(holds),
+        Err(e) => {
+            rec.reason = Some(format!("{selector:?}; the held writes of what was revoked were not all rejected: {e}"));
+            answer["holds_rejected_error"] = json!(e.to_string());
+        }
+    }
     Ok(answer)
 }
 

@@ -17,8 +17,12 @@ use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// How long a forward may take before another approval may start it again.
-pub(crate) const FORWARD_LEASE: u64 = 600;
+/// How long a forward may take before another approval may start it again. The release itself
+/// is cut off well within it (`RELEASE_LIMIT`), and a forward that ends after its lease was taken
+/// over changes nothing (its lease token no longer matches).
+pub(crate) const FORWARD_LEASE: u64 = 900;
+/// The longest a release may take, checks and the upstream's answer included.
+pub(crate) const RELEASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(FORWARD_LEASE - 120);
 /// How long a finished hold stays listed (and its record readable).
 pub(crate) const RETAIN: u64 = 7 * 24 * 3600;
 /// Holds kept at once, at most (finished ones included).
@@ -77,6 +81,9 @@ pub(crate) struct HeldWrite {
     pub(crate) scope_actions: Vec<String>,
     /// The phantom's id (a keyed hash) and the request's.
     pub(crate) token_id: String,
+    /// The SHA-256 of the phantom (what the store keys it by; never the token): a release
+    /// checks that it was not revoked since.
+    pub(crate) phantom: [u8; 32],
     pub(crate) request_id: String,
     pub(crate) upstream: String,
     /// The request as the caller sent it: classified again at release.
@@ -203,6 +210,8 @@ pub(super) struct Entry {
     status: HoldStatus,
     pub(super) body: Option<Bytes>,
     forwarding_since: u64,
+    /// The token of the forward under way: only it may end the forward.
+    lease: String,
 }
 
 impl MemoryHolds {
@@ -224,11 +233,11 @@ impl MemoryHolds {
             upstream_status: None,
             finished: None,
         };
-        all.insert(write.id.clone(), Entry { status, body: Some(body), forwarding_since: 0 });
+        all.insert(write.id.clone(), Entry { status, body: Some(body), forwarding_since: 0, lease: String::new() });
         true
     }
 
-    pub(super) fn approve(&self, id: &str, approval: Approval, now: u64) -> Approve {
+    pub(super) fn approve(&self, id: &str, approval: Approval, now: u64, lease: &str) -> Approve {
         let mut all = self.lock();
         let Some(e) = all.get_mut(id) else { return Approve::Unknown };
         if e.refresh(now) {
@@ -248,6 +257,7 @@ impl MemoryHolds {
         if n >= e.status.write.required {
             e.status.state = HoldState::Forwarding;
             e.forwarding_since = now;
+            e.lease = lease.to_owned();
             Approve::Ready(n)
         } else if added {
             Approve::Counted(n)
@@ -270,10 +280,10 @@ impl MemoryHolds {
         Reject::Rejected
     }
 
-    pub(super) fn finish(&self, id: &str, how: Finish, now: u64) {
+    pub(super) fn finish(&self, id: &str, how: Finish, now: u64, lease: &str) {
         let mut all = self.lock();
         let Some(e) = all.get_mut(id) else { return };
-        if e.status.state != HoldState::Forwarding {
+        if e.status.state != HoldState::Forwarding || e.lease != lease {
             return;
         }
         match how {
@@ -301,7 +311,8 @@ impl MemoryHolds {
 impl Entry {
     pub(super) fn view(&self, now: u64) -> HoldStatus {
         let mut status = self.status.clone();
-        if status.state == HoldState::Held && status.write.expires <= now {
+        let approved = status.approvals.len() as u32 >= status.write.required;
+        if status.state == HoldState::Held && status.write.expires <= now && !approved {
             status.state = HoldState::Expired;
         }
         status
@@ -313,7 +324,10 @@ impl Entry {
         if self.status.state == HoldState::Forwarding && self.forwarding_since + FORWARD_LEASE < now {
             self.status.state = HoldState::Held;
         }
-        if self.status.state == HoldState::Held && self.status.write.expires <= now {
+        // A write with its approvals (held again after a forward that got no answer) does not
+        // expire: nothing approved is lost.
+        let approved = self.status.approvals.len() as u32 >= self.status.write.required;
+        if self.status.state == HoldState::Held && self.status.write.expires <= now && !approved {
             self.close(HoldState::Expired, now);
             return true;
         }
@@ -352,6 +366,7 @@ mod tests {
             scope_packages: vec!["@acme/web".into()],
             scope_actions: vec!["publish".into()],
             token_id: "t".into(),
+            phantom: [7; 32],
             request_id: "r".into(),
             upstream: "u".into(),
             method: "PUT".into(),
@@ -374,21 +389,23 @@ mod tests {
         let h = MemoryHolds::default();
         assert!(h.put(&write("a", 2, 10), Bytes::from_static(b"0123456789"), 15));
         assert!(!h.put(&write("b", 1, 10), Bytes::from_static(b"0123456789"), 15), "past max_held_bytes");
-        assert_eq!(h.approve("a", by("github", "ci", 110), 110), Approve::Requester);
-        assert_eq!(h.approve("a", by("corp", "bob", 111), 111), Approve::Counted(1));
-        assert_eq!(h.approve("a", by("corp", "bob", 112), 112), Approve::Twice(1));
-        assert_eq!(h.approve("a", by("corp", "carol", 113), 113), Approve::Ready(2));
-        assert_eq!(h.approve("a", by("corp", "dave", 114), 114), Approve::Closed(HoldState::Forwarding));
+        assert_eq!(h.approve("a", by("github", "ci", 110), 110, "l1"), Approve::Requester);
+        assert_eq!(h.approve("a", by("corp", "bob", 111), 111, "l111"), Approve::Counted(1));
+        assert_eq!(h.approve("a", by("corp", "bob", 112), 112, "l112"), Approve::Twice(1));
+        assert_eq!(h.approve("a", by("corp", "carol", 113), 113, "l113"), Approve::Ready(2));
+        assert_eq!(h.approve("a", by("corp", "dave", 114), 114, "l114"), Approve::Closed(HoldState::Forwarding));
         // A forward that got no answer is held again, approvals kept: the next approval retries.
-        h.finish("a", Finish::Retry, 115);
-        assert_eq!(h.approve("a", by("corp", "bob", 116), 116), Approve::Ready(2));
-        h.finish("a", Finish::Answered(201), 117);
+        h.finish("a", Finish::Retry, 115, "l113");
+        assert_eq!(h.approve("a", by("corp", "bob", 116), 116, "l116"), Approve::Ready(2));
+        h.finish("a", Finish::Answered(200), 117, "l999");
+        assert_eq!(h.lock()["a"].status.state, HoldState::Forwarding, "only its own lease ends a forward");
+        h.finish("a", Finish::Answered(201), 117, "l116");
         assert_eq!(h.lock()["a"].status.state, HoldState::Forwarded);
         assert!(h.lock()["a"].body.is_none(), "a forwarded hold's bytes are dropped");
         assert!(h.put(&write("b", 1, 10), Bytes::from_static(b"0123456789"), 15), "its bytes no longer count");
         assert_eq!(h.reject("b", by("corp", "bob", 118), 118), Reject::Rejected);
-        assert_eq!(h.approve("b", by("corp", "carol", 119), 119), Approve::Closed(HoldState::Rejected));
-        assert_eq!(h.approve("zz", by("corp", "carol", 119), 119), Approve::Unknown);
+        assert_eq!(h.approve("b", by("corp", "carol", 119), 119, "l119"), Approve::Closed(HoldState::Rejected));
+        assert_eq!(h.approve("zz", by("corp", "carol", 119), 119, "l119"), Approve::Unknown);
     }
 
     #[test]
@@ -396,15 +413,24 @@ mod tests {
         let h = MemoryHolds::default();
         assert!(h.put(&write("a", 1, 1), Bytes::from_static(b"x"), 100));
         assert!(h.put(&write("b", 1, 1), Bytes::from_static(b"y"), 100));
-        assert_eq!(h.approve("a", by("corp", "bob", 200), 200), Approve::Ready(1));
+        assert_eq!(h.approve("a", by("corp", "bob", 200), 200, "l200"), Approve::Ready(1));
         // Its replica died mid-forward: after the lease, an approval forwards it again.
-        assert_eq!(h.approve("a", by("corp", "carol", 300), 300), Approve::Closed(HoldState::Forwarding));
-        assert_eq!(h.approve("a", by("corp", "carol", 201 + FORWARD_LEASE), 201 + FORWARD_LEASE), Approve::Ready(2));
+        assert_eq!(h.approve("a", by("corp", "carol", 300), 300, "l300"), Approve::Closed(HoldState::Forwarding));
+        assert_eq!(
+            h.approve("a", by("corp", "carol", 201 + FORWARD_LEASE), 201 + FORWARD_LEASE, "l201"),
+            Approve::Ready(2)
+        );
         let expired = h.sweep(1000);
         assert_eq!(expired.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["b"]);
-        h.finish("a", Finish::Answered(200), 1000);
-        assert_eq!(h.approve("b", by("corp", "bob", 1001), 1001), Approve::Closed(HoldState::Expired));
+        h.finish("a", Finish::Answered(200), 1000, "l201");
+        assert_eq!(h.approve("b", by("corp", "bob", 1001), 1001, "l1001"), Approve::Closed(HoldState::Expired));
         assert!(h.sweep(1000 + RETAIN + 1).is_empty());
+        // Approved, then held again after a forward with no answer: past its time, it stays.
+        assert!(h.put(&write("c", 1, 1), Bytes::from_static(b"z"), 100));
+        assert_eq!(h.approve("c", by("corp", "bob", 900), 900, "lc"), Approve::Ready(1));
+        h.finish("c", Finish::Retry, 901, "lc");
+        assert!(h.sweep(5000).is_empty(), "an approved hold expired");
+        assert_eq!(h.approve("c", by("corp", "bob", 5001), 5001, "lc2"), Approve::Ready(1));
         assert!(!h.lock().contains_key("b"), "finished holds are forgotten after RETAIN");
     }
 }

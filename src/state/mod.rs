@@ -273,16 +273,18 @@ impl Store {
         Ok(list)
     }
 
-    /// One person's approval, atomically: see `Approve`.
+    /// One person's approval, atomically: see `Approve`. `lease` names the forward an
+    /// `Approve::Ready` starts: only it may end that forward (`hold_finish`).
     pub(crate) async fn hold_approve(
         &self,
         id: &str,
         approval: holds::Approval,
         now: u64,
+        lease: &str,
     ) -> Result<holds::Approve, StoreError> {
         match self {
-            Store::Memory { holds, .. } => Ok(holds.approve(id, approval, now)),
-            Store::Redis(r) => r.hold_approve(id, approval, now).await,
+            Store::Memory { holds, .. } => Ok(holds.approve(id, approval, now, lease)),
+            Store::Redis(r) => r.hold_approve(id, approval, now, lease).await,
         }
     }
 
@@ -300,13 +302,19 @@ impl Store {
     }
 
     /// Ends the forward `Approve::Ready` started.
-    pub(crate) async fn hold_finish(&self, id: &str, how: holds::Finish, now: u64) -> Result<(), StoreError> {
+    pub(crate) async fn hold_finish(
+        &self,
+        id: &str,
+        how: holds::Finish,
+        now: u64,
+        lease: &str,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Memory { holds, .. } => {
-                holds.finish(id, how, now);
+                holds.finish(id, how, now, lease);
                 Ok(())
             }
-            Store::Redis(r) => r.hold_finish(id, how, now).await,
+            Store::Redis(r) => r.hold_finish(id, how, now, lease).await,
         }
     }
 

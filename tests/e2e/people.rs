@@ -230,7 +230,7 @@ fn held_writes_wait_for_two_distinct_people() {
     assert_eq!(w.upstream_packument("@held%2fapp").status, 404, "one person's two approvals released it");
     let out = person(&idp, &w, &url, "carol", "approve", Some(&id));
     assert!(out.status.success(), "{}", text(&out));
-    says(&out, "forwarded (2 of 2 approvals)");
+    says(&out, "forwarded (2 of 2 approvals; the registry answered 201)");
     let packument = w.upstream_packument("@held%2fapp");
     assert_eq!(packument.status, 200);
     let out = person(&idp, &w, &url, "dave", "approve", Some(&id));
@@ -391,7 +391,7 @@ fn held_writes_survive_a_replica_restart_on_redis() {
     assert!(text(&out).contains("approved it already"), "{}", text(&out));
     assert_eq!(w.upstream_packument("@held%2fapp").status, 404);
     let out = person(&idp, &w, &b.url, "carol", "approve", Some(&id));
-    assert!(text(&out).contains("forwarded (2 of 2 approvals)"), "{}", text(&out));
+    assert!(text(&out).contains("forwarded (2 of 2 approvals; the registry answered 201)"), "{}", text(&out));
     let doc = w.upstream_packument("@held%2fapp").json();
     assert_eq!(doc["versions"].as_object().map(|v| v.len()), Some(1), "{doc}");
     let forwarded = b.audit_lines().into_iter().filter(|l| l["hold"]["step"] == "forwarded").count();
@@ -512,7 +512,7 @@ repository_id = "123456789"
     for (id, sent) in &kept {
         rec.clear();
         let out = person(&idp, &w, &url, "bob", "approve", Some(id));
-        assert!(text(&out).contains("forwarded (1 of 1 approvals)"), "{}", text(&out));
+        assert!(text(&out).contains("forwarded (1 of 1 approvals; the registry answered 201)"), "{}", text(&out));
         rec.settle();
         let writes = rec.writes();
         assert_eq!(writes.len(), 1, "one forward per hold");

@@ -133,11 +133,18 @@ impl RedisStore {
         Ok(out)
     }
 
-    pub(crate) async fn hold_approve(&self, id: &str, approval: Approval, now: u64) -> Result<Approve, StoreError> {
+    pub(crate) async fn hold_approve(
+        &self,
+        id: &str,
+        approval: Approval,
+        now: u64,
+        lease: &str,
+    ) -> Result<Approve, StoreError> {
         self.synced()?;
         let json = serde_json::to_string(&approval).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let word: String =
-            self.hold_script(&self.holds.approve, id, now, &[approval.who.as_bytes(), json.as_bytes()]).await?;
+        let word: String = self
+            .hold_script(&self.holds.approve, id, now, &[approval.who.as_bytes(), json.as_bytes(), lease.as_bytes()])
+            .await?;
         let (word, n) = word.split_once(':').unwrap_or((word.as_str(), "0"));
         let n: u32 = n.parse().unwrap_or(0);
         Ok(match word {
@@ -163,12 +170,12 @@ impl RedisStore {
         })
     }
 
-    pub(crate) async fn hold_finish(&self, id: &str, how: Finish, now: u64) -> Result<(), StoreError> {
+    pub(crate) async fn hold_finish(&self, id: &str, how: Finish, now: u64, lease: &str) -> Result<(), StoreError> {
         let arg = match how {
             Finish::Retry => "retry".to_owned(),
             Finish::Answered(status) => status.to_string(),
         };
-        let _: i64 = self.hold_script(&self.holds.finish, id, now, &[arg.as_bytes()]).await?;
+        let _: i64 = self.hold_script(&self.holds.finish, id, now, &[arg.as_bytes(), lease.as_bytes()]).await?;
         Ok(())
     }
 
@@ -179,8 +186,9 @@ impl RedisStore {
         let mut expired = Vec::new();
         for id in ids {
             let outcome: i64 = self.hold_script(&self.holds.refresh, &id, now, &[id.as_bytes()]).await?;
+            // Closed now: its line is owed even if its record cannot be read back.
             if outcome == 1 {
-                if let Some(status) = self.hold_status(&id, now).await? {
+                if let Ok(Some(status)) = self.hold_status(&id, now).await {
                     expired.push(status.write);
                 }
             }

@@ -92,7 +92,9 @@ local function refresh(h)
     state = 'held'
     redis.call('HSET', KEYS[1], 'state', 'held')
   end
-  if state == 'held' and tonumber(h[2]) <= tonumber(ARGV[1]) then
+  -- A write with its approvals (held again after a forward with no answer) does not expire.
+  if state == 'held' and tonumber(h[2]) <= tonumber(ARGV[1])
+    and redis.call('HLEN', KEYS[2]) < tonumber(h[4]) then
     close('expired')
     return 'expired-now'
   end
@@ -113,7 +115,7 @@ redis.call('ZADD', KEYS[4], ARGV[10], ARGV[11])
 return 1
 ";
 
-/// ARGV: now, retain, lease, approver key, approval JSON.
+/// ARGV: now, retain, lease, approver key, approval JSON, this forward's lease token.
 const APPROVE: &str = r"
 if not h[1] then return 'unknown' end
 local state = refresh(h)
@@ -122,7 +124,7 @@ if h[3] == ARGV[4] then return 'requester' end
 local added = redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
 local n = redis.call('HLEN', KEYS[2])
 if n >= tonumber(h[4]) then
-  redis.call('HSET', KEYS[1], 'state', 'forwarding', 'fwd', ARGV[1])
+  redis.call('HSET', KEYS[1], 'state', 'forwarding', 'fwd', ARGV[1], 'lease', ARGV[6])
   return 'ready:' .. n
 end
 if added == 0 then return 'twice:' .. n end
@@ -139,9 +141,10 @@ close('rejected')
 return 'rejected'
 ";
 
-/// ARGV: now, retain, lease, 'retry' or the upstream's status.
+/// ARGV: now, retain, lease, 'retry' or the upstream's status, the forward's lease token (a
+/// forward whose lease was taken over ends nothing).
 const FINISH: &str = r"
-if h[1] ~= 'forwarding' then return 0 end
+if h[1] ~= 'forwarding' or redis.call('HGET', KEYS[1], 'lease') ~= ARGV[5] then return 0 end
 if ARGV[4] == 'retry' then
   redis.call('HSET', KEYS[1], 'state', 'held')
   return 1
