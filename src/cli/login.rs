@@ -116,7 +116,17 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
         None => format!("//{authority}{base_path}:_authToken"),
         Some(registry) => format!("{}:_authToken", nerf_dart(registry, "--registry")?),
     };
-    write_npmrc(&npmrc, &key, &token)?;
+    // Behind the forward proxy, the agent's setup goes into the same file: its registry (the
+    // upstream's own URL), the proxy, and the CA the proxy's certificates chain to.
+    let mut setup: Vec<(&str, String)> = Vec::new();
+    if let (Some(proxy), Some(registry)) = (&args.proxy, &args.registry) {
+        setup.push(("registry", registry.clone()));
+        setup.push(("https-proxy", proxy.clone()));
+        if let Some(ca) = &args.proxy_ca {
+            setup.push(("cafile", ca.display().to_string()));
+        }
+    }
+    write_npmrc(&npmrc, &key, &token, &setup)?;
     let list = |k: &str| {
         answer
             .get(k)
@@ -133,12 +143,15 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
         &key[..key.len() - ":_authToken".len()],
     );
     if let (Some(proxy), Some(registry)) = (&args.proxy, &args.registry) {
-        summary.push_str("\nthrough the broker's forward proxy, the agent's .npmrc also needs:");
+        summary.push_str(&format!(
+            "\nthrough the broker's forward proxy: {} also has these lines for the agent",
+            npmrc.display()
+        ));
         summary.push_str(&format!("\n  registry={registry}"));
         summary.push_str(&format!("\n  https-proxy={proxy}"));
         match &args.proxy_ca {
             Some(ca) => summary.push_str(&format!("\n  cafile={}", ca.display())),
-            None => summary.push_str("\n  cafile=<the broker proxy's CA certificate>"),
+            None => summary.push_str("\n  cafile=<the broker proxy's CA certificate> (not written: give --proxy-ca)"),
         }
     }
     Ok(summary)
@@ -207,14 +220,22 @@ fn default_npmrc() -> PathBuf {
     Path::new(&home).join(".npmrc")
 }
 
-/// Replaces (or adds) `key=token` in the file, keeping every other line; owner-only access.
-fn write_npmrc(path: &Path, key: &str, token: &Secret) -> Result<(), String> {
+/// Replaces (or adds) `key=token` and each of `setup`'s `name=value` lines in the file, keeping
+/// every other line; owner-only access.
+fn write_npmrc(path: &Path, key: &str, token: &Secret, setup: &[(&str, String)]) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     let prefix = format!("{key}=");
+    let replaced = |line: &str| {
+        let line = line.trim_start();
+        line.starts_with(&prefix) || setup.iter().any(|(name, _)| line.split('=').next().map(str::trim) == Some(*name))
+    };
     let mut out = zeroize::Zeroizing::new(String::new());
-    for line in existing.lines().filter(|l| !l.trim_start().starts_with(&prefix)) {
+    for line in existing.lines().filter(|l| !replaced(l)) {
         out.push_str(line);
         out.push('\n');
+    }
+    for (name, value) in setup {
+        out.push_str(&format!("{name}={value}\n"));
     }
     out.push_str(&prefix);
     out.push_str(token.expose());
@@ -253,8 +274,17 @@ mod tests {
         let path = dir.path().join(".npmrc");
         std::fs::write(&path, "registry=https://127.0.0.1:8443/\n//127.0.0.1:8443/:_authToken=old\ncafile=/x\n")
             .unwrap();
-        write_npmrc(&path, "//127.0.0.1:8443/:_authToken", &Secret::new("phm_new".into())).unwrap();
+        write_npmrc(&path, "//127.0.0.1:8443/:_authToken", &Secret::new("phm_new".into()), &[]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "registry=https://127.0.0.1:8443/\ncafile=/x\n//127.0.0.1:8443/:_authToken=phm_new\n");
+        // An agent's forward-proxy setup replaces the lines it names.
+        let setup = [("registry", "https://up.test/".to_owned()), ("https-proxy", "http://127.0.0.1:3128".to_owned())];
+        write_npmrc(&path, "//up.test/:_authToken", &Secret::new("phm_2".into()), &setup).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "cafile=/x\n//127.0.0.1:8443/:_authToken=phm_new\nregistry=https://up.test/\nhttps-proxy=http://127.0.0.1:3128\n\
+             //up.test/:_authToken=phm_2\n"
+        );
     }
 }

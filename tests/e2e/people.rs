@@ -89,8 +89,12 @@ fn a_person_signs_in_and_hands_an_agent_a_narrowed_phantom() {
     let written = std::fs::read_to_string(&npmrc).unwrap();
     let phantom = written.lines().find_map(|l| l.split_once("_authToken=").map(|(_, t)| t.to_owned())).unwrap();
     assert!(phantom.starts_with("phm_"), "{written}");
-    let lines: Vec<&str> = printed.lines().filter_map(|l| l.strip_prefix("  ")).collect();
-    std::fs::write(&npmrc, format!("{written}{}\n", lines.join("\n"))).unwrap();
+    // The agent's whole setup for the forward proxy is in its .npmrc.
+    for line in
+        [format!("registry={}", w.upstream_url), format!("https-proxy={}", proxy.url), format!("cafile={proxy_ca}")]
+    {
+        assert!(written.lines().any(|l| l == line), "no `{line}` in: {written}");
+    }
 
     // The agent publishes the one package it was given, through the forward proxy.
     let pkg = w.package("@acme/agent-tool", "1.0.0");
