@@ -88,27 +88,8 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
         }
     };
 
-    let exchange: Uri = format!("{}://{authority}{base_path}-/phantom/v1/exchange", scheme(&broker))
-        .parse()
-        .map_err(|_| "cannot build the exchange URL")?;
-    let mut body = serde_json::json!({ "packages": args.packages, "actions": args.actions });
-    if let Some(ttl) = args.ttl_seconds.or(args.ttl.map(|t| t.as_secs())) {
-        body["ttl_seconds"] = ttl.into();
-    }
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(exchange)
-        .header(header::AUTHORIZATION, format!("Bearer {}", id_token.expose()))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(net::full(body.to_string()))
-        .map_err(|e| e.to_string())?;
-    let (parts, bytes) =
-        net::fetch(&client, req, TIMEOUT, 64 * 1024).await.map_err(|e| format!("the exchange failed: {e}"))?;
-    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if parts.status != http::StatusCode::CREATED {
-        let msg = answer.get("message").and_then(Value::as_str).unwrap_or("no message");
-        return Err(format!("the broker refused the exchange ({}): {msg}", parts.status));
-    }
+    let base = format!("{}://{authority}{base_path}", scheme(&broker));
+    let answer = exchange(&client, &base, &args, &id_token).await?;
     let token =
         Secret::new(answer.get("token").and_then(Value::as_str).ok_or("the broker's answer has no token")?.to_owned());
     let npmrc = args.npmrc.clone().unwrap_or_else(default_npmrc);
@@ -127,6 +108,35 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
         }
     }
     write_npmrc(&npmrc, &key, &token, &setup)?;
+    Ok(summary(&args, &answer, &npmrc, &key))
+}
+
+/// `POST /-/phantom/v1/exchange` with the ID token: the broker's 201 answer, or why not.
+async fn exchange(client: &HttpsClient, base: &str, args: &LoginArgs, id_token: &IdToken) -> Result<Value, String> {
+    let exchange: Uri = format!("{base}-/phantom/v1/exchange").parse().map_err(|_| "cannot build the exchange URL")?;
+    let mut body = serde_json::json!({ "packages": args.packages, "actions": args.actions });
+    if let Some(ttl) = args.ttl_seconds.or(args.ttl.map(|t| t.as_secs())) {
+        body["ttl_seconds"] = ttl.into();
+    }
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(exchange)
+        .header(header::AUTHORIZATION, format!("Bearer {}", id_token.expose()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(net::full(body.to_string()))
+        .map_err(|e| e.to_string())?;
+    let (parts, bytes) =
+        net::fetch(client, req, TIMEOUT, 64 * 1024).await.map_err(|e| format!("the exchange failed: {e}"))?;
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if parts.status != http::StatusCode::CREATED {
+        let msg = answer.get("message").and_then(Value::as_str).unwrap_or("no message");
+        return Err(format!("the broker refused the exchange ({}): {msg}", parts.status));
+    }
+    Ok(answer)
+}
+
+/// What `phantom login` says it did (never the phantom).
+fn summary(args: &LoginArgs, answer: &Value, npmrc: &Path, key: &str) -> String {
     let list = |k: &str| {
         answer
             .get(k)
@@ -154,7 +164,7 @@ pub(crate) async fn login(args: LoginArgs) -> Result<String, String> {
             None => summary.push_str("\n  cafile=<the broker proxy's CA certificate> (not written: give --proxy-ca)"),
         }
     }
-    Ok(summary)
+    summary
 }
 
 fn scheme(broker: &Uri) -> &str {
