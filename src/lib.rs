@@ -27,18 +27,20 @@
 //! 4. `audit`, `credentials`, `proxy`: the hash-chained log and its labels; the real tokens;
 //!    which `CONNECT` targets open a tunnel and the leaf certificates tunnels are served with.
 //! 5. `metrics`, `notify`, `state`, `upstream`: the Prometheus series; webhooks told of staged
-//!    versions; what the broker remembers between requests (memory, or Redis for every
-//!    replica); the registries behind the broker, their connection pools and the scrubbing of
+//!    and held writes; what the broker remembers between requests, held writes included
+//!    (memory, or Redis for every replica); the registries behind the broker, their connection pools and the scrubbing of
 //!    every response that carried a credential.
 //! 6. `app`: the state every request shares, built once from the config.
 //! 7. `pipeline`: one registry request, top to bottom: classify, authenticate, authorize, pass
-//!    the write gate, swap the credential, forward, relay, audit; exchanges and refusals too.
-//! 8. `ops`: what an operator does to a running broker: reload, rotate, follow, status.
+//!    the write gate, swap the credential, forward (or hold for approval), relay, audit;
+//!    exchanges, people's approvals and refusals too.
+//! 8. `ops`: what an operator does to a running broker: reload, rotate, follow, status, and
+//!    held writes (list, reject, expire).
 //! 9. `server`: listeners, worker threads, connections (HTTP/1.1 and HTTP/2), drain, the admin
 //!    face, the forward proxy's tunnels, the file watcher.
 //!
-//! The binary (`main.rs`, and `cli/` for the CLI's own commands: login, the admin client,
-//! `certs dev`, the demo) uses the library's public face.
+//! The binary (`main.rs`, and `cli/` for the CLI's own commands: login and a person's device
+//! sign-in, held writes, the admin client, `certs dev`, the demo) uses the library's public face.
 #![forbid(unsafe_code)]
 
 pub(crate) mod app;
