@@ -148,7 +148,7 @@ hold_ttl = "2s"
 name = "held-ci"
 issuer = "github"
 packages = ["@held/app"]
-actions = ["publish", "dist-tag"]
+actions = ["publish", "dist-tag", "deprecate"]
 create = true
 credential = "verdaccio-publisher"
 hold = "release-managers"
@@ -278,7 +278,7 @@ fn held_writes_wait_for_two_distinct_people() {
     assert!(forwarded[0]["upstream_bytes"].as_u64().is_some_and(|n| n > 1000), "{:?}", forwarded[0]);
 
     // A held dist-tag move, with a phantom from `phantom login`.
-    w.login("@held/app", "dist-tag");
+    w.login("@held/app", "dist-tag,deprecate");
     let dir = w.root().join("tagging");
     std::fs::create_dir_all(&dir).unwrap();
     let out = w.npm(&dir, &["dist-tag", "add", "@held/app@1.0.0", "next"], None);
@@ -289,6 +289,16 @@ fn held_writes_wait_for_two_distinct_people() {
     let out = person(&idp, &w, &url, "bob", "approve", Some(&tag_id));
     says(&out, "forwarded");
     assert_eq!(w.upstream_packument("@held%2fapp").json()["dist-tags"]["next"], "1.0.0");
+
+    // A held deprecate: the whole packument npm sends back is compared with the registry's when
+    // it is held and again when it is released.
+    let out = w.npm(&dir, &["deprecate", "@held/app@1.0.0", "use 2.x"], None);
+    assert!(out.status.success(), "{}", text(&out));
+    let dep_id = hold_id(&out);
+    assert!(w.upstream_packument("@held%2fapp").json()["versions"]["1.0.0"].get("deprecated").is_none());
+    assert!(person(&idp, &w, &url, "carol", "approve", Some(&dep_id)).status.success());
+    says(&person(&idp, &w, &url, "dave", "approve", Some(&dep_id)), "forwarded");
+    assert_eq!(w.upstream_packument("@held%2fapp").json()["versions"]["1.0.0"]["deprecated"], "use 2.x");
 
     // A person's own held write: they cannot approve it; a rejection ends it.
     let npmrc = w.root().join("dave-npmrc");
@@ -352,7 +362,7 @@ fn held_writes_wait_for_two_distinct_people() {
     );
     assert_eq!(w.admin("POST", &format!("/admin/v1/holds/{id}/reject"), serde_json::Value::Null).status, 409);
     let metrics = w.admin("GET", "/metrics", serde_json::Value::Null).text();
-    assert!(metrics.contains("phantom_holds{state=\"forwarded\"} 2"), "{metrics}");
+    assert!(metrics.contains("phantom_holds{state=\"forwarded\"} 3"), "{metrics}");
 
     let issued = idp.issued();
     assert!(issued.len() >= 12, "every step signed a person in");
