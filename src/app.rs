@@ -80,7 +80,7 @@ impl App {
             public_base: crate::upstream::base_url(&config.server.public_url).into(),
             requests: std::sync::atomic::AtomicU64::new(0),
             write_memory: MemoryBudget::new(config.server.max_buffered_bytes),
-            notifier: Arc::new(Notifier::new(&config.notify)?),
+            notifier: Arc::new(Notifier::new(&config.notify, metrics.notification_counters())?),
             known_packages: Default::default(),
             npm_audience: config.server.npm_audience(),
             issuers: Issuers::new(&config.issuers)?,

@@ -24,10 +24,11 @@
 //! 3. `config`, `identity`, `phantom`: `phantom.toml` as validated types; OIDC ID-token
 //!    verification and issuers' keys; the phantom token, what is known of a live one, and a
 //!    write's fingerprint.
-//! 4. `audit`, `credentials`, `proxy`: the hash-chained log and its labels; the real tokens;
+//! 4. `audit`, `credentials`, `proxy`: the hash-chained log and its labels; the real tokens and
+//!    their rotation deadlines;
 //!    which `CONNECT` targets open a tunnel and the leaf certificates tunnels are served with.
 //! 5. `metrics`, `notify`, `state`, `upstream`: the Prometheus series; webhooks told of staged
-//!    and held writes; what the broker remembers between requests, held writes included
+//!    and held writes, rotation deadlines, burst freezes and incidents; what the broker remembers between requests, held writes included
 //!    (memory, or Redis for every replica); the registries behind the broker, their connection pools and the scrubbing of
 //!    every response that carried a credential.
 //! 6. `app`: the state every request shares, built once from the config.
@@ -35,7 +36,7 @@
 //!    the write gate, swap the credential, forward (or hold for approval), relay, audit;
 //!    exchanges, people's approvals and refusals too.
 //! 8. `ops`: what an operator does to a running broker: reload, rotate, follow, status, and
-//!    held writes (list, reject, expire).
+//!    held writes (list, reject, expire); rotation deadlines' notices.
 //! 9. `server`: listeners, worker threads, connections (HTTP/1.1 and HTTP/2), drain, the admin
 //!    face, the forward proxy's tunnels, the file watcher.
 //!

@@ -8,7 +8,8 @@
 //! are computed when scraped.
 
 use crate::audit::{Action, Decision, Event, Record, RefusalKind};
-use crate::config::{Capability, Config};
+use crate::config::{Capability, Config, NotifyEvent};
+use crate::credentials::deadline::{Deadline, RotationState};
 use crate::npm::RouteAction;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -60,6 +61,11 @@ pub struct Metrics {
     credential_expiry: Family<Labels, Gauge>,
     credentials_unscoped: Gauge,
     credentials_direct_publish: Gauge,
+    rotation: RotationSeries,
+    freezes_active: Gauge,
+    burst_freezes: Counter,
+    /// Per event of `NotifyEvent::ALL`, one per `notify::RESULTS`; the notifier counts them.
+    notifications: Vec<Counter>,
     audit_healthy: Gauge,
     state_healthy: Gauge,
     /// `[result="ok"]`, `[result="failed"]`.
@@ -73,8 +79,51 @@ pub(crate) struct Snapshot {
     pub phantoms_active: Option<u64>,
     /// Held writes by state (`None` when the state store could not list them).
     pub holds: Option<Vec<(&'static str, u64)>>,
+    /// Each credential's age (since its last rotation) and rotation deadline, by name.
+    pub credentials: Vec<CredentialFigures>,
+    /// Package patterns frozen now.
+    pub freezes: usize,
     pub audit_healthy: bool,
     pub state_healthy: bool,
+}
+
+/// What a rotation programme tracks: each credential's deadline and state, the counts due and
+/// overdue, the median age.
+struct RotationSeries {
+    due: Family<Labels, Gauge>,
+    state: Family<Labels, Gauge>,
+    due_count: Gauge,
+    overdue_count: Gauge,
+    age_median: Gauge,
+}
+
+impl RotationSeries {
+    fn register(r: &mut Registry) -> RotationSeries {
+        let help = "Time left until a real credential must be rotated (negative once overdue)";
+        let due = seconds(r, "credential_rotation_due", help);
+        let state = Family::<Labels, Gauge>::default();
+        let help = "1 for a real credential's rotation state (ok, due within warn_days, overdue), 0 otherwise";
+        r.register("credential_rotation_state", help, state.clone());
+        let age_median = Gauge::default();
+        let help = "The median age of the real credentials with a date (since their last rotation)";
+        r.register_with_unit("credential_age_median", help, Unit::Seconds, age_median.clone());
+        RotationSeries {
+            due,
+            state,
+            due_count: gauge(r, "credentials_due", "Real credentials due for rotation within warn_days"),
+            overdue_count: gauge(r, "credentials_overdue", "Real credentials past their rotation deadline"),
+            age_median,
+        }
+    }
+}
+
+/// A credential as a scrape sees it.
+pub(crate) struct CredentialFigures {
+    pub name: String,
+    pub class: Option<char>,
+    /// Unix seconds of its last rotation (its `created`, or a later rotation seen).
+    pub since: Option<u64>,
+    pub deadline: Option<Deadline>,
 }
 
 impl Metrics {
@@ -100,7 +149,20 @@ impl Metrics {
         let help = "Policy reloads (file change, SIGHUP, admin API): a failed one keeps the last good policy";
         let [ok, failed]: [Counter; 2] =
             counters(r, "policy_reloads", help, reloads.into_iter()).try_into().expect("two results");
+        let notify_labels = NotifyEvent::ALL.into_iter().flat_map(|e| {
+            crate::notify::RESULTS
+                .iter()
+                .map(move |x| vec![("event", e.as_str().to_owned()), ("result", x.to_string())])
+        });
+        let notifications =
+            counters(r, "notifications", "Notifications, by event and how their delivery ended", notify_labels);
+        let burst_freezes = Counter::default();
+        r.register("burst_freezes", "Packages frozen because writes passed a grant's rate", burst_freezes.clone());
         let metrics = Metrics {
+            rotation: RotationSeries::register(r),
+            freezes_active: gauge(r, "freezes_active", "Package patterns whose writes are frozen now"),
+            burst_freezes,
+            notifications,
             upstream: upstream_histograms(r, config),
             phantoms_active: gauge(r, "phantoms_active", "Live phantoms (not expired, not revoked)"),
             holds: {
@@ -112,7 +174,11 @@ impl Metrics {
                 );
                 f
             },
-            credential_age: seconds(r, "credential_age", "Time since a real credential was created (its `created`)"),
+            credential_age: seconds(
+                r,
+                "credential_age",
+                "Time since a real credential was created or last rotated (its `created`, or a later rotation)",
+            ),
             credential_expiry: seconds(
                 r,
                 "credential_expiry",
@@ -186,6 +252,15 @@ impl Metrics {
         }
     }
 
+    /// The counters the notifier counts deliveries with.
+    pub(crate) fn notification_counters(&self) -> Vec<Counter> {
+        self.notifications.clone()
+    }
+
+    pub(crate) fn burst_froze(&self) {
+        self.burst_freezes.inc();
+    }
+
     pub(crate) fn policy_reloaded(&self, ok: bool) {
         self.policy_reloads[usize::from(!ok)].inc();
     }
@@ -200,13 +275,12 @@ impl Metrics {
         let now = snap.now as i64;
         for c in &config.credentials {
             let labels = vec![("credential", c.name.clone()), ("class", c.class.map(String::from).unwrap_or_default())];
-            if let Some(created) = c.created {
-                self.credential_age.get_or_create(&labels).set(now - created as i64);
-            }
             if let Some(expires) = c.expires {
                 self.credential_expiry.get_or_create(&labels).set(expires as i64 - now);
             }
         }
+        self.rotations(&snap.credentials, now);
+        self.freezes_active.set(snap.freezes as i64);
         // When the store cannot count them, the last count stands (and state_healthy says why).
         if let Some(n) = snap.phantoms_active {
             self.phantoms_active.set(n as i64);
@@ -220,6 +294,40 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+impl Metrics {
+    /// Ages, deadlines and the counts a rotation programme tracks.
+    fn rotations(&self, credentials: &[CredentialFigures], now: i64) {
+        let mut ages = Vec::new();
+        let (mut due, mut overdue) = (0, 0);
+        for c in credentials {
+            let labels = vec![("credential", c.name.clone()), ("class", c.class.map(String::from).unwrap_or_default())];
+            if let Some(since) = c.since {
+                let age = now - since as i64;
+                self.credential_age.get_or_create(&labels).set(age);
+                ages.push(age);
+            }
+            let Some(d) = &c.deadline else { continue };
+            self.rotation.due.get_or_create(&labels).set(d.due as i64 - now);
+            for state in RotationState::ALL {
+                let mut l = labels.clone();
+                l.push(("state", state.as_str().to_owned()));
+                self.rotation.state.get_or_create(&l).set(i64::from(d.state == state));
+            }
+            due += i64::from(d.state == RotationState::Due);
+            overdue += i64::from(d.state == RotationState::Overdue);
+        }
+        self.rotation.due_count.set(due);
+        self.rotation.overdue_count.set(overdue);
+        ages.sort_unstable();
+        let median = match ages.len() {
+            0 => 0,
+            n if n % 2 == 1 => ages[n / 2],
+            n => (ages[n / 2 - 1] + ages[n / 2]) / 2,
+        };
+        self.rotation.age_median.set(median);
     }
 }
 
@@ -360,10 +468,23 @@ path = "a.jsonl"
         let config = Config::parse(std::path::Path::new("p.toml"), text).unwrap();
         let m = Metrics::new(&config);
         // 2026-12-02T00:00:00Z: 31 days after it was created, 60 before it expires.
+        let now = 1_796_169_600;
+        let credentials = config
+            .credentials
+            .iter()
+            .map(|c| CredentialFigures {
+                name: c.name.clone(),
+                class: c.class,
+                since: c.created,
+                deadline: crate::credentials::deadline::deadline(c, None, &config.rotation, now),
+            })
+            .collect();
         let snap = Snapshot {
-            now: 1_796_169_600,
+            now,
             phantoms_active: Some(2),
             holds: Some(vec![("held", 1), ("forwarded", 0)]),
+            credentials,
+            freezes: 3,
             audit_healthy: true,
             state_healthy: false,
         };
@@ -371,6 +492,15 @@ path = "a.jsonl"
         for line in [
             "phantom_credential_age_seconds{credential=\"release\",class=\"A\"} 2678400\n",
             "phantom_credential_expiry_seconds{credential=\"release\",class=\"A\"} 5184000\n",
+            // Class A rotates every 30 days: a day overdue.
+            "phantom_credential_rotation_due_seconds{credential=\"release\",class=\"A\"} -86400\n",
+            "phantom_credential_rotation_state{credential=\"release\",class=\"A\",state=\"overdue\"} 1\n",
+            "phantom_credential_rotation_state{credential=\"release\",class=\"A\",state=\"ok\"} 0\n",
+            "phantom_credentials_overdue 1\n",
+            "phantom_credentials_due 0\n",
+            "phantom_credential_age_median_seconds 2678400\n",
+            "phantom_freezes_active 3\n",
+            "phantom_notifications_total{event=\"rotation-overdue\",result=\"delivered\"} 0\n",
             "phantom_credentials_unscoped 1\n",
             "phantom_credentials_direct_publish 1\n",
             "phantom_phantoms_active 2\n",

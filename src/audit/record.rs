@@ -77,6 +77,7 @@ label! {
         UsesExhausted => "uses_exhausted",
         WritesInFlight => "writes_in_flight",
         Frozen => "frozen",
+        RotationOverdue => "rotation_overdue",
         RateLimited => "rate_limited",
         StageRequired => "stage_required",
         NoStagedVersion => "no_staged_version",
@@ -312,6 +313,10 @@ pub struct Record {
     /// A held write: its id and step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<Box<HoldLine>>,
+    /// A notification's event (`staged`, `held`, `rotation-due`, `rotation-overdue`,
+    /// `burst-freeze`, `incident`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice: Option<&'static str>,
     pub status: u16,
     pub latency_ms: f64,
 }

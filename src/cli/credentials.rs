@@ -66,19 +66,25 @@ async fn status(json: bool, admin: &AdminArgs) -> Result<()> {
         other => other.to_string(),
     };
     println!(
-        "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} PACKAGES",
-        "CREDENTIAL", "UPSTREAM", "CLASS", "PUBLISH", "AGE (d)", "EXPIRY (d)", "ACCOUNT", "LAST USE"
+        "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<8} {:<10} {:<20} {:<22} PACKAGES",
+        "CREDENTIAL", "UPSTREAM", "CLASS", "PUBLISH", "AGE (d)", "EXPIRY (d)", "ROTATION", "DUE", "ACCOUNT", "LAST USE"
     );
     for r in &rows {
         let packages: Vec<String> = r["packages"].as_array().into_iter().flatten().map(cell).collect();
+        let class = match (cell(&r["class"]), r["rotation"]["top"].as_bool()) {
+            (c, Some(true)) => format!("{c}*"),
+            (c, _) => c,
+        };
         println!(
-            "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<20} {:<22} {}",
+            "{:<24} {:<12} {:<5} {:<10} {:>8} {:>10} {:<8} {:<10} {:<20} {:<22} {}",
             cell(&r["name"]),
             cell(&r["upstream"]),
-            cell(&r["class"]),
+            class,
             cell(&r["publish"]),
             cell(&r["age_days"]),
             cell(&r["days_to_expiry"]),
+            cell(&r["rotation"]["state"]),
+            cell(&r["rotation"]["due"]),
             cell(&r["account"]),
             cell(&r["last_used"]),
             if packages.is_empty() { "(unscoped)".to_owned() } else { packages.join(", ") }

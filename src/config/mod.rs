@@ -3,6 +3,7 @@
 //! Relative paths in the file are relative to the file's own directory.
 
 mod raw;
+mod rotation;
 mod types;
 mod validate;
 

@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) notify: BTreeMap<String, RawNotify>,
     pub(super) proxy: Option<RawProxy>,
+    pub(super) rotation: Option<super::rotation::RawRotation>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +41,9 @@ pub(super) struct RawNotify {
     pub(super) webhook: String,
     pub(super) secret: Option<SecretSource>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) events: Option<Vec<String>>,
+    pub(super) escalate: Option<Vec<String>>,
+    pub(super) format: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +114,7 @@ pub(super) struct RawCredential {
     pub(super) publish: Option<String>,
     pub(super) created: Option<toml::Value>,
     pub(super) expires: Option<toml::Value>,
+    pub(super) top: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

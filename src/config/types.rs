@@ -33,7 +33,11 @@ pub struct Config {
     pub proxy: Option<ProxyConfig>,
     /// `[state]`: where phantoms, uses, spent ID tokens, revocations, freezes and rates live.
     pub state: StateConfig,
+    /// `[rotation]`: the deadlines of each class of credential.
+    pub rotation: RotationConfig,
 }
+
+pub use super::rotation::{NotifyEvent, NotifyFormat, RotationConfig};
 
 /// `[state] backend`: one process's memory, or a Redis server every replica shares.
 #[derive(Debug, Clone)]
@@ -71,7 +75,8 @@ pub struct ProxyConfig {
     pub ca_key: PathBuf,
 }
 
-/// A webhook told about each staged version of the grants that name it.
+/// A webhook told about each staged (or held) version of the grants that name it, and about
+/// the `events` it subscribes to.
 #[derive(Debug, Clone)]
 pub struct NotifyConfig {
     pub name: String,
@@ -81,6 +86,11 @@ pub struct NotifyConfig {
     pub secret: Option<SecretSource>,
     /// Extra trust anchors for the webhook's TLS, added to the system roots.
     pub ca_file: Option<PathBuf>,
+    /// What it is told of, whatever the grants name.
+    pub events: Vec<NotifyEvent>,
+    /// The targets an overdue credential's daily notice also goes to (`escalate = [...]`).
+    pub escalate: Vec<String>,
+    pub format: NotifyFormat,
 }
 
 /// The admin listener: health, metrics, phantom listing and revocation, freeze, policy reload.
@@ -181,6 +191,8 @@ pub struct CredentialConfig {
     /// Unix seconds (midnight UTC of the day given).
     pub created: Option<u64>,
     pub expires: Option<u64>,
+    /// Class A's most-downloaded (`top = true`): rotated on `[rotation] A_top`'s cadence.
+    pub top: bool,
 }
 
 pub use crate::policy::Capability;
@@ -197,6 +209,7 @@ impl std::fmt::Debug for CredentialConfig {
             .field("publish", &self.publish)
             .field("created", &self.created)
             .field("expires", &self.expires)
+            .field("top", &self.top)
             .finish()
     }
 }

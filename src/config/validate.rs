@@ -70,7 +70,9 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
     let admin = admin(raw.admin, &b)?;
     let notify = notify(raw.notify, &b)?;
     let proxy = proxy(raw.proxy, &upstreams, &b)?;
+    let rotation = super::rotation::rotation(raw.rotation)?;
     Ok(Config {
+        rotation,
         state,
         proxy,
         notify,
@@ -314,6 +316,10 @@ fn credentials(
                 return Err(format!("`credential.{name}.expires` is not after its `created`"));
             }
         }
+        let top = c.top.unwrap_or(false);
+        if top && class != Some('A') {
+            return Err(format!("`credential.{name}.top`: only a class \"A\" credential is marked top"));
+        }
         credentials.push(CredentialConfig {
             name,
             upstream: c.upstream,
@@ -323,6 +329,7 @@ fn credentials(
             publish,
             created,
             expires,
+            top,
         });
     }
     Ok(credentials)
@@ -352,10 +359,30 @@ fn admin(raw: Option<RawAdmin>, b: &Base<'_>) -> Result<Option<AdminConfig>, Str
 
 fn notify(raw: BTreeMap<String, RawNotify>, b: &Base<'_>) -> Result<Vec<NotifyConfig>, String> {
     let mut notify = Vec::new();
+    let names: Vec<String> = raw.keys().cloned().collect();
     for (name, n) in raw {
         let webhook = checked_url(&n.webhook).map_err(|e| format!("`notify.{name}.webhook`: {e}"))?;
         let secret = n.secret.map(|k| b.secret(k));
-        notify.push(NotifyConfig { name, webhook, secret, ca_file: n.ca_file.as_deref().map(|p| b.rel(p)) });
+        let mut events = Vec::new();
+        for e in n.events.unwrap_or_default() {
+            let event = NotifyEvent::parse(&format!("notify.{name}.events"), &e)?;
+            if !events.contains(&event) {
+                events.push(event);
+            }
+        }
+        let escalate = n.escalate.unwrap_or_default();
+        if let Some(bad) = escalate.iter().find(|t| !names.contains(t) || **t == name) {
+            return Err(format!("`notify.{name}.escalate`: `{bad}` is not another [notify.NAME] target"));
+        }
+        let format = match n.format.as_deref() {
+            None | Some("json") => NotifyFormat::Json,
+            Some("ticket") => NotifyFormat::Ticket,
+            Some(other) => {
+                return Err(format!("`notify.{name}.format`: `{other}` must be \"json\" (the default) or \"ticket\""))
+            }
+        };
+        let ca_file = n.ca_file.as_deref().map(|p| b.rel(p));
+        notify.push(NotifyConfig { name, webhook, secret, ca_file, events, escalate, format });
     }
     Ok(notify)
 }

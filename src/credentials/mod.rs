@@ -8,12 +8,15 @@
 //! A request holds the credential it started with until it ends, so a swap never changes the
 //! token under a request in flight.
 
-use crate::config::CredentialConfig;
+pub mod deadline;
+
+use crate::config::{CredentialConfig, RotationConfig};
 use crate::npm::NpmRequest;
 use crate::policy::{Authorized, Glob};
 use crate::support::secret::read_secret;
 use crate::support::secret::Secret;
 use arc_swap::{ArcSwap, ArcSwapOption};
+use deadline::Deadline;
 use http::{HeaderValue, Method};
 use memchr::memmem;
 use std::collections::HashMap;
@@ -188,6 +191,9 @@ pub(crate) struct Slot {
     previous: ArcSwapOption<Overlap>,
     /// Unix seconds of the last request sent with it (0: none since start).
     last_used: AtomicU64,
+    /// Unix seconds of the last rotation this replica saw (0: none), or that the state store
+    /// remembered from an earlier run.
+    rotated: AtomicU64,
     /// The upstream account it authenticates as (`GET /-/whoami`), and when that was asked.
     pub(crate) account: Mutex<Option<(String, std::time::Instant)>>,
 }
@@ -213,12 +219,30 @@ impl Slot {
         Some(self.last_used.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
+    /// When the value in use was rotated in, if the broker saw it.
+    pub(crate) fn rotated(&self) -> Option<u64> {
+        Some(self.rotated.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Remembers a rotation at `at` (unix seconds) of the value in use, unless a later one is
+    /// known.
+    pub(crate) fn rotated_at(&self, at: u64) {
+        self.rotated.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Its rotation deadline now, if it has one.
+    pub(crate) fn deadline(&self, rotation: &RotationConfig, now: u64) -> Option<Deadline> {
+        deadline::deadline(&self.config, self.rotated(), rotation, now)
+    }
+
     /// New requests use `next` from now on; requests in flight keep the value they hold. With
     /// `overlap_until`, the old value stays at hand until then (else it is dropped, and
-    /// zeroized, once the last request holding it ends).
-    pub(crate) fn swap(&self, next: Credential, overlap_until: Option<u64>) {
+    /// zeroized, once the last request holding it ends). `rotated` is when the rotation
+    /// happened (unix seconds): the credential's rotation deadline counts from it.
+    pub(crate) fn swap(&self, next: Credential, overlap_until: Option<u64>, rotated: u64) {
         let old = self.current.swap(Arc::new(next));
         self.previous.store(overlap_until.map(|until| Arc::new(Overlap { credential: old, until })));
+        self.rotated_at(rotated);
     }
 }
 
@@ -249,6 +273,7 @@ impl Credentials {
                     current: ArcSwap::from_pointee(credential),
                     previous: ArcSwapOption::empty(),
                     last_used: AtomicU64::new(0),
+                    rotated: AtomicU64::new(0),
                     account: Mutex::new(None),
                 },
             );
@@ -335,6 +360,7 @@ mod tests {
             publish: crate::config::Capability::Direct,
             created: None,
             expires: None,
+            top: false,
         };
         let creds = Credentials::load(std::slice::from_ref(&cfg)).unwrap();
         let c = creds.by_name.get("c").unwrap().current();

@@ -73,9 +73,14 @@ async fn credentials(app: &App) -> Vec<ReloadOutcome> {
         }
         match canary(app, slot, &next, None).await {
             Ok((account, _)) => {
-                slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None);
+                let now = crate::support::clock::unix_now();
+                slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None, now);
                 *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((account.clone(), std::time::Instant::now()));
+                // A new value in the source is a rotation: its deadline counts from now, on every
+                // replica and after a restart.
+                let fingerprint = crate::support::hex(slot.current().fingerprint());
+                let _ = app.store.announce_credential(name, &fingerprint, 0, now).await;
                 let what = format!("swapped in the source's new value (account `{account}`)");
                 step(app, AdminAction::CredentialReload, name, Decision::Allow, what.clone()).await;
                 out.push(outcome("swapped", Some(what)));

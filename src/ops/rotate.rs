@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::audit::{AdminAction, Decision, Record};
 use crate::config::SecretSource;
 use crate::credentials::{Credential, Slot, UpstreamAuth};
+use crate::notify::{Incident, Note};
 use crate::npm::{NpmRequest, PackageName};
 use crate::policy::Glob;
 use crate::state::{PhantomStore, Selector, StoreError};
@@ -96,15 +97,7 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
         SecretSource::File(path) => path.clone(),
         SecretSource::Env(var) => return Err(RotateError::EnvSource(name.to_owned(), var.clone())),
     };
-    let value = r.token.expose();
-    if value.is_empty() || value.len() > 8192 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(RotateError::BadToken("empty, too long, or with whitespace or control characters".into()));
-    }
-    let next = Credential::from_secret(&slot.config, r.token).map_err(RotateError::BadToken)?;
-    if next.fingerprint() == slot.current().fingerprint() {
-        return Err(RotateError::Unchanged);
-    }
-    let next = Arc::new(next);
+    let next = Arc::new(new_value(slot, r.token)?);
     let (account, canary_read) = match canary(app, slot, &next, r.account.as_deref()).await {
         Ok(passed) => passed,
         Err(why) => {
@@ -147,14 +140,15 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
     )
     .await;
 
-    let overlap_until = r.overlap.filter(|_| !r.incident).map(|d| unix_now() + d.as_secs());
-    slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until);
+    let now = unix_now();
+    let overlap_until = r.overlap.filter(|_| !r.incident).map(|d| now + d.as_secs());
+    slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until, now);
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
     let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
     step(app, AdminAction::CredentialRotate, name, Decision::Allow, format!("swapped in for new requests{overlap}"))
         .await;
     let fingerprint = crate::support::hex(slot.current().fingerprint());
-    let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0)).await {
+    let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0), now).await {
         Ok(()) if app.store.is_shared() => {
             "announced: the other replicas swap it in from their copy of the source".to_owned()
         }
@@ -172,6 +166,19 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
         thaw: (!frozen.is_empty()).then(|| format!("phantom thaw {}", frozen.join(" "))),
         frozen,
     })
+}
+
+/// The new value as given: a plausible token, not the one in use.
+fn new_value(slot: &Slot, token: Secret) -> Result<Credential, RotateError> {
+    let value = token.expose();
+    if value.is_empty() || value.len() > 8192 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RotateError::BadToken("empty, too long, or with whitespace or control characters".into()));
+    }
+    let next = Credential::from_secret(&slot.config, token).map_err(RotateError::BadToken)?;
+    if next.fingerprint() == slot.current().fingerprint() {
+        return Err(RotateError::Unchanged);
+    }
+    Ok(next)
 }
 
 /// `Arc::try_unwrap` fails only while another holder exists; none does here, but the value is
@@ -267,6 +274,10 @@ async fn revoke_first(app: &App, name: &str) -> Result<(usize, Vec<String>), Sto
         Record { frozen: frozen.clone(), ..line(AdminAction::CredentialRotate, name, Decision::Allow, what) },
     )
     .await;
+    // The people on call hear of it before the swap.
+    let thaw = (!frozen.is_empty()).then(|| format!("phantom thaw {}", frozen.join(" ")));
+    let note = Incident { credential: name.to_owned(), revoked: count, frozen: frozen.clone(), thaw };
+    app.notifier.send(Note::Incident(note), &app.audit);
     Ok((count, frozen))
 }
 
@@ -301,16 +312,18 @@ fn write_private_atomically(path: &Path, value: &str) -> std::io::Result<()> {
 /// it yet (a secret store still syncing) is read again at the next poll.
 pub async fn follow(app: &App) {
     let Ok(announced) = app.store.announced_credentials().await else { return };
-    for (name, fingerprint, overlap_until) in announced {
+    for (name, fingerprint, overlap_until, rotated) in announced {
         let Some(slot) = app.credentials.slot(&name) else { continue };
         if crate::support::hex(slot.current().fingerprint()) == fingerprint {
+            // The value in use: when it was rotated in counts for its deadline (after a restart).
+            slot.rotated_at(rotated);
             continue;
         }
         let read = read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s));
         match read {
             Ok(next) if crate::support::hex(next.fingerprint()) == fingerprint => {
                 let overlap = Some(overlap_until).filter(|t| *t > unix_now());
-                slot.swap(next, overlap);
+                slot.swap(next, overlap, if rotated > 0 { rotated } else { unix_now() });
                 step(
                     app,
                     AdminAction::CredentialFollow,

@@ -4,6 +4,7 @@
 
 use crate::app::App;
 use crate::config::Capability;
+use crate::credentials::deadline::RotationState;
 use crate::credentials::{Credential, Slot, UpstreamAuth};
 use crate::npm::NpmRequest;
 use crate::support::clock::{date, rfc3339, unix_now};
@@ -31,7 +32,25 @@ pub struct StatusRow {
     pub account_error: Option<String>,
     /// Until when the value before the last rotation is kept, if it is.
     pub overlap_until: Option<String>,
+    /// Its rotation deadline, when it has a class and a date to count from.
+    pub rotation: Option<RotationRow>,
     pub warnings: Vec<String>,
+}
+
+/// A credential against its rotation deadline.
+#[derive(Debug, Serialize)]
+pub struct RotationRow {
+    pub state: RotationState,
+    /// The day it must be rotated by.
+    pub due: String,
+    /// Whole days until then (negative once overdue).
+    pub days_to_due: i64,
+    pub cadence_days: u64,
+    /// Its last rotation (its `created` date, or a later rotation the broker saw).
+    pub last_rotated: String,
+    pub top: bool,
+    /// Writes through it are refused while it is overdue.
+    pub refuses_writes: bool,
 }
 
 /// One row per credential, sorted by name; accounts asked of the upstreams (cached).
@@ -49,7 +68,8 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
     let now = unix_now();
     // Whole days between today's date (UTC) and the credential's dates, as a calendar counts.
     let today = (now - now % 86_400) as i64;
-    let age_days = c.created.map(|t| (today - t as i64).div_euclid(86_400));
+    // The value in use's age: since its `created` date, or a later rotation the broker saw.
+    let age_days = c.created.max(slot.rotated()).map(|t| (now as i64 - t as i64).div_euclid(86_400));
     let days_to_expiry = c.expires.map(|t| (t as i64 - today).div_euclid(86_400));
     let (account, account_error) = match cached_account(app, slot, false).await {
         Ok(a) => (Some(a), None),
@@ -79,6 +99,7 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
     if let Some(e) = &account_error {
         warnings.push(format!("the upstream did not say whose token it is: {e}"));
     }
+    let rotation = rotation_row(app, slot, now, &mut warnings);
     StatusRow {
         name: c.name.clone(),
         upstream: c.upstream.clone(),
@@ -93,8 +114,49 @@ async fn row(app: &App, slot: &Slot) -> StatusRow {
         account,
         account_error,
         overlap_until: slot.overlap(now).map(|(_, until)| rfc3339(until, 0)),
+        rotation,
         warnings,
     }
+}
+
+/// The credential's rotation deadline, and the warning it calls for.
+fn rotation_row(app: &App, slot: &Slot, now: u64, warnings: &mut Vec<String>) -> Option<RotationRow> {
+    let c = &slot.config;
+    let rotate = format!("phantom credentials rotate {} --from-file NEW_TOKEN_FILE", c.name);
+    let Some(d) = slot.deadline(&app.config.rotation, now) else {
+        if c.class.is_none() {
+            warnings.push("no `class`: it has no rotation deadline".into());
+        } else {
+            warnings.push("no `created` date and no rotation seen: its rotation deadline is not known".into());
+        }
+        return None;
+    };
+    let today = (now - now % 86_400) as i64;
+    let days_to_due = (d.due as i64 - today).div_euclid(86_400);
+    let stops = if d.refuses_writes { "; writes through it are refused until then" } else { "" };
+    match d.state {
+        RotationState::Ok => {}
+        RotationState::Due => warnings.push(format!(
+            "rotation due by {} (in {days_to_due} days, every {} days for class {}): {rotate}",
+            date(d.due),
+            d.cadence / 86_400,
+            d.class
+        )),
+        RotationState::Overdue => warnings.push(format!(
+            "rotation overdue since {} ({} days){stops}: {rotate}",
+            date(d.due),
+            d.days_overdue(now).unwrap_or(0)
+        )),
+    }
+    Some(RotationRow {
+        state: d.state,
+        due: date(d.due),
+        days_to_due,
+        cadence_days: d.cadence / 86_400,
+        last_rotated: date(d.since),
+        top: c.top,
+        refuses_writes: d.refuses_writes,
+    })
 }
 
 /// The account the slot's current value authenticates as: cached for ten minutes, unless

@@ -155,6 +155,7 @@ pub(super) async fn release(app: &App, held: &HoldStatus, rec: &mut Record) -> R
     if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
         return Err(Refusal::Frozen);
     }
+    super::verdict::rotation_allows_writes(app, &g.credential)?;
     // A phantom revoked since it asked (an incident) releases nothing.
     let digest = crate::phantom::TokenDigest(w.phantom);
     if matches!(app.store.lookup(&digest, unix_now()).await?, crate::state::Lookup::Revoked) {

@@ -4,6 +4,7 @@
 use super::refusal::Refusal;
 use super::session::Session;
 use crate::app::App;
+use crate::notify::{BurstFreeze, Note};
 use crate::npm::PackageName;
 use crate::policy::Rate;
 use crate::state::{PhantomStore, RateOutcome};
@@ -19,6 +20,7 @@ pub(super) async fn within_rate(
     package: &PackageName,
     rate: Rate,
     take: bool,
+    request_id: &str,
 ) -> Result<Option<RateSlot>, Refusal> {
     let key = format!("{}\0{package}", session.record.grant);
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
@@ -28,6 +30,17 @@ pub(super) async fn within_rate(
         RateOutcome::Limited { retry_after } => {
             // The write is refused either way; the refusal says whether the freeze took.
             let frozen = app.config.server.freeze_on_burst && app.freeze(package).await.is_ok();
+            if frozen {
+                app.metrics.burst_froze();
+                let note = BurstFreeze {
+                    package: package.to_string(),
+                    grant: session.record.grant.as_str().into(),
+                    identity: Some(session.record.summary.clone()),
+                    request_id: request_id.to_owned(),
+                    thaw: format!("phantom thaw {package}"),
+                };
+                app.notifier.send(Note::BurstFreeze(note), &app.audit);
+            }
             Err(Refusal::RateLimited { retry_after, frozen })
         }
     }

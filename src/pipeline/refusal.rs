@@ -39,6 +39,8 @@ pub(crate) enum Refusal {
     WritesInFlight,
     #[error("writes to this package are frozen by an administrator")]
     Frozen,
+    #[error("credential `{credential}` is overdue for rotation since {due}: writes through it are refused")]
+    RotationOverdue { credential: String, due: String },
     #[error("past the grant's rate for this package (again in {retry_after:?}){}", if *.frozen { "; the package is now frozen" } else { "" })]
     RateLimited { retry_after: std::time::Duration, frozen: bool },
     #[error("the upstream registry accepts only staged publishes with this grant's credential (E_STAGE_REQUIRED)")]
@@ -157,6 +159,7 @@ impl Refusal {
             Refusal::UsesExhausted => RefusalKind::UsesExhausted,
             Refusal::WritesInFlight => RefusalKind::WritesInFlight,
             Refusal::Frozen => RefusalKind::Frozen,
+            Refusal::RotationOverdue { .. } => RefusalKind::RotationOverdue,
             Refusal::RateLimited { .. } => RefusalKind::RateLimited,
             Refusal::StageRequired => RefusalKind::StageRequired,
             Refusal::NoStagedVersion => RefusalKind::NoStagedVersion,
@@ -192,6 +195,7 @@ impl Refusal {
             | Refusal::NoGrant(_)
             | Refusal::UsesExhausted
             | Refusal::Frozen
+            | Refusal::RotationOverdue { .. }
             | Refusal::StageRequired => 403,
             Refusal::RateLimited { .. } => 429,
             Refusal::NoStagedVersion => 404,
@@ -273,6 +277,8 @@ impl Refusal {
                 "the phantom token already has as many writes open as it could still make; wait for them to end"
             }
             Refusal::Frozen => "writes to this package are frozen by an administrator",
+            // The date is the broker's own; the credential's name stays in the audit line.
+            Refusal::RotationOverdue { due, .. } => return overdue_message(due).into(),
             Refusal::RateLimited { frozen: false, .. } => {
                 "this package has had as many writes under the phantom's grant as the grant's rate allows; try again \
                  later"
@@ -354,6 +360,13 @@ impl Refusal {
         }
         resp
     }
+}
+
+fn overdue_message(due: &str) -> String {
+    format!(
+        "the real credential behind this grant was due for rotation on {due} and is overdue: writes through it are \
+         refused until an administrator rotates it (`phantom credentials rotate`)"
+    )
 }
 
 #[cfg(test)]

@@ -142,8 +142,9 @@ async fn judge(
         if package.as_ref().is_some_and(|p| app.is_frozen(p)) {
             return Err(Refusal::Frozen.into());
         }
+        rotation_allows_writes(app, &credential)?;
         if let (Some(rate), Some(p)) = (authorized.grant().rate, &package) {
-            rate_slot = within_rate(app, session, p, rate, true).await?;
+            rate_slot = within_rate(app, session, p, rate, true, &rec.request_id).await?;
         }
         let recorded = async {
             spend_use(app, session, checked.fingerprint).await?;
@@ -162,6 +163,18 @@ async fn judge(
     }
     rec.decision = Decision::Allow;
     Ok(Verdict { request: authorized, action: action.kind, spent, rate_slot })
+}
+
+/// A write through a credential overdue for rotation, under `[rotation] overdue =
+/// "refuse-writes"`, is refused.
+pub(super) fn rotation_allows_writes(app: &App, credential: &str) -> Result<(), Refusal> {
+    let Some(slot) = app.credentials.slot(credential) else { return Ok(()) };
+    match slot.deadline(&app.config.rotation, crate::support::clock::unix_now()) {
+        Some(d) if d.stops_writes() => {
+            Err(Refusal::RotationOverdue { credential: credential.to_owned(), due: crate::support::clock::date(d.due) })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether a publish of `package` creates it: the upstream does not have it yet (read with the

@@ -111,7 +111,7 @@ async fn authorize_provisional(
     let grant = provisional.grant();
     rec.grant = Some(grant.name.clone());
     if let (Some(rate), Some(p)) = (grant.rate, &package) {
-        within_rate(app, session, p, rate, false).await?;
+        within_rate(app, session, p, rate, false, &rec.request_id).await?;
     }
     Ok((provisional, auth))
 }

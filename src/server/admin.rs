@@ -250,10 +250,22 @@ async fn metrics(app: &App) -> Response<Body> {
         use crate::state::holds::HoldState;
         HoldState::ALL.map(|s| (s.as_str(), list.iter().filter(|h| h.state == s).count() as u64)).to_vec()
     });
+    let credentials = app
+        .credentials
+        .slots()
+        .map(|slot| crate::metrics::CredentialFigures {
+            name: slot.config.name.clone(),
+            class: slot.config.class,
+            since: slot.config.created.max(slot.rotated()),
+            deadline: slot.deadline(&app.config.rotation, now),
+        })
+        .collect();
     let snap = crate::metrics::Snapshot {
         now,
         phantoms_active: active.ok().and_then(Result::ok),
         holds,
+        credentials,
+        freezes: app.store.frozen_patterns().len(),
         audit_healthy: app.audit.is_healthy(),
         state_healthy: app.store.is_healthy(),
     };

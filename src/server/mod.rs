@@ -124,6 +124,8 @@ struct Background {
     /// The credentials other replicas rotated.
     following: tokio::task::JoinHandle<()>,
     sweeper: tokio::task::JoinHandle<()>,
+    /// Rotation deadlines' notices.
+    deadlines: tokio::task::JoinHandle<()>,
 }
 
 impl Background {
@@ -159,7 +161,11 @@ impl Background {
                 }
             })
         };
-        Background { notifications, syncing, following, sweeper }
+        let deadlines = {
+            let app = app.clone();
+            tokio::spawn(async move { crate::ops::deadlines::watch(&app).await })
+        };
+        Background { notifications, syncing, following, sweeper, deadlines }
     }
 
     /// After the drain: the store's tasks end; notifications still queued or under way get
@@ -167,6 +173,7 @@ impl Background {
     async fn stop(self, app: &App) {
         self.syncing.abort();
         self.following.abort();
+        self.deadlines.abort();
         app.notifier.close();
         if tokio::time::timeout(DRAIN_TIMEOUT, self.notifications).await.is_err() {
             tracing::warn!("notifications still under way after the drain timeout");

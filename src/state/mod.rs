@@ -82,15 +82,17 @@ impl Store {
         name: &str,
         fingerprint: &str,
         overlap_until: u64,
+        rotated: u64,
     ) -> Result<(), StoreError> {
         match self {
             Store::Memory { .. } => Ok(()),
-            Store::Redis(r) => r.announce_credential(name, fingerprint, overlap_until).await,
+            Store::Redis(r) => r.announce_credential(name, fingerprint, overlap_until, rotated).await,
         }
     }
 
-    /// The credentials' values the replicas announced: (name, fingerprint, overlap_until).
-    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    /// The credentials' values the replicas announced: (name, fingerprint, overlap_until,
+    /// rotated), the last when the value was rotated in.
+    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
         match self {
             Store::Memory { .. } => Ok(Vec::new()),
             Store::Redis(r) => r.announced_credentials().await,

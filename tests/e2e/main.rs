@@ -27,6 +27,7 @@ mod policy_reload;
 mod policy_rules;
 mod presets;
 mod public_registry;
+mod rotation;
 mod secrets_debug;
 mod shared_state;
 mod staging;

@@ -42,6 +42,7 @@ fn secret_holding_types_redact_debug() {
         publish: phantom_broker::config::Capability::Direct,
         created: None,
         expires: None,
+        top: false,
     };
     assert_hidden("CredentialConfig", format!("{cfg:?} {cfg:#?}"), CANARY);
     let env_source = SecretSource::Env("PB_SECRETS_DEBUG_CANARY".into());

@@ -536,24 +536,28 @@ impl RedisStore {
         name: &str,
         fingerprint: &str,
         overlap_until: u64,
+        rotated: u64,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
-        let value = format!("{fingerprint}:{overlap_until}");
+        let value = format!("{fingerprint}:{overlap_until}:{rotated}");
         self.call(redis::cmd("HSET").arg(self.named("credentials")).arg(name).arg(value).query_async::<i64>(&mut conn))
             .await
             .map(drop)
     }
 
-    /// The credentials' values as last announced: name -> (fingerprint, overlap_until).
-    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+    /// The credentials' values as last announced: (name, fingerprint, overlap_until, rotated).
+    pub(crate) async fn announced_credentials(&self) -> Result<Vec<(String, String, u64, u64)>, StoreError> {
         let mut conn = self.conn.clone();
         let all: Vec<(String, String)> =
             self.call(redis::cmd("HGETALL").arg(self.named("credentials")).query_async(&mut conn)).await?;
         Ok(all
             .into_iter()
             .filter_map(|(name, v)| {
-                let (fp, until) = v.split_once(':')?;
-                Some((name, fp.to_owned(), until.parse().unwrap_or(0)))
+                let mut parts = v.splitn(3, ':');
+                let fp = parts.next()?.to_owned();
+                let until = parts.next()?.parse().unwrap_or(0);
+                let rotated = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+                Some((name, fp, until, rotated))
             })
             .collect())
     }

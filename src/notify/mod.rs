@@ -1,21 +1,26 @@
-//! Notifications of staged versions: one JSON POST per staged version to each `[notify.NAME]`
-//! webhook its grant names, so that a maintainer hears that a version waits for approval.
+//! Notifications: staged and held versions (to the `[notify.NAME]` webhooks their grant names),
+//! and the events targets subscribe to with `events = [...]`: `staged`, `held`, `rotation-due`,
+//! `rotation-overdue` (daily, to the `escalate` targets too), `burst-freeze` and `incident`.
 //!
-//! A notification never fails or delays the publish that caused it: it is queued without
+//! A notification never fails or delays the request that caused it: it is queued without
 //! waiting (a full queue drops it, on record) and delivered by a task of its own, with retries
-//! and backoff. Every outcome is audited. The body is signed with HMAC-SHA256 when the target
-//! has a `secret` (`X-Phantom-Signature: sha256=<hex>`), and carries a `text` line, so a Slack
-//! incoming webhook shows it as is.
+//! and backoff. Every outcome is audited and counted. The body is signed with HMAC-SHA256 when
+//! the target has a `secret` (`X-Phantom-Signature: sha256=<hex>`); it is the broker's JSON
+//! with a `text` line (a Slack incoming webhook shows it as is), or, with `format = "ticket"`,
+//! a ticket for a ticket system's generic webhook (`note.rs`).
+
+mod note;
+
+pub(crate) use note::{BurstFreeze, Held, Incident, Note, Rotation, Staged};
 
 use crate::audit::{Audit, Decision, Event, Record};
-use crate::config::NotifyConfig;
+use crate::config::{NotifyConfig, NotifyEvent, NotifyFormat};
 use crate::support::net::{self, HttpsClient};
 use crate::support::secret::read_secret;
 use crate::support::secret::Secret;
 use http::{header, Request, Uri};
+use prometheus_client::metrics::counter::Counter;
 use ring::hmac;
-use serde::Serialize;
-use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,66 +35,8 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A version staged upstream, as the notification tells it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Staged {
-    pub(crate) package: String,
-    pub(crate) version: String,
-    /// The registry's id of the staged version (if it gave a usable one).
-    pub(crate) stage_id: Option<String>,
-    /// Its status as the registry reported it: `validating` (its checks still run: not
-    /// approvable yet) or `staged`; absent when it could not be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) status: Option<String>,
-    /// The grant publishes directly, and the registry staged the publish all the same (silent
-    /// staging).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) silent: bool,
-    /// The caller's identity as audit lines show it (claims, never a token).
-    pub(crate) identity: Option<Arc<RawValue>>,
-    pub(crate) grant: Arc<str>,
-    pub(crate) request_id: String,
-    /// Not staged upstream but held by the broker for its grant's approvers (`event: "held"`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) held: Option<Held>,
-}
-
-/// A write the broker holds until approvers approve it.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct Held {
-    pub(crate) id: String,
-    pub(crate) action: &'static str,
-    pub(crate) approvers: String,
-    pub(crate) required: u32,
-}
-
-impl Staged {
-    /// How a maintainer makes it live.
-    pub(crate) fn approve_hint(&self) -> String {
-        if let Some(h) = &self.held {
-            return format!(
-                "{} of `{}` approve it with `phantom approve {}` (the requester does not count)",
-                h.required, h.approvers, h.id
-            );
-        }
-        match (&self.stage_id, self.status.as_deref()) {
-            (Some(id), Some("validating")) => format!(
-                "the registry is still validating it: once `npm stage view {id}` shows status staged, a maintainer \
-                 approves it with `npm stage approve {id}` (2FA)"
-            ),
-            (Some(id), _) => format!("a maintainer approves it with `npm stage approve {id}` (2FA)"),
-            (None, _) => format!("a maintainer finds it with `npm stage list {}` and approves it (2FA)", self.package),
-        }
-    }
-
-    /// The `npm-notice` the publishing client prints.
-    pub(crate) fn notice(&self) -> String {
-        let how = if self.silent { " (the registry staged the direct publish)" } else { "" };
-        let status = self.status.as_deref().map(|s| format!(", status {s}")).unwrap_or_default();
-        let id = self.stage_id.as_deref().map(|id| format!(" (stage id {id}{status})")).unwrap_or_default();
-        format!("{}@{} is staged, not published{how}{id}: {}", self.package, self.version, self.approve_hint())
-    }
-}
+/// How a delivery ended: the `result` label of `phantom_notifications_total`.
+pub(crate) const RESULTS: [&str; 3] = ["delivered", "failed", "dropped"];
 
 struct Target {
     name: Arc<str>,
@@ -97,15 +44,20 @@ struct Target {
     /// The HMAC key of the signature header.
     key: Option<hmac::Key>,
     client: HttpsClient,
+    events: Vec<NotifyEvent>,
+    escalate: Vec<String>,
+    format: NotifyFormat,
 }
 
 struct Delivery {
     target: Arc<Target>,
-    staged: Staged,
+    note: Arc<Note>,
 }
 
 pub(crate) struct Notifier {
     targets: HashMap<String, Arc<Target>>,
+    /// `phantom_notifications_total`: per event of `NotifyEvent::ALL`, one per `RESULTS`.
+    counts: Vec<Counter>,
     /// Taken by `close`, at shutdown.
     queue: Mutex<Option<mpsc::Sender<Delivery>>>,
     /// Taken by `deliver_queued`.
@@ -117,7 +69,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 impl Notifier {
     /// Reads each target's secret and prepares its client (system roots plus its `ca_file`).
-    pub(crate) fn new(configs: &[NotifyConfig]) -> Result<Notifier, String> {
+    /// `counts` are the metrics' counters, event-major (see `counter`).
+    pub(crate) fn new(configs: &[NotifyConfig], counts: Vec<Counter>) -> Result<Notifier, String> {
         let mut targets = HashMap::new();
         for c in configs {
             let secret: Option<Secret> = match &c.secret {
@@ -130,25 +83,74 @@ impl Notifier {
                 webhook: c.webhook.clone(),
                 key: secret.map(|s| hmac::Key::new(hmac::HMAC_SHA256, s.expose().as_bytes())),
                 client: net::https_client(tls, Duration::from_secs(5)),
+                events: c.events.clone(),
+                escalate: c.escalate.clone(),
+                format: c.format,
             };
             targets.insert(c.name.clone(), Arc::new(target));
         }
         let (queue, waiting) = mpsc::channel(QUEUE);
-        Ok(Notifier { targets, queue: Mutex::new(Some(queue)), waiting: Mutex::new(Some(waiting)) })
+        Ok(Notifier { targets, counts, queue: Mutex::new(Some(queue)), waiting: Mutex::new(Some(waiting)) })
     }
 
-    /// Queues a staged version for each of `targets`, without waiting. A notification that does
-    /// not fit in the queue is dropped, and that is on record.
-    pub(crate) fn staged(&self, targets: &[String], staged: &Staged, audit: &Audit) {
+    /// Queues a staged (or held) version for the targets its grant names (`named`) and those
+    /// subscribed to its event, without waiting.
+    pub(crate) fn staged(&self, named: &[String], staged: &Staged, audit: &Audit) {
+        let note = Note::Staged(staged.clone());
+        let mut to: Vec<&str> = named.iter().map(String::as_str).collect();
+        to.extend(self.subscribed(note.event()));
+        self.queue(&to, note, audit);
+    }
+
+    /// Queues `note` for the targets subscribed to its event; a rotation's escalation also
+    /// goes to the `escalate` targets of those told of rotations.
+    pub(crate) fn send(&self, note: Note, audit: &Audit) {
+        let mut to: Vec<&str> = self.subscribed(note.event()).collect();
+        if matches!(&note, Note::Rotation(r) if r.escalation) {
+            let rotations = [NotifyEvent::RotationDue, NotifyEvent::RotationOverdue];
+            for t in self.targets.values().filter(|t| t.events.iter().any(|e| rotations.contains(e))) {
+                to.extend(t.escalate.iter().map(String::as_str));
+            }
+        }
+        self.queue(&to, note, audit);
+    }
+
+    /// Whether any target would be told of `event`.
+    pub(crate) fn wants(&self, event: NotifyEvent) -> bool {
+        self.subscribed(event).next().is_some()
+    }
+
+    fn subscribed(&self, event: NotifyEvent) -> impl Iterator<Item = &str> {
+        self.targets.values().filter(move |t| t.events.contains(&event)).map(|t| &*t.name)
+    }
+
+    /// Queues `note` once for each of `to` (a name given twice is told once). A notification
+    /// that does not fit in the queue is dropped, and that is on record.
+    fn queue(&self, to: &[&str], note: Note, audit: &Audit) {
+        let note = Arc::new(note);
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        for name in targets {
-            let Some(target) = self.targets.get(name) else { continue };
-            let delivery = Delivery { target: target.clone(), staged: staged.clone() };
+        let mut told: Vec<&str> = Vec::new();
+        for name in to {
+            if told.contains(name) {
+                continue;
+            }
+            told.push(name);
+            let Some(target) = self.targets.get(*name) else { continue };
+            let delivery = Delivery { target: target.clone(), note: note.clone() };
             let queued = queue.as_ref().is_some_and(|q| q.try_send(delivery).is_ok());
             if !queued {
                 let why = "dropped: the notification queue is full (or the broker is stopping)";
-                audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why.into())));
+                self.count(&note, 2);
+                audit.write_queued(Arc::new(outcome(target, &note, Decision::Error, why.into())));
             }
+        }
+    }
+
+    /// Counts one delivery's end (an index of `RESULTS`).
+    fn count(&self, note: &Note, result: usize) {
+        let event = NotifyEvent::ALL.iter().position(|e| *e == note.event()).unwrap_or(0);
+        if let Some(c) = self.counts.get(event * RESULTS.len() + result) {
+            c.inc();
         }
     }
 
@@ -164,20 +166,21 @@ impl Notifier {
 pub(crate) async fn deliver_queued(notifier: Arc<Notifier>, audit: Arc<Audit>) {
     let Some(mut waiting) = notifier.waiting.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
     let mut running = tokio::task::JoinSet::new();
-    let mut under_way: HashMap<tokio::task::Id, (Arc<Target>, Staged)> = HashMap::new();
+    let mut under_way: HashMap<tokio::task::Id, (Arc<Target>, Arc<Note>)> = HashMap::new();
     while let Some(delivery) = waiting.recv().await {
         while running.len() >= IN_FLIGHT {
             if let Some(Ok((id, ()))) = running.join_next_with_id().await {
                 under_way.remove(&id);
             }
         }
-        let (target, staged) = (delivery.target.clone(), delivery.staged.clone());
-        let line_audit = audit.clone();
+        let (target, note) = (delivery.target.clone(), delivery.note.clone());
+        let (line_audit, counting) = (audit.clone(), notifier.clone());
         let handle = running.spawn(async move {
             let line = deliver(&delivery).await;
+            counting.count(&delivery.note, usize::from(line.decision != Decision::Allow));
             line_audit.write_queued(Arc::new(line));
         });
-        under_way.insert(handle.id(), (target, staged));
+        under_way.insert(handle.id(), (target, note));
         while let Some(Ok((id, ()))) = running.try_join_next_with_id() {
             under_way.remove(&id);
         }
@@ -191,49 +194,20 @@ pub(crate) async fn deliver_queued(notifier: Arc<Notifier>, audit: Arc<Audit>) {
     })
     .await;
     running.abort_all();
-    for (target, staged) in under_way.values() {
+    for (target, note) in under_way.values() {
         let why = "abandoned: the broker stopped while the delivery was under way".to_owned();
-        audit.write_queued(Arc::new(outcome(target, staged, Decision::Error, why)));
+        notifier.count(note, 1);
+        audit.write_queued(Arc::new(outcome(target, note, Decision::Error, why)));
     }
 }
 
-/// The notification's body.
-#[derive(Serialize)]
-struct Body<'a> {
-    event: &'static str,
-    /// When it was first sent (unix seconds): inside the signature, so a receiver can refuse an
-    /// old notification sent again.
-    sent_at: u64,
-    #[serde(flatten)]
-    staged: &'a Staged,
-    approve_hint: String,
-    /// One line for chat webhooks (Slack shows `text`).
-    text: String,
-}
-
-fn body(staged: &Staged) -> Vec<u8> {
-    let approve_hint = staged.approve_hint();
-    let (event, text) = match &staged.held {
-        Some(h) => (
-            "held",
-            format!(
-                "a {} of {}@{} is held for approval (id {}, grant `{}`): {approve_hint}",
-                h.action, staged.package, staged.version, h.id, staged.grant
-            ),
-        ),
-        None => {
-            let id = staged.stage_id.as_deref().unwrap_or("unknown");
-            let status = staged.status.as_deref().map(|s| format!(", {s}")).unwrap_or_default();
-            let text = format!(
-                "{}@{} is staged (id {id}{status}, grant `{}`): {approve_hint}",
-                staged.package, staged.version, staged.grant
-            );
-            ("staged", text)
-        }
-    };
-    // Strings and a raw JSON value always serialise.
+/// The body `target` is sent, in its format.
+fn body(target: &Target, note: &Note) -> Vec<u8> {
     let sent_at = crate::support::clock::unix_now();
-    serde_json::to_vec(&Body { event, sent_at, staged, approve_hint, text }).unwrap_or_default()
+    match target.format {
+        NotifyFormat::Json => note.json(sent_at),
+        NotifyFormat::Ticket => note.ticket(sent_at),
+    }
 }
 
 /// `sha256=<hex>` of the body under the target's key.
@@ -243,7 +217,7 @@ pub(crate) fn signature(key: &hmac::Key, body: &[u8]) -> String {
 
 /// Tries a delivery up to `ATTEMPTS` times, backing off between tries; returns its audit line.
 async fn deliver(d: &Delivery) -> Record {
-    let body = body(&d.staged);
+    let body = body(&d.target, &d.note);
     let mut wait = FIRST_BACKOFF;
     let mut last = String::new();
     for attempt in 1..=ATTEMPTS {
@@ -254,12 +228,12 @@ async fn deliver(d: &Delivery) -> Record {
             req = req.header("x-phantom-signature", signature(key, &body));
         }
         let Ok(req) = req.body(net::full(body.clone())) else {
-            return outcome(&d.target, &d.staged, Decision::Error, "the request could not be built".into());
+            return outcome(&d.target, &d.note, Decision::Error, "the request could not be built".into());
         };
         match net::fetch(&d.target.client, req, ATTEMPT_TIMEOUT, 64 * 1024).await {
             Ok((parts, _)) if parts.status.is_success() => {
                 let why = format!("delivered to `{}` ({}) on attempt {attempt}", d.target.name, parts.status.as_u16());
-                return outcome(&d.target, &d.staged, Decision::Allow, why);
+                return outcome(&d.target, &d.note, Decision::Allow, why);
             }
             // A refusal other than "later" will not change by asking again; nor is a redirect
             // followed.
@@ -268,7 +242,7 @@ async fn deliver(d: &Delivery) -> Record {
                     || parts.status.is_redirection() =>
             {
                 let why = format!("`{}` refused the notification ({})", d.target.name, parts.status.as_u16());
-                return outcome(&d.target, &d.staged, Decision::Error, why);
+                return outcome(&d.target, &d.note, Decision::Error, why);
             }
             Ok((parts, _)) => last = format!("answered {}", parts.status.as_u16()),
             Err(e) => last = e.to_string(),
@@ -279,31 +253,31 @@ async fn deliver(d: &Delivery) -> Record {
         }
     }
     let why = format!("gave up on `{}` after {ATTEMPTS} attempts: {last}", d.target.name);
-    outcome(&d.target, &d.staged, Decision::Error, why)
+    outcome(&d.target, &d.note, Decision::Error, why)
 }
 
 /// The audit line of a notification. The webhook's URL is not recorded (chat webhooks carry
 /// their secret in it): the target's name is.
-fn outcome(target: &Target, staged: &Staged, decision: Decision, reason: String) -> Record {
-    Record {
+fn outcome(target: &Target, note: &Note, decision: Decision, reason: String) -> Record {
+    let mut rec = Record {
         event: Event::Notify,
-        request_id: staged.request_id.clone(),
-        identity: staged.identity.clone(),
-        package: Some(staged.package.clone()),
-        version: Some(staged.version.clone()),
-        staged: staged.held.is_none(),
-        stage_id: staged.stage_id.clone(),
-        grant: Some(staged.grant.clone()),
         upstream: Some(target.name.clone()),
         decision,
         reason: Some(reason),
         ..Record::default()
-    }
+    };
+    note.about(&mut rec);
+    rec
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
+
+    fn body(staged: &Staged) -> Vec<u8> {
+        Note::Staged(staged.clone()).json(1)
+    }
 
     #[test]
     fn bodies_say_what_to_approve_and_signatures_are_hmac_sha256() {
@@ -344,6 +318,17 @@ mod tests {
             "{}",
             staged.notice()
         );
+        // A ticket for the same version: one per version, what to do in its description.
+        let doc: serde_json::Value = serde_json::from_slice(&Note::Staged(staged.clone()).ticket(1)).unwrap();
+        assert_eq!(doc["summary"], "Staged upstream: @acme/web@1.2.3");
+        assert_eq!(
+            (doc["short_description"].as_str(), doc["priority"].as_str()),
+            (doc["summary"].as_str(), Some("Medium"))
+        );
+        assert_eq!(doc["dedupe_key"], "phantom:staged:@acme/web@1.2.3");
+        assert_eq!(doc["labels"], serde_json::json!(["phantom-broker", "staged"]));
+        assert_eq!(doc["details"]["grant"], "release");
+        assert!(doc["description"].as_str().unwrap().contains("npm stage approve"), "{doc}");
         // RFC 4231, test case 2.
         let key = hmac::Key::new(hmac::HMAC_SHA256, b"Jefe");
         assert_eq!(
