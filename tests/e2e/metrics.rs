@@ -112,10 +112,22 @@ fn metrics_count_what_the_broker_did() {
 /// `/metrics` names the credentials, grants and packages an attacker would aim at: without the
 /// admin token (none, or a wrong one) it is refused and the refusal is audited; Prometheus
 /// itself, configured as docs/admin-api.md says (`authorization: { credentials_file: ... }`), scrapes
-/// it, and the same job without the file is refused.
+/// it, and the same job without the file is refused. That Prometheus loads the alerting rules of
+/// `deploy/prometheus/phantom-rules.yml` and evaluates each without error, and, after a short
+/// load, every query of every panel of `deploy/grafana/phantom.json` returns data.
 #[test]
 fn metrics_need_the_admin_token() {
-    let w = World::start(DEFAULT_POLICY);
+    let now = phantom_broker::support::clock::unix_now();
+    let date = |t: u64| phantom_broker::support::clock::date(t);
+    let w = World::start_with(Options {
+        policy: DEFAULT_POLICY.into(),
+        credential: format!(
+            "class = \"B\"\ncreated = \"{}\"\nexpires = \"{}\"",
+            date(now - 20 * 86_400),
+            date(now + 200 * 86_400)
+        ),
+        ..Options::default()
+    });
     let url = format!("{}metrics", w.broker.admin_url);
     for auth in [None, Some("Bearer not-the-admin-token"), Some("Basic YWRtaW46YWRtaW4=")] {
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", *a)).collect();
@@ -149,8 +161,10 @@ fn metrics_need_the_admin_token() {
             ca = w.certs.ca.display()
         )
     };
+    let rules = repo().join("deploy/prometheus/phantom-rules.yml");
     let config = format!(
-        "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\nscrape_configs:\n{}{}",
+        "global: {{ scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s }}\nrule_files: [\"{}\"]\nscrape_configs:\n{}{}",
+        rules.display(),
         job("phantom", &format!("    authorization: {{ credentials_file: {} }}\n", token_file.display())),
         job("phantom-no-token", "")
     );
@@ -179,6 +193,64 @@ fn metrics_need_the_admin_token() {
     assert_eq!(up("phantom-no-token"), Some(0.0), "prometheus without the token scraped /metrics");
     let healthy = plain_get(port, "/api/v1/query?query=phantom_audit_healthy").unwrap_or_default();
     assert!(healthy.contains("\"phantom_audit_healthy\"") && healthy.contains("\"1\"]"), "{healthy}");
+
+    // A short load while Prometheus scrapes every second: exchanges, publishes, reads and
+    // refusals, so that rates have two samples to go on.
+    for i in 0..4 {
+        let phantom = w.phantom(&["pb-dash"], &["publish"], None);
+        let headers = [("authorization", format!("Bearer {phantom}")), ("content-type", "application/json".into())];
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = publish_body("pb-dash", "pb-dash", &format!("1.0.{i}"), "latest");
+        assert_eq!(w.broker("PUT", "/pb-dash", &headers, body).status, 201);
+        assert_eq!(w.broker("GET", "/pb-dash", &[], "").status, 200);
+        assert_eq!(w.broker("PUT", "/pb-dash", &[("content-type", "application/json")], "{}").status, 401);
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let query = |expr: &str| -> serde_json::Value {
+        let q = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
+        let body = plain_get(port, &format!("/api/v1/query?query={q}")).unwrap_or_else(|| panic!("{expr}: no answer"));
+        serde_json::from_str(&body).unwrap()
+    };
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("deploy/grafana/phantom.json")).unwrap()).unwrap();
+    let panels: Vec<&serde_json::Value> =
+        dashboard["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row").collect();
+    assert!(panels.len() >= 15, "the dashboard has {} panels", panels.len());
+    for panel in panels {
+        let targets = panel["targets"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(!targets.is_empty(), "panel `{}` has no query", panel["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "1m");
+            assert!(!expr.contains('$'), "panel `{}`: a variable the test cannot fill: {expr}", panel["title"]);
+            let answer = query(&expr);
+            assert_eq!(answer["status"], "success", "panel `{}`: {expr}: {answer}", panel["title"]);
+            let result = answer["data"]["result"].as_array().unwrap();
+            assert!(!result.is_empty(), "panel `{}`: {expr} returned no data", panel["title"]);
+        }
+    }
+    // The alerting rules loaded, and each evaluated against the broker's series without error.
+    let rules: serde_json::Value = serde_json::from_str(&plain_get(port, "/api/v1/rules").unwrap()).unwrap();
+    let loaded: Vec<&serde_json::Value> =
+        rules["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap()).collect();
+    assert!(loaded.len() >= 8, "{rules}");
+    for rule in loaded {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+}
+
+/// The alerting rules pass promtool's check and their unit tests (`phantom-rules.test.yml`).
+#[test]
+fn the_alerting_rules_pass_their_unit_tests() {
+    let Ok(promtool) = which("promtool") else {
+        eprintln!("promtool is not installed here: the rules were not checked (.ci/run installs it)");
+        return;
+    };
+    let dir = repo().join("deploy/prometheus");
+    for args in [["check", "rules", "phantom-rules.yml"], ["test", "rules", "phantom-rules.test.yml"]] {
+        let out = std::process::Command::new(&promtool).args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "promtool {}: {}", args.join(" "), text(&out));
+    }
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
@@ -187,14 +259,15 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .ok_or(())
 }
 
-/// A plain-HTTP GET on loopback (Prometheus's own API); the body, on a 200.
+/// A plain-HTTP GET on loopback (Prometheus's own API); the body, on a 200. HTTP/1.0, so that
+/// the body is never chunked.
 fn plain_get(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     let (head, body) = out.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")).then(|| body.to_owned())
 }
