@@ -194,6 +194,7 @@ fn identity(c: &mut Criterion) {
         jwks_cache: Duration::from_secs(3600),
         fetch_timeout: Duration::from_secs(1),
         device: None,
+        web: None,
     };
     let issuers = rt.block_on(async { Issuers::new(std::slice::from_ref(&cfg)).unwrap() });
     let mut group = c.benchmark_group("id-token verify");

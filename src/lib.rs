@@ -37,8 +37,9 @@
 //!    exchanges, people's approvals and refusals too.
 //! 8. `ops`: what an operator does to a running broker: reload, rotate, follow, status, and
 //!    held writes (list, reject, expire); rotation deadlines' notices.
-//! 9. `server`: listeners, worker threads, connections (HTTP/1.1 and HTTP/2), drain, the admin
-//!    face, the forward proxy's tunnels, the file watcher.
+//! 9. `console`: the admin console in the browser: sessions, people's sign-in, pages and forms.
+//! 10. `server`: listeners, worker threads, connections (HTTP/1.1 and HTTP/2), drain, the admin
+//!     face, the forward proxy's tunnels, the file watcher.
 //!
 //! The binary (`main.rs`, and `cli/` for the CLI's own commands: login and a person's device
 //! sign-in, held writes, the admin client, `certs dev`, the demo) uses the library's public face.
@@ -47,6 +48,7 @@
 pub(crate) mod app;
 pub mod audit;
 pub mod config;
+pub(crate) mod console;
 pub mod credentials;
 pub mod identity;
 pub(crate) mod metrics;

@@ -48,6 +48,7 @@ fn fixture() -> &'static Fixture {
             jwks_cache: Duration::from_secs(3600),
             fetch_timeout: Duration::from_millis(1),
             device: None,
+            web: None,
         };
         let issuers = rt.block_on(async { Issuers::new(&[cfg]).unwrap() });
         let keys = parse_jwks(jwks.to_string().as_bytes()).unwrap();

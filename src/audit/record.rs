@@ -40,6 +40,8 @@ label! {
     pub enum Via {
         /// Through the forward proxy (`HTTPS_PROXY`).
         Proxy => "proxy",
+        /// Through the admin console, in a browser.
+        Console => "console",
     }
 }
 
@@ -59,6 +61,9 @@ label! {
         CredentialFollow => "credential-follow",
         Holds => "holds",
         HoldReject => "hold-reject",
+        ConsoleSignIn => "console-sign-in",
+        ConsoleSignOut => "console-sign-out",
+        ConsoleRefused => "console-refused",
     }
 }
 

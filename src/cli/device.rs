@@ -15,6 +15,7 @@ use openidconnect::{
     TokenResponse,
 };
 use phantom_broker::support::net::{self, HttpsClient};
+use phantom_broker::support::oidc::{call, chain};
 use phantom_broker::support::secret::IdToken;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -114,28 +115,4 @@ pub(crate) async fn sign_in(client: &HttpsClient, issuer: &PeopleIssuer) -> Resu
         .id_token()
         .ok_or_else(|| format!("issuer `{}` answered without an ID token (is `openid` allowed?)", issuer.name))?;
     Ok(IdToken::new(id_token.to_string()))
-}
-
-/// One request of the flow, through the broker's HTTPS client (redirects are not followed).
-async fn call(client: &HttpsClient, req: openidconnect::HttpRequest) -> Result<openidconnect::HttpResponse, HttpError> {
-    let (parts, body) = req.into_parts();
-    let req = Request::from_parts(parts, net::full(body));
-    let (parts, bytes) = net::fetch(client, req, TIMEOUT, MAX_ANSWER).await.map_err(|e| HttpError(e.to_string()))?;
-    Ok(http::Response::from_parts(parts, bytes.to_vec()))
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct HttpError(String);
-
-/// An error and its causes, on one line (the provider's `error_description` included).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }

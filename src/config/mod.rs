@@ -2,6 +2,7 @@
 //!
 //! Relative paths in the file are relative to the file's own directory.
 
+mod console;
 mod raw;
 mod rotation;
 mod types;

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) notify: BTreeMap<String, RawNotify>,
     pub(super) proxy: Option<RawProxy>,
     pub(super) rotation: Option<super::rotation::RawRotation>,
+    pub(super) console: Option<super::console::RawConsole>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +95,7 @@ pub(super) struct RawIssuer {
     pub(super) jwks_cache: Option<String>,
     pub(super) fetch_timeout: Option<String>,
     pub(super) device: Option<RawDevice>,
+    pub(super) web: Option<super::console::RawWeb>,
 }
 
 #[derive(Deserialize)]

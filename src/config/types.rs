@@ -35,7 +35,11 @@ pub struct Config {
     pub state: StateConfig,
     /// `[rotation]`: the deadlines of each class of credential.
     pub rotation: RotationConfig,
+    /// `[console]`: the admin console in the browser.
+    pub console: Option<ConsoleConfig>,
 }
+
+pub use super::console::{ConsoleConfig, Role, WebClient};
 
 pub use super::rotation::{NotifyEvent, NotifyFormat, RotationConfig};
 
@@ -168,6 +172,9 @@ pub struct IssuerConfig {
     /// `device = { client_id, scopes }`: people sign in with this issuer from the CLI, by the
     /// device authorization grant (RFC 8628), as this public client.
     pub device: Option<DeviceClient>,
+    /// `web = { client_id, client_secret, scopes }`: people sign in to the console with this
+    /// issuer (authorization code with PKCE), as this client.
+    pub web: Option<WebClient>,
 }
 
 /// The public client the CLI signs people in as (`phantom login --device`).

@@ -64,6 +64,11 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
     let b = Base(base);
     let server = server(&raw.server, &b)?;
     let upstreams = upstreams(raw.upstream, &b)?;
+    let console = super::console::console(
+        raw.console,
+        raw.admin.as_ref().map(|a| admin_listen(a.listen.as_deref())).transpose()?,
+        &raw.issuer.iter().filter(|(_, i)| i.web.is_some()).map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+    )?;
     let issuers = issuers(raw.issuer, &server, &b)?;
     let credentials = credentials(raw.credential, &upstreams, &b)?;
     let state = state_config(raw.state, &b)?;
@@ -72,6 +77,7 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
     let proxy = proxy(raw.proxy, &upstreams, &b)?;
     let rotation = super::rotation::rotation(raw.rotation)?;
     Ok(Config {
+        console,
         rotation,
         state,
         proxy,
@@ -230,6 +236,7 @@ fn issuers(raw: BTreeMap<String, RawIssuer>, server: &ServerConfig, b: &Base<'_>
             algorithms.push(alg);
         }
         let device = device_client(&name, i.device)?;
+        let web = super::console::web_client(&name, i.web, |s| b.secret(s))?;
         // A person's ID token is for the client they signed in with.
         let audience = match (&i.audience, &device) {
             (Some(a), _) => a.clone(),
@@ -239,6 +246,7 @@ fn issuers(raw: BTreeMap<String, RawIssuer>, server: &ServerConfig, b: &Base<'_>
         issuers.push(IssuerConfig {
             audience,
             device,
+            web,
             issuer,
             preset,
             preset_from_url,
@@ -339,10 +347,7 @@ fn admin(raw: Option<RawAdmin>, b: &Base<'_>) -> Result<Option<AdminConfig>, Str
     let admin = match raw {
         None => None,
         Some(a) => {
-            let text = a.listen.as_deref().unwrap_or("127.0.0.1:9090");
-            let listen = text
-                .parse()
-                .map_err(|_| format!("`admin.listen`: `{text}` is not an address like \"127.0.0.1:9090\""))?;
+            let listen = admin_listen(a.listen.as_deref())?;
             let token = b.secret(a.token);
             let metrics_open = match a.metrics.as_deref() {
                 None | Some("token") => false,
@@ -355,6 +360,11 @@ fn admin(raw: Option<RawAdmin>, b: &Base<'_>) -> Result<Option<AdminConfig>, Str
         }
     };
     Ok(admin)
+}
+
+fn admin_listen(text: Option<&str>) -> Result<SocketAddr, String> {
+    let text = text.unwrap_or("127.0.0.1:9090");
+    text.parse().map_err(|_| format!("`admin.listen`: `{text}` is not an address like \"127.0.0.1:9090\""))
 }
 
 fn notify(raw: BTreeMap<String, RawNotify>, b: &Base<'_>) -> Result<Vec<NotifyConfig>, String> {

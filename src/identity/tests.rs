@@ -38,6 +38,7 @@ fn fixture() -> Fixture {
         jwks_cache: Duration::from_secs(3600),
         fetch_timeout: Duration::from_secs(2),
         device: None,
+        web: None,
     };
     let issuers = Issuers::new(&[cfg]).unwrap();
     let jwks = json!({ "keys": [public_jwk.clone(), {"kty": "oct", "k": "c2VjcmV0", "kid": "hmac"}] });

@@ -284,6 +284,18 @@ impl NpmRequest {
         NpmRequest { method: Method::GET, package: None, op: Op::Whoami, form: NameForm::Escaped, query: None }
     }
 
+    /// `GET /-/stage?page=1&perPage=100`: the versions the credential may see staged (the
+    /// console's list; a registry may refuse it to a token).
+    pub(crate) fn stage_list() -> NpmRequest {
+        NpmRequest {
+            method: Method::GET,
+            package: None,
+            op: Op::StageList,
+            form: NameForm::Escaped,
+            query: Some("page=1&perPage=100".to_owned()),
+        }
+    }
+
     /// `GET /-/stage/<id>`: one staged version, when `id` is a stage id.
     pub(crate) fn stage_view(id: &str) -> Option<NpmRequest> {
         is_stage_id(id).then(|| NpmRequest {

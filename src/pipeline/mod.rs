@@ -5,10 +5,10 @@
 mod exchange;
 pub(crate) mod gate;
 mod held;
-mod people;
+pub(crate) mod people;
 mod rate;
 mod read;
-mod refusal;
+pub(crate) mod refusal;
 mod session;
 mod staged;
 mod verdict;

@@ -72,6 +72,42 @@ pub(super) async fn decide(
     rec.event = Event::Hold;
     rec.path = Some(format!("/-/phantom/v1/holds/{id}/{}", if approve { "approve" } else { "reject" }));
     let person = signed_in(app, &req, rec).await?;
+    Ok(decide_as(app, &person, id, approve, rec).await?.response())
+}
+
+/// What a person's decision did to a held write.
+pub(crate) struct Decided {
+    pub(crate) id: String,
+    pub(crate) state: HoldState,
+    pub(crate) approvals: u32,
+    pub(crate) required: u32,
+    /// The upstream's answer, when this approval forwarded the write.
+    pub(crate) upstream_status: Option<u16>,
+}
+
+impl Decided {
+    fn response(&self) -> Response<Body> {
+        let mut body = serde_json::json!({
+            "id": self.id, "state": self.state.as_str(), "approvals": self.approvals, "required": self.required,
+        });
+        if let Some(status) = self.upstream_status {
+            body["upstream_status"] = status.into();
+        }
+        net::json_reply(StatusCode::OK, body.to_string())
+    }
+}
+
+/// A person's approval or rejection of a held write, `rec.identity` being theirs: through the
+/// CLI (`decide`, with a fresh ID token) or the console (a signed-in session). The approval
+/// that makes them enough forwards the write, before this returns.
+pub(crate) async fn decide_as(
+    app: &App,
+    person: &Person,
+    id: &str,
+    approve: bool,
+    rec: &mut Record,
+) -> Result<Decided, Refusal> {
+    rec.event = Event::Hold;
     let now = unix_now();
     let held = app.store.hold_status(id, now).await?.ok_or(Refusal::Hold(HoldRefusal::Unknown))?;
     held.write.describe(rec);
@@ -119,11 +155,13 @@ pub(super) async fn decide(
     let status = forward(app, id, &held, rec, &lease).await?;
     rec.upstream_status = Some(status);
     rec.hold = None;
-    let body = serde_json::json!({
-        "id": id, "state": HoldState::Forwarded.as_str(), "approvals": count, "required": held.write.required,
-        "upstream_status": status,
-    });
-    Ok(net::json_reply(StatusCode::OK, body.to_string()))
+    Ok(Decided {
+        id: id.to_owned(),
+        state: HoldState::Forwarded,
+        approvals: count,
+        required: held.write.required,
+        upstream_status: Some(status),
+    })
 }
 
 /// Forwards a hold its last approval made ready (under `lease`), and ends it: answered, or held
@@ -192,29 +230,38 @@ fn set_approvals(rec: &mut Record, n: u32) {
 }
 
 /// A person signed in: their verified identity (the ID token spent), and their approval key.
-struct Person {
-    issuer: std::sync::Arc<str>,
-    claims: serde_json::Map<String, serde_json::Value>,
-    key: String,
+pub(crate) struct Person {
+    pub(crate) issuer: std::sync::Arc<str>,
+    pub(crate) claims: serde_json::Map<String, serde_json::Value>,
+    pub(crate) key: String,
+}
+
+impl Person {
+    /// A person as their verified identity says; one without a subject cannot be told apart
+    /// from another, and is refused.
+    pub(crate) fn new(identity: crate::policy::Identity) -> Result<Person, Refusal> {
+        let sub = identity.claim("sub").filter(|s| !s.is_empty());
+        let sub = sub.ok_or(Refusal::Identity(crate::identity::IdentityError::MissingClaim("sub")))?;
+        let key = party_key(&identity.issuer, sub);
+        Ok(Person { issuer: identity.issuer, claims: identity.claims, key })
+    }
 }
 
 async fn signed_in(app: &App, req: &Request<Incoming>, rec: &mut Record) -> Result<Person, Refusal> {
     let token = exchange::bearer_id_token(req)?;
     let verified = exchange::verify_once(app, &token, Audience::IssuerDefault, rec).await?;
-    let identity = verified.identity;
-    // Approvals are counted per person: one without a subject cannot be told apart.
-    let sub = identity.claim("sub").filter(|s| !s.is_empty());
-    let sub = sub.ok_or(Refusal::Identity(crate::identity::IdentityError::MissingClaim("sub")))?;
-    let key = party_key(&identity.issuer, sub);
-    Ok(Person { issuer: identity.issuer, claims: identity.claims, key })
+    // Approvals are counted per person.
+    Person::new(verified.identity)
 }
 
-fn decided(id: &str, state: HoldState, held: &HoldStatus, approvals: Option<u32>) -> Response<Body> {
-    let body = serde_json::json!({
-        "id": id, "state": state.as_str(), "approvals": approvals.unwrap_or(held.approvals.len() as u32),
-        "required": held.write.required,
-    });
-    net::json_reply(StatusCode::OK, body.to_string())
+fn decided(id: &str, state: HoldState, held: &HoldStatus, approvals: Option<u32>) -> Decided {
+    Decided {
+        id: id.to_owned(),
+        state,
+        approvals: approvals.unwrap_or(held.approvals.len() as u32),
+        required: held.write.required,
+        upstream_status: None,
+    }
 }
 
 fn json_err(e: serde_json::Error) -> Refusal {

@@ -27,7 +27,7 @@ impl ClaimMatcher {
 }
 
 /// Whether every rule matches `claims`; the first key that does not, if one does not.
-pub(super) fn claims_match<'r>(
+pub(crate) fn claims_match<'r>(
     rules: &'r [(String, ClaimMatcher)],
     claims: &Map<String, Value>,
 ) -> Result<(), &'r str> {

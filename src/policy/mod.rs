@@ -14,6 +14,7 @@ pub mod trust;
 mod versions;
 
 pub use approvers::{Approvers, DEFAULT_HOLD_TTL};
+pub(crate) use claims::claims_match;
 pub use claims::ClaimMatcher;
 pub use glob::Glob;
 pub use grant::{Capability, CredentialLimits, Grant, PolicyContext, PublishMode, Rate};

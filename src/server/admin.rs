@@ -18,6 +18,9 @@ use subtle::ConstantTimeEq;
 
 pub(super) async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if crate::console::serves(&app, &path) {
+        return crate::console::handle(app, req).await;
+    }
     let metrics_open = app.config.admin.as_ref().is_some_and(|a| a.metrics_open);
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({"status": "ok"})),

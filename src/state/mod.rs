@@ -6,6 +6,7 @@
 //! one broker. Both fail closed: a store that cannot answer refuses writes and exchanges.
 
 pub mod holds;
+pub mod kv;
 mod memory;
 mod record;
 mod redis;
@@ -28,7 +29,7 @@ use std::time::Duration;
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
 pub enum Store {
-    Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>>, holds: holds::MemoryHolds },
+    Memory { store: MemoryStore, frozen: RwLock<Arc<Vec<Glob>>>, holds: holds::MemoryHolds, kv: Box<kv::MemoryKv> },
     Redis(Box<RedisStore>),
 }
 
@@ -37,7 +38,8 @@ impl Store {
     pub fn new(cfg: &StateConfig) -> Result<Store, String> {
         Ok(match cfg {
             StateConfig::Memory => {
-                Store::Memory { store: MemoryStore::new(), frozen: RwLock::default(), holds: Default::default() }
+                let (frozen, holds, kv) = Default::default();
+                Store::Memory { store: MemoryStore::new(), frozen, holds, kv }
             }
             StateConfig::Redis(r) => Store::Redis(Box::new(RedisStore::new(r)?)),
         })
@@ -96,6 +98,42 @@ impl Store {
         match self {
             Store::Memory { .. } => Ok(Vec::new()),
             Store::Redis(r) => r.announced_credentials().await,
+        }
+    }
+
+    /// Keeps `value` under `key` for `ttl` seconds (a console session, a sign-in under way).
+    pub(crate) async fn kv_put(&self, key: &str, value: &str, ttl: u64, now: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { kv, .. } => match kv.put(key, value, now + ttl, now) {
+                true => Ok(()),
+                false => Err(StoreError::Unavailable("too many console sessions and sign-ins".into())),
+            },
+            Store::Redis(r) => r.kv_put(key, value, ttl).await,
+        }
+    }
+
+    pub(crate) async fn kv_get(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory { kv, .. } => Ok(kv.get(key, now)),
+            Store::Redis(r) => r.kv_get(key, false).await,
+        }
+    }
+
+    /// The value under `key`, removed: whoever takes it first has it.
+    pub(crate) async fn kv_take(&self, key: &str, now: u64) -> Result<Option<String>, StoreError> {
+        match self {
+            Store::Memory { kv, .. } => Ok(kv.take(key, now)),
+            Store::Redis(r) => r.kv_get(key, true).await,
+        }
+    }
+
+    pub(crate) async fn kv_delete(&self, key: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Memory { kv, .. } => {
+                kv.delete(key);
+                Ok(())
+            }
+            Store::Redis(r) => r.kv_delete(key).await,
         }
     }
 
@@ -229,7 +267,10 @@ impl PhantomStore for Store {
 
     async fn sweep(&self, now: u64) {
         match self {
-            Store::Memory { store, .. } => store.sweep(now).await,
+            Store::Memory { store, kv, .. } => {
+                kv.sweep(now);
+                store.sweep(now).await;
+            }
             Store::Redis(r) => r.sweep(),
         }
     }

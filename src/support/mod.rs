@@ -1,11 +1,13 @@
 //! Plumbing every layer may use, and that uses nothing of the broker's: TLS and HTTP helpers
 //! (`net`), strict JSON (`json`), secrets and where they come from (`secret`), durations
-//! (`units`), the wall clock (`clock`), hex, and the memory budget of write bodies (`budget`).
+//! (`units`), the wall clock (`clock`), hex, the memory budget of write bodies (`budget`), and
+//! the `openidconnect` crate's calls over the broker's HTTPS client (`oidc`).
 
 pub(crate) mod budget;
 pub mod clock;
 pub mod json;
 pub mod net;
+pub mod oidc;
 pub mod secret;
 pub mod units;
 

@@ -562,6 +562,25 @@ impl RedisStore {
             .collect())
     }
 
+    /// `SET kv:<key> value EX ttl`.
+    pub(crate) async fn kv_put(&self, key: &str, value: &str, ttl: u64) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let set = redis::cmd("SET").arg(self.named(&format!("kv:{key}"))).arg(value).arg("EX").arg(ttl.max(1)).clone();
+        self.call(set.query_async::<()>(&mut conn)).await
+    }
+
+    /// `GET` (or, to take it, `GETDEL`) `kv:<key>`.
+    pub(crate) async fn kv_get(&self, key: &str, take: bool) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd(if take { "GETDEL" } else { "GET" }).arg(self.named(&format!("kv:{key}"))).clone();
+        self.call(cmd.query_async::<Option<String>>(&mut conn)).await
+    }
+
+    pub(crate) async fn kv_delete(&self, key: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(redis::cmd("DEL").arg(self.named(&format!("kv:{key}"))).query_async::<i64>(&mut conn)).await.map(drop)
+    }
+
     /// Redis expires what it holds; this replica drops only its own stale cache entries.
     pub(crate) fn sweep(&self) {
         self.cache.retain(|_, c| c.at.elapsed() < LOOKUP_CACHE);
