@@ -159,8 +159,8 @@ pub(super) fn console(
         Some(t) => parse_duration(t).map_err(|e| format!("`console.session`: {e}"))?,
         None => Duration::from_secs(8 * 3600),
     };
-    if session < Duration::from_secs(60) || session > Duration::from_secs(24 * 3600) {
-        return Err("`console.session` must be between 1m and 24h".into());
+    if session < Duration::from_secs(10) || session > Duration::from_secs(24 * 3600) {
+        return Err("`console.session` must be between 10s and 24h".into());
     }
     Ok(Some(ConsoleConfig { origin, issuer: raw.issuer, roles, session }))
 }

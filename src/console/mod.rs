@@ -117,7 +117,7 @@ async fn finish_sign_in(app: &App, req: &Request<Incoming>) -> Response<Body> {
                 .and_then(|j| serde_json::value::RawValue::from_string(j.to_owned()).ok())
                 .map(Arc::from);
             rec.reason = Some(format!("signed in as {}", s.role.as_str()));
-            signed_in(app, s, &mut rec).await
+            onward(signed_in(app, s, &mut rec).await)
         }
         Err(why) => {
             rec.reason = Some(why.clone());
@@ -130,4 +130,22 @@ async fn finish_sign_in(app: &App, req: &Request<Incoming>) -> Response<Body> {
     resp.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&gone).expect("ASCII"));
     write_line(app, rec).await;
     resp
+}
+
+/// After the provider's redirect (a navigation another site started), a page that moves on to
+/// the overview by itself: a redirect would still count as that navigation, and the browser
+/// would not send the new SameSite=Strict session cookie with it.
+fn onward(resp: Response<Body>) -> Response<Body> {
+    if resp.status() != StatusCode::SEE_OTHER {
+        return resp;
+    }
+    let html = "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
+                content=\"0;url=/\"><title>Signed in · phantom-broker</title><link rel=\"stylesheet\" \
+                href=\"/console.css\"></head><body><main><p class=\"notice\">Signed in. <a href=\"/\">Continue \
+                to the console</a>.</p></main></body></html>";
+    let mut page = text(StatusCode::OK, "text/html; charset=utf-8", html.into());
+    for cookie in resp.headers().get_all(header::SET_COOKIE) {
+        page.headers_mut().append(header::SET_COOKIE, cookie.clone());
+    }
+    page
 }

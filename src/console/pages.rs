@@ -521,7 +521,7 @@ pub(super) fn policy(app: &App, frame: Frame) -> Policy {
             GrantRow {
                 name: g.name.to_string(),
                 issuer: g.issuer.to_string(),
-                claims: g.claims.iter().map(|(k, m)| format!("{k} {m:?}")).collect::<Vec<_>>().join(", "),
+                claims: g.claims.iter().map(|(k, m)| format!("{k} {m}")).collect::<Vec<_>>().join(", "),
                 packages: g.packages.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", "),
                 actions: g.actions.names().join(", "),
                 credential: g.credential.to_string(),

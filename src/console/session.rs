@@ -83,9 +83,12 @@ pub(super) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
     found.filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-/// `Set-Cookie` for a `__Host-` cookie that lasts `max_age` seconds (0: removed).
+/// `Set-Cookie` for a `__Host-` cookie that lasts `max_age` seconds (0: removed). The session
+/// cookie is SameSite=Strict; the sign-in binding must come back on the provider's redirect, a
+/// top-level navigation from another site, so it is Lax (sent on that GET, never on a post).
 pub(super) fn set_cookie(name: &str, value: &str, max_age: u64) -> String {
-    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}")
+    let same_site = if name == SIGNIN_COOKIE { "Lax" } else { "Strict" };
+    format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite={same_site}; Max-Age={max_age}")
 }
 
 /// The session the request's cookie names, if it is live.
@@ -170,5 +173,6 @@ mod tests {
         h.insert(header::REFERER, HeaderValue::from_static("https://127.0.0.1:90901/holds"));
         assert!(!same_origin(&h, origin));
         assert!(set_cookie(COOKIE, "v", 60).contains("Secure; HttpOnly; SameSite=Strict"));
+        assert!(set_cookie(SIGNIN_COOKIE, "v", 60).contains("Secure; HttpOnly; SameSite=Lax"));
     }
 }

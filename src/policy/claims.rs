@@ -26,6 +26,17 @@ impl ClaimMatcher {
     }
 }
 
+/// As a reader writes it: `= "value"`, `in ["a", "b"]`, `glob "pattern"`.
+impl fmt::Display for ClaimMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimMatcher::Exact(s) => write!(f, "= {s:?}"),
+            ClaimMatcher::AnyOf(list) => write!(f, "in {list:?}"),
+            ClaimMatcher::Glob(g) => write!(f, "glob {:?}", g.as_str()),
+        }
+    }
+}
+
 /// Whether every rule matches `claims`; the first key that does not, if one does not.
 pub(crate) fn claims_match<'r>(
     rules: &'r [(String, ClaimMatcher)],

@@ -11,6 +11,7 @@ mod adversarial_callers;
 mod adversarial_network;
 mod cli;
 mod clients;
+mod console;
 mod credentials;
 mod demo;
 mod docs;

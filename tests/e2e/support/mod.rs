@@ -7,6 +7,7 @@
 //! - The pinned npm 11 CLI, with its own userconfig and cache.
 #![allow(dead_code)]
 
+pub(crate) mod browser;
 pub(crate) mod counting;
 pub(crate) mod framing;
 pub(crate) mod hostile;

@@ -25,6 +25,8 @@ pub(crate) struct Idp {
     /// Where the provider appends every ID token it issues.
     tokens: PathBuf,
     ca: PathBuf,
+    /// The console client's secret, in a file (a canary too).
+    pub console_secret: PathBuf,
 }
 
 impl Idp {
@@ -36,6 +38,9 @@ impl Idp {
         );
         std::fs::create_dir_all(dir).unwrap();
         let tokens = dir.join("issued-id-tokens");
+        let console_secret = dir.join("console-secret");
+        let secret = format!("console-canary-{}", super::random_hex(12));
+        std::fs::write(&console_secret, &secret).unwrap();
         let mut child = Command::new(node())
             .arg(script)
             .arg("--cert")
@@ -44,6 +49,8 @@ impl Idp {
             .arg(&certs.key)
             .arg("--tokens")
             .arg(&tokens)
+            .arg("--console-secret")
+            .arg(&secret)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -52,17 +59,25 @@ impl Idp {
         let proc = Proc::new(child);
         let line = first_line(stdout, Duration::from_secs(20)).expect("the identity provider printed nothing");
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        Idp { _proc: proc, url: v["url"].as_str().unwrap().to_owned(), tokens, ca: certs.ca.clone() }
+        Idp { _proc: proc, url: v["url"].as_str().unwrap().to_owned(), tokens, ca: certs.ca.clone(), console_secret }
     }
 
-    /// `[issuer.corp]` for a broker config: this provider, people signing in as `phantom-cli`.
+    /// `[issuer.corp]` for a broker config: this provider, people signing in as `phantom-cli`
+    /// (the CLI) and `phantom-console` (the console).
     pub(crate) fn issuer_config(&self) -> String {
         format!(
             "[issuer.corp]\nissuer = \"{}\"\nalgorithms = [\"RS256\"]\nca_file = \"{}\"\n\
-             device = {{ client_id = \"phantom-cli\", scopes = [\"email\", \"groups\"] }}\n",
+             device = {{ client_id = \"phantom-cli\", scopes = [\"email\", \"groups\"] }}\n\
+             web = {{ client_id = \"phantom-console\", client_secret = {{ file = \"{}\" }}, scopes = [\"email\", \"groups\"] }}\n",
             self.url,
-            self.ca.display()
+            self.ca.display(),
+            self.console_secret.display()
         )
+    }
+
+    /// The console client's secret.
+    pub(crate) fn console_secret(&self) -> String {
+        std::fs::read_to_string(&self.console_secret).unwrap()
     }
 
     /// Every ID token the provider has issued so far.

@@ -8,7 +8,10 @@
 // Serves HTTPS on 127.0.0.1 and prints one JSON line: {"url":"https://127.0.0.1:PORT"} (the issuer).
 // With --tokens, every ID token it issues is appended to FILE, one per line: the tests' canaries
 // (a person's ID token must reach no log, audit line or output).
-// Clients: `phantom-cli` (public, device flow) and `other-app` (the same, for a wrong audience).
+// Clients: `phantom-cli` (public, device flow) and `other-app` (the same, for a wrong audience);
+// `phantom-console` (confidential, authorization code with PKCE, its secret given by
+// --console-secret), whose redirect URI may be https://127.0.0.1 on any port, /auth/callback: the
+// broker's admin port is chosen when a test starts, after the provider.
 // People: any login name signs in (the provider's development interactions); the ones below carry
 // groups, anyone else none. sign-in.mjs completes a device sign-in as one of them over HTTP.
 import https from 'node:https';
@@ -23,6 +26,7 @@ const { values: args } = parseArgs({
     key: { type: 'string' },
     port: { type: 'string', default: '0' },
     tokens: { type: 'string' },
+    'console-secret': { type: 'string' },
   },
 });
 if (!args.cert || !args.key) {
@@ -52,8 +56,16 @@ server.listen(Number(args.port), '127.0.0.1', () => {
     response_types: [],
     redirect_uris: [],
   });
+  const consoleClient = {
+    client_id: 'phantom-console',
+    client_secret: args['console-secret'] ?? crypto.randomBytes(24).toString('hex'),
+    token_endpoint_auth_method: 'client_secret_post',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: ['https://127.0.0.1/auth/callback'],
+  };
   provider = new Provider(url, {
-    clients: [deviceClient('phantom-cli'), deviceClient('other-app')],
+    clients: [deviceClient('phantom-cli'), deviceClient('other-app'), consoleClient],
     jwks: { keys: [{ ...signing, kid: 'people-1', alg: 'RS256', use: 'sig' }] },
     features: { deviceFlow: { enabled: true }, devInteractions: { enabled: true } },
     claims: { openid: ['sub'], email: ['email', 'email_verified'], groups: ['groups'] },
@@ -70,6 +82,11 @@ server.listen(Number(args.port), '127.0.0.1', () => {
       };
     },
   });
+  const allowed = provider.Client.prototype.redirectUriAllowed;
+  provider.Client.prototype.redirectUriAllowed = function (value) {
+    if (this.clientId === 'phantom-console') return /^https:\/\/127\.0\.0\.1:\d+\/auth\/callback$/.test(value);
+    return allowed.call(this, value);
+  };
   provider.on('server_error', (_ctx, err) => console.error('idp server_error:', err.message));
   provider.on('grant.success', (ctx) => {
     if (args.tokens && ctx.body?.id_token) fs.appendFileSync(args.tokens, `${ctx.body.id_token}\n`);
