@@ -217,29 +217,45 @@ struct StagedRow {
 }
 
 /// The versions waiting upstream, as each publishing credential may list them
-/// (`GET /-/stage`), and those this broker staged, from its audit log.
+/// (`GET /-/stage`: for each package staged through the broker with it lately, and each package
+/// it names exactly, or else all), and those this broker staged, from its audit log.
 pub(super) async fn staged(app: &App, frame: Frame) -> Staged {
+    let tail = audit_tail(app);
+    let staged_lines: Vec<&Value> =
+        tail.iter().rev().filter(|l| l["event"] == "request" && l["staged"] == true).take(50).collect();
     let mut upstream = Vec::new();
-    for slot in app.credentials.slots().filter(|s| s.config.publish != Capability::ReadOnly) {
+    let slots: Vec<_> = app.credentials.slots().filter(|s| s.config.publish != Capability::ReadOnly).collect();
+    for slot in slots {
         let c = &slot.config;
+        let packages = packages_to_ask(app, c, &staged_lines);
         let mut entry = UpstreamStaged {
             credential: c.name.clone(),
             upstream: c.upstream.clone(),
             unavailable: None,
             items: Vec::new(),
         };
-        match list_staged(app, &c.upstream, slot.current()).await {
-            Ok(items) => entry.items = items,
-            Err(why) => entry.unavailable = Some(why),
+        let asks: Vec<Option<&crate::npm::PackageName>> =
+            if packages.is_empty() { vec![None] } else { packages.iter().map(Some).collect() };
+        for package in asks {
+            match list_staged(app, &c.upstream, slot.current(), package).await {
+                Ok(items) => {
+                    for i in items {
+                        if !entry.items.iter().any(|e| e.id == i.id) {
+                            entry.items.push(i);
+                        }
+                    }
+                }
+                Err(why) => {
+                    entry.unavailable = Some(why);
+                    break;
+                }
+            }
         }
         upstream.push(entry);
     }
     upstream.sort_by(|a, b| a.credential.cmp(&b.credential));
-    let recent = audit_tail(app)
+    let recent = staged_lines
         .iter()
-        .rev()
-        .filter(|l| l["event"] == "request" && l["staged"] == true)
-        .take(50)
         .map(|l| StagedRow {
             id: l["stage_id"].as_str().unwrap_or_default().to_owned(),
             package: l["package"].as_str().unwrap_or_default().to_owned(),
@@ -251,14 +267,39 @@ pub(super) async fn staged(app: &App, frame: Frame) -> Staged {
     Staged { frame, upstream, recent }
 }
 
+/// The packages whose staged versions a credential is asked for: those staged through the broker
+/// with it lately, and those it names exactly (at most 20).
+fn packages_to_ask(
+    app: &App,
+    c: &crate::config::CredentialConfig,
+    staged_lines: &[&Value],
+) -> Vec<crate::npm::PackageName> {
+    let policy = app.policy();
+    let through = staged_lines
+        .iter()
+        .filter(|l| l["grant"].as_str().and_then(|g| policy.grant(g)).is_some_and(|g| g.credential == c.name))
+        .filter_map(|l| l["package"].as_str());
+    let named = c.packages.iter().map(|g| g.as_str()).filter(|p| !p.contains('*'));
+    let mut packages: Vec<crate::npm::PackageName> = Vec::new();
+    for name in through.chain(named) {
+        if let Ok(p) = crate::npm::PackageName::parse(name) {
+            if !packages.contains(&p) && packages.len() < 20 {
+                packages.push(p);
+            }
+        }
+    }
+    packages
+}
+
 async fn list_staged(
     app: &App,
     upstream: &str,
     credential: std::sync::Arc<crate::credentials::Credential>,
+    package: Option<&crate::npm::PackageName>,
 ) -> Result<Vec<StagedRow>, String> {
     let upstreams = app.upstreams();
     let u = upstreams.named(upstream).ok_or("no such upstream")?;
-    let auth = UpstreamAuth::for_broker(credential, &NpmRequest::stage_list());
+    let auth = UpstreamAuth::for_broker(credential, &NpmRequest::stage_list(package));
     let (status, body) =
         u.fetch_json(&auth, 1024 * 1024).await.map_err(|e| format!("the registry could not be asked: {e}"))?;
     if status != 200 {

@@ -196,6 +196,10 @@ pub(crate) struct Slot {
     rotated: AtomicU64,
     /// The upstream account it authenticates as (`GET /-/whoami`), and when that was asked.
     pub(crate) account: Mutex<Option<(String, std::time::Instant)>>,
+    /// Held by a rotation from its canary to its swap, and by a reload while it reads the
+    /// source: a reload that the rotation's own write to the file woke waits, then finds the
+    /// value in use and leaves it (rather than canary it a second time).
+    pub(crate) changing: tokio::sync::Mutex<()>,
 }
 
 struct Overlap {
@@ -275,6 +279,7 @@ impl Credentials {
                     last_used: AtomicU64::new(0),
                     rotated: AtomicU64::new(0),
                     account: Mutex::new(None),
+                    changing: tokio::sync::Mutex::new(()),
                 },
             );
         }

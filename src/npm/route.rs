@@ -284,15 +284,21 @@ impl NpmRequest {
         NpmRequest { method: Method::GET, package: None, op: Op::Whoami, form: NameForm::Escaped, query: None }
     }
 
-    /// `GET /-/stage?page=1&perPage=100`: the versions the credential may see staged (the
-    /// console's list; a registry may refuse it to a token).
-    pub(crate) fn stage_list() -> NpmRequest {
+    /// `GET /-/stage?page=0&perPage=100[&package=<name>]` (pages count from 0): the versions the
+    /// credential may see staged, of one package or of all (the console's list; a registry may
+    /// refuse it to a token).
+    pub(crate) fn stage_list(package: Option<&PackageName>) -> NpmRequest {
+        let mut query = "page=0&perPage=100".to_owned();
+        if let Some(p) = package {
+            query.push_str("&package=");
+            query.extend(percent_encoding::utf8_percent_encode(p.as_str(), percent_encoding::NON_ALPHANUMERIC));
+        }
         NpmRequest {
             method: Method::GET,
             package: None,
             op: Op::StageList,
             form: NameForm::Escaped,
-            query: Some("page=1&perPage=100".to_owned()),
+            query: Some(query),
         }
     }
 

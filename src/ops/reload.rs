@@ -58,6 +58,7 @@ async fn credentials(app: &App) -> Vec<ReloadOutcome> {
     names.sort_unstable();
     for name in names {
         let Some(slot) = app.credentials.slot(name) else { continue };
+        let _changing = slot.changing.lock().await;
         let outcome = |result, detail: Option<String>| ReloadOutcome { credential: name.to_owned(), result, detail };
         let next = match read_secret(&slot.config.source).and_then(|s| Credential::from_secret(&slot.config, s)) {
             Ok(c) => Arc::new(c),

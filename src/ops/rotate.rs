@@ -93,6 +93,7 @@ impl RotateError {
 
 pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, RotateError> {
     let slot = app.credentials.slot(name).ok_or_else(|| RotateError::Unknown(name.to_owned()))?;
+    let _changing = slot.changing.lock().await;
     let file = match &slot.config.source {
         SecretSource::File(path) => path.clone(),
         SecretSource::Env(var) => return Err(RotateError::EnvSource(name.to_owned(), var.clone())),

@@ -158,6 +158,13 @@ fn credentials_are_inventoried_rotated_and_reloaded() {
     // A publish streaming while the credential is swapped completes. The next token is minted
     // ten seconds after the last, so that Verdaccio refuses the old one well before the new.
     std::thread::sleep(Duration::from_secs(10).saturating_sub(b_minted.elapsed()));
+    // The file watcher, woken by the rotation's own write, found the value in use: the new value
+    // was canaried once, and not swapped in a second time.
+    let lines = w.broker.audit_lines();
+    let canaries =
+        lines.iter().filter(|l| l["reason"].as_str().is_some_and(|r| r.starts_with("canary: the new"))).count();
+    let reswapped = lines.iter().filter(|l| l["action"] == "credential-reload" && l["decision"] == "allow").count();
+    assert_eq!((canaries, reswapped), (1, 0), "{lines:?}");
     let c = fresh();
     let phantom = w.phantom(&["pb-stream"], &["publish"], None);
     let body = publish_body("pb-stream", "pb-stream", "1.0.0", "latest");

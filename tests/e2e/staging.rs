@@ -107,6 +107,8 @@ ca_file = "{{ca}}"
 [notify.flaky]
 webhook = "{url}hooks/flaky"
 ca_file = "{{ca}}"
+
+[console]
 "#,
         url = rec.url(),
         more = secrets.display(),
@@ -173,6 +175,11 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     assert_eq!((line["action"].as_str(), line["decision"].as_str()), (Some("publish"), Some("allow")), "{line}");
     assert_eq!((line["staged"].as_bool(), line["stage_id"].as_str()), (Some(true), Some(id.as_str())), "{line}");
     assert!(text(&out).contains(&id), "npm did not print the stage id: {}", text(&out));
+    // The console lists it as the stager credential may list it upstream (`GET /-/stage`), with
+    // the command a maintainer runs.
+    let page = w.console_page("/staged");
+    let stager = page.split("<h3>verdaccio-stager").nth(1).and_then(|s| s.split("</section>").next()).unwrap();
+    assert!(stager.contains(&format!("npm stage approve {id}")), "{page}");
 
     // The webhooks heard of it, signed; the flaky one on its second attempt.
     wait_until("the notifications", Duration::from_secs(20), || {

@@ -797,6 +797,19 @@ token = {{ file = "{admin_secret}" }}
 
     /// Staged versions of `package` as the registry itself lists them (a maintainer's view, with
     /// the publisher's own token).
+    /// A console page's HTML, signed in with the admin token (the config needs `[console]`).
+    pub(crate) fn console_page(&self, path: &str) -> String {
+        let origin = self.broker.admin_url.trim_end_matches('/');
+        let form = format!("token={}", self.broker.admin_token);
+        let headers = [("origin", origin), ("content-type", "application/x-www-form-urlencoded")];
+        let signed_in = self.http.request("POST", &format!("{origin}/sign-in/token"), &headers, form);
+        assert_eq!(signed_in.status, 303, "{}", signed_in.text());
+        let cookie = signed_in.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        let page = self.http.request("GET", &format!("{origin}{path}"), &[("cookie", &cookie)], "");
+        assert_eq!(page.status, 200, "{}", page.text());
+        page.text()
+    }
+
     pub(crate) fn staged_upstream(&self, package: &str) -> Vec<Value> {
         let auth = format!("Bearer {}", self.verdaccio.token);
         let url = format!("{}-/stage?package={package}", self.verdaccio.url);
