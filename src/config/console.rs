@@ -164,3 +164,68 @@ pub(super) fn console(
     }
     Ok(Some(ConsoleConfig { origin, issuer: raw.issuer, roles, session }))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, Role};
+
+    const BASE: &str = r#"
+[server]
+public_url = "https://npm-broker.example.com/"
+tls_cert = "s.pem"
+tls_key = "k.pem"
+[upstream.public]
+url = "https://registry.example.com/"
+scopes = ["*"]
+[audit]
+path = "a.jsonl"
+[issuer.corp]
+issuer = "https://idp.example.com"
+algorithms = ["RS256"]
+web = { client_id = "phantom-console", client_secret = { env = "S" } }
+"#;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(std::path::Path::new("p.toml"), &format!("{BASE}{extra}")).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn roles_come_from_claims_and_the_console_needs_the_admin_listener() {
+        let admin = "[admin]\nlisten = \"127.0.0.1:9443\"\ntoken = { env = \"T\" }\n";
+        let c = parse(&format!(
+            "{admin}[console]\nissuer = \"corp\"\n[console.roles]\nviewer = {{ groups = \"eng\" }}\n\
+             admin = {{ groups = \"security\" }}\napprover = {{ groups = [\"rm\", \"leads\"] }}\n"
+        ))
+        .unwrap();
+        let console = c.console.unwrap();
+        assert_eq!(console.origin, "https://127.0.0.1:9443");
+        let claims = |groups: serde_json::Value| serde_json::json!({ "groups": groups }).as_object().unwrap().clone();
+        assert_eq!(console.role_of(&claims(serde_json::json!(["eng", "leads"]))), Some(Role::Approver), "the highest");
+        assert_eq!(console.role_of(&claims(serde_json::json!(["security"]))), Some(Role::Admin));
+        assert_eq!(console.role_of(&claims(serde_json::json!(["eng"]))), Some(Role::Viewer));
+        assert_eq!(console.role_of(&claims(serde_json::json!(["sales"]))), None, "no role, no entry");
+        let web = c.issuers[0].web.as_ref().unwrap();
+        assert_eq!(
+            (web.client_id.as_str(), web.scopes.as_slice()),
+            ("phantom-console", &["email".to_owned(), "profile".to_owned()][..])
+        );
+        let url = parse(&format!("{admin}[console]\nurl = \"https://console.example.com/\"\n")).unwrap();
+        assert_eq!(url.console.unwrap().origin, "https://console.example.com");
+        for (bad, says) in [
+            ("[console]\n".to_owned(), "needs an `[admin]` section"),
+            (format!("{admin}[console]\nissuer = \"nope\"\n"), "with a `web` client"),
+            (format!("{admin}[console]\n[console.roles]\nviewer = {{ groups = \"x\" }}\n"), "need `console.issuer`"),
+            (
+                format!("{admin}[console]\nissuer = \"corp\"\n[console.roles]\nroot = {{ groups = \"x\" }}\n"),
+                "roles are",
+            ),
+            (format!("{admin}[console]\nissuer = \"corp\"\n[console.roles]\nviewer = {{}}\n"), "may not be empty"),
+            (format!("{admin}[console]\nurl = \"http://console.example.com/\"\n"), "https://"),
+            (format!("{admin}[console]\nurl = \"https://console.example.com/app\"\n"), "an origin"),
+            (format!("{admin}[console]\nsession = \"5s\"\n"), "between 10s and 24h"),
+        ] {
+            let e = parse(&bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+}
