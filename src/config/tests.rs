@@ -3,7 +3,7 @@
 use super::*;
 use crate::policy::presets::Preset;
 use crate::support::net::is_loopback;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const GOOD: &str = r#"
@@ -177,5 +177,34 @@ fn issuers_for_people_have_a_device_client() {
     ] {
         let err = with(bad).unwrap_err().to_string();
         assert!(err.contains(says), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn rotation_deadlines_need_what_they_count_from() {
+    let with = |extra: &str| Config::parse(Path::new("/etc/phantom/phantom.toml"), &format!("{GOOD}{extra}"));
+    let top = "[credential.t]\nupstream = \"public\"\nsource = { env = \"T\" }\nclass = \"B\"\ntop = true\n";
+    assert!(with(top).unwrap_err().message.contains("only a class \"A\" credential is marked top"));
+    let undated = "[credential.u]\nupstream = \"public\"\nsource = { env = \"U\" }\nclass = \"A\"\n";
+    assert!(with(undated).is_ok(), "no deadline, no refusal asked for: a warning in `credentials status`");
+    let refusing = format!("{undated}[rotation]\noverdue = \"refuse-writes\"\n");
+    let e = with(&refusing).unwrap_err().message;
+    assert!(e.contains("`credential.u`: class A refuses writes when overdue") && e.contains("needs `created`"), "{e}");
+    let c = with("[rotation]\nB = \"60d\"\n").unwrap();
+    assert_eq!(c.rotation.cadence_of('B', false), Some(60 * 86_400));
+    let notify = "[notify.a]\nwebhook = \"https://hooks.example.com/a\"\nevents = [\"rotation-overdue\", \"burst-freeze\"]\nescalate = [\"b\"]\nformat = \"ticket\"\n[notify.b]\nwebhook = \"https://hooks.example.com/b\"\n";
+    let n = with(notify).unwrap();
+    assert_eq!(n.notify[0].events, [NotifyEvent::RotationOverdue, NotifyEvent::BurstFreeze]);
+    assert_eq!((n.notify[0].escalate.as_slice(), n.notify[0].format), (&["b".to_owned()][..], NotifyFormat::Ticket));
+    for (bad, says) in [
+        ("[notify.a]\nwebhook = \"https://h.example.com/\"\nevents = [\"rotation\"]\n", "is not one of staged, held"),
+        (
+            "[notify.a]\nwebhook = \"https://h.example.com/\"\nescalate = [\"a\"]\n",
+            "is not another [notify.NAME] target",
+        ),
+        ("[notify.a]\nwebhook = \"https://h.example.com/\"\nformat = \"xml\"\n", "\"ticket\""),
+    ] {
+        let e = with(bad).unwrap_err().message;
+        assert!(e.contains(says), "{bad}: {e}");
     }
 }

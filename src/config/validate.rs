@@ -76,6 +76,16 @@ pub(super) fn validate(raw: RawConfig, path: &Path, base: &Path) -> Result<Confi
     let notify = notify(raw.notify, &b)?;
     let proxy = proxy(raw.proxy, &upstreams, &b)?;
     let rotation = super::rotation::rotation(raw.rotation)?;
+    // A credential with no date has no deadline: under refuse-writes it would never be refused.
+    if let Some(c) =
+        credentials.iter().find(|c| c.class.is_some_and(|k| rotation.refuses_writes(k)) && c.created.is_none())
+    {
+        return Err(format!(
+            "`credential.{}`: class {} refuses writes when overdue (`rotation.overdue`), so it needs `created`",
+            c.name,
+            c.class.unwrap_or('?')
+        ));
+    }
     Ok(Config {
         console,
         rotation,

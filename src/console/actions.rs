@@ -67,6 +67,10 @@ pub(super) async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
     };
     let resp = match outcome {
         Ok(resp) => {
+            // A new sign-in ends the session this browser had.
+            if let (Some(old), "/sign-in/token") = (cookie.as_deref(), path.as_str()) {
+                session::end(app, old).await;
+            }
             rec.decision = Decision::Allow;
             rec.status = resp.status().as_u16();
             resp
@@ -166,6 +170,10 @@ async fn sign_in_with_token(
     form: &HashMap<String, String>,
     rec: &mut Record,
 ) -> Result<Response<Body>, Refused> {
+    // Guesses are slowed down: a few a minute, for every replica together.
+    if !super::limits::allow(app, "token-sign-in", 10).await {
+        return Err(refused(StatusCode::TOO_MANY_REQUESTS, "Too many sign-ins with a token: wait a minute."));
+    }
     let given = form.get("token").map(String::as_str).unwrap_or_default();
     let expected = app.admin_token.as_ref().map(|t| t.expose().as_bytes()).unwrap_or_default();
     if given.is_empty() || expected.is_empty() || !bool::from(given.as_bytes().ct_eq(expected)) {
@@ -178,7 +186,9 @@ async fn sign_in_with_token(
         person: None,
         summary: None,
         csrf: String::new(),
+        signed_in: 0,
         expires: 0,
+        token: session::admin_token_fingerprint(app),
     };
     let resp = super::respond::signed_in(app, s, rec).await;
     if resp.status() != StatusCode::SEE_OTHER {
@@ -217,6 +227,10 @@ async fn decide(app: &App, s: &Session, id: &str, approve: bool, rec: &mut Recor
     let (Some(p), true) = (s.person.as_ref(), s.may(Role::Approver)) else {
         return Err(refused(StatusCode::FORBIDDEN, "Only a person with the approver role approves a held write."));
     };
+    if !s.fresh(crate::support::clock::unix_now()) {
+        let why = "A decision on a held write needs a sign-in within the last 15 minutes: sign out and in again.";
+        return Err(refused(StatusCode::FORBIDDEN, why));
+    }
     let identity = crate::policy::Identity { issuer: p.issuer.as_str().into(), claims: p.claims.clone() };
     let person = Person::new(identity).map_err(|r| refused(r.status(), r.client_message().into_owned()))?;
     let mut line = Record {

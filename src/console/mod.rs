@@ -11,6 +11,7 @@
 //! cookie is `__Host-`, Secure, HttpOnly and SameSite=Strict (`session.rs`).
 
 mod actions;
+mod limits;
 mod pages;
 mod respond;
 mod session;
@@ -94,6 +95,10 @@ async fn page(app: &App, req: &Request<Incoming>, path: &str) -> Response<Body> 
 }
 
 async fn start_sign_in(app: &App) -> Response<Body> {
+    if !limits::allow(app, "sign-in", 60).await {
+        let why = "Too many sign-ins are under way: try again in a minute.".to_owned();
+        return sign_in_page(app, Some(why), StatusCode::TOO_MANY_REQUESTS);
+    }
     match signin::start(app).await {
         Ok((url, binding)) => {
             let mut resp = redirect(&url);
@@ -101,7 +106,12 @@ async fn start_sign_in(app: &App) -> Response<Body> {
             resp.headers_mut().append(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("a token is ASCII"));
             resp
         }
-        Err(e) => sign_in_page(app, Some(format!("The sign-in could not start: {e}")), StatusCode::BAD_GATEWAY),
+        Err(e) => {
+            // The details (the provider's URL, a file) are for the log, not for whoever asked.
+            tracing::error!(error = %e, "a console sign-in could not start");
+            let why = "The sign-in could not start: the provider did not answer as expected (see the broker's log).";
+            sign_in_page(app, Some(why.into()), StatusCode::BAD_GATEWAY)
+        }
     }
 }
 
@@ -109,6 +119,10 @@ async fn finish_sign_in(app: &App, req: &Request<Incoming>) -> Response<Body> {
     let callback = signin::Callback::parse(req.uri().query());
     let mut rec = admin_line(req, AdminAction::ConsoleSignIn);
     let outcome = signin::finish(app, req.headers(), callback).await;
+    // A new sign-in ends the session this browser had.
+    if let (Ok(_), Some(old)) = (&outcome, session::cookie(req.headers(), session::COOKIE)) {
+        session::end(app, old).await;
+    }
     let mut resp = match outcome {
         Ok(s) => {
             rec.identity = s

@@ -12,6 +12,12 @@ use crate::state::PhantomStore;
 use crate::support::clock::{rfc3339, unix_now};
 use askama::Template;
 
+/// The packages the staged page asks a credential about, at most.
+const MAX_ASKS: usize = 5;
+/// How long the staged page's answer from the registries is reused: a page load is not a
+/// burst of requests with the organisation's tokens.
+const STAGED_CACHE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The most of the audit log the pages read: its end.
 const AUDIT_TAIL: u64 = 512 * 1024;
 use serde_json::Value;
@@ -201,6 +207,7 @@ pub(super) struct Staged {
     recent: Vec<StagedRow>,
 }
 
+#[derive(Clone)]
 struct UpstreamStaged {
     credential: String,
     upstream: String,
@@ -208,6 +215,7 @@ struct UpstreamStaged {
     items: Vec<StagedRow>,
 }
 
+#[derive(Clone)]
 struct StagedRow {
     id: String,
     package: String,
@@ -223,11 +231,38 @@ pub(super) async fn staged(app: &App, frame: Frame) -> Staged {
     let tail = audit_tail(app);
     let staged_lines: Vec<&Value> =
         tail.iter().rev().filter(|l| l["event"] == "request" && l["staged"] == true).take(50).collect();
+    let recent = staged_lines
+        .iter()
+        .map(|l| StagedRow {
+            id: l["stage_id"].as_str().unwrap_or_default().to_owned(),
+            package: l["package"].as_str().unwrap_or_default().to_owned(),
+            version: l["version"].as_str().unwrap_or_default().to_owned(),
+            status: l["grant"].as_str().unwrap_or_default().to_owned(),
+            created: l["ts"].as_str().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    static CACHE: std::sync::Mutex<Option<(std::time::Instant, Vec<UpstreamStaged>)>> = std::sync::Mutex::new(None);
+    let cached = CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < STAGED_CACHE)
+        .map(|(_, u)| u.clone());
+    if let Some(upstream) = cached {
+        return Staged { frame, upstream, recent };
+    }
+    let upstream = ask_upstream(app, &staged_lines).await;
+    *CACHE.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), upstream.clone()));
+    Staged { frame, upstream, recent }
+}
+
+/// Each publishing credential's staged versions, as the registry lists them to it.
+async fn ask_upstream(app: &App, staged_lines: &[&Value]) -> Vec<UpstreamStaged> {
     let mut upstream = Vec::new();
     let slots: Vec<_> = app.credentials.slots().filter(|s| s.config.publish != Capability::ReadOnly).collect();
     for slot in slots {
         let c = &slot.config;
-        let packages = packages_to_ask(app, c, &staged_lines);
+        let packages = packages_to_ask(app, c, staged_lines);
         let mut entry = UpstreamStaged {
             credential: c.name.clone(),
             upstream: c.upstream.clone(),
@@ -254,21 +289,11 @@ pub(super) async fn staged(app: &App, frame: Frame) -> Staged {
         upstream.push(entry);
     }
     upstream.sort_by(|a, b| a.credential.cmp(&b.credential));
-    let recent = staged_lines
-        .iter()
-        .map(|l| StagedRow {
-            id: l["stage_id"].as_str().unwrap_or_default().to_owned(),
-            package: l["package"].as_str().unwrap_or_default().to_owned(),
-            version: l["version"].as_str().unwrap_or_default().to_owned(),
-            status: l["grant"].as_str().unwrap_or_default().to_owned(),
-            created: l["ts"].as_str().unwrap_or_default().to_owned(),
-        })
-        .collect();
-    Staged { frame, upstream, recent }
+    upstream
 }
 
 /// The packages whose staged versions a credential is asked for: those staged through the broker
-/// with it lately, and those it names exactly (at most 20).
+/// with it lately, and those it names exactly (at most `MAX_ASKS`).
 fn packages_to_ask(
     app: &App,
     c: &crate::config::CredentialConfig,
@@ -283,7 +308,7 @@ fn packages_to_ask(
     let mut packages: Vec<crate::npm::PackageName> = Vec::new();
     for name in through.chain(named) {
         if let Ok(p) = crate::npm::PackageName::parse(name) {
-            if !packages.contains(&p) && packages.len() < 20 {
+            if !packages.contains(&p) && packages.len() < MAX_ASKS {
                 packages.push(p);
             }
         }
@@ -307,19 +332,33 @@ async fn list_staged(
             "the registry does not list staged versions to this credential ({status}): a maintainer runs `npm stage list`"
         ));
     }
+    // What the registry says is shown to every role: an answer that carries the credential is
+    // not, and each field must be what it claims to be (an id a maintainer pastes into a shell).
+    if auth.credential().is_some_and(|c| c.scrub_pattern().find(&body).is_some()) {
+        return Err("the registry's answer carried the credential: it is not shown".into());
+    }
     let doc: Value = serde_json::from_slice(&body).map_err(|_| "the registry's list is not JSON")?;
-    let text = |v: &Value| v.as_str().unwrap_or_default().chars().take(214).collect::<String>();
+    fn token(v: &Value) -> Option<&str> {
+        let ok = |s: &&str| {
+            !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.+".contains(&b))
+        };
+        v.as_str().filter(ok)
+    }
     Ok(doc["items"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .map(|i| StagedRow {
-            id: text(&i["id"]),
-            package: text(&i["packageName"]),
-            version: text(&i["version"]),
-            status: text(&i["status"]),
-            created: text(&i["createdAt"]),
+        .filter_map(|i| {
+            let id = i["id"].as_str().filter(|id| crate::npm::is_stage_id(id))?;
+            let package = crate::npm::PackageName::parse(i["packageName"].as_str()?).ok()?;
+            Some(StagedRow {
+                id: id.to_owned(),
+                package: package.to_string(),
+                version: token(&i["version"])?.to_owned(),
+                status: token(&i["status"]).unwrap_or("unknown").to_owned(),
+                created: token(&i["createdAt"]).unwrap_or_default().to_owned(),
+            })
         })
         .collect())
 }
@@ -480,8 +519,15 @@ pub(super) fn explain(app: &App, frame: Frame, request_id: &str) -> Explain {
 }
 
 fn explained(app: &App, request_id: &str) -> (String, Vec<(String, String, bool)>) {
-    let Ok(Some(asked)) = crate::audit::find_request(&app.config.audit.path, request_id) else {
-        return (format!("Request {request_id} is not in this replica's audit log."), Vec::new());
+    // Only the end of the log is read (what the refusals page lists): a request id is never a
+    // reason to read the whole log.
+    let tail = audit_tail(app);
+    let line = tail
+        .iter()
+        .rev()
+        .find(|l| l["request_id"] == request_id && l["decision"] != "forwarding" && l["identity"].is_object());
+    let Some(asked) = line.and_then(Asked::from_line) else {
+        return (format!("Request {request_id} is not in the recent audit log of this replica."), Vec::new());
     };
     let iss = asked.claims.get("iss").and_then(Value::as_str).unwrap_or_default();
     let Some(issuer) = app.config.issuers.iter().find(|i| i.issuer == iss) else {
@@ -513,6 +559,29 @@ fn explained(app: &App, request_id: &str) -> (String, Vec<(String, String, bool)
         })
         .collect();
     (question, verdicts)
+}
+
+/// What a refused request asked, from its audit line.
+struct Asked {
+    claims: serde_json::Map<String, Value>,
+    package: String,
+    action: String,
+    version: Option<String>,
+    new_package: bool,
+}
+
+impl Asked {
+    fn from_line(l: &Value) -> Option<Asked> {
+        let mut claims = l["identity"].as_object()?.clone();
+        claims.remove("issuer");
+        Some(Asked {
+            claims,
+            package: l["package"].as_str()?.to_owned(),
+            action: l["action"].as_str()?.to_owned(),
+            version: l["version"].as_str().map(str::to_owned),
+            new_package: l["new_package"] == true,
+        })
+    }
 }
 
 #[derive(Template)]
@@ -596,11 +665,11 @@ fn audit_tail(app: &App) -> Vec<serde_json::Value> {
     let Ok(mut file) = std::fs::File::open(&app.config.audit.path) else { return Vec::new() };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let from = len.saturating_sub(AUDIT_TAIL);
-    let mut text = String::new();
-    if file.seek(SeekFrom::Start(from)).is_err() || file.take(AUDIT_TAIL).read_to_string(&mut text).is_err() {
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(from)).is_err() || file.take(AUDIT_TAIL).read_to_end(&mut bytes).is_err() {
         return Vec::new();
     }
-    // A line cut by the start of the tail is skipped.
-    let lines = text.lines().skip(usize::from(from > 0));
-    lines.filter_map(|l| serde_json::from_str(l).ok()).collect()
+    // A line cut by the start of the tail is skipped (it may start inside a character).
+    let start = if from > 0 { memchr::memchr(b'\n', &bytes).map_or(bytes.len(), |i| i + 1) } else { 0 };
+    bytes[start..].split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect()
 }

@@ -30,9 +30,19 @@ pub(super) struct Session {
     /// The identity summary audit lines carry for this person.
     pub(super) summary: Option<String>,
     pub(super) csrf: String,
-    /// Unix seconds.
+    /// Unix seconds: when the session began, and when it ends.
+    #[serde(default)]
+    pub(super) signed_in: u64,
     pub(super) expires: u64,
+    /// For the admin token's session: the token's fingerprint. The session ends with the token
+    /// it was begun with.
+    #[serde(default)]
+    pub(super) token: Option<String>,
 }
+
+/// How recent a person's sign-in must be for an approval: the claims it was checked against are
+/// that recent (the CLI spends a fresh ID token on every decision).
+pub(super) const FRESH_FOR_APPROVAL: u64 = 15 * 60;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct PersonRecord {
@@ -43,6 +53,11 @@ pub(super) struct PersonRecord {
 impl Session {
     pub(super) fn may(&self, role: Role) -> bool {
         self.role >= role
+    }
+
+    /// Whether the person signed in recently enough to approve.
+    pub(super) fn fresh(&self, now: u64) -> bool {
+        now.saturating_sub(self.signed_in) <= FRESH_FOR_APPROVAL
     }
 
     /// Whether `given` is this session's CSRF token.
@@ -97,13 +112,21 @@ pub(super) async fn current(app: &App, headers: &HeaderMap) -> Option<Session> {
     let now = unix_now();
     let stored = app.store.kv_get(&key("session", id), now).await.ok()??;
     let session: Session = serde_json::from_str(&stored).ok()?;
-    (session.expires > now).then_some(session)
+    let token_ok = session.token.as_ref().is_none_or(|fp| Some(fp) == admin_token_fingerprint(app).as_ref());
+    (session.expires > now && token_ok).then_some(session)
+}
+
+/// The admin token's fingerprint (SHA-256, hex), which an admin-token session carries.
+pub(super) fn admin_token_fingerprint(app: &App) -> Option<String> {
+    let token = app.admin_token.as_ref()?;
+    Some(crate::support::hex(ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes()).as_ref()))
 }
 
 /// Starts a session; returns the cookie's value.
 pub(super) async fn start(app: &App, mut session: Session) -> Result<String, crate::state::StoreError> {
     let console = app.config.console.as_ref().map_or(3600, |c| c.session.as_secs());
     let now = unix_now();
+    session.signed_in = now;
     session.expires = now + console;
     session.csrf = random_token(app);
     let id = random_token(app);
@@ -148,6 +171,23 @@ pub(super) fn same_origin(headers: &HeaderMap, origin: &str) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn roles_rank_approvals_need_a_fresh_sign_in_and_csrf_tokens_compare_whole() {
+        let s = Session {
+            who: "bob".into(),
+            role: Role::Approver,
+            person: None,
+            summary: None,
+            csrf: "token-1".into(),
+            signed_in: 1_000,
+            expires: 9_000,
+            token: None,
+        };
+        assert!(s.may(Role::Viewer) && s.may(Role::Approver) && !s.may(Role::Admin));
+        assert!(s.fresh(1_000 + FRESH_FOR_APPROVAL) && !s.fresh(1_001 + FRESH_FOR_APPROVAL));
+        assert!(s.csrf_ok("token-1") && !s.csrf_ok("") && !s.csrf_ok("token-") && !s.csrf_ok("token-12"));
+    }
 
     #[test]
     fn cookies_and_origins() {

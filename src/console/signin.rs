@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// How long a person has to finish signing in at the provider.
-const PENDING: u64 = 600;
+const PENDING: u64 = 300;
 
 /// A sign-in under way.
 #[derive(Serialize, Deserialize)]
@@ -142,12 +142,12 @@ pub(super) async fn finish(app: &App, headers: &HeaderMap, cb: Callback) -> Resu
     let pending: Pending = pending
         .and_then(|p| serde_json::from_str(&p).ok())
         .ok_or("the sign-in expired or was already used: sign in again")?;
-    if let Some(e) = cb.error {
-        return Err(format!("the provider refused the sign-in ({e})"));
-    }
     let state = cb.state.unwrap_or_default();
     if !bool::from(subtle::ConstantTimeEq::ct_eq(state.as_bytes(), pending.state.as_bytes())) {
         return Err("the sign-in's state does not match this browser's: sign in again".into());
+    }
+    if let Some(e) = cb.error {
+        return Err(format!("the provider refused the sign-in ({e})"));
     }
     let code = cb.code.filter(|c| !c.is_empty()).ok_or("the provider sent no authorization code")?;
     let (client, http, web) = client(app).await?;
@@ -183,5 +183,14 @@ pub(super) async fn finish(app: &App, headers: &HeaderMap, cb: Callback) -> Resu
     let who = format!("{name} ({sub})");
     let summary = identity_summary(&identity.issuer, &identity.claims).get().to_owned();
     let person = PersonRecord { issuer: identity.issuer.to_string(), claims: identity.claims };
-    Ok(Session { who, role, person: Some(person), summary: Some(summary), csrf: String::new(), expires: 0 })
+    Ok(Session {
+        who,
+        role,
+        person: Some(person),
+        summary: Some(summary),
+        csrf: String::new(),
+        signed_in: 0,
+        expires: 0,
+        token: None,
+    })
 }

@@ -13,4 +13,4 @@ pub use action::{ActionKind, ActionSet, RouteAction};
 pub use body::{BodyError, PublishManifest, PutPackument, PutRevision};
 pub use classify::classify;
 pub use name::{NameError, PackageName};
-pub use route::{is_hold_id, NpmRequest, Op, Route, RouteError};
+pub use route::{is_hold_id, is_stage_id, NpmRequest, Op, Route, RouteError};

@@ -206,7 +206,8 @@ pub fn is_hold_id(id: &str) -> bool {
     id.len() == 24 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-pub(super) fn is_stage_id(id: &str) -> bool {
+/// A staged version's id as the registry gives it: a UUID.
+pub fn is_stage_id(id: &str) -> bool {
     id.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 

@@ -314,6 +314,9 @@ fn write_private_atomically(path: &Path, value: &str) -> std::io::Result<()> {
 pub async fn follow(app: &App) {
     let Ok(announced) = app.store.announced_credentials().await else { return };
     for (name, fingerprint, overlap_until, rotated) in announced {
+        // A rotation announced for the future (a clock far ahead, or a forged entry) would make
+        // an overdue credential look fresh: it counts from no later than now.
+        let rotated = rotated.min(unix_now());
         let Some(slot) = app.credentials.slot(&name) else { continue };
         if crate::support::hex(slot.current().fingerprint()) == fingerprint {
             // The value in use: when it was rotated in counts for its deadline (after a restart).

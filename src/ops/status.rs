@@ -193,5 +193,9 @@ pub(crate) async fn whoami(app: &App, upstream: &str, credential: Arc<Credential
     if name.is_empty() || name.len() > 214 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("GET /-/whoami: the username is not a plausible account name".into());
     }
+    // It is shown in the console and printed by the CLI: never the credential echoed back.
+    if auth.credential().is_some_and(|c| c.scrub_pattern().find(name.as_bytes()).is_some()) {
+        return Err("GET /-/whoami: the upstream echoed the credential".into());
+    }
     Ok(name.to_owned())
 }

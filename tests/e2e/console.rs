@@ -309,5 +309,10 @@ fn the_console_refuses_forged_and_expired_sessions() {
     let late = post("/freezes/thaw", &[("cookie", &cookie), ("origin", &origin)], format!("csrf={csrf}&pattern=pb-x"));
     assert_eq!(late.status, 401, "{}", late.text());
     assert_eq!(w.admin("GET", "/admin/v1/freeze", Value::Null).json()["frozen"], json!(["pb-x"]));
+
+    // Guessing the admin token is slowed down: ten tries a minute, then 429.
+    let tries: Vec<u16> =
+        (0..10).map(|_| post("/sign-in/token", &[("origin", &origin)], "token=guess".into()).status).collect();
+    assert_eq!((tries[0], tries[9]), (401, 429), "{tries:?}");
     w.assert_secrets_contained(&[&w.broker.admin_token]);
 }

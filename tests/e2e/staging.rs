@@ -108,6 +108,11 @@ ca_file = "{{ca}}"
 webhook = "{url}hooks/flaky"
 ca_file = "{{ca}}"
 
+[notify.oncall]
+webhook = "{url}hooks/oncall"
+ca_file = "{{ca}}"
+events = ["burst-freeze"]
+
 [console]
 "#,
         url = rec.url(),
@@ -310,6 +315,19 @@ fn rates_contain_a_burst_and_stage_only_registries_are_explained() {
     );
     let frozen = w.admin("GET", "/admin/v1/freeze", Value::Null).json();
     assert_eq!(frozen["frozen"], json!(["burst-a"]), "{frozen}");
+    // The people on call hear of the freeze, and how to lift it.
+    wait_until("the burst-freeze notice", Duration::from_secs(20), || {
+        rec.writes().iter().any(|s| s.target == "/hooks/oncall")
+    });
+    let notice: Value =
+        serde_json::from_slice(&rec.writes().into_iter().find(|s| s.target == "/hooks/oncall").unwrap().body).unwrap();
+    assert_eq!(
+        (notice["event"].as_str(), notice["package"].as_str()),
+        (Some("burst-freeze"), Some("burst-a")),
+        "{notice}"
+    );
+    assert_eq!(notice["grant"], "burst");
+    assert!(notice["text"].as_str().unwrap().contains("phantom thaw burst-a"), "{notice}");
     // A raw request sees the 429 and when to come back; another package is not affected.
     let auth = format!("Bearer {}", w.phantom(&["burst-a", "burst-b"], &["publish"], None));
     let body = json!({"_id": "burst-b", "name": "burst-b"}).to_string();
