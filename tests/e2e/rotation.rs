@@ -70,7 +70,7 @@ check = "1s"
 [notify.team]
 webhook = "{url}hooks/team"
 ca_file = "{{ca}}"
-events = ["rotation-due", "rotation-overdue"]
+events = ["rotation-due", "rotation-overdue", "incident"]
 escalate = ["leads"]
 
 [notify.leads]
@@ -182,7 +182,8 @@ events = ["rotation-due"]
     let file = w.root().join("new-token");
     std::fs::write(&file, format!("{fresh}\n")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
-        .args(["credentials", "rotate", "verdaccio-publisher", "--from-file", file.to_str().unwrap(), "--config"])
+        .args(["credentials", "rotate", "verdaccio-publisher", "--from-file", file.to_str().unwrap(), "--incident"])
+        .arg("--config")
         .arg(&w.broker.config)
         .arg("--ca-file")
         .arg(&w.certs.ca)
@@ -190,6 +191,16 @@ events = ["rotation-due"]
         .unwrap();
     assert!(ok(&out), "{}", text(&out));
     std::fs::remove_file(&file).unwrap();
+    // It was an incident rotation: the team heard what was revoked and frozen, before the swap.
+    wait_until("the incident notice", Duration::from_secs(20), || {
+        heard(&rec, "team").iter().any(|b| b["event"] == "incident")
+    });
+    let incident = heard(&rec, "team").into_iter().find(|b| b["event"] == "incident").unwrap();
+    assert_eq!(incident["credential"], "verdaccio-publisher");
+    let frozen = incident["frozen"].clone();
+    assert!(frozen.as_array().is_some_and(|f| f.iter().any(|p| p == "pb-*")), "{incident}");
+    assert!(incident["text"].as_str().unwrap().contains("phantom thaw"), "{incident}");
+    assert_eq!(w.admin("POST", "/admin/v1/thaw", serde_json::json!({ "packages": frozen })).status, 200);
     let row = status_row(&w, "verdaccio-publisher");
     assert_eq!(
         (row["rotation"]["state"].as_str(), row["rotation"]["last_rotated"].as_str()),
