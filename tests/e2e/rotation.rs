@@ -138,6 +138,16 @@ events = ["rotation-due"]
         (spare_row["rotation"]["state"].as_str(), spare_row["rotation"]["days_to_due"].as_i64()),
         (Some("due"), Some(5))
     );
+    let table = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["credentials", "status", "--config"])
+        .arg(&w.broker.config)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    let row = text(&table).lines().find(|l| l.starts_with("verdaccio-publisher")).unwrap_or_default().to_owned();
+    assert!(row.contains("overdue") && row.contains(&due_by), "{}", text(&table));
+    assert!(text(&table).contains("warning: verdaccio-publisher: rotation overdue since"), "{}", text(&table));
     assert_eq!(metric(&w, "phantom_credentials_overdue"), Some(1.0));
     assert_eq!(metric(&w, "phantom_credentials_due"), Some(1.0));
     let state = "phantom_credential_rotation_state{credential=\"verdaccio-publisher\",class=\"A\",state=\"overdue\"}";

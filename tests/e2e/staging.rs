@@ -111,7 +111,8 @@ ca_file = "{{ca}}"
 [notify.oncall]
 webhook = "{url}hooks/oncall"
 ca_file = "{{ca}}"
-events = ["burst-freeze"]
+events = ["burst-freeze", "staged"]
+format = "ticket"
 
 [console]
 "#,
@@ -186,10 +187,15 @@ fn npm_publish_on_a_stage_grant_waits_for_a_maintainer() {
     let stager = page.split("<h3>verdaccio-stager").nth(1).and_then(|s| s.split("</section>").next()).unwrap();
     assert!(stager.contains(&format!("npm stage approve {id}")), "{page}");
 
-    // The webhooks heard of it, signed; the flaky one on its second attempt.
+    // The webhooks heard of it, signed; the flaky one on its second attempt; the one subscribed
+    // to every staged version (`events`), as a ticket.
     wait_until("the notifications", Duration::from_secs(20), || {
-        w.broker.audit_lines().iter().filter(|l| l["event"] == "notify" && l["decision"] == "allow").count() == 2
+        w.broker.audit_lines().iter().filter(|l| l["event"] == "notify" && l["decision"] == "allow").count() == 3
     });
+    let ticket = rec.writes().into_iter().find(|s| s.target == "/hooks/oncall").expect("the subscribed target");
+    let ticket: Value = serde_json::from_slice(&ticket.body).unwrap();
+    assert_eq!(ticket["summary"], "Staged upstream: st-web@1.0.0", "{ticket}");
+    assert_eq!(ticket["details"]["stage_id"].as_str(), Some(id.as_str()), "{ticket}");
     let hooks: Vec<_> = rec.writes().into_iter().filter(|s| s.target.starts_with("/hooks/")).collect();
     let releases: Vec<_> = hooks.iter().filter(|s| s.target == "/hooks/releases").collect();
     assert_eq!(releases.len(), 1, "{hooks:?}");
@@ -316,18 +322,17 @@ fn rates_contain_a_burst_and_stage_only_registries_are_explained() {
     let frozen = w.admin("GET", "/admin/v1/freeze", Value::Null).json();
     assert_eq!(frozen["frozen"], json!(["burst-a"]), "{frozen}");
     // The people on call hear of the freeze, and how to lift it.
-    wait_until("the burst-freeze notice", Duration::from_secs(20), || {
-        rec.writes().iter().any(|s| s.target == "/hooks/oncall")
-    });
-    let notice: Value =
-        serde_json::from_slice(&rec.writes().into_iter().find(|s| s.target == "/hooks/oncall").unwrap().body).unwrap();
-    assert_eq!(
-        (notice["event"].as_str(), notice["package"].as_str()),
-        (Some("burst-freeze"), Some("burst-a")),
-        "{notice}"
-    );
-    assert_eq!(notice["grant"], "burst");
-    assert!(notice["text"].as_str().unwrap().contains("phantom thaw burst-a"), "{notice}");
+    let freeze_notice = || {
+        rec.writes().into_iter().filter(|s| s.target == "/hooks/oncall").find_map(|s| {
+            let v: Value = serde_json::from_slice(&s.body).ok()?;
+            (v["event"] == "burst-freeze").then_some(v)
+        })
+    };
+    wait_until("the burst-freeze notice", Duration::from_secs(20), || freeze_notice().is_some());
+    let notice = freeze_notice().unwrap();
+    assert_eq!(notice["summary"], "Writes frozen after a burst: burst-a", "{notice}");
+    assert_eq!((notice["priority"].as_str(), notice["details"]["grant"].as_str()), (Some("Highest"), Some("burst")));
+    assert!(notice["description"].as_str().unwrap().contains("phantom thaw burst-a"), "{notice}");
     // A raw request sees the 429 and when to come back; another package is not affected.
     let auth = format!("Bearer {}", w.phantom(&["burst-a", "burst-b"], &["publish"], None));
     let body = json!({"_id": "burst-b", "name": "burst-b"}).to_string();
