@@ -13,9 +13,10 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 # The manifest names its bench and test targets: cargo wants their files even when it builds only
-# the binary.
+# the binary. The console's templates are compiled into it.
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+COPY templates templates
 COPY benches/micro.rs benches/micro.rs
 COPY tests/e2e/main.rs tests/e2e/main.rs
 RUN cargo build --release --locked --bin phantom \
