@@ -201,8 +201,7 @@ fn run() -> Result<()> {
             };
             let answer =
                 rt.block_on(admin_client::call_with(&admin, http::Method::POST, "/admin/v1/revoke", Some(body)))?;
-            println!("revoked {} phantom(s)", answer["revoked"]);
-            Ok(())
+            admin_client::print_revoked(&answer)
         }
         Command::Phantoms { admin } => {
             let answer = rt.block_on(admin_client::call_with(&admin, http::Method::GET, "/admin/v1/phantoms", None))?;

@@ -32,6 +32,26 @@ pub(crate) async fn call_with(
     call(&config, admin.ca_file.as_deref(), method, path, body).await.map_err(anyhow::Error::msg)
 }
 
+/// What `phantom revoke` did: the phantoms revoked, their held writes rejected, the console
+/// sessions ended. It fails when a part could not be done, so that a script sees it.
+pub(crate) fn print_revoked(answer: &Value) -> anyhow::Result<()> {
+    println!("revoked {} phantom(s)", answer["revoked"]);
+    if let Some(held) = answer["holds_rejected"].as_array().filter(|h| !h.is_empty()) {
+        println!("rejected {} held write(s)", held.len());
+    }
+    if answer["console_sessions_ended"] == true {
+        println!("ended their console sessions");
+    }
+    for (what, key) in [("held writes", "holds_rejected_error"), ("console sessions", "console_sessions_error")] {
+        if let Some(e) = answer[key].as_str() {
+            anyhow::bail!(
+                "the phantoms are revoked, but their {what} could not be ended: {e}; run the revocation again"
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn call(
     config: &Config,
     ca_file: Option<&Path>,

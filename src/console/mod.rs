@@ -15,6 +15,7 @@ mod limits;
 mod pages;
 mod respond;
 mod session;
+pub(crate) use self::session::revoke_sessions;
 mod signin;
 
 use crate::app::App;

@@ -106,14 +106,47 @@ pub(super) fn set_cookie(name: &str, value: &str, max_age: u64) -> String {
     format!("{name}={value}; Path=/; Secure; HttpOnly; SameSite={same_site}; Max-Age={max_age}")
 }
 
-/// The session the request's cookie names, if it is live.
+/// The session the request's cookie names, if it is live: not expired, begun with the admin
+/// token the broker has now (for the admin token's), and begun after any revocation of its
+/// person's subject or of everything.
 pub(super) async fn current(app: &App, headers: &HeaderMap) -> Option<Session> {
     let id = cookie(headers, COOKIE)?;
     let now = unix_now();
     let stored = app.store.kv_get(&key("session", id), now).await.ok()??;
     let session: Session = serde_json::from_str(&stored).ok()?;
     let token_ok = session.token.as_ref().is_none_or(|fp| Some(fp) == admin_token_fingerprint(app).as_ref());
-    (session.expires > now && token_ok).then_some(session)
+    if session.expires <= now || !token_ok {
+        return None;
+    }
+    let subject = session.person.as_ref().and_then(|p| p.claims.get("sub")).and_then(|s| s.as_str());
+    for marker in std::iter::once(key("revoked", "*")).chain(subject.map(|s| key("revoked-sub", s))) {
+        // A store that cannot answer ends the session too: the console never fails open.
+        let revoked = app.store.kv_get(&marker, now).await.ok()?;
+        if revoked.and_then(|at| at.parse::<u64>().ok()).is_some_and(|at| at >= session.signed_in) {
+            return None;
+        }
+    }
+    Some(session)
+}
+
+/// Ends the console sessions a revocation names: a subject's (`phantom revoke --subject`),
+/// across every issuer as the phantoms' revocation is, or everyone's (`--all`). It leaves a
+/// marker in the state store that outlives the longest session: a session begun before it is
+/// over, on every replica. Revoking one phantom or a repository's phantoms ends no session.
+pub(crate) async fn revoke_sessions(
+    app: &App,
+    which: &crate::state::Selector,
+) -> Result<bool, crate::state::StoreError> {
+    use crate::state::Selector;
+    let marker = match which {
+        Selector::Subject(sub) => key("revoked-sub", sub),
+        Selector::All => key("revoked", "*"),
+        Selector::Id(_) | Selector::Repository(_) | Selector::Grants(_) => return Ok(false),
+    };
+    let longest = app.config.console.as_ref().map_or(3600, |c| c.session.as_secs()) + 60;
+    let now = unix_now();
+    app.store.kv_put(&marker, &now.to_string(), longest, now).await?;
+    Ok(true)
 }
 
 /// The admin token's fingerprint (SHA-256, hex), which an admin-token session carries.

@@ -189,6 +189,15 @@ async fn revoke(app: &App, req: Request<Incoming>, rec: &mut Record) -> AdminRes
             answer["holds_rejected_error"] = json!(e.to_string());
         }
     }
+    // A person whose subject is revoked (or everyone, with `all`) is signed out of the console too.
+    match crate::console::revoke_sessions(app, &selector).await {
+        Ok(true) => answer["console_sessions_ended"] = json!(true),
+        Ok(false) => {}
+        Err(e) => {
+            rec.reason = Some(format!("{selector:?}; console sessions were not ended: {e}"));
+            answer["console_sessions_error"] = json!(e.to_string());
+        }
+    }
     Ok(answer)
 }
 

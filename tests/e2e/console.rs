@@ -153,8 +153,21 @@ fn the_console_in_a_browser() {
     assert_eq!(forged.status, 403, "{}", forged.text());
     assert!(forged.text().contains("approver role"), "{}", forged.text());
     assert_eq!(w.upstream_packument("@held%2fapp").status, 404, "a viewer's forged approval published");
-    viewer.find("form.who button").unwrap().click();
+    // Revoking a person's subject signs them out of the console as well.
+    let alice_cookie = session_cookie(&viewer);
+    let revoked = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["revoke", "--subject", "alice", "--config"])
+        .arg(&w.broker.config)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&revoked.stdout);
+    assert!(revoked.status.success() && printed.contains("ended their console sessions"), "{printed}");
+    viewer.goto(&format!("{origin}/holds"));
     arrives(&viewer, "/sign-in");
+    let after = w.http.request("GET", &format!("{origin}/holds"), &[("cookie", &alice_cookie)], Vec::new());
+    assert_eq!(after.status, 303, "a revoked subject's session still opens the console: {}", after.text());
     drop(viewer);
 
     // An approver approves it in the console: Verdaccio then has it.
@@ -173,6 +186,8 @@ fn the_console_in_a_browser() {
         w.broker.audit_lines().into_iter().find(|l| l["event"] == "hold" && l["hold"]["step"] == "forwarded");
     let approved = approved.expect("the forward is on record");
     assert_eq!(approved["hold"]["approved_by"][0]["identity"]["sub"], "bob", "{approved}");
+    approver.find("form.who button").unwrap().click();
+    arrives(&approver, "/sign-in");
     drop(approver);
 
     // The admin token: revoke a phantom, freeze and thaw, the credentials and the refusals.
