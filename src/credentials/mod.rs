@@ -183,6 +183,10 @@ impl UpstreamAuth {
     }
 }
 
+/// How many swapped-out values a credential remembers (by fingerprint), so that one coming
+/// back does not count as a rotation.
+const RETIRED: usize = 16;
+
 /// One configured credential: its value now, the one before it during an overlap, and what
 /// the inventory knows of it.
 pub(crate) struct Slot {
@@ -194,6 +198,10 @@ pub(crate) struct Slot {
     /// Unix seconds of the last rotation this replica saw (0: none), or that the state store
     /// remembered from an earlier run.
     rotated: AtomicU64,
+    /// The values this replica swapped out (their fingerprints, the newest last, at most
+    /// `RETIRED`), each with when it had been rotated in (0: counted from `created`). A value
+    /// that comes back is not a rotation: its deadline counts from when it first came in.
+    retired: Mutex<Vec<([u8; 32], u64)>>,
     /// The upstream account it authenticates as (`GET /-/whoami`), and when that was asked.
     pub(crate) account: Mutex<Option<(String, std::time::Instant)>>,
     /// Held by a rotation from its canary to its swap, and by a reload while it reads the
@@ -239,14 +247,36 @@ impl Slot {
         deadline::deadline(&self.config, self.rotated(), rotation, now)
     }
 
+    /// When `fingerprint` was rotated in, if it is a value this replica used before and swapped
+    /// out (0: it was counted from `created`).
+    pub(crate) fn retired_since(&self, fingerprint: &[u8; 32]) -> Option<u64> {
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.iter().find(|(fp, _)| fp == fingerprint).map(|(_, since)| *since)
+    }
+
     /// New requests use `next` from now on; requests in flight keep the value they hold. With
     /// `overlap_until`, the old value stays at hand until then (else it is dropped, and
     /// zeroized, once the last request holding it ends). `rotated` is when the rotation
-    /// happened (unix seconds): the credential's rotation deadline counts from it.
-    pub(crate) fn swap(&self, next: Credential, overlap_until: Option<u64>, rotated: u64) {
+    /// happened (unix seconds): the credential's rotation deadline counts from it, unless `next`
+    /// is a value used before, whose deadline counts from when it first came in. Returns when
+    /// the deadline counts from (0: from `created`), for the other replicas to hear.
+    pub(crate) fn swap(&self, next: Credential, overlap_until: Option<u64>, rotated: u64) -> u64 {
+        let fingerprint = *next.fingerprint();
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        let since = match retired.iter().position(|(fp, _)| *fp == fingerprint) {
+            Some(i) => retired.remove(i).1,
+            None => rotated,
+        };
         let old = self.current.swap(Arc::new(next));
+        retired.retain(|(fp, _)| fp != old.fingerprint());
+        if retired.len() == RETIRED {
+            retired.remove(0);
+        }
+        retired.push((*old.fingerprint(), self.rotated.load(Ordering::Relaxed)));
+        self.rotated.store(since, Ordering::Relaxed);
+        drop(retired);
         self.previous.store(overlap_until.map(|until| Arc::new(Overlap { credential: old, until })));
-        self.rotated_at(rotated);
+        since
     }
 }
 
@@ -278,6 +308,7 @@ impl Credentials {
                     previous: ArcSwapOption::empty(),
                     last_used: AtomicU64::new(0),
                     rotated: AtomicU64::new(0),
+                    retired: Mutex::new(Vec::new()),
                     account: Mutex::new(None),
                     changing: tokio::sync::Mutex::new(()),
                 },
@@ -378,5 +409,41 @@ mod tests {
         assert!(read_secret(&missing).unwrap_err().contains("PHANTOM_TEST_SURELY_UNSET_VAR"));
         std::fs::write(dir.path().join("bad"), "two words").unwrap();
         assert!(read_secret(&SecretSource::File(dir.path().join("bad"))).is_err());
+    }
+
+    #[test]
+    fn a_value_that_comes_back_keeps_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "npm_first\n").unwrap();
+        let cfg = CredentialConfig {
+            name: "c".into(),
+            upstream: "u".into(),
+            source: SecretSource::File(path),
+            packages: vec![],
+            class: Some('A'),
+            publish: crate::config::Capability::Direct,
+            created: Some(1_000),
+            expires: None,
+            top: false,
+        };
+        let creds = Credentials::load(std::slice::from_ref(&cfg)).unwrap();
+        let slot = creds.slot("c").unwrap();
+        let value = |v: &str| Credential::from_secret(&cfg, Secret::new(v.to_owned())).unwrap();
+        let first = *slot.current().fingerprint();
+        assert_eq!(slot.swap(value("npm_second"), None, 5_000), 5_000, "a new value counts from its swap");
+        assert_eq!(slot.retired_since(&first), Some(0), "the first value counted from `created`");
+        assert_eq!(slot.swap(value("npm_third"), None, 9_000), 9_000);
+        assert_eq!(slot.swap(value("npm_second"), None, 12_000), 5_000, "the second value came back");
+        assert_eq!(slot.rotated(), Some(5_000));
+        assert_eq!(slot.swap(value("npm_first"), None, 13_000), 0, "the first value came back");
+        assert_eq!(slot.rotated(), None);
+        assert!(slot.retired_since(&first).is_none(), "the value in use is not retired");
+        for n in 0..2 * RETIRED {
+            slot.swap(value(&format!("npm_v{n}")), None, 20_000 + n as u64);
+        }
+        let retired = slot.retired.lock().unwrap();
+        assert_eq!(retired.len(), RETIRED, "the history is bounded");
+        assert_eq!(retired.last().map(|r| r.1), Some(20_000 + 2 * RETIRED as u64 - 2));
     }
 }

@@ -7,6 +7,7 @@ use super::steps::step;
 use crate::app::App;
 use crate::audit::{Action, AdminAction, Decision, Event, Record};
 use crate::credentials::Credential;
+use crate::support::clock::rfc3339;
 use crate::support::secret::read_secret;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -75,14 +76,27 @@ async fn credentials(app: &App) -> Vec<ReloadOutcome> {
         match canary(app, slot, &next, None).await {
             Ok((account, _)) => {
                 let now = crate::support::clock::unix_now();
-                slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), None, now);
+                let counted = slot.swap(
+                    Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)),
+                    None,
+                    now,
+                );
                 *slot.account.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((account.clone(), std::time::Instant::now()));
                 // A new value in the source is a rotation: its deadline counts from now, on every
-                // replica and after a restart.
+                // replica and after a restart. A value used before is not: its deadline counts
+                // from when it first came in (or from `created`).
                 let fingerprint = crate::support::hex(slot.current().fingerprint());
-                let _ = app.store.announce_credential(name, &fingerprint, 0, now).await;
-                let what = format!("swapped in the source's new value (account `{account}`)");
+                let announced = counted.max(slot.config.created.unwrap_or(0));
+                let _ = app.store.announce_credential(name, &fingerprint, 0, announced).await;
+                let what = if counted == now {
+                    format!("swapped in the source's new value (account `{account}`)")
+                } else {
+                    let since = if counted > 0 { rfc3339(counted, 0) } else { "its `created` date".into() };
+                    format!(
+                        "swapped in the source's value (account `{account}`), a value in use before: not a rotation, its deadline counts from {since}"
+                    )
+                };
                 step(app, AdminAction::CredentialReload, name, Decision::Allow, what.clone()).await;
                 out.push(outcome("swapped", Some(what)));
             }

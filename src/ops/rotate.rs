@@ -68,6 +68,8 @@ pub enum RotateError {
     BadToken(String),
     #[error("the new value is the one in use")]
     Unchanged,
+    #[error("the new value was in use before and was rotated out: a rotation needs a new token")]
+    Reused,
     #[error("credential `{0}` comes from the environment variable {1}, which the broker cannot rewrite: set the new value there, then reload (SIGHUP or POST /admin/v1/reload)")]
     EnvSource(String, String),
     #[error("canary failed, nothing changed: {0}")]
@@ -83,7 +85,7 @@ impl RotateError {
         match self {
             RotateError::Unknown(_) => 404,
             RotateError::BadToken(_) => 400,
-            RotateError::Unchanged | RotateError::EnvSource(..) => 409,
+            RotateError::Unchanged | RotateError::Reused | RotateError::EnvSource(..) => 409,
             RotateError::Canary(_) => 422,
             RotateError::State(_) => 503,
             RotateError::Write(_) => 500,
@@ -143,13 +145,14 @@ pub async fn rotate(app: &App, name: &str, r: Rotation) -> Result<Rotated, Rotat
 
     let now = unix_now();
     let overlap_until = r.overlap.filter(|_| !r.incident).map(|d| now + d.as_secs());
-    slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until, now);
+    let counted =
+        slot.swap(Arc::try_unwrap(next).unwrap_or_else(|arc| clone_credential(&slot.config, &arc)), overlap_until, now);
     *slot.account.lock().unwrap_or_else(|p| p.into_inner()) = Some((account.clone(), std::time::Instant::now()));
     let overlap = overlap_until.map(|t| format!(", the old one kept until {}", rfc3339(t, 0))).unwrap_or_default();
     step(app, AdminAction::CredentialRotate, name, Decision::Allow, format!("swapped in for new requests{overlap}"))
         .await;
     let fingerprint = crate::support::hex(slot.current().fingerprint());
-    let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0), now).await {
+    let replicas = match app.store.announce_credential(name, &fingerprint, overlap_until.unwrap_or(0), counted).await {
         Ok(()) if app.store.is_shared() => {
             "announced: the other replicas swap it in from their copy of the source".to_owned()
         }
@@ -178,6 +181,9 @@ fn new_value(slot: &Slot, token: Secret) -> Result<Credential, RotateError> {
     let next = Credential::from_secret(&slot.config, token).map_err(RotateError::BadToken)?;
     if next.fingerprint() == slot.current().fingerprint() {
         return Err(RotateError::Unchanged);
+    }
+    if slot.retired_since(next.fingerprint()).is_some() {
+        return Err(RotateError::Reused);
     }
     Ok(next)
 }
@@ -327,6 +333,7 @@ pub async fn follow(app: &App) {
         match read {
             Ok(next) if crate::support::hex(next.fingerprint()) == fingerprint => {
                 let overlap = Some(overlap_until).filter(|t| *t > unix_now());
+                // A value this replica used before keeps the deadline it had (`swap`).
                 slot.swap(next, overlap, if rotated > 0 { rotated } else { unix_now() });
                 step(
                     app,

@@ -220,6 +220,37 @@ events = ["rotation-due"]
     assert_eq!(row["age_days"], 0, "{row}");
     assert_eq!(publish(&w, "pb-overdue", "1.0.0").status, 201);
     assert_eq!(metric(&w, "phantom_credentials_overdue"), Some(0.0));
+
+    // Going back to the old value is not a rotation: `credentials rotate` refuses it, and a
+    // source that holds it again (a reload) brings back its deadline, overdue; the fresh value
+    // back is no new rotation either, and keeps today's.
+    let old = w.root().join("old-token");
+    std::fs::write(&old, format!("{}\n", w.verdaccio.token)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phantom"))
+        .args(["credentials", "rotate", "verdaccio-publisher", "--from-file", old.to_str().unwrap()])
+        .arg("--config")
+        .arg(&w.broker.config)
+        .arg("--ca-file")
+        .arg(&w.certs.ca)
+        .output()
+        .unwrap();
+    assert!(!ok(&out) && text(&out).contains("was in use before"), "{}", text(&out));
+    std::fs::remove_file(&old).unwrap();
+    let source = w.root().join("secrets").join("npm-token");
+    let reload_to = |value: &str, state: &str| {
+        std::fs::write(&source, format!("{value}\n")).unwrap();
+        let _ = w.admin("POST", "/admin/v1/reload", Value::Null);
+        wait_until(&format!("the reload to the {state} value"), Duration::from_secs(10), || {
+            status_row(&w, "verdaccio-publisher")["rotation"]["state"] == state
+        });
+    };
+    reload_to(&w.verdaccio.token, "overdue");
+    assert_eq!(publish(&w, "pb-overdue", "0.9.0").status, 403, "the old value's deadline did not come back");
+    let reloaded = w.broker.audit_lines().into_iter().rev().find(|l| l["action"] == "credential-reload");
+    let reloaded = reloaded.expect("the reload is on record");
+    assert!(reloaded["reason"].as_str().is_some_and(|r| r.contains("not a rotation")), "{reloaded}");
+    reload_to(&fresh, "ok");
+    assert_eq!(status_row(&w, "verdaccio-publisher")["rotation"]["last_rotated"], day(today).as_str());
     w.broker.restart();
     assert_eq!(status_row(&w, "verdaccio-publisher")["rotation"]["state"], "ok", "a restart forgot the rotation");
     assert_eq!(publish(&w, "pb-overdue", "1.0.1").status, 201);
