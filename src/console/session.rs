@@ -132,18 +132,20 @@ pub(super) async fn current(app: &App, headers: &HeaderMap) -> Option<Session> {
 /// Ends the console sessions a revocation names: a subject's (`phantom revoke --subject`),
 /// across every issuer as the phantoms' revocation is, or everyone's (`--all`). It leaves a
 /// marker in the state store that outlives the longest session: a session begun before it is
-/// over, on every replica. Revoking one phantom or a repository's phantoms ends no session.
+/// over, on every replica. Revoking one phantom or a repository's phantoms ends no session;
+/// without a `[console]` there is none to end.
 pub(crate) async fn revoke_sessions(
     app: &App,
     which: &crate::state::Selector,
 ) -> Result<bool, crate::state::StoreError> {
     use crate::state::Selector;
+    let Some(console) = app.config.console.as_ref() else { return Ok(false) };
     let marker = match which {
         Selector::Subject(sub) => key("revoked-sub", sub),
         Selector::All => key("revoked", "*"),
         Selector::Id(_) | Selector::Repository(_) | Selector::Grants(_) => return Ok(false),
     };
-    let longest = app.config.console.as_ref().map_or(3600, |c| c.session.as_secs()) + 60;
+    let longest = console.session.as_secs() + 60;
     let now = unix_now();
     app.store.kv_put(&marker, &now.to_string(), longest, now).await?;
     Ok(true)

@@ -419,6 +419,7 @@ fn held_writes_survive_a_replica_restart_on_redis() {
     let r = w.admin("POST", "/admin/v1/revoke", serde_json::json!({"subject": "repo:acme/web:ref:refs/heads/main"}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["holds_rejected"], serde_json::json!([revoked_id]));
+    assert!(r.json().get("console_sessions_ended").is_none(), "no console, no sessions to end: {}", r.text());
     let out = person(&idp, &w, &b.url, "bob", "approve", Some(&revoked_id));
     assert!(text(&out).contains("is rejected"), "{}", text(&out));
 
